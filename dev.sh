@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# fastemb's one entry point on a fresh machine: bootstraps .venv (pinned packages, CPU torch,
+# DeepSpeed's CPU comm op built once), then runs `fastemb ARGS...`, or the test suite with `test`.
+#   ./dev.sh train jobs/contrastive.yaml      # the main job on an embedded local Ray
+#   ./dev.sh test [pytest args]               # the tests
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="$ROOT/.venv"
+PY="${PYTHON:-python3}"
+STAMP="$VENV/.fastemb-installed"
+WANT="$(cat "$ROOT/pyproject.toml" "$ROOT/dev.sh" | sha256sum | cut -c1-16)"
+
+export DS_ACCELERATOR=cpu HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export TORCH_EXTENSIONS_DIR="$VENV/torch_extensions"
+export RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
+
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+  echo "[dev.sh] bootstrapping $VENV (first run: a few minutes)"
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # Pin torch first: an unpinned torch would pull a multi-GB CUDA build.
+  "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+  "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+  # DeepSpeed JIT-builds its shared-memory comm op on first use; build it once here, not in every run.
+  "$VENV/bin/python" -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null
+  echo "$WANT" > "$STAMP"
+fi
+
+if [ "${1:-}" = "test" ]; then
+  shift
+  cd "$ROOT"
+  exec "$VENV/bin/python" -m pytest "$@"
+fi
+exec "$VENV/bin/fastemb" "$@"

@@ -1,0 +1,111 @@
+"""``fastemb`` command line: every sub-command takes a job spec plus ``key=value`` overrides."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from fastemb.data.pairs import DataError
+from fastemb.spec import SpecError, load_spec, parse_spec
+
+
+def _spec(args, job: str):
+    overrides = list(args.overrides)
+    if getattr(args, "address", None):
+        overrides.append(f"ray.address={args.address}")
+    if args.spec and "=" not in args.spec:
+        return load_spec(args.spec, overrides, job)
+    return parse_spec({"job": job}, ([args.spec] if args.spec else []) + overrides, job)
+
+
+def cmd_train(args) -> int:
+    from fastemb.train.driver import run_train
+
+    report = run_train(_spec(args, "train"))
+    print(json.dumps({"base_ndcg@10": report["base"]["ndcg@10"], "tuned_ndcg@10": report["tuned"]["ndcg@10"],
+                      "delta": report["delta"]["ndcg@10"], "model_dir": report["model_dir"]}, indent=2))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from fastemb.data.eval_sets import load_eval_set
+    from fastemb.eval.retrieval import evaluate
+    from fastemb.model.encoder import Encoder
+
+    spec = _spec(args, "eval")
+    m = spec.model
+    encoder = Encoder.load(m.base, pooling=m.pooling, normalize=m.normalize, max_length=m.max_length)
+    metrics = evaluate(encoder, load_eval_set(spec.data.eval, spec.split, spec.data.test_queries),
+                       show_progress=True)
+    text = json.dumps(metrics, indent=2)
+    if spec.output:
+        with open(spec.output, "w") as f:
+            f.write(text)
+    print(text)
+    return 0
+
+
+def cmd_index(args) -> int:
+    from fastemb.index.job import run_index
+
+    manifest = run_index(_spec(args, "index"))
+    print(json.dumps({"index_dir": manifest["config"]["storage_path"] + "/" + manifest["config"]["name"],
+                      "counts": manifest["counts"], "build_s": manifest["build_s"],
+                      "memory": manifest["memory"]}, indent=2))
+    return 0
+
+
+def cmd_search(args) -> int:
+    from fastemb.index.search import Searcher
+
+    spec = _spec(args, "search")
+    hits = Searcher(spec.index_dir, nprobe=spec.nprobe, ef_search=spec.ef_search).search(spec.queries, spec.k)
+    text = json.dumps([{"query": q, "hits": h} for q, h in zip(spec.queries, hits)], indent=2, ensure_ascii=False)
+    if spec.output:
+        with open(spec.output, "w") as f:
+            f.write(text)
+    print(text)
+    return 0
+
+
+# Sub-commands that run a job spec: (name, handler, help). Other stages register theirs here.
+SPEC_COMMANDS = [
+    ("train", cmd_train, "contrastive training (Ray Train + DeepSpeed)"),
+    ("eval", cmd_eval, "retrieval metrics of a model"),
+    ("index", cmd_index, "embed a corpus (Ray Data) and build a compressed faiss index"),
+    ("search", cmd_search, "top-k documents of query texts in a built index"),
+]
+
+
+def add_spec_command(sub, name: str, fn, help_: str) -> argparse.ArgumentParser:
+    """A sub-command taking ``SPEC [key=value ...] [--address ADDR]``."""
+    p = sub.add_parser(name, help=help_)
+    p.add_argument("spec", nargs="?", help="job spec YAML (optional: defaults are used without it)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-5")
+    p.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    p.set_defaults(fn=fn)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastemb", description="Tune, evaluate and ship text-embedding models on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn, help_ in SPEC_COMMANDS:
+        add_spec_command(sub, name, fn, help_)
+    from fastemb.submit import add_submit_commands  # `submit` and `jobs`: Ray Jobs API
+
+    add_submit_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (SpecError, DataError, FileNotFoundError) as err:
+        print(f"fastemb {args.command}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Training pairs: load, validate and report bad rows.
+
+Pairs format (parquet or jsonl; one file or a folder of files):
+
+=============  ==========  =====================================================
+column         required    meaning
+=============  ==========  =====================================================
+``query``      yes         the query text
+``positive``   yes         a relevant text
+``negatives``  no          list of hard-negative texts
+``scores``     no          teacher scores ``[s(q, positive), s(q, neg_1), ...]``
+=============  ==========  =====================================================
+
+Rows whose query or positive is null, empty or not a string are skipped and counted by reason;
+bad negatives are removed from their row (and counted). Nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fastemb.data.text import bad_text_reason
+
+WORDNET_DIR = Path(__file__).resolve().parent.parent / "datasets" / "wordnet"
+REQUIRED = ("query", "positive")
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message says which file and why."""
+
+
+@dataclass
+class RowReport:
+    """What was read, kept and skipped (by reason)."""
+    read: int = 0
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    negatives_removed: int = 0
+
+    def as_dict(self) -> dict:
+        return {"read": self.read, "kept": self.kept, "skipped": dict(self.skipped),
+                "negatives_removed": self.negatives_removed}
+
+    def summary(self) -> str:
+        skipped = sum(self.skipped.values())
+        detail = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
+        return f"{self.read} rows read, {self.kept} kept, {skipped} skipped" + (f" ({detail})" if detail else "")
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".parquet", ".jsonl", ".json"))
+        if not files:
+            raise DataError(f"{path}: folder holds no .parquet or .jsonl files")
+        return files
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    return [path]
+
+
+def _read_rows(file: Path) -> list[dict]:
+    if file.suffix == ".parquet":
+        try:
+            return pq.read_table(file).to_pylist()
+        except (pa.ArrowInvalid, OSError) as err:
+            raise DataError(f"{file}: unreadable parquet ({err})") from None
+    rows = []
+    with open(file, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = {"__bad__": f"line {n}: invalid JSON"}
+            rows.append(row if isinstance(row, dict) else {"__bad__": "not an object"})
+    return rows
+
+
+def resolve_pairs_path(train: str) -> Path:
+    """'wordnet' → the shipped WordNet train pairs; anything else is a path."""
+    return WORDNET_DIR / "train.parquet" if train == "wordnet" else Path(train).expanduser()
+
+
+def load_pairs(train: str, max_pairs: int | None = None, hard_negatives: int = 0,
+               seed: int = 42) -> tuple[list[dict], RowReport]:
+    """Read and validate pairs. Returns rows ``{query, positive[, negatives]}`` and the row report.
+
+    With ``hard_negatives=k`` only rows with at least k valid negatives are kept (each truncated to k)."""
+    path = resolve_pairs_path(train)
+    report = RowReport()
+    kept: list[dict] = []
+    for file in _files(path):
+        rows = _read_rows(file)
+        if rows and "__bad__" not in rows[0]:
+            missing = [c for c in REQUIRED if c not in rows[0]]
+            if missing:
+                raise DataError(f"{file}: missing column(s) {missing}; pairs need columns query, positive "
+                                f"(optional negatives); found {sorted(rows[0])}")
+        for row in rows:
+            report.read += 1
+            if "__bad__" in row:
+                report.skipped[row["__bad__"].split(": ", 1)[-1]] += 1
+                continue
+            reason = next((f"{c} {r}" for c in REQUIRED if (r := bad_text_reason(row.get(c)))), None)
+            if reason:
+                report.skipped[reason] += 1
+                continue
+            out = {"query": row["query"], "positive": row["positive"]}
+            if hard_negatives:
+                negs = row.get("negatives") or []
+                good = [n for n in negs if bad_text_reason(n) is None]
+                report.negatives_removed += len(negs) - len(good)
+                if len(good) < hard_negatives:
+                    report.skipped[f"fewer than {hard_negatives} negatives"] += 1
+                    continue
+                out["negatives"] = good[:hard_negatives]
+            kept.append(out)
+    if max_pairs and len(kept) > max_pairs:
+        kept = random.Random(seed).sample(kept, max_pairs)
+    report.kept = len(kept)
+    if not kept:
+        raise DataError(f"{path}: no usable pairs ({report.summary()})")
+    return kept, report

@@ -1,0 +1,42 @@
+"""Retrieval evaluation of an encoder on an evaluation set (exact search with faiss)."""
+from __future__ import annotations
+
+import time
+
+import faiss
+import numpy as np
+
+from fastemb.data.eval_sets import EvalSet
+from fastemb.eval.metrics import alignment, ranking_metrics, uniformity
+from fastemb.model.encoder import Encoder
+
+
+def exact_search(query_emb: np.ndarray, corpus_emb: np.ndarray, k: int, normalized: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k inner-product (cosine when ``normalized``) search; returns (scores, indices)."""
+    if not normalized:
+        query_emb, corpus_emb = query_emb.copy(), corpus_emb.copy()
+        faiss.normalize_L2(query_emb)
+        faiss.normalize_L2(corpus_emb)
+    index = faiss.IndexFlatIP(corpus_emb.shape[1])
+    index.add(np.ascontiguousarray(corpus_emb, dtype=np.float32))
+    return index.search(np.ascontiguousarray(query_emb, dtype=np.float32), min(k, corpus_emb.shape[0]))
+
+
+def evaluate(encoder: Encoder, data: EvalSet, batch_size: int = 128, show_progress: bool = False
+             ) -> dict[str, float]:
+    """nDCG@10, MRR@10, recall@{1,10,100}, MAP@100, alignment, uniformity and encode throughput."""
+    t0 = time.perf_counter()
+    corpus_emb = encoder.encode(data.corpus, batch_size=batch_size, show_progress=show_progress)
+    encode_s = time.perf_counter() - t0
+    query_emb = encoder.encode(data.queries, batch_size=batch_size)
+    _, idx = exact_search(query_emb, corpus_emb, 100, normalized=encoder.normalize)
+    ranked = [[data.corpus_ids[j] for j in row if j >= 0] for row in idx]
+    metrics = ranking_metrics(ranked, data.relevant)
+    pos = {cid: i for i, cid in enumerate(data.corpus_ids)}
+    first_rel = np.array([pos[sorted(r)[0]] for r in data.relevant])
+    metrics["alignment"] = alignment(query_emb, corpus_emb[first_rel])
+    metrics["uniformity"] = uniformity(corpus_emb)
+    metrics["encode_docs_per_s"] = len(data.corpus) / encode_s
+    metrics["queries"], metrics["corpus"] = len(data.queries), len(data.corpus)
+    return metrics

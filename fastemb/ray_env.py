@@ -1,0 +1,35 @@
+"""Starting or joining Ray, with the environment every fastemb worker needs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ray
+
+_VENV_EXT_DIR = Path(os.environ.get("VIRTUAL_ENV", Path(__file__).resolve().parents[1] / ".venv")) / "torch_extensions"
+
+
+def worker_env(threads: int = 1) -> dict[str, str]:
+    """Environment variables for Ray workers: DeepSpeed on CPU, thread counts, no hub access."""
+    env = {
+        "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
+        "OMP_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(_VENV_EXT_DIR)),
+    }
+    return env
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, threads_per_worker: int = 1) -> None:
+    """Join ``address`` or start an embedded local Ray (token auth is Ray's default for local clusters)."""
+    if ray.is_initialized():
+        return
+    for k, v in worker_env(threads_per_worker).items():
+        os.environ.setdefault(k, v)
+    runtime_env = {"env_vars": worker_env(threads_per_worker)}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=True)

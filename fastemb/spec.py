@@ -1,0 +1,283 @@
+"""Typed job specs: one schema shared by the CLI, Ray Jobs, Tune and the tests.
+
+A spec is YAML (or a dict) validated by pydantic; unknown keys are refused, and every error
+names the bad field, what it got and what is allowed. ``key=value`` overrides (dotted paths, values
+parsed as YAML) are applied before validation.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class SpecError(ValueError):
+    """A job spec that cannot be used; the message names each bad field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(_Section):
+    """The base model and how texts become vectors."""
+    base: str = Field("all-MiniLM-L6-v2", description="alias or local folder (sentence-transformers or HF)")
+    pooling: Literal["mean", "cls"] | None = Field(None, description="default: the model's own")
+    normalize: bool | None = Field(None, description="L2-normalise embeddings; default: the model's own")
+    max_length: int = Field(64, gt=0, le=8192, description="tokens per text")
+
+
+class DataSpec(_Section):
+    """Training pairs and the evaluation sets."""
+    train: str = Field("wordnet", description="'wordnet' (shipped) or a pairs file/folder (parquet or jsonl)")
+    max_pairs: int | None = Field(None, gt=0, description="use at most this many pairs (seeded sample)")
+    eval: str = Field("wordnet", description="'wordnet' or a folder with {dev,test}_{queries,corpus}.parquet")
+    test_queries: int | None = Field(None, gt=0, description="limit test queries (default: all)")
+    dev_queries: int | None = Field(None, gt=0, description="limit dev queries used during training")
+
+
+class LossSpec(_Section):
+    """InfoNCE settings."""
+    temperature: float = Field(0.05, gt=0, le=10)
+    similarity: Literal["cosine", "dot"] = "cosine"
+    gather_across_workers: bool = True
+    mask_false_negatives: bool = True
+    hard_negatives: int = Field(0, ge=0, le=64, description="hard negatives per query taken from the pairs")
+
+
+class TrainSpec(_Section):
+    """Optimisation and distribution (Ray Train workers driving DeepSpeed)."""
+    num_workers: int = Field(2, ge=1, le=4096)
+    cpus_per_worker: int = Field(1, ge=1)
+    use_gpu: bool = False
+    zero_stage: Literal[0, 1, 2] = 2
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    micro_batch_size: int = Field(32, gt=0, description="pairs per worker per step")
+    grad_accum: int = Field(1, ge=1)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
+    lr: float = Field(5e-5, gt=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
+    group_by_length: bool = True
+    length_window: int = Field(32, ge=1, description="micro-batches sorted together when grouping by length")
+    checkpoint_every: int = Field(100, gt=0, description="steps between checkpoints")
+    eval_every: int | None = Field(None, gt=0, description="steps between dev evaluations (default: 4 per run)")
+    log_every: int = Field(10, gt=0)
+    max_failures: int = Field(2, ge=0)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _precision_on_cpu(self) -> "TrainSpec":
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ValueError("train.precision: fp16 needs a GPU (use_gpu: true); on CPU use fp32 or bf16")
+        return self
+
+
+class RayRunSpec(_Section):
+    """Where the job runs."""
+    address: str | None = Field(None, description="join this Ray cluster; default: start an embedded local one")
+    num_cpus: int | None = Field(None, gt=0, description="CPUs for the embedded local Ray (default: all)")
+
+
+class TrainJob(_Section):
+    """``fastemb train``: contrastive fine-tuning with evaluation before and after."""
+    job: Literal["train"] = "train"
+    name: str = Field("contrastive", pattern=r"^[A-Za-z0-9_.-]+$")
+    storage_path: str = Field("runs", description="checkpoints, exported model and report (local path or URI)")
+    model: ModelSpec = ModelSpec()
+    data: DataSpec = DataSpec()
+    loss: LossSpec = LossSpec()
+    train: TrainSpec = TrainSpec()
+    ray: RayRunSpec = RayRunSpec()
+
+    @field_validator("storage_path")
+    @classmethod
+    def _absolute_storage(cls, v: str) -> str:
+        return v if "://" in v else os.path.abspath(os.path.expanduser(v))
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.storage_path) / self.name
+
+
+class EvalJob(_Section):
+    """``fastemb eval``: retrieval metrics of one model on an evaluation split."""
+    job: Literal["eval"] = "eval"
+    model: ModelSpec = ModelSpec()
+    data: DataSpec = DataSpec()
+    split: Literal["dev", "test"] = "test"
+    output: str | None = Field(None, description="write the metrics JSON here")
+
+
+class CorpusSpec(_Section):
+    """The documents to index: parquet with an id and a text column."""
+    path: str = Field("wordnet", description="'wordnet' (117k definitions), 'wordnet:test' (a labeled corpus), "
+                                              "or a parquet file / folder of shards / pyarrow-fsspec URI")
+    id_column: str = "id"
+    text_column: str = "text"
+    on_bad_file: Literal["skip", "fail"] = Field("skip", description="an unreadable file: count it and go on, or stop")
+
+
+class EmbedSpec(_Section):
+    """The Ray Data embedding stage (a pool of encoder actors)."""
+    num_actors: int = Field(2, ge=1, le=4096)
+    threads_per_actor: int = Field(1, ge=1, le=256)
+    batch_rows: int = Field(1024, gt=0, description="rows per map_batches call (sorted by length inside)")
+    max_batch_tokens: int = Field(8192, gt=0, description="padded tokens per forward pass (length bucketing)")
+    rows_per_unit: int = Field(200_000, gt=0, description="input rows per reusable unit of embedding shards")
+    output: str | None = Field(None, description="embedding shards folder (default: <run>/embeddings); reused")
+
+
+class ChunkingSpec(_Section):
+    """Long documents: token windows with overlap; search aggregates chunk scores per document."""
+    enabled: bool = False
+    overlap: int = Field(32, ge=0, description="tokens shared by consecutive chunks")
+    max_chunks: int | None = Field(None, gt=0, description="at most this many chunks per document")
+    aggregate: Literal["max", "mean"] = "max"
+
+
+class CompressSpec(_Section):
+    """Vector compression fitted on a sample, applied at index and query time."""
+    method: Literal["none", "pca", "autoencoder", "matryoshka"] = "none"
+    dim: int | None = Field(None, gt=0, description="output dimension (default: the model's)")
+    params: dict[str, Any] = Field(default_factory=dict, description="method options, e.g. autoencoder epochs")
+
+    @model_validator(mode="after")
+    def _dim_needed(self) -> "CompressSpec":
+        if self.method != "none" and self.dim is None:
+            raise ValueError(f"compress.dim: required with compress.method={self.method}")
+        return self
+
+
+class IndexSpec(_Section):
+    """The faiss index (PQ parameters from ``bytes_per_vector`` unless ``pq_m`` is given)."""
+    type: Literal["flat", "ivf_flat", "pq", "ivf_pq", "opq_ivf_pq", "hnsw"] = "ivf_pq"
+    bytes_per_vector: int = Field(48, gt=0, le=65536, description="PQ code bytes per vector (8-bit codes)")
+    pq_m: int | None = Field(None, gt=0)
+    pq_nbits: int = Field(8, ge=4, le=12)
+    nlist: int | None = Field(None, gt=0, description="IVF lists (default ~4*sqrt(N))")
+    hnsw_m: int = Field(32, ge=4, le=256)
+    refine: Literal["none", "flat", "sqfp16", "sq8"] = "none"
+    train_size: int = Field(100_000, gt=0, description="vectors sampled to train the quantizer/compressor")
+    add_tasks: int | None = Field(None, gt=0, description="parallel add tasks (default: CPUs of the cluster)")
+    nprobe: int = Field(16, gt=0)
+    ef_search: int = Field(64, gt=0)
+    k_factor: int = Field(4, gt=0, description="refine: re-rank k*k_factor candidates")
+    seed: int = 0
+
+
+class IndexEvalSpec(_Section):
+    """Compression evaluation on a labeled split (recall@10 vs exact, nDCG@10, bytes, build time, latency)."""
+    enabled: bool = False
+    eval: str = Field("wordnet", description="'wordnet' or a folder with {split}_{queries,corpus}.parquet")
+    split: Literal["dev", "test"] = "test"
+    max_queries: int | None = Field(None, gt=0)
+    latency_queries: int = Field(200, gt=0, description="queries timed one at a time for p50/p99")
+    sweep: list[dict[str, Any]] = Field(default_factory=list,
+                                        description="extra configurations: {name, compress: {...}, index: {...}}")
+
+
+class IndexJob(_Section):
+    """``fastemb index``: embed a corpus with Ray Data and build a (compressed) faiss index."""
+    job: Literal["index"] = "index"
+    name: str = Field("index", pattern=r"^[A-Za-z0-9_.-]+$")
+    storage_path: str = Field("runs", description="output folder root (local path; shared by all nodes)")
+    model: ModelSpec = ModelSpec()
+    corpus: CorpusSpec = CorpusSpec()
+    embed: EmbedSpec = EmbedSpec()
+    chunking: ChunkingSpec = ChunkingSpec()
+    compress: CompressSpec = CompressSpec()
+    index: IndexSpec = IndexSpec()
+    evaluate: IndexEvalSpec = IndexEvalSpec()
+    ray: RayRunSpec = RayRunSpec()
+
+    @field_validator("storage_path")
+    @classmethod
+    def _absolute_storage(cls, v: str) -> str:
+        return os.path.abspath(os.path.expanduser(v))
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.storage_path) / self.name
+
+
+class SearchJob(_Section):
+    """``fastemb search``: top-k documents of query texts in a built index."""
+    job: Literal["search"] = "search"
+    index_dir: str = Field(..., description="folder written by `fastemb index` (holds manifest.json)")
+    queries: list[str] = Field(..., min_length=1)
+    k: int = Field(10, gt=0, le=10_000)
+    nprobe: int | None = Field(None, gt=0)
+    ef_search: int | None = Field(None, gt=0)
+    output: str | None = Field(None, description="write the results JSON here")
+
+
+JOB_TYPES: dict[str, type[_Section]] = {"train": TrainJob, "eval": EvalJob, "index": IndexJob,
+                                        "search": SearchJob}
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict."""
+    out = dict(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise SpecError(f"override {item!r}: expected key=value, e.g. train.lr=3e-5")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            child = node.get(p)
+            node[p] = dict(child) if isinstance(child, dict) else {}
+            node = node[p]
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def _format_errors(err: ValidationError, model: type[BaseModel]) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(spec)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            parent: Any = model
+            for p in e["loc"][:-1]:
+                parent = parent.model_fields[p].annotation if p in getattr(parent, "model_fields", {}) else None
+            allowed = sorted(parent.model_fields) if parent is not None and hasattr(parent, "model_fields") else []
+            msg = f"unknown key; allowed keys here: {', '.join(allowed)}"
+        elif "input" in e and not isinstance(e["input"], dict):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {field}: {msg}")
+    return "invalid job spec:\n" + "\n".join(lines)
+
+
+def parse_spec(raw: dict[str, Any], overrides: list[str] | None = None, job: str | None = None):
+    """Validate a dict as a job spec (its ``job`` key or ``job`` picks the schema)."""
+    raw = apply_overrides(raw or {}, overrides or [])
+    kind = raw.get("job", job or "train")
+    if kind not in JOB_TYPES:
+        raise SpecError(f"invalid job spec:\n  job: unknown job {kind!r}; allowed: {', '.join(JOB_TYPES)}")
+    model = JOB_TYPES[kind]
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(_format_errors(err, model)) from None
+
+
+def load_spec(path: str | os.PathLike, overrides: list[str] | None = None, job: str | None = None):
+    """Read a YAML job spec from ``path``, apply overrides and validate it."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"job spec {str(p)!r} not found")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SpecError(f"job spec {p}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"job spec {p}: expected a mapping at the top level")
+    return parse_spec(raw, overrides, job)

@@ -1,0 +1,145 @@
+"""The per-worker training loop handed to Ray Train's ``TorchTrainer``.
+
+Each worker builds the encoder, wraps it in a DeepSpeed engine (Ray has already created the
+process group: gloo on CPU, NCCL on GPU), streams its shard of the pairs from Ray Data, and
+optimises InfoNCE with negatives gathered from every worker. Every ``checkpoint_every`` steps each
+rank saves its DeepSpeed shard and all ranks call ``ray.train.report`` with it; after a failure
+Ray restarts the workers and the loop resumes from the last checkpoint. At the end rank 0 puts the
+consolidated model (sentence-transformers format) into the final checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+CHECKPOINT_TAG = "fastemb"
+
+
+def _build_engine(spec, total_steps: int):
+    import deepspeed
+    import torch
+
+    from fastemb.model.encoder import Encoder
+    from fastemb.train.deepspeed_config import deepspeed_config
+    from fastemb.train.schedule import warmup_decay
+
+    m, t = spec.model, spec.train
+    encoder = Encoder.load(m.base, pooling=m.pooling, normalize=m.normalize, max_length=m.max_length)
+    decay = [p for n, p in encoder.named_parameters() if not any(k in n for k in ("bias", "LayerNorm"))]
+    no_decay = [p for n, p in encoder.named_parameters() if any(k in n for k in ("bias", "LayerNorm"))]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=t.lr)
+    scheduler = warmup_decay(optimizer, total_steps, t.warmup_ratio, t.schedule)
+    engine, _, _, _ = deepspeed.initialize(model=encoder, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(t))
+    return engine
+
+
+def _dev_eval(engine, spec) -> float:
+    from fastemb.data.eval_sets import load_eval_set
+    from fastemb.eval.retrieval import evaluate
+
+    dev = load_eval_set(spec.data.eval, "dev", spec.data.dev_queries)
+    return evaluate(engine.module, dev)["ndcg@10"]
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point; ``config`` holds the job spec and the step plan made by the driver."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import ray.train
+    import torch
+
+    from fastemb.losses import InfoNCELoss
+    from fastemb.spec import TrainJob
+    from fastemb.train.batching import batch_hashes, iter_micro_batches
+    from fastemb.train.progress import ProgressLine
+
+    spec = TrainJob.model_validate(config["spec"])
+    t = spec.train
+    torch.set_num_threads(t.cpus_per_worker)
+    torch.manual_seed(t.seed)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    total_steps, micro_per_epoch = config["total_steps"], config["micro_steps_per_epoch"]
+    eval_steps = set(config["eval_steps"])
+
+    engine = _build_engine(spec, total_steps)
+    loss_fn = InfoNCELoss(spec.loss.temperature, spec.loss.similarity, spec.loss.gather_across_workers,
+                          spec.loss.mask_false_negatives)
+    k = spec.loss.hard_negatives
+
+    step, micro, history = 0, 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            _, state = engine.load_checkpoint(d, tag=CHECKPOINT_TAG)
+        step, micro, history = state["step"], state["micro"], state["history"]
+        history.append({"step": step, "event": "resumed", "attempt_rank": rank})
+        if rank == 0:
+            print(f"[fastemb train] resumed from checkpoint at step {step}", flush=True)
+
+    shard = ray.train.get_dataset_shard("train")
+    progress = ProgressLine(total_steps, t.micro_batch_size * t.grad_accum * world, t.log_every, step, verbose=rank == 0)
+    engine.train()
+    epoch = micro // micro_per_epoch
+    while step < total_steps:
+        rng = random.Random(t.seed * 1000 + epoch)
+        skip = micro - epoch * micro_per_epoch  # micro-batches of this epoch already done before a restart
+        for i, batch in enumerate(iter_micro_batches(shard, t.micro_batch_size, t.length_window, rng,
+                                                     t.group_by_length)):
+            if i < skip:
+                continue
+            if i >= micro_per_epoch or step >= total_steps:
+                break
+            ids = {name: torch.from_numpy(v) for name, v in batch_hashes(batch, k).items()}
+            q = engine.module.embed([r["query"] for r in batch])
+            p = engine.module.embed([r["positive"] for r in batch])
+            n = engine.module.embed([x for r in batch for x in r["negatives"]]).view(len(batch), k, -1) \
+                if k else None
+            loss = loss_fn(q, p, n, **ids)
+            engine.backward(loss)
+            engine.step()
+            micro += 1
+            if micro % t.grad_accum:
+                continue
+            step += 1
+            stats = progress.update(step, loss.item())
+            if stats and rank == 0:
+                history.append({**stats, "lr": engine.get_lr()[0], "time": time.time()})
+            if step in eval_steps:
+                ndcg = _dev_eval(engine, spec) if rank == 0 else None
+                if rank == 0:
+                    history.append({"step": step, "dev_ndcg@10": ndcg})
+                    print(f"[fastemb train] step {step}: dev nDCG@10 {ndcg:.4f}", flush=True)
+                engine.train()
+            if step % t.checkpoint_every == 0 and step < total_steps:
+                _save_and_report(engine, {"step": step, "micro": micro, "history": history}, rank)
+        epoch += 1
+    _final_report(engine, history, step, rank)
+
+
+def _save_and_report(engine, state: dict, rank: int) -> None:
+    """Every rank writes its DeepSpeed shard; all ranks report (Ray merges the shards)."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix=f"fastemb-ckpt-r{rank}-") as d:
+        engine.save_checkpoint(d, tag=CHECKPOINT_TAG, client_state=state)
+        ray.train.report({"step": state["step"]}, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def _final_report(engine, history: list, step: int, rank: int) -> None:
+    """Rank 0 exports the model and the history into the final checkpoint; all ranks report."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="fastemb-final-") as d:
+        checkpoint = None
+        if rank == 0:
+            engine.module.save(Path(d) / "model")
+            (Path(d) / "history.json").write_text(json.dumps(history))
+            checkpoint = ray.train.Checkpoint.from_directory(d)
+        ray.train.report({"step": step, "done": True}, checkpoint=checkpoint)
