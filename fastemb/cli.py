@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 
-from fastemb.data.pairs import DataError
+from fastemb.errors import FastembError
 from fastemb.spec import SpecError, load_spec, parse_spec
 
 
@@ -68,12 +70,47 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from fastemb.serve.run import run_serve
+
+    run_serve(_spec(args, "serve"))
+    return 0
+
+
+def cmd_ab_report(args) -> int:
+    from fastemb.serve.ab import format_report, report
+
+    rep = report(args.feedback_dir)
+    print(json.dumps(rep, indent=2) if args.json else format_report(rep))
+    return 0
+
+
+def add_ab_commands(sub) -> None:
+    """``fastemb ab report [FEEDBACK_DIR]``: per-arm metrics of the serve A/B logs."""
+    ab = sub.add_parser("ab", help="A/B test of served model versions").add_subparsers(dest="ab_command",
+                                                                                       required=True)
+    p = ab.add_parser("report", help="per-arm requests, latency, clicks, CTR, MRR of clicks")
+    p.add_argument("feedback_dir", nargs="?", default="runs/serve/ab", help="serve feedback_dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_ab_report)
+
+
 # Sub-commands that run a job spec: (name, handler, help). Other stages register theirs here.
+def cmd_tune(args) -> int:
+    from fastemb.tune.search import run_tune
+
+    summary = run_tune(_spec(args, "tune"))
+    print(json.dumps({"winner": summary["winner"], "trials": len(summary["trials"])}, indent=2, default=str))
+    return 0
+
+
 SPEC_COMMANDS = [
     ("train", cmd_train, "contrastive training (Ray Train + DeepSpeed)"),
+    ("tune", cmd_tune, "Ray Tune search: temperature, batch size, LR, compression"),
     ("eval", cmd_eval, "retrieval metrics of a model"),
     ("index", cmd_index, "embed a corpus (Ray Data) and build a compressed faiss index"),
     ("search", cmd_search, "top-k documents of query texts in a built index"),
+    ("serve", cmd_serve, "online embedding + search service on Ray Serve (A/B arms)"),
 ]
 
 
@@ -95,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fastemb.submit import add_submit_commands  # `submit` and `jobs`: Ray Jobs API
 
     add_submit_commands(sub)
+    add_ab_commands(sub)
     return parser
 
 
@@ -102,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (SpecError, DataError, FileNotFoundError) as err:
+    except (FastembError, FileNotFoundError) as err:
+        if os.environ.get("FASTEMB_DEBUG"):
+            traceback.print_exc()
         print(f"fastemb {args.command}: {err}", file=sys.stderr)
         return 2
 

@@ -51,3 +51,37 @@ def compression_tradeoff(results: list[dict], path: str | Path, title: str = "co
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points (cost, quality) not dominated by a cheaper-or-equal point of higher quality."""
+    front, best = [], float("-inf")
+    for cost, quality in sorted(points, key=lambda p: (p[0], -p[1])):
+        if quality > best:
+            front.append((cost, quality))
+            best = quality
+    return front
+
+
+def tune_trials(rows: list[dict], metric: str, path: str | Path) -> Path:
+    """Objective vs temperature, vs batch size, and vs bytes/vector with its Pareto front."""
+    done = [r for r in rows if r.get(metric) is not None]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, key, log in ((axes[0], "temperature", True), (axes[1], "micro_batch_size", False)):
+        ax.scatter([r[key] for r in done], [r[metric] for r in done], color="tab:blue")
+        ax.set_xscale("log" if log else "linear")
+        ax.set_xlabel(key)
+        ax.set_ylabel(metric)
+    pts = [(r["bytes_per_vector"], r[metric]) for r in done if r.get("bytes_per_vector")]
+    axes[2].scatter(*zip(*pts), color="tab:blue", label="trials") if pts else None
+    front = pareto_front(pts)
+    if front:
+        axes[2].plot(*zip(*front), "o-", color="tab:red", label="Pareto front")
+        axes[2].legend()
+    axes[2].set_xlabel("bytes / vector")
+    axes[2].set_ylabel(metric)
+    fig.suptitle("fastemb tune: trials")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -29,6 +29,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, threads_pe
     for k, v in worker_env(threads_per_worker).items():
         os.environ.setdefault(k, v)
     runtime_env = {"env_vars": worker_env(threads_per_worker)}
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        # inside a submitted Ray job: the job's runtime_env already applies (Ray refuses to merge env vars)
+        ray.init(address=address or "auto", log_to_driver=True)
+        return
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from fastemb.errors import FastembError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
-class SpecError(ValueError):
+class SpecError(FastembError, ValueError):
     """A job spec that cannot be used; the message names each bad field."""
 
 
@@ -218,8 +219,46 @@ class SearchJob(_Section):
     output: str | None = Field(None, description="write the results JSON here")
 
 
+class SearchSpace(_Section):
+    """Ray Tune search space: bounds are log-uniform ranges, lists are choices."""
+    temperature: list[float] = Field([0.01, 0.1], min_length=2, max_length=2, description="log-uniform [low, high]")
+    lr: list[float] = Field([2e-5, 2e-4], min_length=2, max_length=2, description="log-uniform [low, high]")
+    micro_batch_size: list[int] = Field([16, 32, 64], min_length=1, description="choice")
+    pq_bytes: list[int] = Field([24, 48, 96], min_length=1, description="choice: PQ code bytes per vector")
+
+    @field_validator("temperature", "lr")
+    @classmethod
+    def _ordered_positive(cls, v: list[float]) -> list[float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"expected [low, high] with 0 < low <= high, got {v}")
+        return v
+
+
+class TuneSpec(_Section):
+    """How the search runs and what wins."""
+    num_samples: int = Field(8, ge=1)
+    search: Literal["optuna", "random"] = "optuna"
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1, description="ASHA: dev evaluations before a trial can be stopped")
+    reduction_factor: int = Field(2, ge=2)
+    max_concurrent_trials: int | None = Field(None, ge=1, description="default: cluster CPUs // CPUs per trial")
+    min_compression: float = Field(16.0, ge=1, description="the winner must compress vectors at least this much")
+    opq: bool = Field(True, description="rotate before PQ (OPQ)")
+    max_failures: int = Field(1, ge=0, description="retries of a failing trial")
+
+
+class TuneJob(TrainJob):
+    """``fastemb tune``: Ray Tune drives the training job; the objective is dev nDCG@10 after compression."""
+    job: Literal["tune"] = "tune"  # type: ignore[assignment]
+    name: str = Field("tune", pattern=r"^[A-Za-z0-9_.-]+$")
+    tune: TuneSpec = TuneSpec()
+    space: SearchSpace = SearchSpace()
+
+
 JOB_TYPES: dict[str, type[_Section]] = {"train": TrainJob, "eval": EvalJob, "index": IndexJob,
-                                        "search": SearchJob}
+                                        "search": SearchJob, "tune": TuneJob}
+
+import fastemb.serve.spec  # noqa: E402,F401  registers JOB_TYPES["serve"] (ServeJob, fastemb/serve/spec.py)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -72,3 +72,48 @@ def test_sigkilled_worker_resumes_from_checkpoint_and_exports(ray_local, tmp_pat
     assert np.abs(ours - base).max() > 1e-4, "the exported model is the untrained base"
     saved = json.loads((run_dir / "report.json").read_text())
     assert {"base", "tuned", "delta"} <= set(saved) and (run_dir / "training_curve.png").stat().st_size > 0
+
+
+def test_rerunning_a_job_with_the_same_name_resumes_it(ray_local, tmp_path, tiny_eval):
+    """The driver side dies mid-run (its Train controller is killed); running the same job again resumes."""
+    import ray
+
+    from fastemb.train.driver import TrainError
+
+    spec = small_spec(tmp_path, tiny_eval, "rerun", max_failures=0)
+    errors: list = []
+
+    def first_run():
+        try:
+            run_train(spec)
+        except TrainError as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=first_run, daemon=True)
+    thread.start()
+    run_dir = tmp_path / "rerun"
+    deadline = time.time() + 600
+    while len(list(run_dir.glob("checkpoint_*"))) < 2 and time.time() < deadline and thread.is_alive():
+        time.sleep(0.2)
+    from ray.util.state import list_actors
+
+    controllers = list_actors(address=ray.get_runtime_context().gcs_address,
+                              filters=[("class_name", "=", "TrainController"), ("state", "=", "ALIVE")])
+    assert controllers, "no live Train controller"
+    os.kill(controllers[0].pid, signal.SIGKILL)
+    thread.join(timeout=600)
+    assert errors, "the first run should have failed when its controller died"
+
+    # Re-run as a new driver would: a fresh Ray, the same name and storage_path.
+    from fastemb.ray_env import init_ray
+
+    ray.shutdown()
+    init_ray(num_cpus=2)
+    report = run_train(spec)
+    resumed = [h["step"] for h in report["history"] if h.get("event") == "resumed"]
+    assert resumed and min(resumed) >= 3
+    assert max(h["step"] for h in report["history"] if "loss" in h) == report["plan"]["total_steps"]
+    # Running the finished job once more returns its result instead of failing to resume.
+    again = run_train(spec)
+    assert again["plan"] == report["plan"] and Path(again["model_dir"]).is_dir()
+    assert abs(again["tuned"]["ndcg@10"] - report["tuned"]["ndcg@10"]) < 1e-9

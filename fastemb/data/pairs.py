@@ -26,12 +26,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fastemb.data.text import bad_text_reason
+from fastemb.errors import FastembError
 
 WORDNET_DIR = Path(__file__).resolve().parent.parent / "datasets" / "wordnet"
 REQUIRED = ("query", "positive")
 
 
-class DataError(ValueError):
+class DataError(FastembError, ValueError):
     """Input data that cannot be used; the message says which file and why."""
 
 

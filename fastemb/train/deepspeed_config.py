@@ -24,3 +24,29 @@ def deepspeed_config(train: TrainSpec) -> dict:
     elif train.precision == "fp16":
         cfg["fp16"] = {"enabled": True, "initial_scale_power": 12}
     return cfg
+
+
+def preload_cpu_comm_op() -> None:
+    """Load DeepSpeed's prebuilt shared-memory comm op (CPU) straight from the extension folder.
+
+    DeepSpeed otherwise goes through torch's JIT loader, which takes a file lock on every start; a
+    process killed while holding it (a SIGKILLed worker) leaves every later run waiting forever. When
+    the op was built before (``dev.sh`` builds it once), it is imported directly and cached where
+    DeepSpeed looks first; when it was not, DeepSpeed builds it as usual."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    from deepspeed.ops.op_builder.builder import OpBuilder
+
+    name = "deepspeed_shm_comm"
+    if name in OpBuilder._loaded_ops or os.environ.get("DS_ACCELERATOR", "cpu") != "cpu":
+        return
+    ext_dir = os.environ.get("TORCH_EXTENSIONS_DIR")
+    library = Path(ext_dir) / name / f"{name}.so" if ext_dir else None
+    if library is None or not library.exists():
+        return
+    spec = importlib.util.spec_from_file_location(name, library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    OpBuilder._loaded_ops[name] = module

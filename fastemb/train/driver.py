@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from fastemb.data.eval_sets import load_eval_set
 from fastemb.data.pairs import load_pairs
+from fastemb.errors import FastembError
 from fastemb.eval.retrieval import evaluate
 from fastemb.model.encoder import Encoder
 from fastemb.plots import training_curve
@@ -23,7 +24,7 @@ from fastemb.ray_env import init_ray
 from fastemb.spec import SpecError, TrainJob
 
 
-class TrainError(RuntimeError):
+class TrainError(FastembError, RuntimeError):
     """Training failed after Ray's retries; the message says where to look."""
 
 
@@ -39,8 +40,8 @@ def plan_steps(spec: TrainJob, n_pairs: int) -> dict:
     if t.max_steps:
         total = min(total, t.max_steps)
     every = t.eval_every or max(total // 4, 1)
-    return {"micro_steps_per_epoch": micro_per_epoch, "total_steps": total,
-            "eval_steps": list(range(every, total + 1, every))}
+    eval_steps = sorted(set(range(every, total + 1, every)) | {total}) if every <= total else []
+    return {"micro_steps_per_epoch": micro_per_epoch, "total_steps": total, "eval_steps": eval_steps}
 
 
 def evaluate_model(model: str, spec: TrainJob, split: str = "test") -> dict:
@@ -61,14 +62,50 @@ def _base_metrics(spec: TrainJob) -> dict:
     return metrics
 
 
-def run_train(spec: TrainJob) -> dict:
-    """Run a training job end to end; returns the report (also written to ``report.json``)."""
+def make_trainer(spec: TrainJob, pairs: list[dict], plan: dict, callbacks: list | None = None):
+    """A ``TorchTrainer`` running :func:`train_loop_per_worker` over ``pairs`` (a Ray Dataset, sharded
+    per worker), with checkpointing, failure retries and resumption under ``{storage_path}/{name}``."""
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from fastemb.train.loop import train_loop_per_worker
 
+    t = spec.train
+    rows = list(pairs)
+    random.Random(t.seed).shuffle(rows)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec.model_dump(), **plan},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+        run_config=RunConfig(name=spec.name, storage_path=spec.storage_path,
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
+        datasets={"train": ray.data.from_arrow(pa.Table.from_pylist(rows))},
+    )
+
+
+def fit_and_export(trainer, spec: TrainJob) -> tuple[Path, list[dict]]:
+    """Run the trainer; copy the exported model to ``{run_dir}/model``; return it and the history."""
+    t = spec.train
+    try:
+        result = trainer.fit()
+    except Exception as err:  # Ray wraps worker errors; say what failed without Ray's internals
+        lines = str(err).strip().splitlines()
+        raise TrainError(f"training failed after {t.max_failures} retries: {type(err).__name__}: "
+                         f"{lines[-1] if lines else ''}\n  checkpoints and logs: {spec.run_dir}") from err
+    model_dir = spec.run_dir / "model"
+    with result.checkpoint.as_directory() as d:
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        shutil.copytree(Path(d) / "model", model_dir)
+        history = json.loads((Path(d) / "history.json").read_text())
+    return model_dir, history
+
+
+def run_train(spec: TrainJob) -> dict:
+    """Run a training job end to end; returns the report (also written to ``report.json``)."""
     t0 = time.time()
     t = spec.train
     pairs, data_report = load_pairs(spec.data.train, spec.data.max_pairs, spec.loss.hard_negatives, t.seed)
@@ -80,36 +117,13 @@ def run_train(spec: TrainJob) -> dict:
     print(f"[fastemb train] base test nDCG@10 {base['ndcg@10']:.4f}", flush=True)
 
     init_ray(spec.ray.address, spec.ray.num_cpus, t.cpus_per_worker)
-    random.Random(t.seed).shuffle(pairs)
-    dataset = ray.data.from_arrow(pa.Table.from_pylist(pairs))
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"spec": spec.model_dump(), **plan},
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker}),
-        run_config=RunConfig(name=spec.name, storage_path=spec.storage_path,
-                             failure_config=FailureConfig(max_failures=t.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": dataset},
-    )
-    t_train = time.time()
+    trainer = make_trainer(spec, pairs, plan)
     print(f"[fastemb train] {len(pairs)} pairs, {t.num_workers} workers × {t.micro_batch_size} "
           f"(×{t.grad_accum} accumulation), ZeRO-{t.zero_stage}, {t.precision}, {plan['total_steps']} steps",
           flush=True)
-    try:
-        result = trainer.fit()
-    except Exception as err:  # Ray wraps worker errors; say what failed without Ray's internals
-        raise TrainError(f"training failed after {t.max_failures} retries: {type(err).__name__}: "
-                         f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''}\n"
-                         f"  checkpoints and logs: {run_dir}") from err
+    t_train = time.time()
+    model_dir, history = fit_and_export(trainer, spec)
     train_s = time.time() - t_train
-
-    model_dir = run_dir / "model"
-    with result.checkpoint.as_directory() as d:
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        shutil.copytree(Path(d) / "model", model_dir)
-        history = json.loads((Path(d) / "history.json").read_text())
     print(f"[fastemb train] exported {model_dir}; evaluating it on the test split", flush=True)
     tuned = evaluate_model(str(model_dir), spec)
     delta = {k: tuned[k] - base[k] for k in base if isinstance(base[k], (int, float))}

@@ -25,7 +25,7 @@ def _build_engine(spec, total_steps: int):
     import torch
 
     from fastemb.model.encoder import Encoder
-    from fastemb.train.deepspeed_config import deepspeed_config
+    from fastemb.train.deepspeed_config import deepspeed_config, preload_cpu_comm_op
     from fastemb.train.schedule import warmup_decay
 
     m, t = spec.model, spec.train
@@ -35,17 +35,29 @@ def _build_engine(spec, total_steps: int):
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=t.lr)
     scheduler = warmup_decay(optimizer, total_steps, t.warmup_ratio, t.schedule)
+    preload_cpu_comm_op()
     engine, _, _, _ = deepspeed.initialize(model=encoder, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(t))
     return engine
 
 
-def _dev_eval(engine, spec) -> float:
+def _dev_eval(engine, spec, compression: dict | None) -> dict:
+    """Dev nDCG@10 of the current model, and after compression when the job asks for it."""
     from fastemb.data.eval_sets import load_eval_set
-    from fastemb.eval.retrieval import evaluate
+    from fastemb.eval.compressed import compressed_retrieval
+    from fastemb.eval.metrics import ranking_metrics
+    from fastemb.eval.retrieval import exact_search
 
     dev = load_eval_set(spec.data.eval, "dev", spec.data.dev_queries)
-    return evaluate(engine.module, dev)["ndcg@10"]
+    corpus, queries = engine.module.encode(dev.corpus), engine.module.encode(dev.queries)
+    _, idx = exact_search(queries, corpus, 100, normalized=engine.module.normalize)
+    ranked = [[dev.corpus_ids[j] for j in row if j >= 0] for row in idx]
+    out = {"dev_ndcg@10": ranking_metrics(ranked, dev.relevant)["ndcg@10"]}
+    if compression:
+        c = compressed_retrieval(corpus, queries, dev, **compression)
+        out.update({"dev_ndcg@10_compressed": c["ndcg@10"], "bytes_per_vector": c["bytes_per_vector"],
+                    "compression_x": c["compression_x"]})
+    return out
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -68,13 +80,16 @@ def train_loop_per_worker(config: dict) -> None:
     total_steps, micro_per_epoch = config["total_steps"], config["micro_steps_per_epoch"]
     eval_steps = set(config["eval_steps"])
 
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint and _report_if_finished(checkpoint, rank):
+        return  # the run had already finished: nothing to train, its export was reported again
+
     engine = _build_engine(spec, total_steps)
     loss_fn = InfoNCELoss(spec.loss.temperature, spec.loss.similarity, spec.loss.gather_across_workers,
                           spec.loss.mask_false_negatives)
     k = spec.loss.hard_negatives
 
-    step, micro, history = 0, 0, []
-    checkpoint = ray.train.get_checkpoint()
+    step, micro, history, dev = 0, 0, [], {}
     if checkpoint:
         with checkpoint.as_directory() as d:
             _, state = engine.load_checkpoint(d, tag=CHECKPOINT_TAG)
@@ -84,7 +99,8 @@ def train_loop_per_worker(config: dict) -> None:
             print(f"[fastemb train] resumed from checkpoint at step {step}", flush=True)
 
     shard = ray.train.get_dataset_shard("train")
-    progress = ProgressLine(total_steps, t.micro_batch_size * t.grad_accum * world, t.log_every, step, verbose=rank == 0)
+    progress = ProgressLine(total_steps, t.micro_batch_size * t.grad_accum * world, t.log_every, step,
+                            verbose=rank == 0)
     engine.train()
     epoch = micro // micro_per_epoch
     while step < total_steps:
@@ -112,27 +128,48 @@ def train_loop_per_worker(config: dict) -> None:
             if stats and rank == 0:
                 history.append({**stats, "lr": engine.get_lr()[0], "time": time.time()})
             if step in eval_steps:
-                ndcg = _dev_eval(engine, spec) if rank == 0 else None
+                dev = _dev_eval(engine, spec, config.get("dev_compression")) if rank == 0 else {}
                 if rank == 0:
-                    history.append({"step": step, "dev_ndcg@10": ndcg})
-                    print(f"[fastemb train] step {step}: dev nDCG@10 {ndcg:.4f}", flush=True)
+                    history.append({"step": step, **dev})
+                    print(f"[fastemb train] step {step}: " + ", ".join(f"{name} {value:.4f}" for name, value in dev.items()),
+                          flush=True)
                 engine.train()
-            if step % t.checkpoint_every == 0 and step < total_steps:
-                _save_and_report(engine, {"step": step, "micro": micro, "history": history}, rank)
+            if step < total_steps and (step % t.checkpoint_every == 0 or step in eval_steps):
+                _save_and_report(engine, {"step": step, "micro": micro, "history": history}, rank, dev)
         epoch += 1
-    _final_report(engine, history, step, rank)
+    _final_report(engine, history, step, rank, dev)
 
 
-def _save_and_report(engine, state: dict, rank: int) -> None:
-    """Every rank writes its DeepSpeed shard; all ranks report (Ray merges the shards)."""
+def _report_if_finished(checkpoint, rank: int) -> bool:
+    """A final checkpoint (exported model, no DeepSpeed state) means the run is complete: every rank
+    reports it again, so re-running a finished job returns its result instead of failing to resume."""
+    import ray.train
+
+    with checkpoint.as_directory() as d:
+        if not (Path(d) / "history.json").exists():
+            return False
+        with tempfile.TemporaryDirectory(prefix="fastemb-final-") as copy:
+            final = None
+            if rank == 0:
+                shutil.copytree(d, copy, dirs_exist_ok=True)
+                final = ray.train.Checkpoint.from_directory(copy)
+            history = json.loads((Path(d) / "history.json").read_text())
+            last = max((h["step"] for h in history if "step" in h), default=0)
+            ray.train.report({"step": last, "finished": True}, checkpoint=final)
+    return True
+
+
+def _save_and_report(engine, state: dict, rank: int, dev: dict) -> None:
+    """Every rank writes its DeepSpeed shard; all ranks report (Ray merges the shards). The metrics
+    carry the latest dev evaluation (rank 0's are the ones Ray Train and Tune keep)."""
     import ray.train
 
     with tempfile.TemporaryDirectory(prefix=f"fastemb-ckpt-r{rank}-") as d:
         engine.save_checkpoint(d, tag=CHECKPOINT_TAG, client_state=state)
-        ray.train.report({"step": state["step"]}, checkpoint=ray.train.Checkpoint.from_directory(d))
+        ray.train.report({"step": state["step"], **dev}, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def _final_report(engine, history: list, step: int, rank: int) -> None:
+def _final_report(engine, history: list, step: int, rank: int, dev: dict) -> None:
     """Rank 0 exports the model and the history into the final checkpoint; all ranks report."""
     import ray.train
 
@@ -142,4 +179,4 @@ def _final_report(engine, history: list, step: int, rank: int) -> None:
             engine.module.save(Path(d) / "model")
             (Path(d) / "history.json").write_text(json.dumps(history))
             checkpoint = ray.train.Checkpoint.from_directory(d)
-        ray.train.report({"step": step, "done": True}, checkpoint=checkpoint)
+        ray.train.report({"step": step, "finished": True, **dev}, checkpoint=checkpoint)

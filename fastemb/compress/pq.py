@@ -1,0 +1,64 @@
+"""Product quantisation (PQ, OPQ) with faiss: the PQ parameter picker shared with the index builder,
+and a codec compressor whose ``transform`` returns the PQ reconstruction (``encode`` gives the bytes)."""
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from fastemb.compress.base import Compressor
+
+
+def pq_m_for_bytes(dim: int, bytes_per_vector: int, nbits: int = 8) -> int:
+    """Number of PQ sub-quantizers: the largest m dividing ``dim`` whose code fits ``bytes_per_vector``."""
+    budget = (bytes_per_vector * 8) // nbits
+    fits = [m for m in range(1, dim + 1) if dim % m == 0 and m <= budget]
+    if not fits:
+        raise ValueError(f"bytes_per_vector={bytes_per_vector} is too small for a {nbits}-bit PQ code")
+    return max(fits)
+
+
+def pq_factory(dim: int, m: int, nbits: int = 8, opq: bool = False) -> str:
+    """faiss factory string of a PQ (optionally OPQ-rotated) codec."""
+    code = f"PQ{m}" + (f"x{nbits}" if nbits != 8 else "")
+    return (f"OPQ{m}_{dim}," if opq else "") + code
+
+
+class PQCompressor(Compressor):
+    """PQ codec; params: ``bytes_per_vector`` (or ``m``), ``nbits``, ``opq_niter``. ``out_dim`` equals ``in_dim``."""
+
+    method = "pq"
+    opq = False
+
+    def __init__(self, in_dim: int, out_dim: int, renormalize: bool = True, **params):
+        super().__init__(in_dim, in_dim, renormalize, **params)
+        nbits = int(params.get("nbits", 8))
+        self.m = int(params.get("m") or pq_m_for_bytes(in_dim, int(params.get("bytes_per_vector", 48)), nbits))
+        self.nbits = nbits
+        self.codec = faiss.index_factory(in_dim, pq_factory(in_dim, self.m, nbits, self.opq))
+        if self.opq and params.get("opq_niter"):
+            faiss.downcast_VectorTransform(faiss.downcast_index(self.codec).chain.at(0)).niter = int(params["opq_niter"])
+
+    @property
+    def code_bytes(self) -> int:
+        return int(self.codec.sa_code_size())
+
+    def _fit(self, x: np.ndarray) -> None:
+        self.codec.train(x)
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """Codes, uint8 (n, code_bytes)."""
+        return self.codec.sa_encode(np.ascontiguousarray(x, dtype=np.float32))
+
+    def _transform(self, x: np.ndarray) -> np.ndarray:
+        return self.codec.sa_decode(self.encode(x))
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {"codec": faiss.serialize_index(self.codec)}
+
+    def _set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.codec = faiss.deserialize_index(arrays["codec"])
+
+
+class OPQCompressor(PQCompressor):
+    method = "opq"
+    opq = True

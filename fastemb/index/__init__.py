@@ -1,0 +1,10 @@
+"""Corpus embedding with Ray Data, sharded faiss index builds, search, and compression evaluation.
+
+Modules: ``corpus`` (input files, validation), ``embed`` (Ray Data encoder actors, length bucketing),
+``chunking`` (long documents), ``shards`` (embedding shards, duplicates, id map), ``factory`` (index
+configurations), ``build`` (train / parallel add / merge on Ray), ``search`` (queries → documents),
+``evaluate`` (compression trade-offs), ``job`` (the ``fastemb index`` job).
+"""
+from fastemb.index.search import Searcher, search
+
+__all__ = ["Searcher", "search"]

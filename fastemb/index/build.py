@@ -1,0 +1,140 @@
+"""Sharded faiss build on Ray: train on a sample → add to copies of the trained index in parallel → merge.
+
+The driver only passes file names, row ranges and the trained (empty) index; vectors are read by the tasks
+from the embedding shards. Shard indexes are written next to the output and merged by one task with
+``merge_from`` in shard order, so faiss ids are the row numbers of ``ids.parquet``. HNSW, whose graph cannot
+be merged, is built by one task streaming the shards.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import ray
+
+from fastemb.index.embed import peak_rss_mb
+from fastemb.index.factory import is_mergeable
+from fastemb.index.shards import read_kept, sample_vectors, vectors_of
+
+
+def _transformer(compressor_dir: str | None):
+    if not compressor_dir:
+        return lambda x: x
+    from fastemb.compress import load_compressor
+
+    return load_compressor(compressor_dir).transform
+
+
+def split_ranges(files: list[str], counts: list[int], parts: int) -> list[list[tuple[str, int, int]]]:
+    """Cut the kept rows (shards in order) into ``parts`` contiguous pieces of (file, start, stop)."""
+    total = sum(counts)
+    bounds = np.linspace(0, total, max(1, min(parts, total)) + 1).astype(int)
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        piece, offset = [], 0
+        for f, c in zip(files, counts):
+            s, e = max(lo, offset), min(hi, offset + c)
+            if s < e:
+                piece.append((f, s - offset, e - offset))
+            offset += c
+        out.append(piece)
+    return out
+
+
+@ray.remote(num_cpus=1)
+def train_task(files, counts, drop, factory: str, train_size: int, compress: dict | None,
+               compressor_dir: str | None, seed: int = 0):
+    """Sample, fit the compressor (saved to ``compressor_dir``), train the index; return it serialized."""
+    faiss.omp_set_num_threads(1)
+    t0 = time.time()
+    x = sample_vectors(files, counts, drop, train_size, seed)
+    if compress:
+        from fastemb.compress import make_compressor
+
+        comp = make_compressor(compress["method"], x.shape[1], compress.get("dim"), compress.get("renormalize", True),
+                               **compress.get("params", {}))
+        comp.fit(x).save(compressor_dir)
+        x = comp.transform(x)
+    index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    index.train(np.ascontiguousarray(x))
+    info = {"train_vectors": len(x), "train_s": round(time.time() - t0, 2), "peak_rss_mb": peak_rss_mb(),
+            "dim": int(x.shape[1])}
+    return faiss.serialize_index(index), info
+
+
+@ray.remote(num_cpus=1)
+def add_task(trained: np.ndarray, piece, drop, compressor_dir: str | None, out_path: str, batch: int = 65536):
+    """Add one piece of kept rows to a copy of the trained index and write it to ``out_path``."""
+    faiss.omp_set_num_threads(1)
+    index = faiss.deserialize_index(trained)
+    transform = _transformer(compressor_dir)
+    for f, start, stop in piece:
+        table = read_kept(f, drop.get(f), ["vector"]).slice(start, stop - start)
+        for s in range(0, table.num_rows, batch):
+            index.add(np.ascontiguousarray(transform(vectors_of(table.slice(s, batch)))))
+    tmp = out_path + ".tmp"
+    faiss.write_index(index, tmp)
+    os.replace(tmp, out_path)
+    return {"added": int(index.ntotal), "peak_rss_mb": peak_rss_mb()}
+
+
+def _merge_into(a, b) -> None:
+    """Append index ``b`` to ``a`` (same trained quantizer); refine indexes merge both their parts."""
+    da, db = faiss.downcast_index(a), faiss.downcast_index(b)
+    if isinstance(da, (faiss.IndexRefine, faiss.IndexRefineFlat)):
+        _merge_into(da.base_index, db.base_index)
+        _merge_into(da.refine_index, db.refine_index)
+        da.ntotal = da.base_index.ntotal
+        return
+    ivf = faiss.try_extract_index_ivf(da)
+    da.merge_from(db, int(da.ntotal) if ivf is not None else 0)
+
+
+@ray.remote(num_cpus=1)
+def merge_task(paths: list[str], out_path: str):
+    """Merge shard indexes in order into ``out_path``; each shard is freed (and deleted) once merged."""
+    t0 = time.time()
+    index = faiss.read_index(paths[0])
+    for p in paths[1:]:
+        _merge_into(index, faiss.read_index(p))
+    faiss.write_index(index, out_path)
+    for p in paths:
+        os.remove(p)
+    return {"ntotal": int(index.ntotal), "merge_s": round(time.time() - t0, 2), "peak_rss_mb": peak_rss_mb()}
+
+
+def build_index(files: list[str], counts: list[int], drop: dict, out_dir: str | Path, kind: str, factory: str, *,
+                train_size: int = 100_000, compress: dict | None = None, add_tasks: int | None = None,
+                seed: int = 0, log=print) -> dict:
+    """Train, add in parallel and merge; writes ``out_dir/index.faiss`` (+ ``compressor/``). Returns timings."""
+    out_dir = Path(out_dir)
+    (out_dir / "parts").mkdir(parents=True, exist_ok=True)
+    compressor_dir = str(out_dir / "compressor") if compress else None
+    t0 = time.time()
+    trained_ref, info_ref = train_task.options(num_returns=2).remote(files, counts, drop, factory, train_size,
+                                                                     compress, compressor_dir, seed)
+    info = ray.get(info_ref)
+    t_train = time.time() - t0
+    parts = add_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    if not is_mergeable(kind):
+        parts = 1
+    pieces = split_ranges(files, counts, parts)
+    paths = [str(out_dir / "parts" / f"part-{i:05d}.faiss") for i in range(len(pieces))]
+    final = str(out_dir / "index.faiss")
+    if len(pieces) == 1:
+        paths = [final]
+    adds = ray.get([add_task.remote(trained_ref, p, drop, compressor_dir, path) for p, path in zip(pieces, paths)])
+    t_add = time.time() - t0 - t_train
+    log(f"[index] trained in {t_train:.1f}s, added {sum(a['added'] for a in adds)} vectors in {len(pieces)} "
+        f"task(s) in {t_add:.1f}s")
+    merged = ray.get(merge_task.remote(paths, final)) if len(paths) > 1 else {
+        "ntotal": adds[0]["added"], "merge_s": 0.0, "peak_rss_mb": adds[0]["peak_rss_mb"]}
+    os.rmdir(out_dir / "parts")
+    return {"factory": factory, "dim": info["dim"], "train_vectors": info["train_vectors"],
+            "train_s": round(t_train, 2), "add_s": round(t_add, 2), "merge_s": merged["merge_s"],
+            "build_s": round(time.time() - t0, 2), "add_tasks": len(pieces), "ntotal": merged["ntotal"],
+            "worker_peak_rss_mb": max([info["peak_rss_mb"], merged["peak_rss_mb"], *[a["peak_rss_mb"] for a in adds]]),
+            "compressor": compressor_dir}

@@ -1,0 +1,186 @@
+"""Corpus → embedding shards with Ray Data.
+
+``read_parquet`` → ``map_batches(EmbedActor, compute=ActorPoolStrategy)`` → ``write_parquet``. Each actor loads the
+encoder once, validates texts, tokenises without padding, sorts the batch by token length and cuts it into
+micro-batches under a padded-token budget (length bucketing: little padding, big batches of short texts), then
+restores the row order. Long documents can be split into overlapping token windows (one row per chunk).
+
+Shard rows: ``id``, ``chunk``, ``text``, ``thash`` (text hash), ``skip`` (reason, null when embedded) and
+``vector`` (fixed-size list of float32, null when skipped). Units of input files are written to
+``<emb_dir>/unit-<key>/``; a unit whose ``_SUCCESS`` file exists is reused on the next run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fastemb.data.text import text_hashes
+from fastemb.index.chunking import chunk_token_ids
+from fastemb.index.corpus import CorpusScan, clean_texts, plan_units
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bucket_batches(lengths: list[int], max_tokens: int, max_rows: int = 512) -> list[np.ndarray]:
+    """Indices sorted by length (longest first), cut so that rows × longest ≤ ``max_tokens``."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    out, start = [], 0
+    while start < len(order):
+        longest = lengths[order[start]]
+        n = max(1, min(max_rows, max_tokens // max(longest, 1)))
+        out.append(order[start:start + n])
+        start += n
+    return out
+
+
+class EmbedActor:
+    """Ray Data callable class: a pyarrow batch of (id, text) rows → embedding-shard rows."""
+
+    def __init__(self, model: dict, id_column: str, text_column: str, max_batch_tokens: int = 8192,
+                 threads: int = 1, chunking: dict | None = None, rss_dir: str | None = None):
+        import torch
+
+        from fastemb.model.encoder import Encoder
+
+        torch.set_num_threads(threads)
+        self.encoder = Encoder.load(model["base"], pooling=model.get("pooling"), normalize=model.get("normalize"),
+                                    max_length=model.get("max_length")).eval()
+        self.tok = self.encoder.tokenizer
+        self.id_column, self.text_column = id_column, text_column
+        self.max_batch_tokens, self.chunking, self.rss_dir = max_batch_tokens, chunking, rss_dir
+
+    def _sequences(self, texts: list[str]) -> list[tuple[int, int, list[int]]]:
+        if not texts:  # a batch of bad rows only
+            return []
+        if self.chunking:
+            return chunk_token_ids(self.tok, texts, self.encoder.max_length, self.chunking["overlap"],
+                                   self.chunking.get("max_chunks"))
+        enc = self.tok(texts, truncation=True, max_length=self.encoder.max_length)["input_ids"]
+        return [(i, 0, ids) for i, ids in enumerate(enc)]
+
+    def embed_token_ids(self, seqs: list[list[int]]) -> np.ndarray:
+        """Embed token-id sequences with length bucketing; rows come back in input order."""
+        import torch
+
+        out = np.zeros((len(seqs), self.encoder.dim), dtype=np.float32)
+        pad = self.tok.pad_token_id or 0
+        with torch.inference_mode():
+            for idx in bucket_batches([len(s) for s in seqs], self.max_batch_tokens):
+                width = max(len(seqs[i]) for i in idx)
+                ids = torch.full((len(idx), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                for r, i in enumerate(idx):
+                    ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
+                    mask[r, : len(seqs[i])] = 1
+                out[idx] = self.encoder(ids, mask).float().numpy()
+        return out
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ids, texts, reasons = clean_texts(batch.column(self.id_column).combine_chunks(),
+                                          batch.column(self.text_column).combine_chunks())
+        good = [i for i, r in enumerate(reasons) if r is None]
+        seqs = self._sequences([texts[i] for i in good])
+        vectors = self.embed_token_ids([s for _, _, s in seqs])
+        rows_id, rows_chunk, rows_text, rows_skip, vec_rows = [], [], [], [], []
+        for i, r in enumerate(reasons):  # skipped rows keep their place, with a reason and no vector
+            if r is not None:
+                rows_id.append(ids[i]); rows_chunk.append(0); rows_text.append(None); rows_skip.append(r)
+                vec_rows.append(-1)
+        for n, (j, c, s) in enumerate(seqs):
+            rows_id.append(ids[good[j]]); rows_chunk.append(c); rows_skip.append(None); vec_rows.append(n)
+            rows_text.append(self.tok.decode(s, skip_special_tokens=True) if self.chunking else texts[good[j]])
+        dim = self.encoder.dim
+        flat = np.zeros((len(vec_rows), dim), dtype=np.float32)
+        has = np.array([v >= 0 for v in vec_rows], dtype=bool)
+        if has.any():
+            flat[has] = vectors[np.array([v for v in vec_rows if v >= 0])]
+        vec = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim, mask=pa.array(~has))
+        self._report_rss()
+        return pa.table({"id": pa.array(rows_id, pa.string()), "chunk": pa.array(rows_chunk, pa.int32()),
+                         "text": pa.array(rows_text, pa.string()),
+                         "thash": pa.array(text_hashes([t or "" for t in rows_text]), pa.int64()),
+                         "skip": pa.array(rows_skip, pa.string()), "vector": vec})
+
+    def _report_rss(self) -> None:
+        if self.rss_dir:
+            Path(self.rss_dir, f"{os.getpid()}.rss").write_text(f"{peak_rss_mb():.1f}")
+
+
+def unit_dir(emb_dir: Path, unit: dict) -> Path:
+    return emb_dir / f"unit-{unit['unit']:05d}-{unit['key']}"
+
+
+def _unit_stats(path: Path) -> dict:
+    """Counts of one finished unit, from its shards' ``skip`` column."""
+    rows, skipped = 0, Counter()
+    for f in sorted(path.glob("*.parquet")):
+        col = pq.read_table(f, columns=["skip"]).column("skip")
+        rows += len(col)
+        skipped.update(v for v in col.drop_null().to_pylist())
+    return {"rows_out": rows, "skipped": dict(skipped)}
+
+
+def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_column: str = "id",
+                 text_column: str = "text", num_actors: int = 2, threads_per_actor: int = 1,
+                 batch_rows: int = 1024, max_batch_tokens: int = 8192, rows_per_unit: int = 200_000,
+                 chunking: dict | None = None, log=print) -> dict:
+    """Embed every unit not already on disk; returns per-unit stats, reuse counts and worker peak memory."""
+    import ray
+
+    emb_dir = Path(emb_dir)
+    emb_dir.mkdir(parents=True, exist_ok=True)
+    salt = json.dumps({"model": model, "chunking": chunking, "columns": [id_column, text_column]}, sort_keys=True)
+    units = plan_units(scan, rows_per_unit, salt)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    stats, reused, worker_rss, started = [], 0, 0.0, time.time()
+    for unit in units:
+        final = unit_dir(emb_dir, unit)
+        if (final / "_SUCCESS").exists():
+            reused += 1
+            stats.append(json.loads((final / "_SUCCESS").read_text()))
+            continue
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        rss_dir = tmp / "_rss"
+        rss_dir.mkdir(parents=True)
+        t0 = time.time()
+        # Reads and writes are light I/O (0 CPUs). The pool starts with one actor and grows to num_actors: a
+        # full pool from the start would hold every CPU while Ray Data's file listing task waits for one.
+        ds = ray.data.read_parquet(unit["files"], filesystem=scan.fs, num_cpus=0).select_columns(
+            [id_column, text_column])
+        ds = ds.map_batches(EmbedActor, batch_size=batch_rows, batch_format="pyarrow",
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=num_actors), num_cpus=threads_per_actor,
+                            fn_constructor_kwargs={"model": model, "id_column": id_column,
+                                                   "text_column": text_column, "threads": threads_per_actor,
+                                                   "max_batch_tokens": max_batch_tokens, "chunking": chunking,
+                                                   "rss_dir": str(rss_dir)})
+        ds.write_parquet(str(tmp), ray_remote_args={"num_cpus": 0})
+        rss = [float(p.read_text()) for p in rss_dir.glob("*.rss")]
+        shutil.rmtree(rss_dir)
+        worker_rss = max([worker_rss, *rss])
+        st = {**unit, **_unit_stats(tmp), "embed_s": round(time.time() - t0, 2), "worker_peak_rss_mb": max(rss or [0])}
+        (tmp / "_SUCCESS").write_text(json.dumps(st))
+        os.replace(tmp, final)
+        stats.append(st)
+        log(f"[index] unit {unit['unit'] + 1}/{len(units)}: {unit['rows']} rows in {st['embed_s']:.1f}s")
+    return {"units": stats, "units_reused": reused, "embed_s": round(time.time() - started, 2),
+            "worker_peak_rss_mb": worker_rss, "shard_dirs": [str(unit_dir(emb_dir, u)) for u in units]}
+
+
+def shard_files(shard_dirs: list[str]) -> list[str]:
+    """Embedding-shard parquet files in unit order (file names sorted inside a unit)."""
+    return [str(f) for d in shard_dirs for f in sorted(Path(d).glob("*.parquet"))]

@@ -1,0 +1,96 @@
+"""Evaluation of compression/index configurations on a labeled split.
+
+Per configuration: recall@10 against exact search over the uncompressed vectors, nDCG@10 on the labels,
+bytes per vector (codes; and index file size / entries), build time, and single-query search latency
+p50/p99 (faiss search only, one thread; query encoding excluded). The embeddings of the split are computed
+once by the Ray Data stage and reused by every configuration.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fastemb.data.eval_sets import load_eval_set
+from fastemb.eval.metrics import ranking_metrics
+from fastemb.index.search import Searcher
+
+EXACT = {"name": "exact (flat fp32)", "compress": {"method": "none"}, "index": {"type": "flat", "refine": "none"}}
+
+
+def recall_at_k(found: list[list[str]], truth: list[list[str]], k: int = 10) -> float:
+    """Mean |top-k found ∩ top-k exact| / k."""
+    return float(np.mean([len(set(f[:k]) & set(t[:k])) / max(1, min(k, len(t))) for f, t in zip(found, truth)]))
+
+
+def latency_ms(searcher: Searcher, q: np.ndarray, k: int = 10) -> tuple[float, float]:
+    """p50 and p99 of one-query-at-a-time search (ms)."""
+    faiss.omp_set_num_threads(1)
+    times = []
+    for row in q:
+        t = time.perf_counter()
+        searcher.search_vectors(row[None, :], k)
+        times.append((time.perf_counter() - t) * 1000)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def _config(spec, entry: dict) -> tuple[dict, dict]:
+    index = spec.index.model_copy(update=entry.get("index", {})).model_dump()
+    base_compress = {"method": "none", "dim": None, "params": {}}
+    compress = {**base_compress, **entry.get("compress", {})} if "compress" in entry else spec.compress.model_dump()
+    return type(spec.index).model_validate(index).model_dump(), type(spec.compress).model_validate(compress).model_dump()
+
+
+def evaluate_job(spec, log=print) -> dict:
+    """Evaluate the job's own configuration, its sweep, and exact search; writes ``eval/`` and a PNG."""
+    from fastemb.index.corpus import scan_corpus
+    from fastemb.index.job import embed_stage, index_shards
+    from fastemb.plots import compression_tradeoff
+
+    ev = spec.evaluate
+    data = load_eval_set(ev.eval, ev.split, ev.max_queries)
+    out = spec.run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    corpus_file = out / f"{ev.split}_corpus.parquet"
+    if not corpus_file.exists():
+        pq.write_table(pa.table({"id": data.corpus_ids, "text": data.corpus}), corpus_file)
+    scan = scan_corpus(str(corpus_file))
+    emb = embed_stage(spec, scan, out / "embeddings", log)
+    own = {"name": f"job: {spec.index.type}" + (f"+{spec.compress.method}{spec.compress.dim}"
+                                                 if spec.compress.method != "none" else "")}
+    entries = [EXACT, own, *ev.sweep]
+    searcher_encoder, q_full, results, truth = None, None, [], None
+    for n, entry in enumerate(entries):
+        index_cfg, compress_cfg = _config(spec, entry)
+        cdir = out / f"config-{n:02d}"
+        info = index_shards(emb["shard_dirs"], set(), cdir, index_cfg, compress_cfg, log=lambda *_: None)
+        cfg = spec.model_dump(mode="json") | {"index": index_cfg, "compress": compress_cfg}
+        (cdir / "manifest.json").write_text(json.dumps({"config": cfg}, default=str))
+        searcher = Searcher(cdir, encoder=searcher_encoder)
+        if q_full is None:
+            q_full = searcher.encoder.encode(data.queries, batch_size=128)
+            searcher_encoder = searcher.encoder
+        q = searcher.compressor.transform(q_full) if searcher.compressor else q_full
+        ranked = [[d for d, _, _ in row] for row in searcher.search_vectors(q, 100)]
+        truth = truth or ranked
+        p50, p99 = latency_ms(searcher, q[: ev.latency_queries])
+        res = {"name": entry.get("name", f"config {n}"), "factory": info["factory"],
+               "recall@10": recall_at_k(ranked, truth), "ndcg@10": ranking_metrics(ranked, data.relevant)["ndcg@10"],
+               "code_bytes": info["code_bytes_per_vector"], "file_bytes": info["file_bytes_per_vector"],
+               "build_s": info["build_s"], "p50_ms": p50, "p99_ms": p99}
+        results.append(res)
+        log(f"[eval] {res['name']}: recall@10 {res['recall@10']:.3f} nDCG@10 {res['ndcg@10']:.4f} "
+            f"{res['code_bytes']} B/vec, p50 {p50:.2f} ms")
+    exact_ndcg = results[0]["ndcg@10"]
+    for r in results:
+        r["ndcg_kept"] = r["ndcg@10"] / exact_ndcg if exact_ndcg else None
+        r["compression_x"] = results[0]["code_bytes"] / r["code_bytes"]
+    png = compression_tradeoff(results, spec.run_dir / "compression.png",
+                               title=f"{spec.model.base} on {ev.eval}:{ev.split}")
+    return {"split": ev.split, "queries": len(data.queries), "corpus": len(data.corpus), "results": results,
+            "plot": str(png)}

@@ -1,0 +1,81 @@
+"""Searching a built index: query texts → top-k document ids, scores and texts (chunks aggregated per doc)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+
+from fastemb.index.chunking import aggregate_doc_scores
+from fastemb.index.factory import set_search_params
+
+
+class Searcher:
+    """An index folder (``manifest.json``, ``index.faiss``, ``ids.parquet``, optional ``compressor/``)."""
+
+    def __init__(self, index_dir: str | Path, encoder=None, nprobe: int | None = None,
+                 ef_search: int | None = None):
+        self.dir = Path(index_dir)
+        if not (self.dir / "manifest.json").exists():
+            raise FileNotFoundError(f"{self.dir}: no manifest.json; is this a folder written by `fastemb index`?")
+        self.manifest = json.loads((self.dir / "manifest.json").read_text())
+        cfg = self.manifest["config"]
+        self.index = faiss.read_index(str(self.dir / "index.faiss"))
+        set_search_params(self.index, nprobe or cfg["index"]["nprobe"], ef_search or cfg["index"]["ef_search"],
+                          cfg["index"]["k_factor"])
+        table = pq.read_table(self.dir / "ids.parquet")
+        self.ids = table.column("id").to_pylist()
+        self.texts = table.column("text")
+        chunking = cfg["chunking"]
+        self.aggregate = chunking["aggregate"] if chunking["enabled"] else None
+        self.compressor = None
+        if (self.dir / "compressor" / "compressor.json").exists():
+            from fastemb.compress import load_compressor
+
+            self.compressor = load_compressor(self.dir / "compressor")
+        self._encoder = encoder
+
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            from fastemb.model.encoder import Encoder
+
+            m = self.manifest["config"]["model"]
+            self._encoder = Encoder.load(m["base"], pooling=m["pooling"], normalize=m["normalize"],
+                                         max_length=m["max_length"])
+        return self._encoder
+
+    def embed_queries(self, queries: list[str]) -> np.ndarray:
+        """Queries → vectors in the index's space (encoded, then compressed like the documents)."""
+        q = self.encoder.encode(queries, batch_size=128)
+        return self.compressor.transform(q) if self.compressor else q
+
+    def search_vectors(self, q: np.ndarray, k: int) -> list[list[tuple[str, float, int]]]:
+        """(doc id, score, row of the best entry) per query, best first."""
+        fetch = k if self.aggregate is None else max(8 * k, 100)
+        scores, rows = self.index.search(np.ascontiguousarray(q, dtype=np.float32), min(fetch, self.index.ntotal))
+        out = []
+        for srow, irow in zip(scores, rows):
+            valid = irow >= 0
+            srow, irow = srow[valid], irow[valid]
+            if self.aggregate is None:
+                out.append([(self.ids[i], float(s), int(i)) for s, i in zip(srow, irow)])
+                continue
+            docs = [self.ids[i] for i in irow]
+            best_row: dict[str, int] = {}
+            for d, i in zip(docs, irow):
+                best_row.setdefault(d, int(i))
+            out.append([(d, s, best_row[d]) for d, s in aggregate_doc_scores(docs, srow, self.aggregate, k)])
+        return out
+
+    def search(self, queries: list[str], k: int = 10) -> list[list[dict]]:
+        """Top-k hits per query: ``{"id", "score", "text"}`` (for chunked indexes, text = the best chunk)."""
+        hits = self.search_vectors(self.embed_queries(list(queries)), k)
+        return [[{"id": d, "score": s, "text": self.texts[r].as_py()} for d, s, r in row] for row in hits]
+
+
+def search(index_dir: str | Path, queries: list[str], k: int = 10, **kwargs) -> list[list[dict]]:
+    """One-call search: load the index folder and return top-k hits per query."""
+    return Searcher(index_dir, **kwargs).search(queries, k)

@@ -1,0 +1,148 @@
+"""The ``serve`` job spec (``job: serve``): arms (production, optional candidate), batching, autoscaling, limits."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from fastemb.spec import RayRunSpec, _Section
+
+
+class ArmSpec(_Section):
+    """One served model version: a model folder plus what ``/v1/search`` searches."""
+    model: str = Field("all-MiniLM-L6-v2", description="alias or local sentence-transformers folder")
+    served_name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]+$",
+                                    description="name clients may pass as `model` to pin this arm")
+    max_length: int | None = Field(None, gt=0, le=8192, description="tokens per input (default: the model's)")
+    index_dir: str | None = Field(None, description="folder written by `fastemb index` (manifest.json)")
+    corpus: str | None = Field(None, description="parquet (id, text): a flat index is built at start-up")
+    corpus_limit: int | None = Field(None, gt=0, description="index only the first N corpus rows")
+    nprobe: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ArmSpec":
+        if self.index_dir and self.corpus:
+            raise ValueError("give index_dir or corpus, not both")
+        return self
+
+
+class BatchingSpec(_Section):
+    """Dynamic batching (``@serve.batch``): bounded by items and by padded tokens; items sorted by length."""
+    max_batch_size: int = Field(32, ge=1, le=4096, description="items per forward pass")
+    max_batch_tokens: int = Field(8192, ge=16, description="padded tokens (longest x items) per forward pass")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+
+
+class AutoscalingSpec(_Section):
+    """Serve ``autoscaling_config`` of each arm's model deployment."""
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(2, ge=1)
+    initial_replicas: int | None = Field(None, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    upscale_delay_s: float = Field(10.0, ge=0)
+    downscale_delay_s: float = Field(60.0, ge=0)
+    look_back_period_s: float = Field(15.0, gt=0, description="> the 10 s metrics interval")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingSpec":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) < min_replicas ({self.min_replicas})")
+        return self
+
+
+class ReplicaSpec(_Section):
+    """Per-replica resources and admission of the model deployments."""
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    max_ongoing_requests: int = Field(64, ge=1, description="requests in a replica at once (>= max_batch_size)")
+    max_queued_requests: int = Field(256, ge=-1, description="queued at the caller before 429 (-1: no limit)")
+    health_check_period_s: float = Field(10.0, gt=0)
+    health_check_timeout_s: float = Field(30.0, gt=0)
+
+
+class IngressSpec(_Section):
+    """The FastAPI ingress / A/B router deployment."""
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(0.0, ge=0, description="CPUs reserved per ingress replica")
+    max_ongoing_requests: int = Field(256, ge=1)
+
+
+class LimitsSpec(_Section):
+    """Input limits; a violation answers 4xx with a JSON body naming the problem."""
+    max_inputs: int = Field(256, ge=1, description="inputs per /v1/embeddings request")
+    max_input_chars: int = Field(100_000, ge=1, description="characters per input (413 above)")
+    max_body_bytes: int = Field(2_000_000, ge=1024, description="request body size (413 above)")
+    truncate: bool = Field(True, description="truncate inputs over max_length tokens (else 422)")
+    max_k: int = Field(100, ge=1, description="largest k of /v1/search")
+    max_queries: int = Field(64, ge=1, description="queries per /v1/search request")
+    max_inflight_requests: int = Field(512, ge=1, description="in-flight requests per ingress replica (429 above)")
+
+
+class ABSpec(_Section):
+    """Traffic split between production and candidate, sticky per user id."""
+    candidate_weight: float = Field(0.0, ge=0, le=1, description="share of users sent to the candidate")
+    salt: str = Field("fastemb-ab", description="changes the user -> arm assignment when changed")
+
+
+class ServeJob(_Section):
+    """``fastemb serve``: the online embedding + search service on Ray Serve."""
+    job: Literal["serve"] = "serve"
+    name: str = Field("fastemb", pattern=r"^[A-Za-z0-9_.-]+$", description="Serve application name")
+    model_name: str = Field("fastemb", pattern=r"^[A-Za-z0-9_.:-]+$",
+                            description="public model name (A/B routed); arms also answer to their served_name")
+    host: str = Field("127.0.0.1", description="HTTP bind address of the Serve proxy")
+    port: int = Field(8000, ge=1, le=65535)
+    route_prefix: str = Field("/", pattern=r"^/")
+    production: ArmSpec = ArmSpec()
+    candidate: ArmSpec | None = None
+    ab: ABSpec = ABSpec()
+    batching: BatchingSpec = BatchingSpec()
+    autoscaling: AutoscalingSpec = AutoscalingSpec()
+    replica: ReplicaSpec = ReplicaSpec()
+    ingress: IngressSpec = IngressSpec()
+    limits: LimitsSpec = LimitsSpec()
+    api_key_env: str | None = Field(None, description="environment variable holding the Bearer API key")
+    feedback_dir: str = Field("runs/serve/ab", description="A/B impressions + feedback logs (JSONL)")
+    config_out: str | None = Field(None, description="write the Serve config YAML (for `serve deploy`) here")
+    blocking: bool = Field(True, description="keep running until interrupted")
+    ray: RayRunSpec = RayRunSpec()
+
+    @field_validator("feedback_dir")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        return os.path.abspath(os.path.expanduser(v))
+
+    @model_validator(mode="after")
+    def _checks(self) -> "ServeJob":
+        if self.replica.max_ongoing_requests < self.batching.max_batch_size:
+            raise ValueError(f"replica.max_ongoing_requests ({self.replica.max_ongoing_requests}) must be >= "
+                             f"batching.max_batch_size ({self.batching.max_batch_size}) or batches never fill")
+        if self.ab.candidate_weight > 0 and self.candidate is None:
+            raise ValueError("ab.candidate_weight > 0 needs a candidate arm")
+        names = [a.served_name for a in self.arms().values() if a.served_name]
+        if len(set(names + [self.model_name])) != len(names) + 1:
+            raise ValueError("model_name and the arms' served_name values must all differ")
+        return self
+
+    def arms(self) -> dict[str, ArmSpec]:
+        arms = {"production": self.production}
+        if self.candidate is not None:
+            arms["candidate"] = self.candidate
+        return arms
+
+    @property
+    def feedback_path(self) -> Path:
+        return Path(self.feedback_dir)
+
+
+def _register() -> None:
+    """Register ``job: serve`` in the shared registry (works whichever module is imported first)."""
+    from fastemb import spec as core
+
+    core.JOB_TYPES["serve"] = ServeJob
+    core.ServeJob = ServeJob
+
+
+_register()

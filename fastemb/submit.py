@@ -1,0 +1,346 @@
+"""``fastemb submit`` and ``fastemb jobs``: run fastemb job specs on a Ray cluster through the Ray Jobs API.
+
+    fastemb submit jobs/contrastive.yaml train.lr=3e-5 --address http://HEAD:8265 --follow
+    fastemb jobs list | status ID | logs ID [--follow] | stop ID [--wait]
+
+The job runs ``python -m fastemb.cli <job> <spec> <overrides> ray.address=auto`` in the working_dir
+that ``runtime_env.yaml`` uploads, so the same spec runs unchanged locally (``fastemb train spec``) and
+on a cluster. Relative paths in the spec (``storage_path``, local data or model folders, ``output``)
+are made absolute on the submitting machine: on a real cluster they must name a filesystem every node
+mounts at the same path (NFS/EFS/Filestore), or use an object-store URI (``s3://``, ``gs://``).
+
+Auth: the token comes from ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (Ray's
+own order) and is sent as an HTTP header only; it is never printed, put in the runtime_env or in the
+job metadata. Environment variables whose names look like secrets are refused in the runtime_env,
+since every env var there is stored in the job's info for anyone with dashboard access to read.
+
+Exit status of ``submit --follow`` / ``jobs logs --follow`` / ``jobs stop --wait``: 0 SUCCEEDED,
+1 FAILED, 3 STOPPED; 2 for usage or connection errors; 130 when following is interrupted (the job
+keeps running).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shlex
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fastemb.spec import SpecError, apply_overrides, load_spec
+
+EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
+TERMINAL = set(EXIT_CODES)
+# Env var names that must not travel in a runtime_env (it is stored in the job info, readable in the dashboard).
+SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|PRIVATE_KEY|ACCESS_KEY|API_KEY)(_|$)",
+                         re.I)
+# worker_env() entries that name paths on the submitting machine: the cluster computes its own.
+MACHINE_LOCAL_ENV = {"TORCH_EXTENSIONS_DIR"}
+# Spec fields that may name local paths: outputs are always pinned to an absolute path, inputs only
+# when they exist here (so 'wordnet' and model aliases stay as they are).
+OUTPUT_PATH_FIELDS = ("storage_path", "output", "embed.output")
+INPUT_PATH_FIELDS = ("data.train", "data.eval", "model.base", "corpus.path", "evaluate.eval", "index_dir")
+LOCAL_PATH_FIELDS = OUTPUT_PATH_FIELDS + INPUT_PATH_FIELDS
+
+
+class SubmitError(RuntimeError):
+    """Submitting or talking to the cluster failed; the message says what to do."""
+
+
+# --------------------------------------------------------------------------------------------- auth
+
+
+def auth_token() -> str | None:
+    """The cluster token by Ray's lookup order: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+    return path.read_text().strip() if path.is_file() else None
+
+
+def resolve_address(address: str | None) -> str:
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise SubmitError("no cluster address: pass --address http://HEAD:8265 "
+                          "(or set RAY_API_SERVER_ADDRESS / RAY_ADDRESS)")
+    if "://" not in address:
+        address = f"http://{address}"
+    if not address.startswith(("http://", "https://")):
+        raise SubmitError(f"--address {address!r}: expected the dashboard / Jobs API URL, e.g. http://HEAD:8265")
+    return address.rstrip("/")
+
+
+def _scrub(text: str) -> str:
+    token = auth_token()
+    return text.replace(token, "<token>") if token else text
+
+
+def _api_errors() -> tuple[type[BaseException], ...]:
+    """What the Jobs API client raises for refused or failed requests (auth, upload size, unknown id)."""
+    from ray.exceptions import AuthenticationError
+
+    return (AuthenticationError, ConnectionError, RuntimeError, ValueError)
+
+
+def job_client(address: str | None):
+    """A JobSubmissionClient for the cluster, sending the token as a Bearer header when one is found."""
+    from ray.job_submission import JobSubmissionClient
+
+    url = resolve_address(address)
+    token = auth_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        return JobSubmissionClient(url, headers=headers)
+    except _api_errors() as err:
+        hint = "" if token else " (no auth token found: set RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)"
+        raise SubmitError(f"Ray Jobs API at {url}{hint}: {_scrub(str(err)).strip()}") from None
+
+
+# ---------------------------------------------------------------------------------- runtime env
+
+
+def load_runtime_env(path: str | os.PathLike) -> dict[str, Any]:
+    """Read runtime_env.yaml; a local ``working_dir`` is resolved against the file's folder."""
+    p = Path(path)
+    if not p.is_file():
+        raise SubmitError(f"runtime env {str(p)!r} not found (pass --runtime-env PATH)")
+    env = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(env, dict):
+        raise SubmitError(f"runtime env {p}: expected a mapping")
+    wd = env.get("working_dir")
+    if wd and "://" not in str(wd):
+        env["working_dir"] = str((p.resolve().parent / wd).resolve())
+    return env
+
+
+def check_no_secrets(env_vars: dict[str, str], extra: list[str] = ()) -> None:
+    """Refuse secret-looking env vars (and the cluster token anywhere) in what is stored with the job."""
+    bad = sorted(k for k in env_vars if SECRET_NAME.search(k))
+    if bad:
+        raise SubmitError(f"runtime_env env_vars {', '.join(bad)} look like secrets: the runtime_env is stored "
+                          "in the job info that anyone with dashboard access can read. Provide secrets on the "
+                          "cluster side instead (a Kubernetes Secret, an instance role, a mounted file).")
+    token = auth_token()
+    if token and any(token in str(v) for v in [*env_vars.values(), *extra]):
+        raise SubmitError("the cluster auth token appears in the job's env vars or arguments; refusing to submit it")
+
+
+def build_runtime_env(path: str | os.PathLike, spec, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """runtime_env.yaml plus fastemb's worker env vars (``worker_env``), the yaml and --env winning."""
+    from fastemb.ray_env import worker_env
+
+    env = load_runtime_env(path)
+    threads = getattr(getattr(spec, "train", None), "cpus_per_worker", 1)
+    env_vars = {k: v for k, v in worker_env(threads).items() if k not in MACHINE_LOCAL_ENV}
+    if getattr(getattr(spec, "train", None), "use_gpu", False):
+        env_vars["DS_ACCELERATOR"] = "cuda"
+    # fastemb's driver calls init_ray(), whose ray.init(runtime_env={"env_vars": worker_env()}) repeats
+    # these keys; Ray refuses such a merge with the job's runtime_env unless told to combine them.
+    env_vars["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
+    env_vars.update({str(k): str(v) for k, v in (env.get("env_vars") or {}).items()})
+    env_vars.update(extra_env or {})
+    env["env_vars"] = env_vars
+    return env
+
+
+# ---------------------------------------------------------------------------------- submission
+
+
+def _get(raw: dict, dotted: str):
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _portable_overrides(spec_path: Path, overrides: list[str], spec) -> tuple[list[str], list[str]]:
+    """Overrides making the spec's relative local paths absolute, and notes saying so."""
+    raw = apply_overrides(yaml.safe_load(spec_path.read_text()) or {}, overrides)
+    extra, notes = [], []
+    for field in LOCAL_PATH_FIELDS:
+        head = field.split(".")[0]
+        if head not in type(spec).model_fields:
+            continue
+        value = _get(raw, field)
+        if not isinstance(value, str) or "://" in value or os.path.isabs(value):
+            continue
+        p = Path(value).expanduser()
+        if field in OUTPUT_PATH_FIELDS or p.exists():
+            extra.append(f"{field}={p.resolve()}")
+            notes.append(f"{field} {value!r} → {p.resolve()} (must be storage every node mounts at this path, "
+                         "or use an s3:// / gs:// URI)")
+    return extra, notes
+
+
+def build_submission(spec_path: str, overrides: list[str], runtime_env_path: str,
+                     extra_env: dict[str, str] | None = None, submission_id: str | None = None) -> dict[str, Any]:
+    """Everything ``submit_job`` needs: entrypoint, runtime_env, metadata, submission id, plus notes."""
+    spec = load_spec(spec_path, overrides)  # validate here: a bad spec fails before anything is uploaded
+    runtime_env = build_runtime_env(runtime_env_path, spec, extra_env)
+    workdir = runtime_env.get("working_dir")
+    sp = Path(spec_path).resolve()
+    if not workdir or "://" in workdir:
+        raise SubmitError("runtime_env.yaml needs a local working_dir (the spec and fastemb's code are uploaded "
+                          "from it)")
+    try:
+        rel = sp.relative_to(workdir)
+    except ValueError:
+        raise SubmitError(f"job spec {spec_path} is outside the working_dir {workdir} that is uploaded; "
+                          "move it inside") from None
+    extra, notes = _portable_overrides(sp, overrides, spec)
+    args = [*overrides, *extra]
+    if "ray" in type(spec).model_fields:
+        args.append("ray.address=auto")  # join the cluster the job runs on
+    check_no_secrets(runtime_env["env_vars"], args)
+    entrypoint = shlex.join(["python", "-m", "fastemb.cli", spec.job, rel.as_posix(), *args])
+    name = getattr(spec, "name", spec.job)
+    sid = submission_id or f"fastemb-{spec.job}-{name}-{uuid.uuid4().hex[:8]}"
+    metadata = {"fastemb_job": spec.job, "fastemb_spec": rel.as_posix(), "fastemb_name": name}
+    return {"entrypoint": entrypoint, "runtime_env": runtime_env, "metadata": metadata,
+            "submission_id": sid, "notes": notes}
+
+
+async def _tail(client, sid: str) -> None:
+    async for chunk in client.tail_job_logs(sid):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+
+def wait_status(client, sid: str, timeout: float | None = None) -> str:
+    deadline = None if timeout is None else time.time() + timeout
+    while True:
+        status = str(client.get_job_status(sid).value)
+        if status in TERMINAL or (deadline and time.time() > deadline):
+            return status
+        time.sleep(1)
+
+
+def follow(client, sid: str) -> int:
+    """Stream the job's logs until it ends; returns the exit code for its final status."""
+    try:
+        asyncio.run(_tail(client, sid))
+        status = wait_status(client, sid)
+    except KeyboardInterrupt:
+        print(f"\nfastemb: stopped following; job {sid} keeps running "
+              f"(fastemb jobs logs {sid} --follow | fastemb jobs stop {sid})", file=sys.stderr)
+        return 130
+    info = client.get_job_info(sid)
+    msg = f": {info.message}" if status != "SUCCEEDED" and info.message else ""
+    print(f"fastemb: job {sid} {status}{_scrub(msg)}", file=sys.stderr)
+    return EXIT_CODES.get(status, 1)
+
+
+def _env_pairs(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SubmitError(f"--env {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k] = v
+    return out
+
+
+def cmd_submit(args) -> int:
+    try:
+        sub = build_submission(args.spec, list(args.overrides), args.runtime_env, _env_pairs(args.env),
+                               args.submission_id)
+        for note in sub["notes"]:
+            print(f"fastemb submit: note: {note}", file=sys.stderr)
+        if args.dry_run:
+            print(json.dumps({k: sub[k] for k in ("submission_id", "entrypoint", "runtime_env", "metadata")},
+                             indent=2))
+            return 0
+        client = job_client(args.address)
+        kwargs = {}
+        if args.entrypoint_num_cpus is not None:
+            kwargs["entrypoint_num_cpus"] = args.entrypoint_num_cpus
+        sid = client.submit_job(entrypoint=sub["entrypoint"], runtime_env=sub["runtime_env"],
+                                metadata=sub["metadata"], submission_id=sub["submission_id"], **kwargs)
+    except SubmitError as err:
+        print(f"fastemb submit: {err}", file=sys.stderr)
+        return 2
+    except _api_errors() as err:  # the Jobs API refused (auth, upload size, duplicate id)
+        print(f"fastemb submit: {_scrub(str(err)).strip()}", file=sys.stderr)
+        return 2
+    print(sid, flush=True)
+    print(f"fastemb submit: {sub['entrypoint']}", file=sys.stderr)
+    if not args.follow:
+        print(f"fastemb submit: follow with `fastemb jobs logs {sid} --follow`", file=sys.stderr)
+        return 0
+    return follow(client, sid)
+
+
+def cmd_jobs(args) -> int:
+    try:
+        client = job_client(args.address)
+        if args.action == "list":
+            jobs = sorted(client.list_jobs(), key=lambda j: j.start_time or 0)
+            print(f"{'SUBMISSION ID':44} {'STATUS':10} {'STARTED':19}  ENTRYPOINT")
+            for j in jobs:
+                started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.start_time / 1000)) \
+                    if j.start_time else "-"
+                ep = j.entrypoint if len(j.entrypoint) <= 80 else j.entrypoint[:77] + "..."
+                print(f"{j.submission_id or j.job_id or '-':44} {str(j.status.value):10} {started:19}  {ep}")
+            return 0
+        if not args.id:
+            raise SubmitError(f"fastemb jobs {args.action}: needs a submission id")
+        if args.action == "status":
+            info = client.get_job_info(args.id)
+            status = str(info.status.value)
+            print(status + (f": {_scrub(info.message)}" if info.message else ""))
+            return EXIT_CODES.get(status, 0)
+        if args.action == "logs":
+            if args.follow:
+                return follow(client, args.id)
+            sys.stdout.write(client.get_job_logs(args.id))
+            return 0
+        if args.action == "stop":
+            stopped = client.stop_job(args.id)
+            print(f"fastemb jobs: stop {'requested' if stopped else 'not needed (job already ended)'} for {args.id}",
+                  file=sys.stderr)
+            if args.wait:
+                status = wait_status(client, args.id)
+                print(status)
+                return EXIT_CODES.get(status, 1)
+            return 0
+    except SubmitError as err:
+        print(f"fastemb jobs: {err}", file=sys.stderr)
+        return 2
+    except _api_errors() as err:
+        print(f"fastemb jobs: {_scrub(str(err)).strip()}", file=sys.stderr)
+        return 2
+    return 2
+
+
+def add_submit_commands(sub) -> None:
+    """Register ``submit`` and ``jobs`` on the CLI's sub-parsers."""
+    p = sub.add_parser("submit", help="run a job spec on a Ray cluster (Ray Jobs API)",
+                       description="Submit a fastemb job spec to a Ray cluster; prints the submission id.")
+    p.add_argument("spec", help="job spec YAML inside the working_dir (e.g. jobs/contrastive.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-5")
+    p.add_argument("--address", help="Jobs API URL, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS, "
+                                     "$RAY_ADDRESS)")
+    p.add_argument("--runtime-env", default="runtime_env.yaml", help="runtime env YAML (default: ./runtime_env.yaml)")
+    p.add_argument("--follow", action="store_true", help="stream the logs and exit with the job's status")
+    p.add_argument("--submission-id", help="default: fastemb-<job>-<name>-<random>")
+    p.add_argument("--env", action="append", metavar="KEY=VALUE", help="extra env var for the job (not secrets)")
+    p.add_argument("--entrypoint-num-cpus", type=float, help="CPUs reserved for the job's driver (default 0)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be submitted, submit nothing")
+    p.set_defaults(fn=cmd_submit)
+
+    j = sub.add_parser("jobs", help="list, inspect, follow or stop jobs on a Ray cluster")
+    j.add_argument("action", choices=["list", "status", "logs", "stop"])
+    j.add_argument("id", nargs="?", help="submission id (status, logs, stop)")
+    j.add_argument("--address", help="Jobs API URL (default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS)")
+    j.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
+    j.add_argument("--wait", action="store_true", help="stop: wait until the job has stopped")
+    j.set_defaults(fn=cmd_jobs)

@@ -1,0 +1,55 @@
+"""Tune results: the trials table, the winner, and PNG plots."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastemb.spec import TuneJob
+from fastemb.tune.search import METRIC
+
+PARAMS = ("temperature", "lr", "micro_batch_size", "pq_bytes")
+
+
+def trial_rows(results) -> list[dict]:
+    """One row per trial: sampled params, last metrics, status and its model folder."""
+    rows = []
+    for r in results:
+        cfg, m = r.config or {}, r.metrics or {}
+        rows.append({
+            "trial_id": m.get("trial_id") or (Path(r.path).name if r.path else None),
+            **{p: cfg.get(p) for p in PARAMS},
+            METRIC: m.get(METRIC), "dev_ndcg@10": m.get("dev_ndcg@10"),
+            "bytes_per_vector": m.get("bytes_per_vector"), "compression_x": m.get("compression_x"),
+            "reports": m.get("training_iteration"), "status": "ERROR" if r.error else
+            ("FINISHED" if m.get("finished") else "STOPPED EARLY"),
+        })
+    return rows
+
+
+def pick_winner(rows: list[dict], min_compression: float) -> dict | None:
+    """Best objective among trials compressing at least ``min_compression``×."""
+    ok = [r for r in rows if r[METRIC] is not None and (r["compression_x"] or 0) >= min_compression]
+    return max(ok, key=lambda r: r[METRIC]) if ok else None
+
+
+def markdown_table(rows: list[dict]) -> str:
+    cols = ["trial_id", *PARAMS, METRIC, "dev_ndcg@10", "compression_x", "reports", "status"]
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def summarize(results, spec: TuneJob) -> dict:
+    """Write ``trials.md`` and ``tune_trials.png``; return the table and the winner."""
+    from fastemb.plots import tune_trials
+
+    rows = trial_rows(results)
+    winner = pick_winner(rows, spec.tune.min_compression)
+    if winner:
+        winner["model_dir"] = str(Path(spec.storage_path) / f"{spec.name}-trial-{winner['trial_id']}" / "model")
+    (spec.run_dir / "trials.md").write_text(markdown_table(rows) + "\n")
+    tune_trials(rows, METRIC, spec.run_dir / "tune_trials.png")
+    label = (f"{winner['trial_id']} ({METRIC} {winner[METRIC]:.4f}, {winner['compression_x']:.0f}× compression)"
+             if winner else f"none (no trial reached {spec.tune.min_compression:g}× compression)")
+    print(markdown_table(rows) + f"\n[fastemb tune] winner: {label}", flush=True)
+    return {"trials": rows, "winner": winner, "metric": METRIC, "errors": results.num_errors}

@@ -1,0 +1,77 @@
+"""``fastemb tune``: Optuna/random search with ASHA over temperature, batch size, LR and PQ code size.
+
+The objective is dev nDCG@10 measured through the compressed (OPQ/PQ) code; the winner is the best
+trial whose compression factor meets ``tune.min_compression``. A search whose driver died is resumed
+with ``Tuner.restore`` by running the same job again (finished trials are kept, not rerun).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastemb.ray_env import init_ray
+from fastemb.spec import TuneJob
+
+METRIC = "dev_ndcg@10_compressed"
+
+
+def param_space(spec: TuneJob) -> dict:
+    """Ray Tune distributions for the spec's search space."""
+    from ray import tune
+
+    s = spec.space
+    return {"temperature": tune.loguniform(*s.temperature), "lr": tune.loguniform(*s.lr),
+            "micro_batch_size": tune.choice(s.micro_batch_size), "pq_bytes": tune.choice(s.pq_bytes)}
+
+
+def concurrent_trials(spec: TuneJob, cluster_cpus: float) -> int:
+    """Trials that fit side by side without starving each other's training workers."""
+    per_trial = spec.train.num_workers * spec.train.cpus_per_worker
+    fit = max(int(cluster_cpus // per_trial), 1)
+    return min(fit, spec.tune.max_concurrent_trials or fit, spec.tune.num_samples)
+
+
+def build_tuner(spec: TuneJob):
+    """A new ``Tuner``, or the restored one when ``{storage_path}/{name}`` holds an earlier search."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    from fastemb.tune.trial import run_trial
+
+    # the trial driver only builds the TorchTrainer; its workers reserve the CPUs
+    trainable = tune.with_resources(tune.with_parameters(run_trial, tune_spec=spec.model_dump()),
+                                    {"CPU": 0, "memory": 256 * 1024**2})
+    exp_path = str(Path(spec.storage_path) / spec.name)
+    if tune.Tuner.can_restore(exp_path):
+        print(f"[fastemb tune] resuming the search in {exp_path}", flush=True)
+        return tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
+    t = spec.tune
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=64, grace_period=t.grace_period,
+                              reduction_factor=t.reduction_factor) \
+        if t.scheduler == "asha" else None
+    search_alg = OptunaSearch(seed=spec.train.seed) if t.search == "optuna" else BasicVariantGenerator(
+        random_state=spec.train.seed)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=t.num_samples, search_alg=search_alg,
+                                    scheduler=scheduler,
+                                    max_concurrent_trials=concurrent_trials(spec, ray.cluster_resources()["CPU"])),
+        run_config=tune.RunConfig(name=spec.name, storage_path=spec.storage_path,
+                                  failure_config=tune.FailureConfig(max_failures=t.max_failures)),
+    )
+
+
+def run_tune(spec: TuneJob) -> dict:
+    """Run (or resume) the search; write the trials table, plots and the winner to the run folder."""
+    from fastemb.tune.results import summarize
+
+    init_ray(spec.ray.address, spec.ray.num_cpus, spec.train.cpus_per_worker)
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    results = build_tuner(spec).fit()
+    summary = summarize(results, spec)
+    (spec.run_dir / "tune_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary

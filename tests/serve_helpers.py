@@ -1,0 +1,49 @@
+"""Helpers shared by the serve tests: a free local port and a Ray + Serve app started from a ServeJob."""
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(spec_dict: dict, env: dict[str, str] | None = None):
+    """Start a local 2-CPU Ray, then the fastemb Serve app; returns (spec, base_url)."""
+    import ray
+
+    from fastemb.serve.run import start
+    from fastemb.spec import parse_spec
+
+    for k, v in (env or {}).items():
+        os.environ[k] = v  # before ray.init: local workers inherit the driver's environment
+    if ray.is_initialized():
+        ray.shutdown()
+    spec = parse_spec({"job": "serve", "blocking": False, "ray": {"num_cpus": 2}, **spec_dict})
+    start(spec)
+    url = f"http://127.0.0.1:{spec.port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # serve.run returns once replicas run; the proxy may lag a little
+        try:
+            if httpx.get(url + "/healthz", timeout=10).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return spec, url
+
+
+def stop_service() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()

@@ -1,0 +1,308 @@
+"""The Ray Serve service end to end: real Serve, real MiniLM, real HTTP on 127.0.0.1.
+
+One service (production + candidate arm, API key, A/B at 50 %) is started for the module.
+"""
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+import json
+import threading
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from serve_helpers import free_port, start_service, stop_service
+
+KEY = "test-key-7f1c"
+H = {"Authorization": f"Bearer {KEY}"}
+LONG = " ".join(f"word{i} of a rather long definition" for i in range(120))  # > 256 tokens
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    fb = tmp_path_factory.mktemp("ab")
+    spec, url = start_service({
+        "port": free_port(),
+        "production": {"model": "all-MiniLM-L6-v2", "corpus": "wordnet", "corpus_limit": 300},
+        "candidate": {"model": "all-MiniLM-L6-v2", "max_length": 32, "corpus": "wordnet", "corpus_limit": 300},
+        "ab": {"candidate_weight": 0.5},
+        "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+        "limits": {"max_inputs": 64, "max_input_chars": 20_000, "max_body_bytes": 64_000,
+                   "max_inflight_requests": 2, "max_k": 20},
+        "api_key_env": "FASTEMB_TEST_API_KEY",
+        "feedback_dir": str(fb),
+    }, env={"FASTEMB_TEST_API_KEY": KEY})
+    yield spec, url
+    stop_service()
+
+
+@pytest.fixture(scope="module")
+def st_model(minilm_path):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(minilm_path, device="cpu")
+
+
+def _post(url, path, body, headers=H, **kw):
+    return httpx.post(url + path, json=body, headers=headers, timeout=60, **kw)
+
+
+def test_openai_client_matches_sentence_transformers(service, st_model):
+    import openai
+
+    _, url = service
+    client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+    texts = ["a small domesticated carnivore", "hello", LONG, "the act of moving something from one place to "
+             "another", "ünïcödé text — with punctuation!"]
+    st_model.max_seq_length = 256
+    want = st_model.encode(texts, convert_to_numpy=True, normalize_embeddings=False)
+    for fmt in ("float", "base64"):
+        resp = client.embeddings.create(input=texts, model="fastemb-production", encoding_format=fmt)
+        if fmt == "float":
+            got = np.array([d.embedding for d in resp.data], dtype=np.float32)
+        else:  # asked for explicitly, the client hands back the raw base64 of little-endian float32
+            got = np.stack([np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") for d in resp.data])
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+        assert [d.index for d in resp.data] == list(range(len(texts)))
+        assert resp.usage.prompt_tokens == resp.usage.total_tokens > 256
+    # the client's default (base64, decoded by the client) and a single string
+    one = client.embeddings.create(input="hello", model="fastemb-production")
+    np.testing.assert_allclose(np.array(one.data[0].embedding), want[1], atol=1e-5, rtol=0)
+    # the candidate arm (max_length 32) equals sentence-transformers at 32 tokens
+    st_model.max_seq_length = 32
+    want32 = st_model.encode(texts, convert_to_numpy=True)
+    st_model.max_seq_length = 256
+    cand = client.embeddings.create(input=texts, model="fastemb-candidate", encoding_format="float")
+    np.testing.assert_allclose(np.array([d.embedding for d in cand.data]), want32, atol=1e-5, rtol=0)
+
+
+def test_truncation_dimensions_and_base64(service, st_model):
+    _, url = service
+    r = _post(url, "/v1/embeddings", {"input": ["short", LONG], "model": "fastemb-production"})
+    assert r.status_code == 200 and r.json()["truncated"] == [1]
+    r = _post(url, "/v1/embeddings", {"input": ["short", LONG], "model": "fastemb-production", "truncate": False})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "input.1"
+    r = _post(url, "/v1/embeddings", {"input": ["short text"], "model": "fastemb-production", "dimensions": 64,
+                                      "encoding_format": "base64"})
+    assert r.status_code == 200
+    v = np.frombuffer(base64.b64decode(r.json()["data"][0]["embedding"]), dtype="<f4")
+    full = st_model.encode(["short text"])[0][:64]
+    assert v.shape == (64,)
+    np.testing.assert_allclose(v, full / np.linalg.norm(full), atol=1e-5)
+    assert abs(np.linalg.norm(v) - 1) < 1e-5
+
+
+def test_search_feedback_and_ab_report(service, capsys):
+    from fastemb.cli import main
+
+    spec, url = service
+    r = _post(url, "/v1/search", {"query": ["a small dog", "a musical instrument"], "k": 5,
+                                  "model": "fastemb-production", "user": "alice"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["arm"] == "production" and r.headers["x-fastemb-arm"] == "production"
+    for row in body["data"]:
+        hits = row["hits"]
+        assert len(hits) == 5 and [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+        scores = [h["score"] for h in hits]
+        assert scores == sorted(scores, reverse=True) and all(h["text"] and h["id"] for h in hits)
+    clicked = body["data"][0]["hits"][1]["id"]
+    f = _post(url, "/v1/feedback", {"request_id": body["request_id"], "clicked_id": clicked, "user": "alice"})
+    assert f.status_code == 200 and f.json()["ok"] is True
+    assert _post(url, "/v1/feedback", {"request_id": body["request_id"]}).status_code == 422
+    assert main(["ab", "report", spec.feedback_dir, "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    prod = rep["arms"]["production"]
+    assert prod["searches"] >= 1 and prod["clicks"] == 1 and prod["mrr_of_clicks"] == 0.5
+
+
+def test_ab_split_is_sticky_per_user(service):
+    _, url = service
+    seen = {}
+    for i in range(24):
+        for _ in range(2):
+            r = _post(url, "/v1/embeddings", {"input": "x", "model": "fastemb", "user": f"user-{i}"})
+            assert r.status_code == 200
+            arm = r.json()["arm"]
+            assert r.headers["x-fastemb-arm"] == arm
+            assert seen.setdefault(i, arm) == arm
+    assert set(seen.values()) == {"production", "candidate"}
+    r = _post(url, "/v1/embeddings", {"input": "x", "model": "fastemb-candidate", "user": "user-0"})
+    assert r.json()["arm"] == "candidate"
+
+
+def test_models_and_health(service):
+    _, url = service
+    h = httpx.get(url + "/healthz", timeout=30)
+    assert h.status_code == 200 and set(h.json()["arms"]) == {"production", "candidate"}
+    assert h.json()["arms"]["production"]["index_size"] == 300
+    m = httpx.get(url + "/v1/models", headers=H, timeout=30).json()
+    ids = {d["id"] for d in m["data"]}
+    assert ids == {"fastemb", "fastemb-production", "fastemb-candidate"}
+
+
+@pytest.mark.parametrize("case", ["no_key", "wrong_key", "basic_scheme"])
+def test_api_key_required(service, case):
+    _, url = service
+    headers = {"no_key": {}, "wrong_key": {"Authorization": "Bearer nope"},
+               "basic_scheme": {"Authorization": f"Basic {KEY}"}}[case]
+    for method, path, body in [("post", "/v1/embeddings", {"input": "x", "model": "fastemb"}),
+                               ("post", "/v1/search", {"query": "x"}), ("get", "/v1/models", None)]:
+        r = httpx.request(method, url + path, json=body, headers=headers, timeout=30)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert r.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("body,status,code", [
+    (b"{not json", 400, "invalid_json"),
+    (b"[1, 2]", 400, "invalid_json"),
+    ({"input": "x"}, 422, "invalid_value"),
+    ({"input": 5, "model": "fastemb"}, 422, "invalid_value"),
+    ({"input": [], "model": "fastemb"}, 422, "empty_input"),
+    ({"input": "x", "model": "fastemb", "extra": 1}, 422, "invalid_value"),
+    ({"input": "x", "model": "fastemb", "encoding_format": "int8"}, 422, "invalid_value"),
+    ({"input": "x", "model": "fastemb", "dimensions": 4096}, 422, "invalid_dimensions"),
+    ({"input": "x", "model": "gpt-4"}, 404, "model_not_found"),
+    ({"input": ["x"] * 65, "model": "fastemb"}, 413, "too_many_inputs"),
+    ({"input": "y" * 20_001, "model": "fastemb"}, 413, "input_too_large"),
+    ({"input": ["z" * 9_000] * 8, "model": "fastemb"}, 413, "body_too_large"),
+])
+def test_bad_requests_get_json_errors(service, body, status, code):
+    _, url = service
+    kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+    r = httpx.post(url + "/v1/embeddings", headers=H, timeout=30, **kw)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and err["message"]
+
+
+def test_search_limits(service):
+    _, url = service
+    assert _post(url, "/v1/search", {"query": "x", "k": 21}).json()["error"]["param"] == "k"
+    assert _post(url, "/v1/search", {"query": ["q"] * 65}).status_code == 413
+
+
+def test_overload_answers_429(service):
+    """max_inflight_requests=2 per ingress: a burst of 12 concurrent requests gets some 429s, never 5xx."""
+    _, url = service
+    body = {"input": [f"definition number {i} of something rather long" for i in range(48)], "model": "fastemb"}
+    gate = threading.Barrier(12)
+
+    def one(_):
+        gate.wait()
+        return _post(url, "/v1/embeddings", body)
+
+    with cf.ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(one, range(12)))
+    codes = sorted(r.status_code for r in results)
+    assert set(codes) <= {200, 429} and 429 in codes and 200 in codes, codes
+    r429 = next(r for r in results if r.status_code == 429)
+    assert r429.json()["error"]["code"] == "overloaded" and r429.headers["retry-after"] == "1"
+
+
+def test_fuzzed_requests_never_500(service):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    _, url = service
+    text = st.text(max_size=40)
+    scalar = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=False, allow_infinity=False), text)
+    anyjson = st.recursive(scalar, lambda c: st.one_of(st.lists(c, max_size=4),
+                                                       st.dictionaries(text, c, max_size=3)), max_leaves=8)
+    inputs = st.one_of(text, st.lists(text, max_size=6), anyjson)
+    emb = st.fixed_dictionaries({}, optional={
+        "input": inputs, "model": st.one_of(st.sampled_from(["fastemb", "fastemb-candidate"]), anyjson),
+        "encoding_format": st.one_of(st.sampled_from(["float", "base64"]), anyjson),
+        "dimensions": st.one_of(st.integers(-5, 500), anyjson), "user": st.one_of(text, anyjson),
+        "truncate": st.one_of(st.booleans(), anyjson)})
+    emb = st.builds(lambda known, extra: {**extra, **known}, emb,
+                    st.dictionaries(text, anyjson, max_size=1) | st.just({}))
+    search = st.fixed_dictionaries({}, optional={"query": inputs, "k": st.one_of(st.integers(-3, 30), anyjson),
+                                                 "model": anyjson, "user": anyjson})
+    feedback = st.fixed_dictionaries({}, optional={"request_id": st.one_of(text, anyjson),
+                                                   "clicked_id": st.one_of(text, anyjson)})
+    case = st.one_of(st.tuples(st.just("/v1/embeddings"), emb), st.tuples(st.just("/v1/search"), search),
+                     st.tuples(st.just("/v1/feedback"), feedback),
+                     st.tuples(st.sampled_from(["/v1/embeddings", "/v1/search"]), st.binary(max_size=64)))
+    statuses = []
+
+    @settings(max_examples=120, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(case)
+    def check(c):
+        path, body = c
+        kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+        r = httpx.post(url + path, headers=H, timeout=60, **kw)
+        statuses.append(r.status_code)
+        assert r.status_code < 500, (path, body, r.text)
+        payload = r.json()
+        if r.status_code >= 400:
+            assert payload["error"]["message"] and payload["error"]["code"]
+
+    check()
+    assert 200 in statuses and any(400 <= s < 500 for s in statuses)
+
+
+def test_serve_config_yaml_is_valid_for_serve_deploy(tmp_path):
+    from ray.serve.schema import ServeDeploySchema
+
+    from fastemb.serve.run import write_serve_config
+    from fastemb.spec import load_spec
+
+    spec = load_spec("jobs/serve.yaml", [f"config_out={tmp_path}/serve.yaml", "candidate.model=all-MiniLM-L6-v2",
+                                         "ab.candidate_weight=0.2"])
+    path = write_serve_config(spec, spec.config_out)
+    cfg = yaml.safe_load(path.read_text())
+    ServeDeploySchema.model_validate(cfg)
+    app = cfg["applications"][0]
+    assert app["import_path"] == "fastemb.serve.app:build_app" and cfg["http_options"]["host"] == "127.0.0.1"
+    deps = {d["name"]: d for d in app["deployments"]}
+    assert set(deps) == {"Ingress", "production", "candidate"}
+    for arm in ("production", "candidate"):
+        d = deps[arm]
+        assert d["autoscaling_config"]["max_replicas"] >= d["autoscaling_config"]["min_replicas"]
+        assert d["max_ongoing_requests"] >= d["user_config"]["max_batch_size"]
+    assert deps["Ingress"]["user_config"] == {"candidate_weight": 0.2}
+    # the builder accepts exactly what the config passes it
+    from fastemb.serve.app import build_app
+
+    build_app(app["args"])
+
+
+def test_serve_spec_errors_name_the_field():
+    from fastemb.spec import SpecError, parse_spec
+
+    with pytest.raises(SpecError, match="max_ongoing_requests"):
+        parse_spec({"job": "serve", "replica": {"max_ongoing_requests": 8}, "batching": {"max_batch_size": 32}})
+    with pytest.raises(SpecError, match="candidate"):
+        parse_spec({"job": "serve", "ab": {"candidate_weight": 0.3}})
+    with pytest.raises(SpecError, match="index_dir or corpus"):
+        parse_spec({"job": "serve", "production": {"index_dir": "a", "corpus": "b"}})
+
+
+def test_prometheus_metrics_exported(service):
+    """Custom metrics (requests by arm/status, latency histogram, batch size, errors by reason) reach the node's
+    Prometheus endpoint (Ray's metrics agent; pushed every few seconds, so wait with a deadline)."""
+    import time
+
+    import ray
+
+    _, url = service
+    _post(url, "/v1/embeddings", {"input": ["metrics probe"], "model": "fastemb-production"})
+    _post(url, "/v1/embeddings", {"input": 5, "model": "fastemb"})
+    port = ray._private.worker._global_node.metrics_export_port
+    wanted = ["fastemb_requests_total", "fastemb_request_latency_ms_bucket", "fastemb_batch_size_bucket",
+              "fastemb_errors_total", "fastemb_input_tokens_total", "fastemb_queue_depth"]
+    deadline, text = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if all(w in text for w in wanted):
+            break
+        time.sleep(2)
+    missing = [w for w in wanted if w not in text]
+    assert not missing, missing
+    assert 'arm="production"' in text and 'reason="invalid_value"' in text

@@ -1,0 +1,128 @@
+"""``fastemb submit`` without a cluster: what would be submitted (entrypoint, runtime_env, metadata),
+the refusals (bad spec, spec outside the working_dir, secrets), and connection errors."""
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fastemb.cli import main
+from fastemb.spec import SpecError, load_spec
+from fastemb.submit import SubmitError, build_submission
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = str(ROOT / "jobs" / "contrastive.yaml")
+RUNTIME_ENV = str(ROOT / "runtime_env.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _own_token(tmp_path, monkeypatch):
+    """A private token file, never the user's ~/.ray/auth_token."""
+    tok = tmp_path / "auth_token"
+    tok.write_text("f" * 64)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tok))
+    for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+        monkeypatch.delenv(k, raising=False)
+    return "f" * 64
+
+
+def test_entrypoint_runs_the_same_spec_on_the_cluster(monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    sub = build_submission("jobs/contrastive.yaml", ["name=demo", "train.lr=3e-5"], "runtime_env.yaml")
+    args = shlex.split(sub["entrypoint"])
+    assert args[:5] == ["python", "-m", "fastemb.cli", "train", "jobs/contrastive.yaml"]
+    assert args[5:7] == ["name=demo", "train.lr=3e-5"]
+    assert args[-1] == "ray.address=auto"
+    # The relative storage_path ('runs') is pinned to the submitter's absolute path, with a note.
+    assert f"storage_path={ROOT / 'runs'}" in args
+    assert any("storage_path" in n and "every node" in n for n in sub["notes"])
+    # The spec the cluster will run equals the spec validated here.
+    here = load_spec(SPEC, args[5:])
+    assert here.name == "demo" and here.train.lr == 3e-5 and here.storage_path == str(ROOT / "runs")
+    assert here.ray.address == "auto"
+    assert sub["submission_id"].startswith("fastemb-train-demo-")
+    assert sub["metadata"] == {"fastemb_job": "train", "fastemb_spec": "jobs/contrastive.yaml", "fastemb_name": "demo"}
+
+
+def test_runtime_env_merges_worker_env(monkeypatch):
+    from fastemb.ray_env import worker_env
+
+    sub = build_submission(SPEC, ["train.cpus_per_worker=3"], RUNTIME_ENV, {"EXTRA": "1"})
+    env = sub["runtime_env"]
+    assert env["working_dir"] == str(ROOT)
+    assert env["excludes"] == yaml.safe_load(Path(RUNTIME_ENV).read_text())["excludes"]
+    ev = env["env_vars"]
+    for k, v in worker_env(3).items():
+        if k != "TORCH_EXTENSIONS_DIR":  # a path on this machine; the cluster's nodes set their own
+            assert ev[k] == v, k
+    assert "TORCH_EXTENSIONS_DIR" not in ev
+    assert ev["OMP_NUM_THREADS"] == "3" and ev["EXTRA"] == "1" and ev["PYTHONUNBUFFERED"] == "1"
+    assert ev["RAY_OVERRIDE_JOB_RUNTIME_ENV"] == "1"
+    gpu = build_submission(SPEC, ["train.use_gpu=true"], RUNTIME_ENV)
+    assert gpu["runtime_env"]["env_vars"]["DS_ACCELERATOR"] == "cuda"
+
+
+def test_local_data_paths_become_absolute(tmp_path, monkeypatch, tiny_eval):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_eval, tmp_path / "evalset")
+    sub = build_submission(SPEC, ["data.eval=evalset", "storage_path=/shared/runs"], RUNTIME_ENV)
+    args = shlex.split(sub["entrypoint"])
+    assert f"data.eval={tmp_path / 'evalset'}" in args
+    assert "storage_path=/shared/runs" in args and not any(a.startswith("storage_path=/tmp") for a in args)
+    assert "data.train=wordnet" not in args  # the shipped set is not a path
+
+
+def test_refusals(tmp_path, monkeypatch, _own_token):
+    # An invalid spec fails before anything is uploaded, naming the field.
+    with pytest.raises(SpecError, match="train.lr"):
+        build_submission(SPEC, ["train.lr=7"], RUNTIME_ENV)
+    # A spec outside the working_dir would not be uploaded.
+    outside = tmp_path / "job.yaml"
+    shutil.copy(SPEC, outside)
+    with pytest.raises(SubmitError, match="outside the working_dir"):
+        build_submission(str(outside), [], RUNTIME_ENV)
+    # Secrets are refused: by name, and the cluster token by value anywhere in the job.
+    with pytest.raises(SubmitError, match="HF_TOKEN.*secrets"):
+        build_submission(SPEC, [], RUNTIME_ENV, {"HF_TOKEN": "hf_abc"})
+    with pytest.raises(SubmitError, match="AWS_SECRET_ACCESS_KEY"):
+        build_submission(SPEC, [], RUNTIME_ENV, {"AWS_SECRET_ACCESS_KEY": "x"})
+    with pytest.raises(SubmitError, match="auth token"):
+        build_submission(SPEC, [f"data.train={_own_token}"], RUNTIME_ENV)
+    # ... but TOKENIZERS_PARALLELISM is not a secret.
+    build_submission(SPEC, [], RUNTIME_ENV, {"TOKENIZERS_PARALLELISM": "true"})
+    # A runtime env without a local working_dir cannot carry the spec.
+    rt = tmp_path / "rt.yaml"
+    rt.write_text("working_dir: s3://bucket/pkg.zip\n")
+    with pytest.raises(SubmitError, match="local working_dir"):
+        build_submission(SPEC, [], str(rt))
+
+
+def test_cli_dry_run_prints_no_secret(capsys, _own_token):
+    rc = main(["submit", SPEC, "name=dry", "--runtime-env", RUNTIME_ENV, "--dry-run"])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    sub = json.loads(out)
+    assert sub["entrypoint"].startswith("python -m fastemb.cli train jobs/contrastive.yaml name=dry")
+    assert _own_token not in out + err
+
+
+def test_cli_errors_exit_2(capsys, monkeypatch):
+    assert main(["submit", SPEC, "--runtime-env", RUNTIME_ENV]) == 2
+    assert "no cluster address" in capsys.readouterr().err
+    assert main(["submit", SPEC, "train.lr=7", "--runtime-env", RUNTIME_ENV, "--address", "http://x:1"]) == 2
+    assert "train.lr" in capsys.readouterr().err
+    assert main(["submit", SPEC, "--runtime-env", "nope.yaml", "--address", "http://x:1"]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    # Nothing listens on this port: a clear connection error, not a traceback.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["jobs", "list", "--address", f"127.0.0.1:{port}"]) == 2
+    assert f"http://127.0.0.1:{port}" in capsys.readouterr().err
+    assert main(["jobs", "stop", "--address", f"127.0.0.1:{port}"]) == 2
