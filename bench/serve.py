@@ -190,7 +190,7 @@ def infinity_server(python: str, model_path: str, threads: int, batch: int) -> P
            "--url-prefix", "/v1", "--no-bettertransformer"]
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
-    return ProcessServer("Infinity", cmd, port, f"http://127.0.0.1:{port}/v1/health",
+    return ProcessServer("Infinity", cmd, port, f"http://127.0.0.1:{port}/health",
                          f"http://127.0.0.1:{port}/v1/embeddings", "minilm", env)
 
 

@@ -124,11 +124,41 @@ def add_spec_command(sub, name: str, fn, help_: str) -> argparse.ArgumentParser:
     return p
 
 
+def cmd_registry(args) -> int:
+    from fastemb.registry import Registry
+
+    reg = Registry(args.root)
+    if args.action == "list":
+        production = reg.state()["production"]
+        for v in reg.versions():
+            meta = reg.show(v)
+            mark = "  production" if v == production else ""
+            print(f"{v}  parent={meta['parent']}  metrics={json.dumps(meta['metrics'])}{mark}")
+    elif args.action == "show":
+        print(json.dumps(reg.show(args.version), indent=2))
+    elif args.action == "promote":
+        print(json.dumps(reg.promote(args.version, args.metric, args.force)))
+    else:
+        print(json.dumps(reg.rollback()))
+    return 0
+
+
+def add_registry_command(sub) -> None:
+    p = sub.add_parser("registry", help="model versions: list, show, promote (gated), rollback")
+    p.add_argument("action", choices=["list", "show", "promote", "rollback"])
+    p.add_argument("version", nargs="?")
+    p.add_argument("--root", default="registry", help="registry folder or URI (default: ./registry)")
+    p.add_argument("--metric", default="ndcg@10", help="promotion gate metric")
+    p.add_argument("--force", action="store_true", help="promote even if worse than production")
+    p.set_defaults(fn=cmd_registry)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastemb", description="Tune, evaluate and ship text-embedding models on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, fn, help_ in SPEC_COMMANDS:
         add_spec_command(sub, name, fn, help_)
+    add_registry_command(sub)
     from fastemb.submit import add_submit_commands  # `submit` and `jobs`: Ray Jobs API
 
     add_submit_commands(sub)

@@ -86,15 +86,10 @@ class RayRunSpec(_Section):
     num_cpus: int | None = Field(None, gt=0, description="CPUs for the embedded local Ray (default: all)")
 
 
-class TrainJob(_Section):
-    """``fastemb train``: contrastive fine-tuning with evaluation before and after."""
-    job: Literal["train"] = "train"
-    name: str = Field("contrastive", pattern=r"^[A-Za-z0-9_.-]+$")
-    storage_path: str = Field("runs", description="checkpoints, exported model and report (local path or URI)")
-    model: ModelSpec = ModelSpec()
-    data: DataSpec = DataSpec()
-    loss: LossSpec = LossSpec()
-    train: TrainSpec = TrainSpec()
+class _RunJob(_Section):
+    """A job that writes to ``{storage_path}/{name}/`` and runs on Ray."""
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
+    storage_path: str = Field("runs", description="output root: a local/shared path (or a URI where supported)")
     ray: RayRunSpec = RayRunSpec()
 
     @field_validator("storage_path")
@@ -105,6 +100,16 @@ class TrainJob(_Section):
     @property
     def run_dir(self) -> Path:
         return Path(self.storage_path) / self.name
+
+
+class TrainJob(_RunJob):
+    """``fastemb train``: contrastive fine-tuning with evaluation before and after."""
+    job: Literal["train"] = "train"
+    name: str = Field("contrastive", pattern=r"^[A-Za-z0-9_.-]+$")
+    model: ModelSpec = ModelSpec()
+    data: DataSpec = DataSpec()
+    loss: LossSpec = LossSpec()
+    train: TrainSpec = TrainSpec()
 
 
 class EvalJob(_Section):
@@ -184,11 +189,10 @@ class IndexEvalSpec(_Section):
                                         description="extra configurations: {name, compress: {...}, index: {...}}")
 
 
-class IndexJob(_Section):
+class IndexJob(_RunJob):
     """``fastemb index``: embed a corpus with Ray Data and build a (compressed) faiss index."""
     job: Literal["index"] = "index"
     name: str = Field("index", pattern=r"^[A-Za-z0-9_.-]+$")
-    storage_path: str = Field("runs", description="output folder root (local path; shared by all nodes)")
     model: ModelSpec = ModelSpec()
     corpus: CorpusSpec = CorpusSpec()
     embed: EmbedSpec = EmbedSpec()
@@ -196,16 +200,6 @@ class IndexJob(_Section):
     compress: CompressSpec = CompressSpec()
     index: IndexSpec = IndexSpec()
     evaluate: IndexEvalSpec = IndexEvalSpec()
-    ray: RayRunSpec = RayRunSpec()
-
-    @field_validator("storage_path")
-    @classmethod
-    def _absolute_storage(cls, v: str) -> str:
-        return os.path.abspath(os.path.expanduser(v))
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.storage_path) / self.name
 
 
 class SearchJob(_Section):
@@ -245,6 +239,7 @@ class TuneSpec(_Section):
     min_compression: float = Field(16.0, ge=1, description="the winner must compress vectors at least this much")
     opq: bool = Field(True, description="rotate before PQ (OPQ)")
     max_failures: int = Field(1, ge=0, description="retries of a failing trial")
+    registry: str | None = Field(None, description="register the winner in this model registry (path or URI)")
 
 
 class TuneJob(TrainJob):

@@ -97,7 +97,9 @@ def test_rayservice_manifest_serve_config():
     app = serve["applications"][0]
     assert app["import_path"] == "fastemb.serve.app:build_app"
     assert app["route_prefix"] == "/"
-    assert "lands with the serving issue" in (CLUSTER / "kuberay" / "rayservice.yaml").read_text()
+    from fastemb.serve.spec import ServeJob
+
+    ServeJob.model_validate(app["args"]["spec"])  # the args are a valid fastemb serve job
     _check_ray_cluster_spec(spec["rayClusterConfig"], "rayservice.yaml")
 
 

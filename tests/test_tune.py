@@ -51,6 +51,7 @@ def _tune_cmd(storage: Path, tiny_eval: str) -> list[str]:
     return [sys.executable, "-m", "fastemb.cli", "tune", str(ROOT / "jobs" / "tune.yaml"), "name=t",
             f"storage_path={storage}", "data.max_pairs=96", f"data.eval={tiny_eval}", "tune.num_samples=3",
             "tune.max_concurrent_trials=1", "train.cpus_per_worker=1", "train.eval_every=2",
+            f"tune.registry={storage / 'registry'}",
             "space.micro_batch_size=[16]", "ray.num_cpus=2"]
 
 
@@ -80,3 +81,7 @@ def test_killed_tune_driver_resumes_without_rerunning_finished_trials(tmp_path, 
     assert len(summary["trials"]) == 3
     assert all(r[METRIC] is not None for r in summary["trials"] if r["status"] != "ERROR")
     assert (exp / "tune_trials.png").stat().st_size > 0
+    from fastemb.registry import Registry
+
+    reg = Registry(str(storage / "registry"))
+    assert reg.versions() == ["v0001"] and reg.show("v0001")["config"]["trial"] == summary["winner"]["trial_id"]

@@ -8,6 +8,7 @@ be merged, is built by one task streaming the shards.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -44,11 +45,13 @@ def split_ranges(files: list[str], counts: list[int], parts: int) -> list[list[t
     return out
 
 
-@ray.remote(num_cpus=1)
+@ray.remote
 def train_task(files, counts, drop, factory: str, train_size: int, compress: dict | None,
-               compressor_dir: str | None, seed: int = 0):
-    """Sample, fit the compressor (saved to ``compressor_dir``), train the index; return it serialized."""
-    faiss.omp_set_num_threads(1)
+               compressor_dir: str | None, seed: int = 0, threads: int = 1):
+    """Sample, fit the compressor (saved to ``compressor_dir``), train the index; return it serialized.
+
+    Nothing else runs during training, so the task asks for ``threads`` CPUs and uses them all."""
+    faiss.omp_set_num_threads(threads)
     t0 = time.time()
     x = sample_vectors(files, counts, drop, train_size, seed)
     if compress:
@@ -112,13 +115,15 @@ def build_index(files: list[str], counts: list[int], drop: dict, out_dir: str | 
     """Train, add in parallel and merge; writes ``out_dir/index.faiss`` (+ ``compressor/``). Returns timings."""
     out_dir = Path(out_dir)
     (out_dir / "parts").mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out_dir / "compressor", ignore_errors=True)  # a rebuild never keeps a stale compressor
     compressor_dir = str(out_dir / "compressor") if compress else None
     t0 = time.time()
-    trained_ref, info_ref = train_task.options(num_returns=2).remote(files, counts, drop, factory, train_size,
-                                                                     compress, compressor_dir, seed)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    trained_ref, info_ref = train_task.options(num_returns=2, num_cpus=cpus).remote(
+        files, counts, drop, factory, train_size, compress, compressor_dir, seed, cpus)
     info = ray.get(info_ref)
     t_train = time.time() - t0
-    parts = add_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    parts = add_tasks or cpus
     if not is_mergeable(kind):
         parts = 1
     pieces = split_ranges(files, counts, parts)

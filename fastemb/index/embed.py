@@ -158,12 +158,13 @@ def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_colum
         rss_dir = tmp / "_rss"
         rss_dir.mkdir(parents=True)
         t0 = time.time()
-        # Reads and writes are light I/O (0 CPUs). The pool starts with one actor and grows to num_actors: a
-        # full pool from the start would hold every CPU while Ray Data's file listing task waits for one.
+        # The unit's texts are read and cut into batch-sized blocks first (object store, not the driver): a full
+        # pool of encoder actors holds every CPU, and Ray Data's file listing / repartition tasks need one.
         ds = ray.data.read_parquet(unit["files"], filesystem=scan.fs, num_cpus=0).select_columns(
             [id_column, text_column])
+        ds = ds.repartition(max(num_actors, -(-unit["rows"] // batch_rows))).materialize()
         ds = ds.map_batches(EmbedActor, batch_size=batch_rows, batch_format="pyarrow",
-                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=num_actors), num_cpus=threads_per_actor,
+                            compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=threads_per_actor,
                             fn_constructor_kwargs={"model": model, "id_column": id_column,
                                                    "text_column": text_column, "threads": threads_per_actor,
                                                    "max_batch_tokens": max_batch_tokens, "chunking": chunking,
@@ -172,7 +173,8 @@ def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_colum
         rss = [float(p.read_text()) for p in rss_dir.glob("*.rss")]
         shutil.rmtree(rss_dir)
         worker_rss = max([worker_rss, *rss])
-        st = {**unit, **_unit_stats(tmp), "embed_s": round(time.time() - t0, 2), "worker_peak_rss_mb": max(rss or [0])}
+        st = {**unit, **_unit_stats(tmp), "embed_s": round(time.time() - t0, 2), "worker_peak_rss_mb": max(rss or [0]),
+              "actors_used": len(rss)}
         (tmp / "_SUCCESS").write_text(json.dumps(st))
         os.replace(tmp, final)
         stats.append(st)

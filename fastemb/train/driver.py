@@ -54,11 +54,14 @@ def evaluate_model(model: str, spec: TrainJob, split: str = "test") -> dict:
 def _base_metrics(spec: TrainJob) -> dict:
     """Base-model test metrics, cached in the run folder so a resumed run does not redo them."""
     cache = spec.run_dir / "base_metrics.json"
+    key = {"model": spec.model.model_dump(), "eval": spec.data.eval, "test_queries": spec.data.test_queries}
     if cache.exists():
-        return json.loads(cache.read_text())
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return cached["metrics"]
     print(f"[fastemb train] evaluating the base model {spec.model.base} on the test split", flush=True)
     metrics = evaluate_model(spec.model.base, spec)
-    cache.write_text(json.dumps(metrics, indent=2))
+    cache.write_text(json.dumps({"key": key, "metrics": metrics}, indent=2))
     return metrics
 
 

@@ -73,5 +73,14 @@ def run_tune(spec: TuneJob) -> dict:
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     results = build_tuner(spec).fit()
     summary = summarize(results, spec)
+    winner = summary["winner"]
+    if winner and spec.tune.registry:
+        from fastemb.registry import Registry
+
+        metrics = {k: winner[k] for k in (METRIC, "dev_ndcg@10", "bytes_per_vector", "compression_x")}
+        params = {k: winner[k] for k in ("temperature", "lr", "micro_batch_size", "pq_bytes")}
+        summary["registered"] = Registry(spec.tune.registry).register(
+            winner["model_dir"], metrics, {"tune": spec.name, "trial": winner["trial_id"], **params})
+        print(f"[fastemb tune] winner registered as {summary['registered']} in {spec.tune.registry}", flush=True)
     (spec.run_dir / "tune_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
