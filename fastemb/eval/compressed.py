@@ -12,8 +12,7 @@ import numpy as np
 from fastemb.compress.base import make_compressor
 from fastemb.compress.pq import pq_factory, pq_m_for_bytes
 from fastemb.data.eval_sets import EvalSet
-from fastemb.eval.metrics import ranking_metrics
-from fastemb.eval.retrieval import exact_search
+from fastemb.eval.retrieval import exact_search, metrics_of_hits
 
 # faiss' OPQ training crashes the process (heap corruption) on very small training sets;
 # below this many vectors plain PQ is used.
@@ -41,7 +40,6 @@ def compressed_retrieval(corpus_emb: np.ndarray, query_emb: np.ndarray, data: Ev
     else:
         _, idx = exact_search(query_emb, corpus_emb, 100)
         code_bytes = 4 * d
-    ranked = [[data.corpus_ids[j] for j in row if j >= 0] for row in idx]
-    out = ranking_metrics(ranked, data.relevant)
+    out = metrics_of_hits(idx, data)
     out.update(bytes_per_vector=float(code_bytes), compression_x=4.0 * full_dim / code_bytes)
     return out

@@ -23,6 +23,12 @@ def exact_search(query_emb: np.ndarray, corpus_emb: np.ndarray, k: int, normaliz
     return index.search(np.ascontiguousarray(query_emb, dtype=np.float32), min(k, corpus_emb.shape[0]))
 
 
+def metrics_of_hits(idx: np.ndarray, data: EvalSet) -> dict[str, float]:
+    """Ranking metrics of faiss result indices (rows of corpus positions, -1 for none) on ``data``."""
+    ranked = [[data.corpus_ids[j] for j in row if j >= 0] for row in idx]
+    return ranking_metrics(ranked, data.relevant)
+
+
 def evaluate(encoder: Encoder, data: EvalSet, batch_size: int = 128, show_progress: bool = False
              ) -> dict[str, float]:
     """nDCG@10, MRR@10, recall@{1,10,100}, MAP@100, alignment, uniformity and encode throughput."""
@@ -31,8 +37,7 @@ def evaluate(encoder: Encoder, data: EvalSet, batch_size: int = 128, show_progre
     encode_s = time.perf_counter() - t0
     query_emb = encoder.encode(data.queries, batch_size=batch_size)
     _, idx = exact_search(query_emb, corpus_emb, 100, normalized=encoder.normalize)
-    ranked = [[data.corpus_ids[j] for j in row if j >= 0] for row in idx]
-    metrics = ranking_metrics(ranked, data.relevant)
+    metrics = metrics_of_hits(idx, data)
     pos = {cid: i for i, cid in enumerate(data.corpus_ids)}
     first_rel = np.array([pos[sorted(r)[0]] for r in data.relevant])
     metrics["alignment"] = alignment(query_emb, corpus_emb[first_rel])

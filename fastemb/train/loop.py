@@ -45,14 +45,12 @@ def _dev_eval(engine, spec, compression: dict | None) -> dict:
     """Dev nDCG@10 of the current model, and after compression when the job asks for it."""
     from fastemb.data.eval_sets import load_eval_set
     from fastemb.eval.compressed import compressed_retrieval
-    from fastemb.eval.metrics import ranking_metrics
-    from fastemb.eval.retrieval import exact_search
+    from fastemb.eval.retrieval import exact_search, metrics_of_hits
 
     dev = load_eval_set(spec.data.eval, "dev", spec.data.dev_queries)
     corpus, queries = engine.module.encode(dev.corpus), engine.module.encode(dev.queries)
     _, idx = exact_search(queries, corpus, 100, normalized=engine.module.normalize)
-    ranked = [[dev.corpus_ids[j] for j in row if j >= 0] for row in idx]
-    out = {"dev_ndcg@10": ranking_metrics(ranked, dev.relevant)["ndcg@10"]}
+    out = {"dev_ndcg@10": metrics_of_hits(idx, dev)["ndcg@10"]}
     if compression:
         c = compressed_retrieval(corpus, queries, dev, **compression)
         out.update({"dev_ndcg@10_compressed": c["ndcg@10"], "bytes_per_vector": c["bytes_per_vector"],
