@@ -1,14 +1,22 @@
 """Online serving benchmark: fastemb (Ray Serve) vs Infinity vs a plain FastAPI + sentence-transformers server.
 
-All three serve the same model folder on CPU with the same thread count, one after the other in this run, and are
-driven by the same closed-loop load generator (N concurrent clients, each sending its next request as soon as the
-previous one returns) at several concurrency levels, with short texts (WordNet definitions) and long texts
-(~200 tokens). Figures go to bench/RESULTS.md through ``bench.results.write_section``.
+All servers serve the same model folder on CPU with the same thread count and are driven by the same closed-loop
+load generator (N concurrent clients, each sending its next request as soon as the previous one returns) at several
+concurrency levels, with short texts (WordNet definitions) and long texts (~200 tokens). Every server runs in its own
+process tree, all started up front; each (texts, concurrency) cell is measured in ``--rounds`` slices that alternate
+between the servers (order rotated every round), so load from other users of a shared machine hits every server
+alike and the ratios stay meaningful. Figures go to bench/RESULTS.md through ``bench.results.write_section``.
 
-    .venv/bin/python bench/serve.py [--seconds 10] [--levels 1,8,32] [--infinity-python /tmp/fe-venv-infinity/bin/python]
+    .venv/bin/python bench/serve.py [--seconds 12] [--rounds 3] [--levels 1,8,32] [--long-levels 1,8]
 
-Infinity runs from its own venv (``python -m venv /tmp/fe-venv-infinity && /tmp/fe-venv-infinity/bin/pip install
-torch==2.13.0 'infinity-emb[server,torch]'``); without it that column is skipped and the report says so.
+Infinity runs from its own venv; (re)create it with (the torch pin first, or pip pulls a CUDA build)::
+
+    python3 -m venv /tmp/fe-venv-infinity
+    /tmp/fe-venv-infinity/bin/pip install torch==2.13.0
+    /tmp/fe-venv-infinity/bin/pip install 'infinity-emb[server,torch]'
+
+Without it that column is skipped and the report says so. ``--variant NAME:K=V,K=V`` adds a fastemb server
+started with extra environment variables (e.g. Ray Serve flags), measured like the others.
 """
 from __future__ import annotations
 
@@ -54,20 +62,45 @@ def plain_server(model_path: str, port: int, threads: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
+# ------------------------------------------------------------------------------------------- fastemb server
+def fastemb_server(model_path: str, port: int, threads: int, batch: int) -> None:
+    """fastemb's service as shipped (jobs/serve.yaml defaults), one replica of ``threads`` CPUs, until killed."""
+    from fastemb.serve.run import start
+    from fastemb.spec import parse_spec
+
+    spec = parse_spec({"job": "serve", "port": port, "blocking": False, "ray": {"num_cpus": threads + 1},
+                       "production": {"model": model_path},
+                       "batching": {"max_batch_size": batch},
+                       "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+                       "replica": {"num_cpus": threads},
+                       "limits": {"max_inflight_requests": 4096},
+                       "feedback_dir": str(ROOT / "bench" / "out" / f"serve_ab_{port}")})
+    start(spec)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        import ray
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+
+
 # ------------------------------------------------------------------------------------------- load generator
 async def closed_loop(url: str, model: str, texts: list[str], concurrency: int, seconds: float,
-                      per_request: int, headers: dict | None = None) -> dict:
-    """``concurrency`` clients in a closed loop for ``seconds`` (after a short warm-up); latency per request."""
+                      per_request: int, warmup_s: float = 1.0, offset: int = 0) -> dict:
+    """``concurrency`` clients in a closed loop for ``seconds`` (after ``warmup_s`` not recorded)."""
     import httpx
 
     latencies: list[float] = []
     errors = 0
     stop_at = 0.0
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(timeout=120, limits=limits, headers=headers) as client:
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         async def worker(wid: int, record: bool):
             nonlocal errors
-            i = wid * 7919
+            i = offset + wid * 7919
             while time.perf_counter() < stop_at:
                 batch = [texts[(i + j) % len(texts)] for j in range(per_request)]
                 i += per_request * concurrency
@@ -83,24 +116,32 @@ async def closed_loop(url: str, model: str, texts: list[str], concurrency: int, 
                     else:
                         errors += 1
 
-        stop_at = time.perf_counter() + min(3.0, seconds / 3)  # warm-up, not recorded
+        stop_at = time.perf_counter() + warmup_s
         await asyncio.gather(*[worker(w, False) for w in range(concurrency)])
         started = time.perf_counter()
         stop_at = started + seconds
         await asyncio.gather(*[worker(w, True) for w in range(concurrency)])
         elapsed = time.perf_counter() - started
-    lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
-    return {"requests": len(latencies), "errors": errors, "rps": len(latencies) / elapsed,
-            "texts_per_s": len(latencies) * per_request / elapsed,
-            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+    return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
 
 
-def check_vectors(url: str, model: str, texts: list[str], reference: np.ndarray, headers=None) -> float:
+def summarize(slices: list[dict], per_request: int) -> dict:
+    """Throughput and latency percentiles over the slices of one server in one cell."""
+    lat = np.array([x for s in slices for x in s["latencies"]]) * 1000
+    elapsed = sum(s["elapsed"] for s in slices)
+    n = len(lat)
+    if not n:
+        lat = np.array([np.nan])
+    return {"requests": n, "errors": sum(s["errors"] for s in slices), "rps": n / elapsed,
+            "texts_per_s": n * per_request / elapsed, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99))}
+
+
+def check_vectors(url: str, model: str, texts: list[str], reference: np.ndarray) -> float:
     """Largest |difference| between the server's vectors and sentence-transformers' (same model)."""
     import httpx
 
-    r = httpx.post(url, json={"input": texts, "model": model, "encoding_format": "float"}, headers=headers,
-                   timeout=120)
+    r = httpx.post(url, json={"input": texts, "model": model, "encoding_format": "float"}, timeout=120)
     r.raise_for_status()
     got = np.array([d["embedding"] for d in sorted(r.json()["data"], key=lambda d: d["index"])], dtype=np.float32)
     return float(np.abs(got - reference).max())
@@ -131,65 +172,57 @@ def free_port() -> int:
 
 
 # ------------------------------------------------------------------------------------------- servers
-class FastembServer:
-    name = "fastemb (Ray Serve)"
-
-    def __init__(self, model_path: str, threads: int, max_batch_size: int):
-        self.model_path, self.threads, self.max_batch_size = model_path, threads, max_batch_size
-
-    def __enter__(self):
-        from fastemb.serve.run import start
-        from fastemb.spec import parse_spec
-
-        port = free_port()
-        spec = parse_spec({"job": "serve", "port": port, "blocking": False, "ray": {"num_cpus": self.threads},
-                           "production": {"model": self.model_path},
-                           "batching": {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": 0.002},
-                           "autoscaling": {"min_replicas": 1, "max_replicas": 1},
-                           "replica": {"num_cpus": self.threads},
-                           "limits": {"max_inflight_requests": 4096},
-                           "feedback_dir": str(ROOT / "bench" / "out" / "serve_ab")})
-        start(spec)
-        self.base = f"http://127.0.0.1:{port}"
-        wait_http(self.base + "/healthz")
-        self.url, self.model = self.base + "/v1/embeddings", "fastemb"
-        return self
-
-    def __exit__(self, *exc):
-        import ray
-        from ray import serve
-
-        serve.shutdown()
-        ray.shutdown()
-
-
 class ProcessServer:
+    """A server in its own process group (so stopping it stops everything it started, Ray included)."""
+
     def __init__(self, name: str, cmd: list[str], port: int, health: str, url: str, model: str, env: dict):
         self.name, self.cmd, self.port, self.health, self.url, self.model, self.env = name, cmd, port, health, \
             url, model, env
 
-    def __enter__(self):
-        log = open(ROOT / "bench" / "out" / f"{self.name.split()[0].lower()}.log", "w")
-        self.proc = subprocess.Popen(self.cmd, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT)
-        wait_http(self.health, proc=self.proc)
+    def start(self) -> "ProcessServer":
+        slug = "".join(c if c.isalnum() else "_" for c in self.name.lower())
+        log = open(ROOT / "bench" / "out" / f"serve_{slug}.log", "w")
+        self.proc = subprocess.Popen(self.cmd, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         return self
 
-    def __exit__(self, *exc):
-        self.proc.terminate()
+    def wait_ready(self) -> None:
+        wait_http(self.health, proc=self.proc)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGINT)
         try:
-            self.proc.wait(30)
+            self.proc.wait(60)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
 
 
-def infinity_server(python: str, model_path: str, threads: int, batch: int) -> ProcessServer:
+def _env(threads: int) -> dict:
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def fastemb_process(name: str, model_path: str, threads: int, batch: int, extra_env: dict) -> ProcessServer:
+    port = free_port()
+    cmd = [sys.executable, __file__, "--fastemb-server", "--port", str(port), "--model", model_path,
+           "--threads", str(threads), "--batch-size", str(batch)]
+    env = {**_env(threads), "RAY_USAGE_STATS_ENABLED": "0", **extra_env}
+    return ProcessServer(name, cmd, port, f"http://127.0.0.1:{port}/healthz",
+                         f"http://127.0.0.1:{port}/v1/embeddings", "fastemb", env)
+
+
+def infinity_process(python: str, model_path: str, threads: int, batch: int) -> ProcessServer:
     port = free_port()
     exe = str(Path(python).parent / "infinity_emb")
     cmd = [exe, "v2", "--model-id", model_path, "--served-model-name", "minilm", "--port", str(port),
            "--host", "127.0.0.1", "--engine", "torch", "--device", "cpu", "--batch-size", str(batch),
            "--url-prefix", "/v1", "--no-bettertransformer"]
-    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
+    env = {**_env(threads), "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
     return ProcessServer("Infinity", cmd, port, f"http://127.0.0.1:{port}/health",
                          f"http://127.0.0.1:{port}/v1/embeddings", "minilm", env)
 
@@ -198,12 +231,14 @@ def plain_process(model_path: str, threads: int) -> ProcessServer:
     port = free_port()
     cmd = [sys.executable, __file__, "--plain-server", "--port", str(port), "--model", model_path,
            "--threads", str(threads)]
-    env = {"OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return ProcessServer("FastAPI+ST", cmd, port, f"http://127.0.0.1:{port}/health",
-                         f"http://127.0.0.1:{port}/v1/embeddings", "minilm", env)
+                         f"http://127.0.0.1:{port}/v1/embeddings", "minilm", _env(threads))
 
 
 # ------------------------------------------------------------------------------------------- main
+FASTEMB = "fastemb (Ray Serve)"
+
+
 def workloads() -> dict[str, list[str]]:
     import pyarrow.parquet as pq
 
@@ -213,19 +248,30 @@ def workloads() -> dict[str, list[str]]:
     return {"short": short, "long": long}
 
 
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``NAME:K=V,K=V`` -> ("fastemb[NAME]", {K: V})."""
+    name, _, pairs = text.partition(":")
+    env = dict(p.split("=", 1) for p in pairs.split(",") if p)
+    return f"fastemb[{name}]", env
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--fastemb-server", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--model", default=None, help="model folder (default: the shipped all-MiniLM-L6-v2)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per server (1: multi-threaded OpenMP stalls on a loaded box)")
-    ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per level")
+    ap.add_argument("--seconds", type=float, default=12.0, help="measured seconds per server and cell (all rounds)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating slices per cell")
     ap.add_argument("--levels", default="1,8,32", help="concurrency levels (short texts)")
     ap.add_argument("--long-levels", default="1,8", help="concurrency levels (long texts)")
     ap.add_argument("--per-request", type=int, default=1, help="texts per request")
     ap.add_argument("--batch-size", type=int, default=32, help="server batch size (fastemb and Infinity)")
     ap.add_argument("--infinity-python", default=os.environ.get("INFINITY_PYTHON", "/tmp/fe-venv-infinity/bin/python"))
     ap.add_argument("--servers", default="fastemb,infinity,plain")
+    ap.add_argument("--variant", action="append", default=[], help="NAME:K=V,... extra fastemb server with env")
+    ap.add_argument("--no-write", action="store_true", help="print the report, leave bench/RESULTS.md alone")
     args = ap.parse_args()
 
     from fastemb.model.encoder import resolve_model_path
@@ -233,6 +279,9 @@ def main() -> int:
     model_path = resolve_model_path(args.model or "all-MiniLM-L6-v2")
     if args.plain_server:
         plain_server(model_path, args.port, args.threads)
+        return 0
+    if args.fastemb_server:
+        fastemb_server(model_path, args.port, args.threads, args.batch_size)
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
@@ -247,68 +296,89 @@ def main() -> int:
     servers, skipped = [], []
     wanted = args.servers.split(",")
     if "fastemb" in wanted:
-        servers.append(FastembServer(model_path, args.threads, args.batch_size))
+        servers.append(fastemb_process(FASTEMB, model_path, args.threads, args.batch_size, {}))
+    for v in args.variant:
+        name, env = parse_variant(v)
+        servers.append(fastemb_process(name, model_path, args.threads, args.batch_size, env))
     if "infinity" in wanted:
         if Path(args.infinity_python).exists() and shutil.which(str(Path(args.infinity_python).parent / "infinity_emb")):
-            servers.append(infinity_server(args.infinity_python, model_path, args.threads, args.batch_size))
+            servers.append(infinity_process(args.infinity_python, model_path, args.threads, args.batch_size))
         else:
-            skipped.append(f"Infinity: no venv at {args.infinity_python}")
+            skipped.append(f"Infinity: no venv at {args.infinity_python} (see this script's docstring)")
     if "plain" in wanted:
         servers.append(plain_process(model_path, args.threads))
 
-    results: dict[str, dict] = {}
-    for srv in servers:
-        print(f"== {srv.name}", flush=True)
-        try:
-            with srv:
-                diff = check_vectors(srv.url, srv.model, probe, reference)
-                rows = {}
-                for kind, lv in levels.items():
-                    for c in lv:
-                        res = asyncio.run(closed_loop(srv.url, srv.model, texts[kind], c, args.seconds,
-                                                      args.per_request))
-                        rows[(kind, c)] = res
-                        print(f"  {kind:5s} c={c:3d}: {res['texts_per_s']:7.1f} texts/s  p50 {res['p50_ms']:7.1f} ms"
-                              f"  p99 {res['p99_ms']:7.1f} ms  errors {res['errors']}", flush=True)
-                results[srv.name] = {"max_abs_diff_vs_st": diff, "rows": rows}
-        except Exception as err:  # noqa: BLE001 - report a peer that could not run, keep the others
-            skipped.append(f"{srv.name}: {type(err).__name__}: {err}")
-            print(f"  skipped: {err}", flush=True)
+    diffs: dict[str, float] = {}
+    live = []
+    try:
+        for srv in servers:
+            srv.start()
+        for srv in servers:
+            try:
+                srv.wait_ready()
+                diffs[srv.name] = check_vectors(srv.url, srv.model, probe, reference)
+                live.append(srv)
+            except Exception as err:  # noqa: BLE001 - report a peer that could not run, keep the others
+                skipped.append(f"{srv.name}: {type(err).__name__}: {err}")
+                print(f"  skipped {srv.name}: {err}", flush=True)
+                srv.stop()
+        results: dict[str, dict] = {s.name: {} for s in live}
+        slice_s = args.seconds / args.rounds
+        for kind, lv in levels.items():
+            for c in lv:
+                slices: dict[str, list] = {s.name: [] for s in live}
+                for r in range(args.rounds):
+                    order = live[r % len(live):] + live[:r % len(live)] if live else []
+                    for srv in order:
+                        slices[srv.name].append(asyncio.run(closed_loop(
+                            srv.url, srv.model, texts[kind], c, slice_s, args.per_request, offset=r * 104729)))
+                for srv in live:
+                    res = results[srv.name][(kind, c)] = summarize(slices[srv.name], args.per_request)
+                    print(f"  {srv.name:22s} {kind:5s} c={c:3d}: {res['texts_per_s']:7.1f} texts/s  p50 "
+                          f"{res['p50_ms']:7.1f} ms  p99 {res['p99_ms']:7.1f} ms  errors {res['errors']}", flush=True)
+    finally:
+        for srv in servers:
+            if hasattr(srv, "proc"):
+                srv.stop()
 
-    body = report(results, skipped, args)
+    body = report(results, diffs, skipped, args)
     print(body)
-    if results:
+    if results and not args.no_write:
         from bench.results import write_section
 
         write_section("serve", body)
     return 0
 
 
-def report(results: dict, skipped: list[str], args) -> str:
+def report(results: dict, diffs: dict, skipped: list[str], args) -> str:
     names = list(results)
-    lines = [f"Model all-MiniLM-L6-v2 (same folder for every server), CPU, {args.threads} threads per server, "
-             f"{args.per_request} text(s) per request, closed loop, {args.seconds:.0f} s measured per level "
-             "(after a warm-up). Servers run one after the other in the same run.", ""]
+    lines = [f"Model all-MiniLM-L6-v2 (same folder for every server), CPU, {args.threads} thread(s) per server, "
+             f"{args.per_request} text(s) per request, closed loop. All servers up at once; each cell measured for "
+             f"{args.seconds:.0f} s per server in {args.rounds} slices alternating between servers (order rotated "
+             "each round, 1 s warm-up per slice). The host is shared with other jobs: compare the ratios.", ""]
     lines.append("| server | texts | concurrency | texts/s | p50 ms | p99 ms | errors |")
     lines.append("|---|---|---|---|---|---|---|")
     for n in names:
-        for (kind, c), r in results[n]["rows"].items():
+        for (kind, c), r in results[n].items():
             lines.append(f"| {n} | {kind} | {c} | {r['texts_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
                          f"| {r['errors']} |")
-    fe = results.get("fastemb (Ray Serve)")
+    fe = results.get(FASTEMB)
     if fe:
-        lines += ["", "Ratios (fastemb / peer): throughput, and p99 latency (below 1 = fastemb faster).", "",
-                  "| peer | texts | concurrency | throughput ratio | p99 ratio |", "|---|---|---|---|---|"]
+        lines += ["", "Ratios (fastemb / peer): throughput (above 1 = fastemb faster), and p99 latency (below 1 = "
+                  "fastemb faster).", "", "| peer | texts | concurrency | throughput ratio | p99 ratio |",
+                  "|---|---|---|---|---|"]
         for n in names:
-            if n == "fastemb (Ray Serve)":
+            if n == FASTEMB:
                 continue
-            for key, r in results[n]["rows"].items():
-                f = fe["rows"].get(key)
+            for key, r in results[n].items():
+                f = fe.get(key)
                 if f:
                     lines.append(f"| {n} | {key[0]} | {key[1]} | {f['texts_per_s'] / max(r['texts_per_s'], 1e-9):.2f}"
                                  f" | {f['p99_ms'] / max(r['p99_ms'], 1e-9):.2f} |")
     lines += ["", "Max |vector - SentenceTransformer.encode| per server: "
-              + ", ".join(f"{n}: {results[n]['max_abs_diff_vs_st']:.1e}" for n in names)]
+              + ", ".join(f"{n}: {d:.1e}" for n, d in diffs.items())]
+    if args.variant:
+        lines += ["", "Variants (fastemb with extra environment): " + "; ".join(args.variant)]
     if skipped:
         lines += ["", "Not measured: " + "; ".join(skipped)]
     return "\n".join(lines)

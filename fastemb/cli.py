@@ -24,8 +24,11 @@ def cmd_train(args) -> int:
     from fastemb.train.driver import run_train
 
     report = run_train(_spec(args, "train"))
-    print(json.dumps({"base_ndcg@10": report["base"]["ndcg@10"], "tuned_ndcg@10": report["tuned"]["ndcg@10"],
-                      "delta": report["delta"]["ndcg@10"], "model_dir": report["model_dir"]}, indent=2))
+    out = {"base_ndcg@10": report["base"]["ndcg@10"], "tuned_ndcg@10": report["tuned"]["ndcg@10"],
+           "delta": report["delta"]["ndcg@10"], "model_dir": report["model_dir"]}
+    if "continual" in report:
+        out["continual"] = {k: report["continual"][k] for k in ("candidate", "outcome", "production_after")}
+    print(json.dumps(out, indent=2))
     return 0
 
 
@@ -36,7 +39,8 @@ def cmd_eval(args) -> int:
 
     spec = _spec(args, "eval")
     m = spec.model
-    encoder = Encoder.load(m.base, pooling=m.pooling, normalize=m.normalize, max_length=m.max_length)
+    encoder = Encoder.load(m.base, pooling=m.pooling, normalize=m.normalize, max_length=m.max_length,
+                           synonyms=m.synonyms)
     metrics = evaluate(encoder, load_eval_set(spec.data.eval, spec.split, spec.data.test_queries),
                        show_progress=True)
     text = json.dumps(metrics, indent=2)
@@ -104,13 +108,38 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from pathlib import Path
+
+    from fastemb.demo.run import run_demo
+
+    shipped = Path(__file__).resolve().parents[1] / "jobs" / "demo.yaml"
+    if not args.spec and shipped.exists():
+        args.spec = str(shipped)  # `fastemb demo` alone runs the shipped demo spec
+    summary = run_demo(_spec(args, "demo"))
+    print(json.dumps({"summary": str(Path(summary["train"]["model_dir"]).parents[1] / "summary.md"),
+                      "minutes": round(summary["seconds"]["total"] / 60, 1)}, indent=2))
+    return 0
+
+
+def cmd_mine(args) -> int:
+    from fastemb.mine.job import run_mine
+
+    report = run_mine(_spec(args, "mine"))
+    print(json.dumps({k: report[k] for k in ("pairs_file", "pairs", "negatives_written", "skipped",
+                                             "rows_short_of_negatives", "timing_s")}, indent=2))
+    return 0
+
+
 SPEC_COMMANDS = [
+    ("demo", cmd_demo, "the whole pipeline on an embedded local Ray: train → tune → registry → index → serve"),
     ("train", cmd_train, "contrastive training (Ray Train + DeepSpeed)"),
     ("tune", cmd_tune, "Ray Tune search: temperature, batch size, LR, compression"),
     ("eval", cmd_eval, "retrieval metrics of a model"),
     ("index", cmd_index, "embed a corpus (Ray Data) and build a compressed faiss index"),
     ("search", cmd_search, "top-k documents of query texts in a built index"),
     ("serve", cmd_serve, "online embedding + search service on Ray Serve (A/B arms)"),
+    ("mine", cmd_mine, "mine hard negatives for pairs (Ray Data + faiss)"),
 ]
 
 

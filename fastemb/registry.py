@@ -84,6 +84,28 @@ class Registry:
     def model_path(self, version: str) -> str:
         return f"{self.base}/versions/{version}/model"
 
+    def resolve(self, version: str) -> str:
+        """``'production'`` → the production version's name; a version name → itself (checked)."""
+        if version == "production":
+            current = self.state()["production"]
+            if current is None:
+                raise RegistryError(f"registry {self.root}: no production version yet; promote one first")
+            return current
+        self.show(version)
+        return version
+
+    def local_model(self, version: str, cache_dir: str | Path) -> str:
+        """A local folder holding ``version``'s model: the registry's own folder when it is local,
+        otherwise a copy under ``cache_dir`` (fetched once)."""
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            return self.model_path(version)
+        dest = Path(cache_dir) / version / "model"
+        if not (dest / "config.json").exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(self.model_path(version), str(dest), source_filesystem=self.fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+        return str(dest)
+
     # ------------------------------------------------------------------ writes
     def register(self, model_dir: str, metrics: dict, config: dict, parent: str | None = None,
                  data_files: list[str] | None = None, compress_dir: str | None = None,
@@ -109,14 +131,19 @@ class Registry:
         self.fs.move(staging, f"{self.base}/versions/{version}")
         return version
 
-    def promote(self, version: str, metric: str = "ndcg@10", force: bool = False) -> dict:
-        """Make ``version`` production unless it scores below production on ``metric`` (then refuse)."""
+    def promote(self, version: str, metric: str = "ndcg@10", force: bool = False,
+                baseline: float | None = None) -> dict:
+        """Make ``version`` production unless it scores below production on ``metric`` (then refuse).
+
+        ``baseline``: production's score measured on the candidate's eval set (used instead of the score
+        stored with the production version, which may come from another eval set)."""
         candidate = self.show(version)
         state = self.state()
         current = state["production"]
         if current and current != version and not force:
             prod = self.show(current)
-            ours, theirs = candidate["metrics"].get(metric), prod["metrics"].get(metric)
+            ours = candidate["metrics"].get(metric)
+            theirs = baseline if baseline is not None else prod["metrics"].get(metric)
             if ours is None or theirs is None:
                 raise RegistryError(f"cannot compare {version} with production {current}: {metric!r} missing")
             if ours < theirs:

@@ -29,6 +29,28 @@ class ModelSpec(_Section):
     pooling: Literal["mean", "cls"] | None = Field(None, description="default: the model's own")
     normalize: bool | None = Field(None, description="L2-normalise embeddings; default: the model's own")
     max_length: int = Field(64, gt=0, le=8192, description="tokens per text")
+    synonyms: str | None = Field(None, description="synonym dictionary (.tsv/.json/.yaml, variant -> canonical) "
+                                                   "applied before tokenising; saved into the exported model")
+
+
+class StudentModelSpec(ModelSpec):
+    """The model a training job tunes; optionally a smaller student made by keeping some of the base's layers."""
+    keep_layers: list[int] | None = Field(None, min_length=1, description="keep these transformer layers of the "
+                                          "base (0-based, BERT-like models), e.g. [0, 2, 4]")
+    num_layers: int | None = Field(None, gt=0, description="keep this many evenly spaced layers (first included)")
+
+    @field_validator("keep_layers")
+    @classmethod
+    def _sorted_unique(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (any(i < 0 for i in v) or sorted(set(v)) != v):
+            raise ValueError(f"expected increasing, distinct layer indices >= 0, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_way(self) -> "StudentModelSpec":
+        if self.keep_layers is not None and self.num_layers is not None:
+            raise ValueError("model.keep_layers and model.num_layers: give one of them, not both")
+        return self
 
 
 class DataSpec(_Section):
@@ -47,6 +69,64 @@ class LossSpec(_Section):
     gather_across_workers: bool = True
     mask_false_negatives: bool = True
     hard_negatives: int = Field(0, ge=0, le=64, description="hard negatives per query taken from the pairs")
+
+
+class KLTerm(_Section):
+    """KL between teacher and student score distributions over each query's candidates (fastemb/losses/distill_kl.py)."""
+    weight: float = Field(1.0, gt=0)
+    temperature: float = Field(0.05, gt=0, le=10, description="student temperature")
+    teacher_temperature: float | None = Field(None, gt=0, description="default: the student temperature")
+    in_batch: bool = Field(True, description="the other queries' positives are candidates too")
+
+
+class MarginMSETerm(_Section):
+    """MSE of score margins s(q,p) - s(q,n) against the teacher's (fastemb/losses/margin_mse.py)."""
+    weight: float = Field(1.0, gt=0)
+
+
+class EmbeddingMSETerm(_Section):
+    """MSE of (projected) student embeddings of queries and positives onto the teacher's."""
+    weight: float = Field(1.0, gt=0)
+    project: bool | None = Field(None, description="learned projection; default: when dimensions differ")
+
+
+class HiddenStateTerm(_Section):
+    """Intermediate hidden-state distillation (teacher run online; same tokenizer needed)."""
+    weight: float = Field(1.0, gt=0)
+    layer_map: dict[int, int] | None = Field(None, description="student layer -> teacher layer (0 = embeddings); "
+                                                                "default: uniform m -> m*N/M")
+
+
+class AttentionTerm(_Section):
+    """MiniLM last-layer attention (and value-relation) distillation (teacher run online; same tokenizer, heads)."""
+    weight: float = Field(1.0, gt=0)
+    value_relation: bool = True
+
+
+class DistillSpec(_Section):
+    """Distillation from a teacher, combined with the InfoNCE term; a term given is a term used."""
+    teacher: str = Field("all-mpnet-base-v2", description="alias or local sentence-transformers / HF folder")
+    teacher_pooling: Literal["mean", "cls"] | None = Field(None, description="default: the teacher's own")
+    teacher_max_length: int | None = Field(None, gt=0, le=8192, description="default: model.max_length")
+    infonce_weight: float = Field(1.0, ge=0, description="weight of the InfoNCE term (0: distillation only)")
+    kl: KLTerm | None = None
+    margin_mse: MarginMSETerm | None = None
+    embedding_mse: EmbeddingMSETerm | None = None
+    hidden_state: HiddenStateTerm | None = None
+    attention: AttentionTerm | None = None
+    embed: EmbedSpec = Field(default_factory=lambda: EmbedSpec(),
+                             description="Ray Data actors embedding the texts with the teacher (once, stored)")
+
+    @model_validator(mode="after")
+    def _some_term(self) -> "DistillSpec":
+        if not any((self.kl, self.margin_mse, self.embedding_mse, self.hidden_state, self.attention)):
+            raise ValueError("distill: give at least one of kl, margin_mse, embedding_mse, hidden_state, attention")
+        return self
+
+    @property
+    def online_teacher(self) -> bool:
+        """Per-token terms need the teacher in the training loop."""
+        return self.hidden_state is not None or self.attention is not None
 
 
 class TrainSpec(_Section):
@@ -102,14 +182,39 @@ class _RunJob(_Section):
         return Path(self.storage_path) / self.name
 
 
+class ContinualSpec(_Section):
+    """Continual learning: start from a registry version, then promote the result or keep production."""
+    registry: str = Field(..., description="model registry (path or URI) holding the starting version")
+    from_version: str = Field("production", description="'production' or a version name such as v0003")
+    promote: Literal["auto", "never", "force"] = Field(
+        "auto", description="auto: promote only if the candidate scores at least production + min_gain on the "
+                            "job's test set; never: only register; force: promote regardless")
+    metric: Literal["ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100"] = "ndcg@10"
+    min_gain: float = Field(0.0, description="required improvement over production (auto)")
+
+
 class TrainJob(_RunJob):
     """``fastemb train``: contrastive fine-tuning with evaluation before and after."""
     job: Literal["train"] = "train"
     name: str = Field("contrastive", pattern=r"^[A-Za-z0-9_.-]+$")
-    model: ModelSpec = ModelSpec()
+    model: StudentModelSpec = StudentModelSpec()
     data: DataSpec = DataSpec()
     loss: LossSpec = LossSpec()
     train: TrainSpec = TrainSpec()
+    continual: ContinualSpec | None = Field(None, description="fine-tune a registry version and gate its promotion")
+    distill: DistillSpec | None = Field(None, description="distil a teacher into the model (fastemb/train/distill.py)")
+
+    @model_validator(mode="after")
+    def _distill_needs_candidates(self) -> "TrainJob":
+        d = self.distill
+        if d is None:
+            return self
+        if d.margin_mse and self.loss.hard_negatives < 1:
+            raise ValueError("distill.margin_mse: needs hard negatives (loss.hard_negatives >= 1)")
+        if d.kl and self.loss.hard_negatives < 1 and not d.kl.in_batch:
+            raise ValueError("distill.kl: needs candidates besides the positive: loss.hard_negatives >= 1 or "
+                             "distill.kl.in_batch: true")
+        return self
 
 
 class EvalJob(_Section):
@@ -135,7 +240,7 @@ class EmbedSpec(_Section):
     num_actors: int = Field(2, ge=1, le=4096)
     threads_per_actor: int = Field(1, ge=1, le=256)
     batch_rows: int = Field(1024, gt=0, description="rows per map_batches call (sorted by length inside)")
-    max_batch_tokens: int = Field(8192, gt=0, description="padded tokens per forward pass (length bucketing)")
+    max_batch_tokens: int = Field(1024, gt=0, description="padded tokens per forward pass (length bucketing; ~1k keeps CPU activations in cache)")
     rows_per_unit: int = Field(200_000, gt=0, description="input rows per reusable unit of embedding shards")
     output: str | None = Field(None, description="embedding shards folder (default: <run>/embeddings); reused")
 
@@ -240,6 +345,8 @@ class TuneSpec(_Section):
     opq: bool = Field(True, description="rotate before PQ (OPQ)")
     max_failures: int = Field(1, ge=0, description="retries of a failing trial")
     registry: str | None = Field(None, description="register the winner in this model registry (path or URI)")
+    include_default: bool = Field(True, description="run the spec's own configuration as the first trial, so the "
+                                                    "winner is compared with it in the same search")
 
 
 class TuneJob(TrainJob):
@@ -249,11 +356,35 @@ class TuneJob(TrainJob):
     tune: TuneSpec = TuneSpec()
     space: SearchSpace = SearchSpace()
 
+    @model_validator(mode="after")
+    def _no_distill(self) -> "TuneJob":
+        if self.distill is not None:
+            raise ValueError("distill: not supported by fastemb tune (teacher outputs are computed by fastemb train); "
+                             "tune a contrastive job, then distil from its winner")
+        return self
+
+    @model_validator(mode="after")
+    def _default_inside_space(self) -> "TuneJob":
+        if not self.tune.include_default:
+            return self
+        checks = (("loss.temperature", self.loss.temperature, "space.temperature", self.space.temperature, True),
+                  ("train.lr", self.train.lr, "space.lr", self.space.lr, True),
+                  ("train.micro_batch_size", self.train.micro_batch_size, "space.micro_batch_size",
+                   self.space.micro_batch_size, False))
+        for field, value, space_field, space, is_range in checks:
+            inside = space[0] <= value <= space[1] if is_range else value in space
+            if not inside:
+                raise ValueError(f"{field}: {value} is the default trial (tune.include_default) but lies outside "
+                                 f"{space_field} {space}; widen the space or set tune.include_default: false")
+        return self
+
 
 JOB_TYPES: dict[str, type[_Section]] = {"train": TrainJob, "eval": EvalJob, "index": IndexJob,
                                         "search": SearchJob, "tune": TuneJob}
 
 import fastemb.serve.spec  # noqa: E402,F401  registers JOB_TYPES["serve"] (ServeJob, fastemb/serve/spec.py)
+import fastemb.mine.spec  # noqa: E402,F401  registers JOB_TYPES["mine"] (MineJob, fastemb/mine/spec.py)
+import fastemb.demo.spec  # noqa: E402,F401  registers JOB_TYPES["demo"] (DemoJob, fastemb/demo/spec.py)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

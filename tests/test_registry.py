@@ -72,3 +72,21 @@ def test_registry_cli(tmp_path, model_dir, capsys):
     assert "nothing to roll back" in capsys.readouterr().err
     assert main(["registry", "show", "v0001", "--root", root]) == 0
     assert json.loads(capsys.readouterr().out)["metrics"]["ndcg@10"] == 0.4
+
+
+def test_gate_with_a_baseline_from_the_same_eval_set_and_resolve(tmp_path, model_dir):
+    reg = Registry(str(tmp_path / "reg"))
+    with pytest.raises(RegistryError, match="no production version"):
+        reg.resolve("production")
+    v1 = reg.register(model_dir, {"ndcg@10": 0.90}, {})          # scored on another (easier) eval set
+    v2 = reg.register(model_dir, {"ndcg@10": 0.50}, {}, parent=v1)
+    reg.promote(v1)
+    assert reg.resolve("production") == v1 and reg.resolve(v2) == v2
+    with pytest.raises(RegistryError, match="no version"):
+        reg.resolve("v0099")
+    with pytest.raises(RegistryError, match="promotion refused"):
+        reg.promote(v2)                                           # stored scores: 0.50 < 0.90
+    with pytest.raises(RegistryError, match="promotion refused"):
+        reg.promote(v2, baseline=0.51)                            # production re-scored on v2's eval set
+    assert reg.promote(v2, baseline=0.45)["production"] == v2
+    assert reg.local_model(v2, tmp_path / "cache") == reg.model_path(v2)

@@ -143,6 +143,9 @@ def test_models_and_health(service):
     m = httpx.get(url + "/v1/models", headers=H, timeout=30).json()
     ids = {d["id"] for d in m["data"]}
     assert ids == {"fastemb", "fastemb-production", "fastemb-candidate"}
+    by_id = {d["id"]: d for d in m["data"]}
+    assert by_id["fastemb-production"]["version"] == "all-MiniLM-L6-v2"  # a plain folder: its name is the version
+    assert by_id["fastemb"]["versions"] == {"production": "all-MiniLM-L6-v2", "candidate": "all-MiniLM-L6-v2"}
 
 
 @pytest.mark.parametrize("case", ["no_key", "wrong_key", "basic_scheme"])
@@ -271,6 +274,19 @@ def test_serve_config_yaml_is_valid_for_serve_deploy(tmp_path):
     from fastemb.serve.app import build_app
 
     build_app(app["args"])
+    # one arm: one fused deployment (API + model, no router hop) carrying the arm's autoscaling and batching
+    single = load_spec("jobs/serve.yaml", [f"config_out={tmp_path}/single.yaml"])
+    cfg = yaml.safe_load(write_serve_config(single, single.config_out).read_text())
+    ServeDeploySchema.model_validate(cfg)
+    deps = {d["name"]: d for d in cfg["applications"][0]["deployments"]}
+    assert set(deps) == {"production"}
+    d = deps["production"]
+    assert d["autoscaling_config"]["max_replicas"] == single.autoscaling.max_replicas
+    assert d["user_config"] == {**single.batching.model_dump(), "candidate_weight": 0.0}
+    assert d["logging_config"] == {"enable_access_log": False}
+    env = cfg["applications"][0]["runtime_env"]["env_vars"]
+    assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
+    build_app(cfg["applications"][0]["args"])
 
 
 def test_serve_spec_errors_name_the_field():
@@ -282,6 +298,13 @@ def test_serve_spec_errors_name_the_field():
         parse_spec({"job": "serve", "ab": {"candidate_weight": 0.3}})
     with pytest.raises(SpecError, match="index_dir or corpus"):
         parse_spec({"job": "serve", "production": {"index_dir": "a", "corpus": "b"}})
+    with pytest.raises(SpecError, match="version needs registry"):
+        parse_spec({"job": "serve", "production": {"version": "v0002"}})
+    with pytest.raises(SpecError, match="registry with index_dir"):
+        parse_spec({"job": "serve", "production": {"registry": "reg", "index_dir": "idx"}})
+    with pytest.raises(SpecError, match="fused"):
+        parse_spec({"job": "serve", "candidate": {}, "ingress": {"fused": True}})
+    assert parse_spec({"job": "serve"}).fused and not parse_spec({"job": "serve", "candidate": {}}).fused
 
 
 def test_prometheus_metrics_exported(service):

@@ -52,7 +52,7 @@ def _tune_cmd(storage: Path, tiny_eval: str) -> list[str]:
             f"storage_path={storage}", "data.max_pairs=96", f"data.eval={tiny_eval}", "tune.num_samples=3",
             "tune.max_concurrent_trials=1", "train.cpus_per_worker=1", "train.eval_every=2",
             f"tune.registry={storage / 'registry'}",
-            "space.micro_batch_size=[16]", "ray.num_cpus=2"]
+            "space.micro_batch_size=[16]", "train.micro_batch_size=16", "ray.num_cpus=2"]
 
 
 def test_killed_tune_driver_resumes_without_rerunning_finished_trials(tmp_path, tiny_eval):

@@ -98,14 +98,16 @@ def _merge_into(a, b) -> None:
 
 @ray.remote(num_cpus=1)
 def merge_task(paths: list[str], out_path: str):
-    """Merge shard indexes in order into ``out_path``; each shard is freed (and deleted) once merged."""
+    """Merge shard indexes in order into ``out_path`` (written atomically); each shard is freed once merged.
+
+    The parts are left in place (the driver deletes them), so a retried merge finds them all again."""
     t0 = time.time()
     index = faiss.read_index(paths[0])
     for p in paths[1:]:
         _merge_into(index, faiss.read_index(p))
-    faiss.write_index(index, out_path)
-    for p in paths:
-        os.remove(p)
+    tmp = out_path + ".tmp"
+    faiss.write_index(index, tmp)
+    os.replace(tmp, out_path)
     return {"ntotal": int(index.ntotal), "merge_s": round(time.time() - t0, 2), "peak_rss_mb": peak_rss_mb()}
 
 
@@ -137,7 +139,7 @@ def build_index(files: list[str], counts: list[int], drop: dict, out_dir: str | 
         f"task(s) in {t_add:.1f}s")
     merged = ray.get(merge_task.remote(paths, final)) if len(paths) > 1 else {
         "ntotal": adds[0]["added"], "merge_s": 0.0, "peak_rss_mb": adds[0]["peak_rss_mb"]}
-    os.rmdir(out_dir / "parts")
+    shutil.rmtree(out_dir / "parts")
     return {"factory": factory, "dim": info["dim"], "train_vectors": info["train_vectors"],
             "train_s": round(t_train, 2), "add_s": round(t_add, 2), "merge_s": merged["merge_s"],
             "build_s": round(time.time() - t0, 2), "add_tasks": len(pieces), "ntotal": merged["ntotal"],

@@ -8,6 +8,11 @@ restores the row order. Long documents can be split into overlapping token windo
 Shard rows: ``id``, ``chunk``, ``text``, ``thash`` (text hash), ``skip`` (reason, null when embedded) and
 ``vector`` (fixed-size list of float32, null when skipped). Units of input files are written to
 ``<emb_dir>/unit-<key>/``; a unit whose ``_SUCCESS`` file exists is reused on the next run.
+
+Faults: Ray Data creates the encoder actors with ``max_restarts=-1`` and ``max_task_retries=-1`` (its default
+for actor pools), so an actor whose process dies is restarted and its unfinished batches run again; a unit is
+only published (``.tmp`` renamed) once all of its rows were written, and a crash of the whole job leaves the
+finished units for the rerun. ``tests/test_index_faults.py`` SIGKILLs an actor mid-build and checks the ids.
 """
 from __future__ import annotations
 
@@ -34,7 +39,10 @@ def peak_rss_mb() -> float:
 
 
 def bucket_batches(lengths: list[int], max_tokens: int, max_rows: int = 512) -> list[np.ndarray]:
-    """Indices sorted by length (longest first), cut so that rows × longest ≤ ``max_tokens``."""
+    """Indices sorted by length (longest first), cut so that rows × longest ≤ ``max_tokens``.
+
+    On CPU a budget of about 1k padded tokens is faster than big batches (measured ~1.5× per thread for
+    MiniLM against 8k): the feed-forward activations of a micro-batch then stay in cache."""
     order = np.argsort(-np.asarray(lengths), kind="stable")
     out, start = [], 0
     while start < len(order):
@@ -48,7 +56,7 @@ def bucket_batches(lengths: list[int], max_tokens: int, max_rows: int = 512) -> 
 class EmbedActor:
     """Ray Data callable class: a pyarrow batch of (id, text) rows → embedding-shard rows."""
 
-    def __init__(self, model: dict, id_column: str, text_column: str, max_batch_tokens: int = 8192,
+    def __init__(self, model: dict, id_column: str, text_column: str, max_batch_tokens: int = 1024,
                  threads: int = 1, chunking: dict | None = None, rss_dir: str | None = None):
         import torch
 
@@ -56,7 +64,7 @@ class EmbedActor:
 
         torch.set_num_threads(threads)
         self.encoder = Encoder.load(model["base"], pooling=model.get("pooling"), normalize=model.get("normalize"),
-                                    max_length=model.get("max_length")).eval()
+                                    max_length=model.get("max_length"), synonyms=model.get("synonyms")).eval()
         self.tok = self.encoder.tokenizer
         self.id_column, self.text_column = id_column, text_column
         self.max_batch_tokens, self.chunking, self.rss_dir = max_batch_tokens, chunking, rss_dir
@@ -134,7 +142,7 @@ def _unit_stats(path: Path) -> dict:
 
 def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_column: str = "id",
                  text_column: str = "text", num_actors: int = 2, threads_per_actor: int = 1,
-                 batch_rows: int = 1024, max_batch_tokens: int = 8192, rows_per_unit: int = 200_000,
+                 batch_rows: int = 1024, max_batch_tokens: int = 1024, rows_per_unit: int = 200_000,
                  chunking: dict | None = None, log=print) -> dict:
     """Embed every unit not already on disk; returns per-unit stats, reuse counts and worker peak memory."""
     import ray
@@ -186,3 +194,40 @@ def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_colum
 def shard_files(shard_dirs: list[str]) -> list[str]:
     """Embedding-shard parquet files in unit order (file names sorted inside a unit)."""
     return [str(f) for d in shard_dirs for f in sorted(Path(d).glob("*.parquet"))]
+
+
+def embed_text_list(texts: list[str], model: dict, *, num_actors: int = 2, threads_per_actor: int = 1,
+                    batch_rows: int = 1024, max_batch_tokens: int = 8192) -> tuple[np.ndarray, Counter]:
+    """Embed an in-memory list of texts on a pool of :class:`EmbedActor` (Ray Data); returns the (n, d) float32
+    vectors in input order, as the model outputs them (rows of skipped texts are zero), and skips by reason."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    table = pa.table({"id": pa.array([str(i) for i in range(len(texts))]), "text": pa.array(texts, pa.string())})
+    blocks = max(num_actors, -(-len(texts) // batch_rows))
+    # Cut into blocks first (materialised): a full actor pool holds every CPU, and repartition needs one.
+    ds = ray.data.from_arrow(table).repartition(blocks).materialize().map_batches(
+        EmbedActor, batch_size=batch_rows, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=num_actors),
+        num_cpus=threads_per_actor,
+        fn_constructor_kwargs={"model": model, "id_column": "id", "text_column": "text",
+                               "max_batch_tokens": max_batch_tokens, "threads": threads_per_actor})
+    out: np.ndarray | None = None
+    skipped: Counter = Counter()
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        rows = np.array([int(i) for i in batch.column("id").to_pylist()])
+        skip = batch.column("skip").to_pylist()
+        vec = batch.column("vector")
+        vec = vec.combine_chunks() if isinstance(vec, pa.ChunkedArray) else vec
+        dim = vec.type.list_size
+        if out is None:
+            out = np.zeros((len(texts), dim), dtype=np.float32)
+        good = np.array([s is None for s in skip], dtype=bool)
+        skipped.update(s for s in skip if s is not None)
+        if good.any():
+            flat = vec.filter(pa.array(good))
+            out[rows[good]] = np.asarray(flat.flatten(), dtype=np.float32).reshape(-1, dim)
+    if out is None:
+        raise ValueError("nothing to embed")
+    return out, skipped

@@ -56,11 +56,17 @@ def evaluate_job(spec, log=print) -> dict:
     data = load_eval_set(ev.eval, ev.split, ev.max_queries)
     out = spec.run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    corpus_file = out / f"{ev.split}_corpus.parquet"
-    if not corpus_file.exists():
-        pq.write_table(pa.table({"id": data.corpus_ids, "text": data.corpus}), corpus_file)
-    scan = scan_corpus(str(corpus_file))
-    emb = embed_stage(spec, scan, out / "embeddings", log)
+    if ev.eval == "wordnet" and spec.corpus.path == f"wordnet:{ev.split}" and not spec.chunking.enabled:
+        # the job indexed this very split: reuse its embedding shards instead of embedding it again
+        c = spec.corpus
+        scan = scan_corpus(c.path, c.id_column, c.text_column, c.on_bad_file)
+        emb_dir = Path(spec.embed.output).expanduser() if spec.embed.output else spec.run_dir / "embeddings"
+    else:
+        corpus_file = out / f"{ev.split}_corpus.parquet"
+        if not corpus_file.exists():
+            pq.write_table(pa.table({"id": data.corpus_ids, "text": data.corpus}), corpus_file)
+        scan, emb_dir = scan_corpus(str(corpus_file)), out / "embeddings"
+    emb = embed_stage(spec, scan, emb_dir, log)
     own = {"name": f"job: {spec.index.type}" + (f"+{spec.compress.method}{spec.compress.dim}"
                                                  if spec.compress.method != "none" else "")}
     entries = [EXACT, own, *ev.sweep]

@@ -18,7 +18,10 @@ from fastemb.index.shards import kept_counts, plan_duplicates, write_id_map
 
 def model_dict(spec) -> dict:
     m = spec.model
-    return {"base": m.base, "pooling": m.pooling, "normalize": m.normalize, "max_length": m.max_length}
+    out = {"base": m.base, "pooling": m.pooling, "normalize": m.normalize, "max_length": m.max_length}
+    if m.synonyms:  # only when set: the dict salts the reusable embedding units
+        out["synonyms"] = m.synonyms
+    return out
 
 
 def embed_stage(spec, scan: CorpusScan, emb_dir: Path, log=print) -> dict:

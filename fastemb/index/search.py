@@ -44,7 +44,7 @@ class Searcher:
 
             m = self.manifest["config"]["model"]
             self._encoder = Encoder.load(m["base"], pooling=m["pooling"], normalize=m["normalize"],
-                                         max_length=m["max_length"])
+                                         max_length=m["max_length"], synonyms=m.get("synonyms"))
         return self._encoder
 
     def embed_queries(self, queries: list[str]) -> np.ndarray:

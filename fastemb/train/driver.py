@@ -47,7 +47,8 @@ def plan_steps(spec: TrainJob, n_pairs: int) -> dict:
 def evaluate_model(model: str, spec: TrainJob, split: str = "test") -> dict:
     """Test-split metrics of a model folder or alias, with the job's pooling and max length."""
     m = spec.model
-    encoder = Encoder.load(model, pooling=m.pooling, normalize=m.normalize, max_length=m.max_length)
+    encoder = Encoder.load(model, pooling=m.pooling, normalize=m.normalize, max_length=m.max_length,
+                           synonyms=m.synonyms)
     return evaluate(encoder, load_eval_set(spec.data.eval, split, spec.data.test_queries))
 
 
@@ -110,16 +111,30 @@ def fit_and_export(trainer, spec: TrainJob) -> tuple[Path, list[dict]]:
 def run_train(spec: TrainJob) -> dict:
     """Run a training job end to end; returns the report (also written to ``report.json``)."""
     t0 = time.time()
+    start = None
+    if spec.continual:
+        from fastemb.train.continual import start_from_registry
+
+        spec, start = start_from_registry(spec)
     t = spec.train
     pairs, data_report = load_pairs(spec.data.train, spec.data.max_pairs, spec.loss.hard_negatives, t.seed)
     print(f"[fastemb train] pairs: {data_report.summary()}", flush=True)
     plan = plan_steps(spec, len(pairs))
+    if spec.distill:
+        from fastemb.train.distill import check_online_teacher
+
+        check_online_teacher(spec)  # fail before any work when per-token terms cannot use this teacher
     run_dir = spec.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     base = _base_metrics(spec)
     print(f"[fastemb train] base test nDCG@10 {base['ndcg@10']:.4f}", flush=True)
 
     init_ray(spec.ray.address, spec.ray.num_cpus, t.cpus_per_worker)
+    teacher_info = None
+    if spec.distill:  # teacher scores/embeddings: computed once with Ray Data, stored in the run folder
+        from fastemb.train.teacher_outputs import compute_teacher_outputs
+
+        pairs, teacher_info = compute_teacher_outputs(spec, pairs)
     trainer = make_trainer(spec, pairs, plan)
     print(f"[fastemb train] {len(pairs)} pairs, {t.num_workers} workers × {t.micro_batch_size} "
           f"(×{t.grad_accum} accumulation), ZeRO-{t.zero_stage}, {t.precision}, {plan['total_steps']} steps",
@@ -136,7 +151,12 @@ def run_train(spec: TrainJob) -> dict:
         "train_seconds": train_s, "total_seconds": time.time() - t0, "plan": plan,
         "pairs": data_report.as_dict(), "history": history, "spec": spec.model_dump(),
         "resumes": sum(1 for h in history if h.get("event") == "resumed"),
+        "teacher_outputs": teacher_info,
     }
+    if start:
+        from fastemb.train.continual import register_and_gate
+
+        report["continual"] = register_and_gate(spec, start, base, tuned, lambda m: evaluate_model(m, spec))
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     training_curve(history, run_dir / "training_curve.png", f"fastemb train: {spec.name}")
     print(f"[fastemb train] test nDCG@10 {base['ndcg@10']:.4f} → {tuned['ndcg@10']:.4f} "

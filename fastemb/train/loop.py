@@ -5,7 +5,9 @@ process group: gloo on CPU, NCCL on GPU), streams its shard of the pairs from Ra
 optimises InfoNCE with negatives gathered from every worker. Every ``checkpoint_every`` steps each
 rank saves its DeepSpeed shard and all ranks call ``ray.train.report`` with it; after a failure
 Ray restarts the workers and the loop resumes from the last checkpoint. At the end rank 0 puts the
-consolidated model (sentence-transformers format) into the final checkpoint.
+consolidated model (sentence-transformers format) into the final checkpoint. ``model.keep_layers`` /
+``model.num_layers`` make the student from a subset of the base's layers; with a ``distill`` section the loss is
+``fastemb.train.distill.DistillObjective`` (InfoNCE plus the distillation terms) and only the student is exported.
 """
 from __future__ import annotations
 
@@ -25,20 +27,35 @@ def _build_engine(spec, total_steps: int):
     import torch
 
     from fastemb.model.encoder import Encoder
+    from fastemb.model.layers import keep_layers, student_layers
     from fastemb.train.deepspeed_config import deepspeed_config, preload_cpu_comm_op
     from fastemb.train.schedule import warmup_decay
 
     m, t = spec.model, spec.train
-    encoder = Encoder.load(m.base, pooling=m.pooling, normalize=m.normalize, max_length=m.max_length)
-    decay = [p for n, p in encoder.named_parameters() if not any(k in n for k in ("bias", "LayerNorm"))]
-    no_decay = [p for n, p in encoder.named_parameters() if any(k in n for k in ("bias", "LayerNorm"))]
+    encoder = Encoder.load(m.base, pooling=m.pooling, normalize=m.normalize, max_length=m.max_length,
+                           synonyms=m.synonyms)
+    layers = student_layers(encoder.transformer, m.keep_layers, m.num_layers)
+    if layers is not None:
+        keep_layers(encoder.transformer, layers)
+    model = encoder
+    if spec.distill:  # the student plus the distillation losses' projections: one optimizer, one checkpoint
+        from fastemb.train.distill import build_distill_model
+
+        model = build_distill_model(spec, encoder)
+    decay = [p for n, p in model.named_parameters() if not any(k in n for k in ("bias", "LayerNorm"))]
+    no_decay = [p for n, p in model.named_parameters() if any(k in n for k in ("bias", "LayerNorm"))]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=t.lr)
     scheduler = warmup_decay(optimizer, total_steps, t.warmup_ratio, t.schedule)
     preload_cpu_comm_op()
-    engine, _, _, _ = deepspeed.initialize(model=encoder, optimizer=optimizer, lr_scheduler=scheduler,
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=deepspeed_config(t))
     return engine
+
+
+def _student(engine):
+    """The model being trained and exported (a distillation run wraps it with its loss heads)."""
+    return getattr(engine.module, "student", engine.module)
 
 
 def _dev_eval(engine, spec, compression: dict | None) -> dict:
@@ -48,8 +65,9 @@ def _dev_eval(engine, spec, compression: dict | None) -> dict:
     from fastemb.eval.retrieval import exact_search, metrics_of_hits
 
     dev = load_eval_set(spec.data.eval, "dev", spec.data.dev_queries)
-    corpus, queries = engine.module.encode(dev.corpus), engine.module.encode(dev.queries)
-    _, idx = exact_search(queries, corpus, 100, normalized=engine.module.normalize)
+    student = _student(engine)
+    corpus, queries = student.encode(dev.corpus), student.encode(dev.queries)
+    _, idx = exact_search(queries, corpus, 100, normalized=student.normalize)
     out = {"dev_ndcg@10": metrics_of_hits(idx, dev)["ndcg@10"]}
     if compression:
         c = compressed_retrieval(corpus, queries, dev, **compression)
@@ -86,6 +104,13 @@ def train_loop_per_worker(config: dict) -> None:
     loss_fn = InfoNCELoss(spec.loss.temperature, spec.loss.similarity, spec.loss.gather_across_workers,
                           spec.loss.mask_false_negatives)
     k = spec.loss.hard_negatives
+    objective = None
+    if spec.distill:
+        from fastemb.train.distill import DistillObjective, load_online_teacher
+
+        objective = DistillObjective(spec, engine.module, loss_fn, load_online_teacher(spec))
+    term_sums: dict[str, float] = {}  # distillation terms summed over the steps since the last progress line
+    term_steps = 0
 
     step, micro, history, dev = 0, 0, [], {}
     if checkpoint:
@@ -111,20 +136,29 @@ def train_loop_per_worker(config: dict) -> None:
             if i >= micro_per_epoch or step >= total_steps:
                 break
             ids = {name: torch.from_numpy(v) for name, v in batch_hashes(batch, k).items()}
-            q = engine.module.embed([r["query"] for r in batch])
-            p = engine.module.embed([r["positive"] for r in batch])
-            n = engine.module.embed([x for r in batch for x in r["negatives"]]).view(len(batch), k, -1) \
-                if k else None
-            loss = loss_fn(q, p, n, **ids)
+            if objective is not None:
+                loss, terms = objective(batch, ids)
+                for name, value in terms.items():
+                    term_sums[name] = term_sums.get(name, 0.0) + value / t.grad_accum
+            else:
+                q = engine.module.embed([r["query"] for r in batch])
+                p = engine.module.embed([r["positive"] for r in batch])
+                n = engine.module.embed([x for r in batch for x in r["negatives"]]).view(len(batch), k, -1) \
+                    if k else None
+                loss = loss_fn(q, p, n, **ids)
             engine.backward(loss)
             engine.step()
             micro += 1
             if micro % t.grad_accum:
                 continue
             step += 1
+            term_steps += 1
             stats = progress.update(step, loss.item())
             if stats and rank == 0:
-                history.append({**stats, "lr": engine.get_lr()[0], "time": time.time()})
+                terms = {f"loss_{name}": v / term_steps for name, v in term_sums.items()}
+                history.append({**stats, **terms, "lr": engine.get_lr()[0], "time": time.time()})
+            if stats:
+                term_sums, term_steps = {}, 0
             if step in eval_steps:
                 dev = _dev_eval(engine, spec, config.get("dev_compression")) if rank == 0 else {}
                 if rank == 0:
@@ -174,7 +208,7 @@ def _final_report(engine, history: list, step: int, rank: int, dev: dict) -> Non
     with tempfile.TemporaryDirectory(prefix="fastemb-final-") as d:
         checkpoint = None
         if rank == 0:
-            engine.module.save(Path(d) / "model")
+            _student(engine).save(Path(d) / "model")
             (Path(d) / "history.json").write_text(json.dumps(history))
             checkpoint = ray.train.Checkpoint.from_directory(d)
         ray.train.report({"step": step, "finished": True, **dev}, checkpoint=checkpoint)

@@ -4,13 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastemb.spec import TuneJob
-from fastemb.tune.search import METRIC
+from fastemb.tune.search import METRIC, default_point
 
 PARAMS = ("temperature", "lr", "micro_batch_size", "pq_bytes")
 
 
-def trial_rows(results) -> list[dict]:
-    """One row per trial: sampled params, last metrics, status and its model folder."""
+def trial_rows(results, default: dict | None = None) -> list[dict]:
+    """One row per trial: sampled params, last metrics, status, and whether it is the default config."""
     rows = []
     for r in results:
         cfg, m = r.config or {}, r.metrics or {}
@@ -21,6 +21,7 @@ def trial_rows(results) -> list[dict]:
             "bytes_per_vector": m.get("bytes_per_vector"), "compression_x": m.get("compression_x"),
             "reports": m.get("training_iteration"), "status": "ERROR" if r.error else
             ("FINISHED" if m.get("finished") else "STOPPED EARLY"),
+            "default": default is not None and all(cfg.get(p) == v for p, v in default.items()),
         })
     return rows
 
@@ -32,7 +33,7 @@ def pick_winner(rows: list[dict], min_compression: float) -> dict | None:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    cols = ["trial_id", *PARAMS, METRIC, "dev_ndcg@10", "compression_x", "reports", "status"]
+    cols = ["trial_id", *PARAMS, METRIC, "dev_ndcg@10", "compression_x", "reports", "status", "default"]
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
@@ -43,8 +44,9 @@ def summarize(results, spec: TuneJob) -> dict:
     """Write ``trials.md`` and ``tune_trials.png``; return the table and the winner."""
     from fastemb.plots import tune_trials
 
-    rows = trial_rows(results)
+    rows = trial_rows(results, default_point(spec) if spec.tune.include_default else None)
     winner = pick_winner(rows, spec.tune.min_compression)
+    default = next((r for r in rows if r["default"]), None)
     if winner:
         winner["model_dir"] = str(Path(spec.storage_path) / f"{spec.name}-trial-{winner['trial_id']}" / "model")
     (spec.run_dir / "trials.md").write_text(markdown_table(rows) + "\n")
@@ -52,4 +54,10 @@ def summarize(results, spec: TuneJob) -> dict:
     label = (f"{winner['trial_id']} ({METRIC} {winner[METRIC]:.4f}, {winner['compression_x']:.0f}× compression)"
              if winner else f"none (no trial reached {spec.tune.min_compression:g}× compression)")
     print(markdown_table(rows) + f"\n[fastemb tune] winner: {label}", flush=True)
-    return {"trials": rows, "winner": winner, "metric": METRIC, "errors": results.num_errors}
+    vs_default = None
+    if winner and default and default[METRIC] is not None:
+        vs_default = {k: winner[k] - default[k] for k in (METRIC, "dev_ndcg@10") if default[k] is not None}
+        print(f"[fastemb tune] default configuration {METRIC} {default[METRIC]:.4f}; winner "
+              f"{vs_default[METRIC]:+.4f}", flush=True)
+    return {"trials": rows, "winner": winner, "default": default, "winner_vs_default": vs_default,
+            "metric": METRIC, "errors": results.num_errors}

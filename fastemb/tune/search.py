@@ -24,6 +24,12 @@ def param_space(spec: TuneJob) -> dict:
             "micro_batch_size": tune.choice(s.micro_batch_size), "pq_bytes": tune.choice(s.pq_bytes)}
 
 
+def default_point(spec: TuneJob) -> dict:
+    """The spec's own configuration as a trial (PQ code: the largest choice in the space)."""
+    return {"temperature": spec.loss.temperature, "lr": spec.train.lr,
+            "micro_batch_size": spec.train.micro_batch_size, "pq_bytes": max(spec.space.pq_bytes)}
+
+
 def concurrent_trials(spec: TuneJob, cluster_cpus: float) -> int:
     """Trials that fit side by side without starving each other's training workers."""
     per_trial = spec.train.num_workers * spec.train.cpus_per_worker
@@ -52,14 +58,17 @@ def build_tuner(spec: TuneJob):
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=64, grace_period=t.grace_period,
                               reduction_factor=t.reduction_factor) \
         if t.scheduler == "asha" else None
-    search_alg = OptunaSearch(seed=spec.train.seed) if t.search == "optuna" else BasicVariantGenerator(
-        random_state=spec.train.seed)
+    first = [default_point(spec)] if t.include_default else None
+    concurrency = concurrent_trials(spec, ray.cluster_resources()["CPU"])
+    # Tune applies max_concurrent_trials to Searchers only; the random generator takes it itself
+    search_alg = OptunaSearch(seed=spec.train.seed, points_to_evaluate=first) if t.search == "optuna" else \
+        BasicVariantGenerator(random_state=spec.train.seed, points_to_evaluate=first, max_concurrent=concurrency)
     return tune.Tuner(
         trainable,
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=t.num_samples, search_alg=search_alg,
                                     scheduler=scheduler,
-                                    max_concurrent_trials=concurrent_trials(spec, ray.cluster_resources()["CPU"])),
+                                    max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(name=spec.name, storage_path=spec.storage_path,
                                   failure_config=tune.FailureConfig(max_failures=t.max_failures)),
     )

@@ -1,0 +1,123 @@
+"""ASHA vs running every trial to completion, on the same trial budget, in one run.
+
+Both searches run ``jobs/tune.yaml`` (the WordNet training job driven by Ray Tune) with the same
+random-search seed, so they try exactly the same configurations; the first trial of each is the
+spec's own (default) configuration. The only difference is the scheduler: ASHA stops trials whose
+dev nDCG@10 (measured through the PQ code) trails at a rung, FIFO runs every trial to the end.
+The two searches run at the same time, each in its own process and local Ray with half the CPUs, so
+both see the same machine load (this machine is shared and noisy).
+
+Writes, for each: wall time, dev evaluations run, trials stopped early, the winner and its dev
+nDCG@10 (compressed and not), and the default configuration's, to bench/RESULTS.md.
+
+    .venv/bin/python bench/tune.py --trials 8 --pairs 1200
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bench.results import write_section  # noqa: E402
+from fastemb.spec import load_spec  # noqa: E402
+from fastemb.tune.search import METRIC, run_tune  # noqa: E402
+
+
+def run_search(scheduler: str, args) -> dict:
+    """One search from scratch (in this process); returns its summary plus wall time."""
+    name = f"bench-tune-{scheduler}"
+    overrides = [f"name={name}", f"storage_path={args.out}", f"data.max_pairs={args.pairs}",
+                 f"tune.num_samples={args.trials}", "tune.search=random", f"tune.scheduler={scheduler}",
+                 "tune.registry=null", f"ray.num_cpus={args.cpus // 2}", f"train.cpus_per_worker={args.cpus // 2}"]
+    spec = load_spec(ROOT / "jobs" / "tune.yaml", overrides)
+    for old in Path(args.out).glob(f"{name}*"):
+        shutil.rmtree(old)
+    t0 = time.time()
+    summary = run_tune(spec)
+    summary["wall_s"] = time.time() - t0
+    summary["plot"] = str(spec.run_dir / "tune_trials.png")
+    return summary
+
+
+def run_both(args) -> dict[str, dict]:
+    """Both searches at once, each in its own process (and local Ray); returns their summaries."""
+    procs = {}
+    for scheduler in ("asha", "none"):
+        log = open(Path(args.out) / f"{scheduler}.log", "w")
+        cmd = [sys.executable, __file__, "--run", scheduler, "--trials", str(args.trials), "--pairs",
+               str(args.pairs), "--cpus", str(args.cpus), "--out", args.out]
+        procs[scheduler] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
+    runs = {}
+    for scheduler, (proc, log) in procs.items():
+        if proc.wait() != 0:
+            raise SystemExit(f"the {scheduler} search failed; see {log.name}")
+        runs[scheduler] = json.loads((Path(args.out) / f"{scheduler}.json").read_text())
+    return runs
+
+
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:.4f}"
+
+
+def report(runs: dict[str, dict], args) -> str:
+    """Markdown: one row per scheduler, the ratio, and both trial tables."""
+    lines = ["| scheduler | wall (s) | dev evaluations | stopped early | winner (temperature, lr, batch, PQ bytes) "
+             f"| winner {METRIC} | winner dev_ndcg@10 | default {METRIC} | default dev_ndcg@10 | winner − default |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in runs.items():
+        rows, w, d = s["trials"], s["winner"] or {}, s["default"] or {}
+        evals = sum(r["reports"] or 0 for r in rows)
+        stopped = sum(r["status"] == "STOPPED EARLY" for r in rows)
+        params = (f"{w['temperature']:.3f}, {w['lr']:.1e}, {w['micro_batch_size']}, {w['pq_bytes']}" if w else "–")
+        gain = s["winner_vs_default"][METRIC] if s.get("winner_vs_default") else None
+        lines.append(f"| {name} | {s['wall_s']:.0f} | {evals} | {stopped}/{len(rows)} | {params} | "
+                     f"{_fmt(w.get(METRIC))} | {_fmt(w.get('dev_ndcg@10'))} | {_fmt(d.get(METRIC))} | "
+                     f"{_fmt(d.get('dev_ndcg@10'))} | {'–' if gain is None else f'{gain:+.4f}'} |")
+    asha, fifo = runs["asha"], runs["none"]
+    lines += ["", f"**Wall-time ratio ASHA / run-to-completion: {asha['wall_s'] / fifo['wall_s']:.2f}×**; "
+              f"winner {METRIC}: ASHA {_fmt((asha['winner'] or {}).get(METRIC))} vs "
+              f"run-to-completion {_fmt((fifo['winner'] or {}).get(METRIC))}.", ""]
+    for name, s in runs.items():
+        from fastemb.tune.results import markdown_table
+
+        lines += [f"Trials, scheduler `{name}` (plot: `{Path(s['plot']).relative_to(ROOT)}`):", "",
+                  markdown_table(s["trials"]), ""]
+    head = (f"{args.trials} trials per search, random search (seed 42, identical configurations in both searches; "
+            f"trial 1 = the spec's default configuration), WordNet pairs: {args.pairs} per trial, 1 epoch; "
+            f"objective `{METRIC}` = dev nDCG@10 (500 queries × 5,000 definitions) through an OPQ code; winner = "
+            f"best trial at ≥ 16× compression; the two searches run at the same time, each on its own local Ray "
+            f"with {args.cpus // 2} CPU(s): 1 training worker × {args.cpus // 2} CPU per trial, trials one at a "
+            f"time.\n\n")
+    return head + "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=8)
+    ap.add_argument("--pairs", type=int, default=1200)
+    ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "tune"))
+    ap.add_argument("--run", choices=["asha", "none"], help="internal: run one search and write its summary")
+    args = ap.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.run:
+        summary = run_search(args.run, args)
+        (Path(args.out) / f"{args.run}.json").write_text(json.dumps(summary, default=str))
+        return
+    runs = run_both(args)
+    path = write_section("tune: ASHA vs run-to-completion", report(runs, args))
+    print(f"written to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""``fastemb demo``: the whole pipeline, one command, on an embedded local Ray."""

@@ -1,0 +1,173 @@
+"""``fastemb demo``: the whole pipeline on an embedded local Ray with the shipped WordNet dataset.
+
+1. base eval + contrastive training (Ray Train + DeepSpeed) + tuned eval   (``fastemb train``)
+2. a small hyperparameter search (Ray Tune, ASHA, compressed objective)   (``fastemb tune``)
+3. registry: both models scored on the dev set; the trained model becomes production, the Tune winner
+   is promoted over it only if it scores at least as well (the registry's gate)
+4. index the test corpus with the production model (Ray Data + sharded faiss build) and evaluate it
+5. serve production + its index on Ray Serve, send the example queries over HTTP
+6. a summary table (``summary.md``, ``summary.json``)
+"""
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+from fastemb.demo.spec import DemoJob
+from fastemb.ray_env import init_ray
+from fastemb.registry import Registry, RegistryError
+
+
+def _under(spec, run_dir: Path, name: str):
+    """A stage's spec, writing to ``run_dir/name``."""
+    return spec.model_copy(update={"storage_path": str(run_dir), "name": name})
+
+
+def _post(url: str, body: dict, timeout: float = 60) -> dict:
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def _wait_ready(url: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=10) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.time() > deadline:
+            raise TimeoutError(f"the service at {url} did not become ready in {timeout:.0f}s")
+        time.sleep(1)
+
+
+def stage_registry(spec: DemoJob, run_dir: Path, trained: str, winner: dict | None) -> dict:
+    """Register the trained model and the Tune winner (dev metrics) and let the gate pick production."""
+    from fastemb.train.driver import evaluate_model
+
+    registry = Registry(str(run_dir / "registry"))
+    metric = spec.promote_metric
+    dev = lambda model: {f"dev_{k}": v for k, v in evaluate_model(model, spec.train, "dev").items()  # noqa: E731
+                         if isinstance(v, (int, float))}
+    out = {"registry": str(run_dir / "registry")}
+    v1 = registry.register(trained, dev(trained), {"stage": "train", "job": spec.train.name})
+    registry.promote(v1, metric, force=True)
+    out["trained"] = {"version": v1, metric: registry.show(v1)["metrics"][metric]}
+    if winner:
+        v2 = registry.register(winner["model_dir"], dev(winner["model_dir"]),
+                               {"stage": "tune", "trial": winner["trial_id"],
+                                **{k: winner[k] for k in ("temperature", "lr", "micro_batch_size", "pq_bytes")}})
+        out["tune_winner"] = {"version": v2, metric: registry.show(v2)["metrics"][metric]}
+        try:
+            registry.promote(v2, metric)
+            out["decision"] = f"promoted the Tune winner {v2}"
+        except RegistryError as err:
+            out["decision"] = str(err).split(" (use force")[0]
+    out["production"] = registry.state()["production"]
+    out["production_model"] = registry.model_path(out["production"])
+    print(f"[fastemb demo] registry: {out['decision'] if winner else 'no Tune winner'}; "
+          f"production is {out['production']}", flush=True)
+    return out
+
+
+def stage_serve(spec: DemoJob, model: str, index_dir: str) -> dict:
+    """Start the service on the production model and its index, query it, shut it down."""
+    from ray import serve
+
+    from fastemb.serve.run import start
+
+    arm = spec.serve.production.model_copy(update={"model": model, "index_dir": index_dir, "corpus": None,
+                                                   "corpus_limit": None})
+    sspec = spec.serve.model_copy(update={"production": arm, "candidate": None, "blocking": False})
+    t0 = time.time()
+    start(sspec)
+    url = f"http://{sspec.host}:{sspec.port}{sspec.route_prefix.rstrip('/')}"
+    _wait_ready(url)
+    ready_s = time.time() - t0
+    found = _post(url + "/v1/search", {"query": spec.queries, "k": 3})
+    answers = [{"query": row["query"], "hits": [f"{h['id']} ({h['score']:.3f}): {h.get('text', '')}"
+                                                 for h in row["hits"]]} for row in found["data"]]
+    emb = _post(url + "/v1/embeddings", {"input": spec.queries[:1], "model": sspec.model_name})
+    serve.shutdown()
+    for a in answers:
+        print(f"[fastemb demo] {a['query']!r} →\n    " + "\n    ".join(a["hits"]), flush=True)
+    return {"url": url, "ready_s": ready_s, "answers": answers, "embedding_dim": len(emb["data"][0]["embedding"]),
+            "usage": emb["usage"]}
+
+
+def summary_table(s: dict) -> str:
+    """The final table: one row per stage."""
+    base, tuned = s["train"]["base"], s["train"]["tuned"]
+    rows = [("base model", "test nDCG@10 (exact)", f"{base['ndcg@10']:.4f}", ""),
+            ("contrastive training", "test nDCG@10 (exact)", f"{tuned['ndcg@10']:.4f} "
+             f"({tuned['ndcg@10'] - base['ndcg@10']:+.4f})", f"{s['seconds']['train']:.0f}")]
+    t = s["tune"]
+    w = t.get("winner")
+    rows.append(("Tune search", f"{len(t['trials'])} trials; winner dev nDCG@10 via PQ",
+                 f"{w['dev_ndcg@10_compressed']:.4f} ({w['compression_x']:.0f}×)" if w else "no winner",
+                 f"{s['seconds']['tune']:.0f}"))
+    r = s["registry"]
+    rows.append(("registry", "production (dev nDCG@10)", f"{r['production']}: "
+                 + ", ".join(f"{k} {v['version']} {v['dev_ndcg@10']:.4f}" for k, v in r.items()
+                             if isinstance(v, dict)), f"{s['seconds']['registry']:.0f}"))
+    for res in s["index"]["evaluation"]["results"]:
+        rows.append(("index", f"{res['name']}: test nDCG@10 / recall@10 vs exact",
+                     f"{res['ndcg@10']:.4f} / {res['recall@10']:.3f} at {res['code_bytes']} B/vector",
+                     f"{s['seconds']['index']:.0f}" if res is s["index"]["evaluation"]["results"][0] else ""))
+    if s.get("serve"):
+        q = s["serve"]["answers"][0]
+        rows.append(("serve", f"top hit for {q['query']!r}", q["hits"][0] if q["hits"] else "–",
+                     f"{s['seconds']['serve']:.0f}"))
+    rows.append(("total", "", "", f"{s['seconds']['total']:.0f}"))
+    lines = ["| stage | what | result | seconds |", "|---|---|---|---|"]
+    return "\n".join(lines + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows])
+
+
+def run_demo(spec: DemoJob) -> dict:
+    """Run every stage; returns the summary (also written to ``summary.json`` / ``summary.md``)."""
+    from fastemb.index.job import run_index
+    from fastemb.train.driver import run_train
+    from fastemb.tune.search import run_tune
+
+    t0 = time.time()
+    run_dir = spec.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    init_ray(spec.ray.address, spec.ray.num_cpus, spec.train.train.cpus_per_worker)
+    seconds: dict[str, float] = {}
+    summary: dict = {"seconds": seconds}
+
+    def timed(name, fn, *args):
+        t = time.time()
+        print(f"\n[fastemb demo] ===== {name} =====", flush=True)
+        out = fn(*args)
+        seconds[name] = time.time() - t
+        return out
+
+    train_spec = _under(spec.train, run_dir, "train")
+    report = timed("train", run_train, train_spec)
+    summary["train"] = {k: report[k] for k in ("base", "tuned", "delta", "model_dir", "train_seconds")}
+    tune_spec = _under(spec.tune, run_dir, "tune").model_copy(
+        update={"tune": spec.tune.tune.model_copy(update={"registry": None})})
+    tuned = timed("tune", run_tune, tune_spec)
+    summary["tune"] = {"trials": tuned["trials"], "winner": tuned["winner"], "default": tuned["default"]}
+    registry = timed("registry", stage_registry, spec, run_dir, report["model_dir"], tuned["winner"])
+    summary["registry"] = registry
+    index_spec = _under(spec.index, run_dir, "index")
+    index_spec = index_spec.model_copy(update={"model": index_spec.model.model_copy(
+        update={"base": registry["production_model"]})})
+    manifest = timed("index", run_index, index_spec)
+    summary["index"] = {"dir": str(index_spec.run_dir), "counts": manifest["counts"],
+                        "evaluation": manifest.get("evaluation", {"results": []})}
+    if spec.serve is not None:
+        summary["serve"] = timed("serve", stage_serve, spec, registry["production_model"], str(index_spec.run_dir))
+    seconds["total"] = time.time() - t0
+    table = summary_table(summary)
+    (run_dir / "summary.md").write_text(f"# fastemb demo\n\n{table}\n")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"\n[fastemb demo] done in {seconds['total'] / 60:.1f} min; summary: {run_dir / 'summary.md'}\n\n{table}",
+          flush=True)
+    return summary

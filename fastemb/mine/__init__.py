@@ -1,0 +1,1 @@
+"""Hard-negative mining (``fastemb mine``): embed with Ray Data, chunked faiss top-K, positive-aware filtering."""

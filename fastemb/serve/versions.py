@@ -1,0 +1,139 @@
+"""Which model version an arm serves, and loading it: a fixed model folder, or a version of the model registry
+(``fastemb/registry.py``), either pinned or following production so that ``fastemb registry promote|rollback`` is
+picked up without a restart (``RegistryWatcher``: load the new version beside the old one, then swap).
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger("ray.serve")
+
+
+@dataclass
+class LoadedModel:
+    """One loaded model version: tokeniser + encoder + its search backend, swapped as a unit."""
+    version: str
+    path: str
+    encoder: object  # fastemb.model.encoder.Encoder
+    backend: object | None  # fastemb.serve.backends.SearchBackend
+    device: str = "cpu"
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    @property
+    def max_length(self) -> int:
+        return self.encoder.max_length
+
+    @property
+    def normalize(self) -> bool:
+        return bool(self.encoder.normalize)
+
+
+def _local_copy(registry, version: str) -> str:
+    """A local folder holding ``version``'s model (copied down when the registry is a remote filesystem)."""
+    import pyarrow.fs as pafs
+
+    src = registry.model_path(version)
+    if isinstance(registry.fs, pafs.LocalFileSystem):
+        return src
+    dst = Path(tempfile.mkdtemp(prefix=f"fastemb-{version}-"))
+    pafs.copy_files(src, str(dst), source_filesystem=registry.fs, destination_filesystem=pafs.LocalFileSystem())
+    return str(dst)
+
+
+def resolve(arm) -> tuple[str, str]:
+    """``(version, local model folder)`` the arm should serve now (``arm`` is an ``ArmSpec``)."""
+    if arm.registry:
+        from fastemb.registry import Registry
+
+        reg = Registry(arm.registry)
+        version = arm.version or reg.state()["production"]
+        if not version:
+            raise RuntimeError(f"registry {arm.registry}: no production version (run `fastemb registry promote`)")
+        reg.show(version)  # raises RegistryError naming the versions when unknown
+        return version, _local_copy(reg, version)
+    from fastemb.model.encoder import resolve_model_path
+
+    path = resolve_model_path(arm.model)
+    return _label(arm.model), path
+
+
+def _label(model: str) -> str:
+    """Version label of a model given by alias or folder: the alias, else the folder's name (its parent's name
+    for a folder called ``model``, e.g. ``runs/contrastive/model`` -> ``contrastive``)."""
+    p = Path(model)
+    if not p.exists():
+        return model
+    p = p.resolve()
+    return p.parent.name if p.name == "model" else p.name
+
+
+def load(arm, version: str, path: str, device: str = "cpu") -> LoadedModel:
+    """Load ``path`` (and build the arm's search backend with that model)."""
+    from fastemb.model.encoder import Encoder
+    from fastemb.serve.backends import make_backend
+
+    encoder = Encoder.load(path, max_length=arm.max_length).eval().to(device)
+    backend = make_backend(arm, lambda texts: encoder.encode(texts, batch_size=64))
+    return LoadedModel(version, path, encoder, backend, device)
+
+
+def production_version(root: str) -> str | None:
+    """The registry's production version right now (``state.json``, replaced atomically by the registry)."""
+    from fastemb.registry import Registry
+
+    return Registry(root).state()["production"]
+
+
+class RegistryWatcher:
+    """Polls the registry's production version; on a change loads it (in this thread, beside the serving model)
+    and hands it to ``swap`` only once fully loaded, so requests never wait on a load or see a half-loaded model.
+    A version that fails to load is logged and retried at the next change (the old model keeps serving)."""
+
+    def __init__(self, arm, current: Callable[[], str], swap: Callable[[LoadedModel], None], device: str = "cpu",
+                 poll_s: float = 2.0):
+        self.arm, self.current, self.swap, self.device, self.poll_s = arm, current, swap, device, poll_s
+        self.failed: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fastemb-registry-watcher", daemon=True)
+
+    def start(self) -> "RegistryWatcher":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def check_once(self) -> bool:
+        """Load and swap in the production version if it changed; True when a swap happened."""
+        wanted = production_version(self.arm.registry)
+        if not wanted or wanted == self.current() or wanted == self.failed:
+            return False
+        try:
+            version, path = resolve(self.arm.model_copy(update={"version": wanted}))
+            model = load(self.arm, version, path, self.device)
+        except Exception as err:  # noqa: BLE001 - keep serving the old version
+            log.error("fastemb: could not load registry version %s: %r (still serving %s)", wanted, err,
+                      self.current())
+            self.failed = wanted
+            return False
+        self.failed = None
+        self.swap(model)
+        log.info("fastemb: now serving registry version %s", version)
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.check_once()
+            except Exception as err:  # noqa: BLE001 - a registry briefly unreadable: try again next poll
+                log.warning("fastemb: registry poll failed: %r", err)

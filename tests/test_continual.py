@@ -1,0 +1,57 @@
+"""Continual learning on real training runs: start from the registry's production version, register the
+candidate with its lineage, promote it when it does not regress, and keep production when it does."""
+from __future__ import annotations
+
+import pytest
+
+from fastemb.registry import Registry
+from fastemb.spec import SpecError, parse_spec
+from fastemb.train.driver import evaluate_model, run_train
+
+
+def continual_spec(tmp_path, tiny_eval, registry, name, lr, **continual):
+    return parse_spec({
+        "name": name, "storage_path": str(tmp_path), "model": {"max_length": 32},
+        "data": {"max_pairs": 320, "eval": tiny_eval},
+        "train": {"num_workers": 1, "cpus_per_worker": 2, "micro_batch_size": 16, "lr": lr, "max_grad_norm": 0,
+                  "warmup_ratio": 0, "checkpoint_every": 1000, "eval_every": 1000, "max_failures": 0},
+        "continual": {"registry": str(registry), **continual}})
+
+
+def test_continual_training_promotes_or_keeps_production(ray_local, tmp_path, tiny_eval, minilm_path):
+    registry = Registry(str(tmp_path / "registry"))
+    seed_spec = continual_spec(tmp_path, tiny_eval, tmp_path / "registry", "seed", 1e-4)
+    registry.register(minilm_path, evaluate_model(minilm_path, seed_spec), {"seed": True})
+    registry.promote("v0001")
+
+    # 1) a normal update, started from production; min_gain -1 makes the gate pass whatever the score
+    report = run_train(continual_spec(tmp_path, tiny_eval, tmp_path / "registry", "update", 5e-5, min_gain=-1.0))
+    d = report["continual"]
+    assert (d["parent"], d["candidate"], d["outcome"]) == ("v0001", "v0002", "promoted")
+    assert registry.state()["production"] == "v0002"
+    meta = registry.show("v0002")
+    assert meta["parent"] == "v0001" and meta["data_fingerprint"]
+    assert meta["metrics"]["ndcg@10"] == pytest.approx(report["tuned"]["ndcg@10"])
+    # the starting point was production's model, scored on the same eval set
+    assert d["production_score"] == pytest.approx(report["base"]["ndcg@10"])
+
+    # 2) a destructive update (huge learning rate): it scores below production, so production stays
+    report = run_train(continual_spec(tmp_path, tiny_eval, tmp_path / "registry", "bad", 0.3))
+    d = report["continual"]
+    assert d["parent"] == "v0002" and d["candidate"] == "v0003"
+    assert d["candidate_score"] < d["production_score"]
+    assert d["outcome"] == "rejected" and "production v0002" in d["reason"]
+    assert registry.state() == {"production": "v0002", "history": ["v0001", "v0002"]}
+    assert registry.show("v0003")["parent"] == "v0002"
+
+
+def test_continual_needs_a_production_version(tmp_path, tiny_eval):
+    Registry(str(tmp_path / "empty"))
+    spec = continual_spec(tmp_path, tiny_eval, tmp_path / "empty", "x", 1e-4)
+    from fastemb.registry import RegistryError
+    from fastemb.train.continual import start_from_registry
+
+    with pytest.raises(RegistryError, match="no production version"):
+        start_from_registry(spec)
+    with pytest.raises(SpecError, match="continual.promote"):
+        parse_spec({"continual": {"registry": "r", "promote": "maybe"}})

@@ -1,0 +1,43 @@
+"""The main job end to end on tiny real data: train → tune → registry → index → serve → summary."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastemb.registry import Registry
+from fastemb.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_runs_every_stage_and_serves_the_production_model(ray_local, tmp_path, tiny_eval):
+    from fastemb.demo.run import run_demo
+
+    small_train = {"max_length": 32}
+    spec = load_spec(ROOT / "jobs" / "demo.yaml", [
+        f"storage_path={tmp_path}", "ray.num_cpus=2",
+        f"train.model.max_length={small_train['max_length']}", "train.data.max_pairs=128",
+        f"train.data.eval={tiny_eval}", "train.train.micro_batch_size=16",
+        f"tune.model.max_length={small_train['max_length']}", "tune.data.max_pairs=64",
+        f"tune.data.eval={tiny_eval}", "tune.train.micro_batch_size=16", "tune.space.micro_batch_size=[16]",
+        "tune.train.eval_every=2", "tune.tune.num_samples=2",
+        f"index.corpus.path={tiny_eval}/test_corpus.parquet", f"index.evaluate.eval={tiny_eval}",
+        "index.index.type=flat", "index.index.refine=none", "index.evaluate.sweep=[]",
+        "serve.port=8431", f"serve.feedback_dir={tmp_path / 'ab'}", "queries=[a large wild cat of Africa]"])
+    summary = run_demo(spec)
+
+    run_dir = tmp_path / "demo"
+    assert summary["train"]["tuned"]["queries"] == 40
+    assert len(summary["tune"]["trials"]) == 2 and summary["tune"]["default"] is not None
+    registry = Registry(str(run_dir / "registry"))
+    assert registry.state()["production"] == summary["registry"]["production"]
+    assert summary["index"]["counts"]["documents_indexed"] == 300
+    exact = summary["index"]["evaluation"]["results"][0]
+    assert exact["recall@10"] == 1.0 and exact["ndcg@10"] > 0.3
+    served = summary["serve"]["answers"][0]
+    assert served["query"] == "a large wild cat of Africa" and len(served["hits"]) == 3
+    assert summary["serve"]["embedding_dim"] == 384
+    table = (run_dir / "summary.md").read_text()
+    for stage in ("base model", "contrastive training", "Tune search", "registry", "index", "serve", "total"):
+        assert f"| {stage} |" in table
+    assert json.loads((run_dir / "summary.json").read_text())["seconds"]["total"] > 0
