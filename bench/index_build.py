@@ -201,12 +201,13 @@ def bench_ivfpq(n: int, threads: int, train_size: int = 100_000, nlist: int | No
 
     from fastemb.index.build import build_index
     from fastemb.index.evaluate import recall_at_k
+    from fastemb.compress.pq import pq_factory
     from fastemb.index.factory import default_nlist, set_search_params
     from fastemb.ray_env import init_ray
 
     with tempfile.TemporaryDirectory() as tmp:
         files, queries = synthetic_vectors(n, Path(tmp) / "shards")
-        factory = f"IVF{nlist or default_nlist(n)},PQ48"
+        factory = f"IVF{nlist or default_nlist(n)},{pq_factory(384, 48)}"
         truth = _exact(files, queries)
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
@@ -279,11 +280,12 @@ def _rerank_from_disk(cand: np.ndarray, queries: np.ndarray, store: np.ndarray, 
     return out
 
 
-def bench_quality(model: str, threads: int, k_factor: int = 10, nprobe: int = 64) -> None:
+def bench_quality(model: str, threads: int, k_factor: int = 10, nprobe: int = 128) -> None:
     """Recall@10 vs exact and label metrics of compressed indexes on the WordNet test protocol."""
     import faiss
 
     from fastemb.compress import make_compressor
+    from fastemb.compress.pq import pq_factory
     from fastemb.eval.retrieval import exact_search, metrics_of_hits
     from fastemb.index.evaluate import recall_at_k
     from fastemb.index.factory import code_bytes, default_nlist, factory_string, set_search_params
@@ -312,21 +314,23 @@ def bench_quality(model: str, threads: int, k_factor: int = 10, nprobe: int = 64
     # IVF-PQ encodes residuals, and with 4-d sub-vectors (96 B) a rotation gains little.
     # ---- target 1: ≤ 96 B per vector in memory (16×), re-ranking --------------------------------------------
     for b in (96, 48):
-        key = factory_string("ivf_pq", d, n, nlist=nlist, bytes_per_vector=b)
-        base = faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
-        base.train(xb)
-        trained = faiss.clone_index(base)  # empty, trained: the base of the refine variants below
-        base.add(xb)
-        record(f"`{key}` (ADC, no re-rank)", faiss_search(base, xq), code_bytes(base))
-        cand = faiss_search(base, xq, 10 * k_factor)
-        with tempfile.TemporaryDirectory() as tmp:
-            store = np.lib.format.open_memmap(f"{tmp}/vectors.npy", mode="w+", dtype=np.float16, shape=xb.shape)
-            store[:] = xb.astype(np.float16)
-            store.flush()
-            store = np.load(f"{tmp}/vectors.npy", mmap_mode="r")
-            record(f"`{key}` + re-rank top {10 * k_factor} with fp16 vectors read from disk (memmap)",
-                   _rerank_from_disk(cand, xq, store, 10), code_bytes(base), 2 * d)
-            del store
+        for kind in ("pq", "ivf_pq"):  # exhaustive PQ scan, and IVF (nprobe of nlist lists) in front of it
+            key = factory_string(kind, d, n, nlist=nlist, bytes_per_vector=b)
+            base = faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
+            base.train(xb)
+            trained = faiss.clone_index(base)  # empty, trained: the base of the refine variants below
+            base.add(xb)
+            record(f"`{key}` (ADC, no re-rank)", faiss_search(base, xq), code_bytes(base))
+            cand = faiss_search(base, xq, 10 * k_factor)
+            with tempfile.TemporaryDirectory() as tmp:
+                store = np.lib.format.open_memmap(f"{tmp}/vectors.npy", mode="w+", dtype=np.float16, shape=xb.shape)
+                store[:] = xb.astype(np.float16)
+                store.flush()
+                store = np.load(f"{tmp}/vectors.npy", mmap_mode="r")
+                record(f"`{key}` + re-rank top {10 * k_factor} with fp16 vectors read from disk (memmap)",
+                       _rerank_from_disk(cand, xq, store, 10), code_bytes(base), 2 * d)
+                del store
+        # in-memory refine variants of the IVF index (the last `trained` above)
         for refine in ("flat", "sqfp16", "sq8"):
             # the same structure as factory_string(..., refine=refine), on the already trained base index
             key_r = factory_string("ivf_pq", d, n, nlist=nlist, bytes_per_vector=b, refine=refine)
@@ -343,7 +347,7 @@ def bench_quality(model: str, threads: int, k_factor: int = 10, nprobe: int = 64
                    faiss_search(idx, xq), code_bytes(idx))
     # IVF-PQ with residual re-ranking codes (IndexIVFPQR, Jégou et al. 2011): 48 B search code + 48 B refine code,
     # all in memory. faiss implements it for L2 only: on unit vectors L2 and cosine rank identically.
-    key = f"IVF{nlist},PQ48+48"
+    key = f"IVF{nlist},PQ48+48"  # (IVFPQR does no polysemous training)
     pqr = faiss.index_factory(d, key, faiss.METRIC_L2)
     pqr.train(xb)
     pqr.add(xb)
@@ -356,7 +360,7 @@ def bench_quality(model: str, threads: int, k_factor: int = 10, nprobe: int = 64
         comp = make_compressor(method, d, 128).fit(xb)
         cb, cq = comp.transform(xb), comp.transform(xq)
         record(f"{method} 384→128, float32", exact_search(cq, cb, 100)[1], 4 * 128)
-        for key, nb in (("SQ8", 128), ("PQ64", 64), ("PQ32", 32)):
+        for key, nb in (("SQ8", 128), (pq_factory(128, 64), 64), (pq_factory(128, 32), 32)):
             idx = faiss.index_factory(128, key, faiss.METRIC_INNER_PRODUCT)
             idx.train(cb)
             idx.add(cb)

@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def fastemb_server(model_path: str, port: int, threads: int, batch: int) -> None
                        "autoscaling": {"min_replicas": 1, "max_replicas": 1},
                        "replica": {"num_cpus": threads},
                        "limits": {"max_inflight_requests": 4096},
-                       "feedback_dir": str(ROOT / "bench" / "out" / f"serve_ab_{port}")})
+                       "feedback_dir": tempfile.mkdtemp(prefix="fastemb-bench-ab-")})
     start(spec)
     try:
         while True:

@@ -99,7 +99,12 @@ def test_rayservice_manifest_serve_config():
     assert app["route_prefix"] == "/"
     from fastemb.serve.spec import ServeJob
 
-    ServeJob.model_validate(app["args"]["spec"])  # the args are a valid fastemb serve job
+    job = ServeJob.model_validate(app["args"]["spec"])  # the args are a valid fastemb serve job
+    from fastemb.serve.run import serve_config
+
+    # the deployments are the ones fastemb builds for these args (a stale manifest would fail to deploy)
+    expected = serve_config(job)["applications"][0]["deployments"]
+    assert [d["name"] for d in app["deployments"]] == [d["name"] for d in expected]
     _check_ray_cluster_spec(spec["rayClusterConfig"], "rayservice.yaml")
 
 

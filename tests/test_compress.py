@@ -87,10 +87,10 @@ def test_bytes_per_vector_picks_pq_params():
     assert pq_m_for_bytes(384, 100) == 96
     assert pq_m_for_bytes(384, 50) == 48
     assert pq_m_for_bytes(384, 48, nbits=4) == 96
-    assert factory_string("ivf_pq", 384, 10_000, bytes_per_vector=24) == "IVF256,PQ24"   # N/39 caps 4*sqrt(N)
-    assert factory_string("ivf_pq", 384, 1_000_000, bytes_per_vector=24) == "IVF4000,PQ24"
+    assert factory_string("ivf_pq", 384, 10_000, bytes_per_vector=24) == "IVF256,PQ24np"   # N/39 caps 4*sqrt(N)
+    assert factory_string("ivf_pq", 384, 1_000_000, bytes_per_vector=24) == "IVF4000,PQ24np"
     assert factory_string("opq_ivf_pq", 384, 10_000, nlist=64, bytes_per_vector=32, refine="flat") == \
-        "OPQ32_384,IVF64,PQ32,RFlat"
+        "OPQ32_384,IVF64,PQ32np,RFlat"
     assert factory_string("hnsw", 384, 10_000, hnsw_m=16) == "HNSW16"
     with pytest.raises(ValueError, match="refine"):
         factory_string("flat", 384, 10, refine="sq8")

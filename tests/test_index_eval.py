@@ -38,7 +38,7 @@ def test_exact_is_the_reference(manifest):
 def test_compressed_configs_report_the_tradeoff(manifest):
     by_name = {r["name"]: r for r in manifest["evaluation"]["results"]}
     job = by_name["job: ivf_pq"]
-    assert job["factory"] == "IVF4,PQ48x4,RFlat"        # 24 bytes of 4-bit codes = 48 sub-quantizers
+    assert job["factory"] == "IVF4,PQ48x4np,RFlat"        # 24 bytes of 4-bit codes = 48 sub-quantizers
     no_refine = by_name["pq24 no refine"]
     assert no_refine["code_bytes"] == 24 and no_refine["compression_x"] == 64
     assert job["recall@10"] > no_refine["recall@10"]            # re-ranking with the float vectors helps

@@ -18,8 +18,11 @@ def pq_m_for_bytes(dim: int, bytes_per_vector: int, nbits: int = 8) -> int:
 
 
 def pq_factory(dim: int, m: int, nbits: int = 8, opq: bool = False) -> str:
-    """faiss factory string of a PQ (optionally OPQ-rotated) codec."""
-    code = f"PQ{m}" + (f"x{nbits}" if nbits != 8 else "")
+    """faiss factory string of a PQ (optionally OPQ-rotated) codec.
+
+    ``np``: no polysemous training. faiss otherwise spends minutes of simulated annealing re-ordering the
+    centroids for Hamming-distance filtering, which fastemb never uses (it searches with ADC tables)."""
+    code = f"PQ{m}" + (f"x{nbits}" if nbits != 8 else "") + "np"
     return (f"OPQ{m}_{dim}," if opq else "") + code
 
 

@@ -59,7 +59,7 @@ def register_and_gate(spec: TrainJob, start: dict, base: dict, tuned: dict,
         decision["outcome"] = "registered"
     elif c.promote == "force" or ours >= theirs + c.min_gain:
         registry.promote(version, c.metric, force=True) if c.promote == "force" else \
-            registry.promote(version, c.metric, baseline=theirs - c.min_gain)
+            registry.promote(version, c.metric, baseline=theirs + c.min_gain)
         decision["outcome"] = "promoted"
     else:
         decision["outcome"] = "rejected"   # the automatic rollback: production stays on the previous version
