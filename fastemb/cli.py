@@ -114,8 +114,9 @@ def cmd_demo(args) -> int:
     from fastemb.demo.run import run_demo
 
     shipped = Path(__file__).resolve().parents[1] / "jobs" / "demo.yaml"
-    if not args.spec and shipped.exists():
-        args.spec = str(shipped)  # `fastemb demo` alone runs the shipped demo spec
+    if (not args.spec or "=" in args.spec) and shipped.exists():  # `fastemb demo [k=v ...]`: the shipped spec
+        args.overrides = [args.spec, *args.overrides] if args.spec else args.overrides
+        args.spec = str(shipped)
     summary = run_demo(_spec(args, "demo"))
     print(json.dumps({"summary": str(Path(summary["train"]["model_dir"]).parents[1] / "summary.md"),
                       "minutes": round(summary["seconds"]["total"] / 60, 1)}, indent=2))
