@@ -60,6 +60,8 @@ class DataSpec(_Section):
     eval: str = Field("wordnet", description="'wordnet' or a folder with {dev,test}_{queries,corpus}.parquet")
     test_queries: int | None = Field(None, gt=0, description="limit test queries (default: all)")
     dev_queries: int | None = Field(None, gt=0, description="limit dev queries used during training")
+    dev_corpus: int | None = Field(None, gt=0, description="limit the dev corpus to the relevant texts plus others, "
+                                                          "this many in all (cheaper dev evaluations)")
 
 
 class LossSpec(_Section):

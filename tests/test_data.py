@@ -71,3 +71,13 @@ def test_batch_larger_than_data_is_a_spec_error():
         plan_steps(spec, 100)
     plan = plan_steps(spec, 1000)
     assert plan["micro_steps_per_epoch"] == 7 and plan["total_steps"] == 7
+
+
+def test_eval_set_corpus_limit_keeps_every_relevant_text():
+    from fastemb.data.eval_sets import load_eval_set
+
+    full = load_eval_set("wordnet", "dev")
+    small = load_eval_set("wordnet", "dev", max_corpus=1200)
+    assert len(small.corpus) == 1200 and small.queries == full.queries
+    assert all(r <= set(small.corpus_ids) for r in small.relevant)
+    assert small.report["corpus"]["skipped"]["beyond max_corpus"] == len(full.corpus) - 1200

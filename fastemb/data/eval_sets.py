@@ -36,8 +36,12 @@ def _read(path: Path, columns: list[str]) -> list[dict]:
     return table.select(columns).to_pylist()
 
 
-def load_eval_set(eval_dir: str, split: str, max_queries: int | None = None) -> EvalSet:
-    """Load one split; bad rows are skipped and counted in ``report``."""
+def load_eval_set(eval_dir: str, split: str, max_queries: int | None = None,
+                  max_corpus: int | None = None) -> EvalSet:
+    """Load one split; bad rows are skipped and counted in ``report``.
+
+    ``max_corpus``: keep every relevant text of the kept queries plus the first others, up to this many
+    texts (a cheaper, easier proxy for frequent evaluations such as the dev metric of Tune trials)."""
     base = WORDNET_DIR if eval_dir == "wordnet" else Path(eval_dir).expanduser()
     corpus_rep, query_rep = RowReport(), RowReport()
     corpus_ids, corpus, seen = [], [], set()
@@ -63,6 +67,12 @@ def load_eval_set(eval_dir: str, split: str, max_queries: int | None = None) -> 
         relevant.append(rel)
     if max_queries:
         qids, queries, relevant = qids[:max_queries], queries[:max_queries], relevant[:max_queries]
+    if max_corpus and max_corpus < len(corpus):
+        needed = set().union(*relevant) if relevant else set()
+        room = max(max_corpus - len(needed), 0)
+        keep = [i for i, cid in enumerate(corpus_ids) if cid in needed or (room := room - 1) >= 0]
+        corpus_rep.skipped["beyond max_corpus"] += len(corpus) - len(keep)
+        corpus_ids, corpus = [corpus_ids[i] for i in keep], [corpus[i] for i in keep]
     corpus_rep.kept, query_rep.kept = len(corpus), len(queries)
     if not queries or not corpus:
         raise DataError(f"{base} ({split}): no usable queries or corpus texts")

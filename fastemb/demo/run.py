@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from fastemb.demo.spec import DemoJob
+from fastemb.errors import FastembError
 from fastemb.ray_env import init_ray
 from fastemb.registry import Registry, RegistryError
 
@@ -42,6 +43,25 @@ def _wait_ready(url: str, timeout: float = 300) -> None:
             pass
         if time.time() > deadline:
             raise TimeoutError(f"the service at {url} did not become ready in {timeout:.0f}s")
+        time.sleep(1)
+
+
+def wait_for_cpus(needed: float, timeout: float = 180) -> None:
+    """Wait until the cluster has ``needed`` free CPUs (Ray frees a finished search's workers asynchronously);
+    raise a clear error instead of letting the next stage hang if they stay held."""
+    import ray
+
+    deadline = time.time() + timeout
+    while ray.available_resources().get("CPU", 0) < needed:
+        if time.time() > deadline:
+            from ray.util import placement_group_table
+
+            held = [p["name"] or p["placement_group_id"] for p in placement_group_table().values()
+                    if p["state"] == "CREATED"]
+            raise FastembError(
+                f"{needed:g} CPU(s) needed but only {ray.available_resources().get('CPU', 0):g} free after "
+                f"{timeout:.0f}s; placement groups still holding resources: {held}. Ray Train's placement-group "
+                "cleaner fails when several local Ray instances run on one machine: stop the others and rerun")
         time.sleep(1)
 
 
@@ -159,6 +179,7 @@ def run_demo(spec: DemoJob) -> dict:
     index_spec = _under(spec.index, run_dir, "index")
     index_spec = index_spec.model_copy(update={"model": index_spec.model.model_copy(
         update={"base": registry["production_model"]})})
+    wait_for_cpus(index_spec.embed.num_actors * index_spec.embed.threads_per_actor)
     manifest = timed("index", run_index, index_spec)
     summary["index"] = {"dir": str(index_spec.run_dir), "counts": manifest["counts"],
                         "evaluation": manifest.get("evaluation", {"results": []})}

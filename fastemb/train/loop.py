@@ -64,7 +64,7 @@ def _dev_eval(engine, spec, compression: dict | None) -> dict:
     from fastemb.eval.compressed import compressed_retrieval
     from fastemb.eval.retrieval import exact_search, metrics_of_hits
 
-    dev = load_eval_set(spec.data.eval, "dev", spec.data.dev_queries)
+    dev = load_eval_set(spec.data.eval, "dev", spec.data.dev_queries, spec.data.dev_corpus)
     student = _student(engine)
     corpus, queries = student.encode(dev.corpus), student.encode(dev.queries)
     _, idx = exact_search(queries, corpus, 100, normalized=student.normalize)
