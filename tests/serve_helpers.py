@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 
 import httpx
@@ -47,3 +48,24 @@ def stop_service() -> None:
         serve.shutdown()
     finally:
         ray.shutdown()
+
+
+class ClientThreads:
+    """Background client threads running ``self._run(i)`` until the ``with`` block ends (``stop`` is set)."""
+
+    def __init__(self, threads: int):
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, i: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=90)

@@ -6,14 +6,13 @@ vector tells which model really computed it; v0003 is a broken model folder that
 """
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
 import numpy as np
 import pytest
 
-from serve_helpers import free_port, start_service, stop_service
+from serve_helpers import ClientThreads, free_port, start_service, stop_service
 
 PROBE = "a small domesticated carnivore kept as a pet"
 
@@ -60,13 +59,13 @@ def service(registry, tmp_path_factory):
     stop_service()
 
 
-class Load:
+class Load(ClientThreads):
     """Closed-loop clients embedding PROBE; every answer kept (status, version tag, vector)."""
 
     def __init__(self, url: str, threads: int = 2):
-        self.url, self.stop = url, threading.Event()
+        self.url = url
         self.results: list[list[tuple]] = [[] for _ in range(threads)]
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+        super().__init__(threads)
 
     def _run(self, i: int) -> None:
         deadline = time.monotonic() + 300
@@ -93,16 +92,6 @@ class Load:
                 return
             time.sleep(0.2)
         raise AssertionError(f"still serving {self.latest_versions()} after {timeout_s}s, want {version}")
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=90)
 
 
 def _models(url: str) -> dict:

@@ -16,7 +16,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from serve_helpers import free_port, start_service, stop_service
+from serve_helpers import ClientThreads, free_port, start_service, stop_service
 
 APP = "fastemb"
 
@@ -51,16 +51,16 @@ def wait_for(pred, timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
-class Load:
+class Load(ClientThreads):
     """``threads`` closed-loop clients posting small embedding requests until stopped (or 240 s)."""
 
     def __init__(self, url: str, threads: int = 6):
-        self.url, self.stop, self.codes = url, threading.Event(), Counter()
+        self.url, self.codes = url, Counter()
         self.lock = threading.Lock()
         self.bad_bodies = 0
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        super().__init__(threads)
 
-    def _run(self):
+    def _run(self, i: int) -> None:
         body = {"input": [f"a short definition number {i}" for i in range(16)], "model": "fastemb"}
         deadline = time.monotonic() + 240
         with httpx.Client(timeout=60) as client:
@@ -80,16 +80,6 @@ class Load:
     def snapshot(self) -> Counter:
         with self.lock:
             return Counter(self.codes)
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=90)
 
 
 def test_autoscaling_up_under_load_kill_a_replica_then_down(service):
