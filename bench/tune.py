@@ -63,6 +63,9 @@ def run_both(args) -> dict[str, dict]:
         if proc.wait() != 0:
             raise SystemExit(f"the {scheduler} search failed; see {log.name}")
         runs[scheduler] = json.loads((Path(args.out) / f"{scheduler}.json").read_text())
+        if len(runs[scheduler]["trials"]) < args.trials:  # interrupted: its figures would compare unequal budgets
+            raise SystemExit(f"the {scheduler} search ran {len(runs[scheduler]['trials'])} of {args.trials} trials; "
+                             f"nothing written (see {log.name})")
     return runs
 
 

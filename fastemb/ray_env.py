@@ -36,4 +36,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, threads_pe
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env, log_to_driver=True)
+        # Ray's own actors (Ray Train's PlacementGroupCleaner, ...) call the state API with no address; with two
+        # local Rays on one machine that fails ("multiple active Ray instances") and, for the cleaner, leaks the
+        # CPUs of every trial stopped early. Pinning the dashboard port lets the workers name their own cluster.
+        port = free_port()
+        runtime_env["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                 runtime_env=runtime_env, log_to_driver=True)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

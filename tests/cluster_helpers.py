@@ -62,3 +62,19 @@ def group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def state_api(dashboard: str, path: str, token: str):
+    """GET a Ray state API path (``/api/v0/...``) of a token-auth cluster; returns the result rows."""
+    sys.path.insert(0, str(ROOT / "cluster"))
+    from local_cluster import api_get
+
+    status, body = api_get(dashboard, path, token)
+    assert status == 200, body[:500]
+    return json.loads(body)["data"]["result"]["result"]
+
+
+def live_actors(dashboard: str, token: str) -> list[dict]:
+    """The cluster's live actors (class_name, pid, node_id, ...)."""
+    return state_api(dashboard, "/api/v0/actors?limit=1000&filter_keys=state&filter_predicates=%3D"
+                                "&filter_values=ALIVE&detail=false", token)

