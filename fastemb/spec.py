@@ -33,11 +33,43 @@ class ModelSpec(_Section):
                                                    "applied before tokenising; saved into the exported model")
 
 
+class AdapterSpec(_Section):
+    """Bottleneck adapters (Houlsby et al., 2019) after each chosen layer's feed-forward block (and attention block
+    with ``placement: houlsby``); the base is frozen, only adapters (and new token rows) train."""
+    size: int = Field(64, gt=0, le=8192, description="bottleneck dimension")
+    layers: list[int] | None = Field(None, min_length=1, description="layers that get adapters (0-based); "
+                                     "default: all")
+    placement: Literal["pfeiffer", "houlsby"] = Field("pfeiffer", description="pfeiffer: after the feed-forward "
+                                                      "block; houlsby: after the attention block too")
+    activation: Literal["gelu", "relu", "tanh"] = "gelu"
+    train_new_tokens: bool = Field(True, description="the embedding rows of model.new_tokens train too")
+
+    @field_validator("layers")
+    @classmethod
+    def _sorted_unique(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (any(i < 0 for i in v) or sorted(set(v)) != v):
+            raise ValueError(f"expected increasing, distinct layer indices >= 0, got {v}")
+        return v
+
+
 class StudentModelSpec(ModelSpec):
     """The model a training job tunes; optionally a smaller student made by keeping some of the base's layers."""
     keep_layers: list[int] | None = Field(None, min_length=1, description="keep these transformer layers of the "
                                           "base (0-based, BERT-like models), e.g. [0, 2, 4]")
     num_layers: int | None = Field(None, gt=0, description="keep this many evenly spaced layers (first included)")
+    new_tokens: list[str] | str | None = Field(None, description="domain terms added to the tokenizer as single "
+                                               "tokens: a list, or a text file with one term a line (read when the "
+                                               "spec is validated); each new embedding row starts as the mean of the "
+                                               "term's sub-token rows (fastemb/model/new_tokens.py)")
+    adapters: AdapterSpec | None = Field(None, description="train bottleneck adapters with the base frozen "
+                                         "(fastemb/model/adapters.py)")
+
+    @field_validator("new_tokens")
+    @classmethod
+    def _terms(cls, v: list[str] | str | None) -> list[str] | None:
+        from fastemb.model.new_tokens import read_terms
+
+        return None if v is None else read_terms(v)
 
     @field_validator("keep_layers")
     @classmethod
@@ -55,8 +87,13 @@ class StudentModelSpec(ModelSpec):
 
 class DataSpec(_Section):
     """Training pairs and the evaluation sets."""
-    train: str = Field("wordnet", description="'wordnet' (shipped) or a pairs file/folder (parquet or jsonl)")
-    max_pairs: int | None = Field(None, gt=0, description="use at most this many pairs (seeded sample)")
+    train: str = Field("wordnet", description="'wordnet' (shipped) or a pairs file/folder (parquet or jsonl); "
+                                              "with format raw: 'wordnet' (the definitions) or a text file/folder")
+    format: Literal["pairs", "raw"] = Field("pairs", description="raw: unlabeled text, each text its own positive "
+                                            "(SimCSE-style domain pre-training, fastemb/data/raw_text.py)")
+    text_column: str = Field("text", min_length=1, description="format raw (and simcse tasks): the column "
+                                                                "holding the texts")
+    max_pairs: int | None = Field(None, gt=0, description="use at most this many pairs (raw: texts; seeded sample)")
     eval: str = Field("wordnet", description="'wordnet' or a folder with {dev,test}_{queries,corpus}.parquet")
     test_queries: int | None = Field(None, gt=0, description="limit test queries (default: all)")
     dev_queries: int | None = Field(None, gt=0, description="limit dev queries used during training")
@@ -71,6 +108,74 @@ class LossSpec(_Section):
     gather_across_workers: bool = True
     mask_false_negatives: bool = True
     hard_negatives: int = Field(0, ge=0, le=64, description="hard negatives per query taken from the pairs")
+
+
+class NegativeRulesSpec(_Section):
+    """How hard negatives are picked from each query's faiss top-K (fastemb/mine/select.py)."""
+    top_k: int = Field(100, gt=0, le=10_000, description="candidates retrieved per query")
+    range_min: int = Field(0, ge=0, description="skip the first ranks (0 = the most similar candidate)")
+    range_max: int | None = Field(None, gt=0, description="ignore ranks ≥ this (default: top_k)")
+    relative_margin: float | None = Field(0.05, ge=0, lt=1, description="drop candidates scoring above "
+                                          "(1 - margin) x the positive's score (TopK-PercPos; 0.05 = 95%)")
+    absolute_margin: float | None = Field(None, description="drop candidates scoring above positive - margin")
+    sampling: Literal["top", "random"] = "top"
+    query_chunk: int = Field(4096, gt=0, description="queries searched per faiss call")
+    seed: int = 13
+
+    @model_validator(mode="after")
+    def _window(self) -> "NegativeRulesSpec":
+        if self.range_max is not None and not self.range_min < self.range_max <= self.top_k:
+            raise ValueError(f"need range_min < range_max <= top_k, got {self.range_min}, {self.range_max}, "
+                             f"{self.top_k}")
+        if self.range_min >= self.top_k:
+            raise ValueError(f"range_min ({self.range_min}) must be < top_k ({self.top_k})")
+        return self
+
+    def rules(self, num_negatives: int):
+        """The selection rules (``fastemb.mine.select.NegativeRules``) taking ``num_negatives`` per query."""
+        from fastemb.mine.select import NegativeRules
+
+        return NegativeRules(num_negatives, self.range_min, self.range_max, self.relative_margin,
+                             self.absolute_margin, self.sampling)
+
+
+class NegativePoolSpec(NegativeRulesSpec):
+    """ANCE-style dynamic hard negatives (fastemb/train/negative_pool.py): every ``refresh_every`` steps the current
+    model re-embeds a pool of candidate texts and every training query's negatives are mined again from it."""
+    refresh_every: int = Field(..., gt=0, description="optimizer steps between refreshes")
+    pool_size: int = Field(20_000, gt=0, description="candidate texts: the task's distinct positives, a seeded "
+                                                     "sample of at most this many")
+    batch_size: int = Field(128, gt=0, description="texts per forward pass when re-embedding")
+    mine_at_start: bool = Field(False, description="mine before the first step even when every pair brings its "
+                                                   "own negatives (pairs without negatives always are)")
+
+
+class TaskSpec(_Section):
+    """One task of a multi-task run: its data, its sampling weight and its loss overrides."""
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]+$")
+    kind: Literal["pairs", "simcse"] = Field("pairs", description="pairs: (query, positive[, negatives]) rows; "
+                                             "simcse: unsupervised, each text is its own positive (dropout noise)")
+    data: str = Field(..., description="pairs: 'wordnet' or a pairs file/folder; simcse: 'wordnet' (definitions) "
+                                       "or a parquet file with a text column")
+    max_pairs: int | None = Field(None, gt=0, description="use at most this many rows (seeded sample)")
+    weight: float = Field(1.0, gt=0, description="the task is drawn for a micro-batch with probability ∝ weight")
+    loss: dict[str, Any] = Field(default_factory=dict, description="overrides of the job's loss section")
+    distill: bool = Field(False, description="apply the job's distill terms to this task's batches")
+    refresh_negatives: bool = Field(True, description="the job's negatives_pool refreshes this task's hard negatives")
+
+    @field_validator("loss")
+    @classmethod
+    def _loss_overrides(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            LossSpec.model_validate(v)
+        except ValidationError as err:
+            e = err.errors()[0]
+            raise ValueError(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})") from None
+        return v
+
+    def effective_loss(self, base: LossSpec) -> LossSpec:
+        """The job's loss section with this task's overrides."""
+        return LossSpec.model_validate({**base.model_dump(), **self.loss})
 
 
 class KLTerm(_Section):
@@ -171,7 +276,8 @@ class RayRunSpec(_Section):
 class _RunJob(_Section):
     """A job that writes to ``{storage_path}/{name}/`` and runs on Ray."""
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
-    storage_path: str = Field("runs", description="output root: a local/shared path (or a URI where supported)")
+    storage_path: str = Field("runs", description="output root: a local/shared path, or for train jobs an "
+                              "object-store URI (s3://, gs://, ...; see fastemb/storage.py)")
     ray: RayRunSpec = RayRunSpec()
 
     @field_validator("storage_path")
@@ -179,9 +285,29 @@ class _RunJob(_Section):
     def _absolute_storage(cls, v: str) -> str:
         return v if "://" in v else os.path.abspath(os.path.expanduser(v))
 
+    @model_validator(mode="after")
+    def _uri_storage(self) -> "_RunJob":
+        if "://" in self.storage_path and getattr(self, "job", None) != "train":
+            raise ValueError(f"storage_path: an object-store URI is supported by train jobs; a {self.job} job needs "
+                             "a local or shared filesystem path (mounted at the same path on every node)")
+        return self
+
     @property
     def run_dir(self) -> Path:
+        """``{storage_path}/{name}``; for a URI, the local staging folder that mirrors it (fastemb/storage.py)."""
+        if "://" in self.storage_path:
+            from fastemb.storage import staging_dir
+
+            return staging_dir(self.storage_path, self.name)
         return Path(self.storage_path) / self.name
+
+    @property
+    def output_location(self) -> str:
+        """Where the run's outputs end up: the run folder, or ``{uri}/{name}``."""
+        if "://" in self.storage_path:
+            base, _, query = self.storage_path.partition("?")
+            return f"{base.rstrip('/')}/{self.name}"
+        return str(self.run_dir)
 
 
 class ContinualSpec(_Section):
@@ -205,18 +331,88 @@ class TrainJob(_RunJob):
     train: TrainSpec = TrainSpec()
     continual: ContinualSpec | None = Field(None, description="fine-tune a registry version and gate its promotion")
     distill: DistillSpec | None = Field(None, description="distil a teacher into the model (fastemb/train/distill.py)")
+    tasks: list[TaskSpec] | None = Field(None, min_length=1, description="multi-task training: each micro-batch "
+                                         "comes from one task, drawn by weight (fastemb/train/tasks.py)")
+    negatives_pool: NegativePoolSpec | None = Field(None, description="refresh the hard negatives with the current "
+                                                    "model during training (fastemb/train/negative_pool.py)")
 
     @model_validator(mode="after")
     def _distill_needs_candidates(self) -> "TrainJob":
         d = self.distill
-        if d is None:
+        if d is None or self.tasks:
             return self
-        if d.margin_mse and self.loss.hard_negatives < 1:
-            raise ValueError("distill.margin_mse: needs hard negatives (loss.hard_negatives >= 1)")
-        if d.kl and self.loss.hard_negatives < 1 and not d.kl.in_batch:
-            raise ValueError("distill.kl: needs candidates besides the positive: loss.hard_negatives >= 1 or "
-                             "distill.kl.in_batch: true")
+        _check_distill_candidates(d, self.loss.hard_negatives, "loss.hard_negatives")
         return self
+
+    @model_validator(mode="after")
+    def _raw_text(self) -> "TrainJob":
+        if self.data.format != "raw":
+            return self
+        for field, given in (("tasks", self.tasks), ("distill", self.distill),
+                             ("loss.hard_negatives", self.loss.hard_negatives)):
+            if given:
+                raise ValueError(f"{field}: not with data.format: raw (each text is its own positive; "
+                                 "for a raw-text task in a multi-task run use tasks.N.kind: simcse)")
+        return self
+
+    @model_validator(mode="after")
+    def _tasks_and_pool(self) -> "TrainJob":
+        _check_tasks(self)
+        _check_negatives_pool(self)
+        return self
+
+
+def _check_tasks(job: "TrainJob") -> None:
+    """Multi-task rules: distinct names, data given per task, distill marked on the tasks it applies to."""
+    if not job.tasks:
+        return
+    given = [f for f in ("train", "max_pairs") if getattr(job.data, f) != DataSpec.model_fields[f].default]
+    if given:  # compared with the defaults: a spec re-validated from its dump has every field "set"
+        raise ValueError(f"data.{given[0]}: with tasks, each task names its data (tasks.N.data, "
+                         "tasks.N.max_pairs); remove it from data")
+    if job.continual is not None:
+        raise ValueError("continual: not supported with tasks (its data fingerprint is of data.train)")
+    seen: set[str] = set()
+    for i, task in enumerate(job.tasks):
+        if task.name in seen:
+            raise ValueError(f"tasks.{i}.name: duplicate task name {task.name!r}")
+        seen.add(task.name)
+        k = task.effective_loss(job.loss).hard_negatives
+        if task.kind == "simcse" and k:
+            raise ValueError(f"tasks.{i}.loss.hard_negatives: a simcse task has no negatives (got {k})")
+        if task.distill:
+            if job.distill is None:
+                raise ValueError(f"tasks.{i}.distill: needs the job's distill section")
+            if task.kind == "simcse":
+                raise ValueError(f"tasks.{i}.distill: not for a simcse task (no teacher scores for it)")
+            _check_distill_candidates(job.distill, k, f"tasks.{i}.loss.hard_negatives")
+    if job.distill is not None and not any(t.distill for t in job.tasks):
+        raise ValueError("distill: with tasks, mark the tasks it applies to (tasks.N.distill: true)")
+
+
+def _check_negatives_pool(job: "TrainJob") -> None:
+    """The pool refreshes hard negatives, so some task must use them, and no stored teacher score may go stale."""
+    if job.negatives_pool is None:
+        return
+    tasks = [(f"tasks.{i}", t.effective_loss(job.loss).hard_negatives * t.refresh_negatives, t.distill)
+             for i, t in enumerate(job.tasks)] if job.tasks else [("loss", job.loss.hard_negatives, True)]
+    if not any(k for _, k, _ in tasks):
+        raise ValueError("negatives_pool: needs hard negatives to refresh (loss.hard_negatives >= 1, or on a task "
+                         "with refresh_negatives: true)")
+    d = job.distill
+    stale = [name for name, k, distilled in tasks if k and distilled and d is not None and (d.kl or d.margin_mse)]
+    if stale:
+        raise ValueError(f"negatives_pool: distill.kl / distill.margin_mse use teacher scores stored once for the "
+                         f"pairs' own negatives; refreshed negatives would not match them ({stale[0]})")
+
+
+def _check_distill_candidates(d: DistillSpec, k: int, k_field: str) -> None:
+    """The distillation terms need candidates besides the positive."""
+    if d.margin_mse and k < 1:
+        raise ValueError(f"distill.margin_mse: needs hard negatives ({k_field} >= 1)")
+    if d.kl and k < 1 and not d.kl.in_batch:
+        raise ValueError(f"distill.kl: needs candidates besides the positive: {k_field} >= 1 or "
+                         "distill.kl.in_batch: true")
 
 
 class EvalJob(_Section):
@@ -363,6 +559,9 @@ class TuneJob(TrainJob):
         if self.distill is not None:
             raise ValueError("distill: not supported by fastemb tune (teacher outputs are computed by fastemb train); "
                              "tune a contrastive job, then distil from its winner")
+        for field in ("tasks", "negatives_pool"):
+            if getattr(self, field) is not None:
+                raise ValueError(f"{field}: not supported by fastemb tune; tune a single-task job without it")
         return self
 
     @model_validator(mode="after")

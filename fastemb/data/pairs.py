@@ -90,10 +90,12 @@ def resolve_pairs_path(train: str) -> Path:
 
 
 def load_pairs(train: str, max_pairs: int | None = None, hard_negatives: int = 0,
-               seed: int = 42) -> tuple[list[dict], RowReport]:
+               seed: int = 42, require_negatives: bool = True) -> tuple[list[dict], RowReport]:
     """Read and validate pairs. Returns rows ``{query, positive[, negatives]}`` and the row report.
 
-    With ``hard_negatives=k`` only rows with at least k valid negatives are kept (each truncated to k)."""
+    With ``hard_negatives=k`` only rows with at least k valid negatives are kept (each truncated to k);
+    with ``require_negatives=False`` rows short of k are kept too, with the valid negatives they have (a
+    dynamic negative pool mines theirs)."""
     path = resolve_pairs_path(train)
     report = RowReport()
     kept: list[dict] = []
@@ -118,7 +120,7 @@ def load_pairs(train: str, max_pairs: int | None = None, hard_negatives: int = 0
                 negs = row.get("negatives") or []
                 good = [n for n in negs if bad_text_reason(n) is None]
                 report.negatives_removed += len(negs) - len(good)
-                if len(good) < hard_negatives:
+                if len(good) < hard_negatives and require_negatives:
                     report.skipped[f"fewer than {hard_negatives} negatives"] += 1
                     continue
                 out["negatives"] = good[:hard_negatives]

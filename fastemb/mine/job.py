@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 
 from fastemb.data.pairs import WORDNET_DIR, DataError, load_pairs
 from fastemb.data.text import text_hash, text_hashes
-from fastemb.mine.search import chunked_topk, exact_index, normalize_rows
-from fastemb.mine.select import NegativeRules, select_negatives
+from fastemb.mine.search import exact_index, normalize_rows
+from fastemb.mine.select import NegativeRules, select_for_queries
 from fastemb.mine.spec import MineJob
 
 
@@ -82,13 +82,10 @@ def mine(pairs: list[dict], corpus: list[str], vectors: dict[str, np.ndarray], r
     rng = random.Random(seed)
     skipped: Counter = Counter()
     chosen: dict[str, list[tuple[str, float]]] = {}
-    for start, scores, rows in chunked_topk(index, qv, top_k, query_chunk):
-        for j in range(rows.shape[0]):
-            q = queries[start + j]
-            hashes = np.where(rows[j] >= 0, corpus_hashes[np.maximum(rows[j], 0)], 0)
-            picked = select_negatives(rows[j], scores[j], hashes, pos_of_query[q], text_hash(q), min_pos[q],
-                                      rules, skipped, rng)
-            chosen[q] = [(corpus[rows[j][r]], float(scores[j][r])) for r in picked]
+    for i, rows, scores, picked in select_for_queries(
+            index, qv, corpus_hashes, [pos_of_query[q] for q in queries], [text_hash(q) for q in queries],
+            [min_pos[q] for q in queries], rules, top_k, query_chunk, skipped, rng):
+        chosen[queries[i]] = [(corpus[rows[r]], float(scores[r])) for r in picked]
 
     out, short, neg_scores, pos_scores = [], 0, [], []
     for p in pairs:
@@ -148,8 +145,7 @@ def run_mine(spec: MineJob, log=print) -> dict:
         f"in {embed_s:.1f}s")
 
     m = spec.mining
-    rules = NegativeRules(m.num_negatives, m.range_min, m.range_max, m.relative_margin, m.absolute_margin,
-                          m.sampling)
+    rules = m.rules(m.num_negatives)
     t0 = time.time()
     rows, stats = mine(pairs, corpus, {"queries": qv, "positives": pv, "corpus": cv}, rules, m.top_k,
                        m.query_chunk, m.seed)

@@ -21,9 +21,12 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Literal
+from typing import Iterator, Literal
 
+import faiss
 import numpy as np
+
+from fastemb.mine.search import chunked_topk
 
 
 @dataclass(frozen=True)
@@ -93,3 +96,19 @@ def select_negatives(cand_ids: np.ndarray, cand_scores: np.ndarray, cand_hashes:
         chosen = sorted(rng.sample(eligible, rules.num_negatives))
     skipped["not sampled"] += len(eligible) - len(chosen)
     return chosen
+
+
+def select_for_queries(index: faiss.Index, query_vectors: np.ndarray, corpus_hashes: np.ndarray,
+                       positive_hashes: list[set[int]], query_hashes: list[int], positive_scores: list[float],
+                       rules: NegativeRules, top_k: int, query_chunk: int, skipped: Counter, rng: random.Random
+                       ) -> Iterator[tuple[int, np.ndarray, np.ndarray, list[int]]]:
+    """Search every query's top-K in ``index`` one chunk at a time and choose its negatives with
+    :func:`select_negatives`. Yields (query row, candidate corpus rows (K,), their scores (K,), chosen ranks);
+    the per-query lists are indexed by query row."""
+    for start, scores, rows in chunked_topk(index, query_vectors, top_k, query_chunk):
+        for j in range(rows.shape[0]):
+            i = start + j
+            hashes = np.where(rows[j] >= 0, corpus_hashes[np.maximum(rows[j], 0)], 0)
+            picked = select_negatives(rows[j], scores[j], hashes, positive_hashes[i], query_hashes[i],
+                                      positive_scores[i], rules, skipped, rng)
+            yield i, rows[j], scores[j], picked

@@ -3,7 +3,9 @@
 Models are saved in the sentence-transformers folder format (``modules.json``,
 ``sentence_bert_config.json``, ``1_Pooling/``, ``2_Normalize/``, tokenizer, safetensors), so
 ``sentence_transformers.SentenceTransformer(path)`` loads what fastemb writes and fastemb
-loads any sentence-transformers folder whose first module is a Transformer.
+loads any sentence-transformers folder whose first module is a Transformer. A model trained with adapters
+(``model.adapters``) is saved the same way with its adapter code beside it: sentence-transformers loads it with
+``trust_remote_code=True`` (fastemb/model/adapters.py).
 """
 from __future__ import annotations
 
@@ -18,6 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
+
+from fastemb.model.adapters import register_auto_classes
+
+register_auto_classes()  # folders with adapters (fastemb/model/adapters.py) load through AutoModel, no remote code
 
 Pooling = Literal["mean", "cls"]
 

@@ -8,12 +8,14 @@ Ray restarts the workers and the loop resumes from the last checkpoint. At the e
 consolidated model (sentence-transformers format) into the final checkpoint. ``model.keep_layers`` /
 ``model.num_layers`` make the student from a subset of the base's layers; with a ``distill`` section the loss is
 ``fastemb.train.distill.DistillObjective`` (InfoNCE plus the distillation terms) and only the student is exported.
+With ``tasks`` each micro-batch comes from one task drawn by weight (``fastemb.train.tasks``); with
+``negatives_pool`` the hard negatives are mined again with the current model every N steps
+(``fastemb.train.negative_pool``; the pool's table is part of the checkpoint).
 """
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -29,6 +31,7 @@ def _build_engine(spec, total_steps: int):
     from fastemb.model.encoder import Encoder
     from fastemb.model.layers import keep_layers, student_layers
     from fastemb.train.deepspeed_config import deepspeed_config, preload_cpu_comm_op
+    from fastemb.train.param_groups import param_groups
     from fastemb.train.schedule import warmup_decay
 
     m, t = spec.model, spec.train
@@ -37,15 +40,16 @@ def _build_engine(spec, total_steps: int):
     layers = student_layers(encoder.transformer, m.keep_layers, m.num_layers)
     if layers is not None:
         keep_layers(encoder.transformer, layers)
+    if m.new_tokens or m.adapters:  # domain tokens, adapters with the base frozen (fastemb/model/domain.py)
+        from fastemb.model.domain import adapt_encoder
+
+        adapt_encoder(encoder, m)
     model = encoder
     if spec.distill:  # the student plus the distillation losses' projections: one optimizer, one checkpoint
         from fastemb.train.distill import build_distill_model
 
         model = build_distill_model(spec, encoder)
-    decay = [p for n, p in model.named_parameters() if not any(k in n for k in ("bias", "LayerNorm"))]
-    no_decay = [p for n, p in model.named_parameters() if any(k in n for k in ("bias", "LayerNorm"))]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=t.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr)  # trainable parameters only
     scheduler = warmup_decay(optimizer, total_steps, t.warmup_ratio, t.schedule)
     preload_cpu_comm_op()
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
@@ -82,10 +86,11 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import torch
 
-    from fastemb.losses import InfoNCELoss
     from fastemb.spec import TrainJob
-    from fastemb.train.batching import batch_hashes, iter_micro_batches
+    from fastemb.train.batching import batch_hashes
+    from fastemb.train.negative_pool import describe_refresh, load_pools
     from fastemb.train.progress import ProgressLine
+    from fastemb.train.tasks import job_tasks, micro_batches_done, task_objective, task_schedule, task_stream
 
     spec = TrainJob.model_validate(config["spec"])
     t = spec.train
@@ -93,7 +98,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(t.seed)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    total_steps, micro_per_epoch = config["total_steps"], config["micro_steps_per_epoch"]
+    total_steps = config["total_steps"]
     eval_steps = set(config["eval_steps"])
 
     checkpoint = ray.train.get_checkpoint()
@@ -101,74 +106,90 @@ def train_loop_per_worker(config: dict) -> None:
         return  # the run had already finished: nothing to train, its export was reported again
 
     engine = _build_engine(spec, total_steps)
-    loss_fn = InfoNCELoss(spec.loss.temperature, spec.loss.similarity, spec.loss.gather_across_workers,
-                          spec.loss.mask_false_negatives)
-    k = spec.loss.hard_negatives
-    objective = None
+    teacher = None
     if spec.distill:
-        from fastemb.train.distill import DistillObjective, load_online_teacher
+        from fastemb.train.distill import load_online_teacher
 
-        objective = DistillObjective(spec, engine.module, loss_fn, load_online_teacher(spec))
-    term_sums: dict[str, float] = {}  # distillation terms summed over the steps since the last progress line
+        teacher = load_online_teacher(spec)
+    tasks = job_tasks(spec)  # one task (``train``) unless the job has a tasks section
+    objectives = [task_objective(spec, task, engine.module, teacher) for task in tasks]
+    schedule = task_schedule([task.weight for task in tasks], total_steps * t.grad_accum, t.seed)
+    term_sums: dict[str, float] = {}  # loss terms summed over the steps since the last progress line
     term_steps = 0
+    task_losses: dict[str, list[float]] = {}  # per task: losses of its micro-batches since the last progress line
 
-    step, micro, history, dev = 0, 0, [], {}
+    step, micro, history, dev, pool_state = 0, 0, [], {}, None
     if checkpoint:
         with checkpoint.as_directory() as d:
             _, state = engine.load_checkpoint(d, tag=CHECKPOINT_TAG)
         step, micro, history = state["step"], state["micro"], state["history"]
+        pool_state = state.get("negative_pools")
         history.append({"step": step, "event": "resumed", "attempt_rank": rank})
         if rank == 0:
             print(f"[fastemb train] resumed from checkpoint at step {step}", flush=True)
+    adaptation = getattr(_student(engine), "adaptation", None)  # model.new_tokens / model.adapters report
+    if adaptation and not checkpoint and rank == 0:
+        from fastemb.model.domain import describe_adaptation
 
-    shard = ray.train.get_dataset_shard("train")
+        history.append({"step": 0, "event": "domain", **adaptation})
+        print(f"[fastemb train] {describe_adaptation(adaptation)}", flush=True)
+
+    pools = load_pools(spec, tasks, pool_state)  # task key → NegativePool, for tasks whose negatives it refreshes
+
+    def refresh(pool_list) -> None:
+        for pool in pool_list:
+            stats = pool.refresh(_student(engine), step)
+            if rank == 0:
+                history.append({**stats, "time": time.time()})
+                print(f"[fastemb train] {describe_refresh(stats)}", flush=True)
+        engine.train()
+
+    refresh([pool for pool in pools.values() if pool.needs_mining])  # pairs without negatives: mine before step 1
+    done = micro_batches_done(schedule, micro, len(tasks))
+    streams = [task_stream(ray.train.get_dataset_shard(task.key), t, config["micro_steps_per_task_epoch"][task.key],
+                           done[i], i) for i, task in enumerate(tasks)]
     progress = ProgressLine(total_steps, t.micro_batch_size * t.grad_accum * world, t.log_every, step,
                             verbose=rank == 0)
     engine.train()
-    epoch = micro // micro_per_epoch
     while step < total_steps:
-        rng = random.Random(t.seed * 1000 + epoch)
-        skip = micro - epoch * micro_per_epoch  # micro-batches of this epoch already done before a restart
-        for i, batch in enumerate(iter_micro_batches(shard, t.micro_batch_size, t.length_window, rng,
-                                                     t.group_by_length)):
-            if i < skip:
-                continue
-            if i >= micro_per_epoch or step >= total_steps:
-                break
-            ids = {name: torch.from_numpy(v) for name, v in batch_hashes(batch, k).items()}
-            if objective is not None:
-                loss, terms = objective(batch, ids)
-                for name, value in terms.items():
-                    term_sums[name] = term_sums.get(name, 0.0) + value / t.grad_accum
-            else:
-                q = engine.module.embed([r["query"] for r in batch])
-                p = engine.module.embed([r["positive"] for r in batch])
-                n = engine.module.embed([x for r in batch for x in r["negatives"]]).view(len(batch), k, -1) \
-                    if k else None
-                loss = loss_fn(q, p, n, **ids)
-            engine.backward(loss)
-            engine.step()
-            micro += 1
-            if micro % t.grad_accum:
-                continue
-            step += 1
-            term_steps += 1
-            stats = progress.update(step, loss.item())
-            if stats and rank == 0:
-                terms = {f"loss_{name}": v / term_steps for name, v in term_sums.items()}
-                history.append({**stats, **terms, "lr": engine.get_lr()[0], "time": time.time()})
-            if stats:
-                term_sums, term_steps = {}, 0
-            if step in eval_steps:
-                dev = _dev_eval(engine, spec, config.get("dev_compression")) if rank == 0 else {}
-                if rank == 0:
-                    history.append({"step": step, **dev})
-                    print(f"[fastemb train] step {step}: " + ", ".join(f"{name} {value:.4f}" for name, value in dev.items()),
-                          flush=True)
-                engine.train()
-            if step < total_steps and (step % t.checkpoint_every == 0 or step in eval_steps):
-                _save_and_report(engine, {"step": step, "micro": micro, "history": history}, rank, dev)
-        epoch += 1
+        index = int(schedule[micro])
+        task = tasks[index]
+        batch = next(streams[index])
+        if task.key in pools:
+            batch = pools[task.key].apply(batch)
+        ids = {name: torch.from_numpy(v) for name, v in batch_hashes(batch, task.loss.hard_negatives).items()}
+        loss, terms = objectives[index](batch, ids)
+        for name, value in terms.items():
+            term_sums[name] = term_sums.get(name, 0.0) + value / t.grad_accum
+        task_losses.setdefault(task.name, []).append(loss.item())
+        engine.backward(loss)
+        engine.step()
+        micro += 1
+        if micro % t.grad_accum:
+            continue
+        step += 1
+        term_steps += 1
+        by_task = {name: sum(v) / len(v) for name, v in task_losses.items()} if spec.tasks else {}
+        stats = progress.update(step, loss.item(), by_task)
+        if stats and rank == 0:
+            terms = {f"loss_{name}": v / term_steps for name, v in term_sums.items()}
+            history.append({**stats, **terms, **{f"loss_task_{n}": v for n, v in by_task.items()},
+                            "lr": engine.get_lr()[0], "time": time.time()})
+        if stats:
+            term_sums, term_steps, task_losses = {}, 0, {}
+        if pools and step % spec.negatives_pool.refresh_every == 0 and step < total_steps:
+            refresh(pools.values())
+        if step in eval_steps:
+            dev = _dev_eval(engine, spec, config.get("dev_compression")) if rank == 0 else {}
+            if rank == 0:
+                history.append({"step": step, **dev})
+                print(f"[fastemb train] step {step}: " + ", ".join(f"{name} {value:.4f}" for name, value in dev.items()),
+                      flush=True)
+            engine.train()
+        if step < total_steps and (step % t.checkpoint_every == 0 or step in eval_steps):
+            state = {"step": step, "micro": micro, "history": history,
+                     "negative_pools": {key: pool.state_dict() for key, pool in pools.items()}}
+            _save_and_report(engine, state, rank, dev)
     _final_report(engine, history, step, rank, dev)
 
 

@@ -21,8 +21,8 @@ class ProgressLine:
         self.t0, self.step0 = time.perf_counter(), start_step
         self.loss_sum, self.loss_n = 0.0, 0
 
-    def update(self, step: int, loss: float) -> dict | None:
-        """Record a step's loss; returns the printed stats on reporting steps."""
+    def update(self, step: int, loss: float, extra: dict[str, float] | None = None) -> dict | None:
+        """Record a step's loss; returns the printed stats on reporting steps (``extra``: losses by task, printed)."""
         self.loss_sum += loss
         self.loss_n += 1
         if step % self.every and step != self.total:
@@ -32,7 +32,8 @@ class ProgressLine:
         eta = (self.total - step) * self.pairs_per_step / max(rate, 1e-9)
         stats = {"step": step, "loss": self.loss_sum / self.loss_n, "pairs_per_s": rate}
         if self.verbose:
-            print(f"[fastemb train] step {step}/{self.total} | loss {stats['loss']:.4f} | "
+            tasks = " | " + ", ".join(f"{name} {value:.4f}" for name, value in extra.items()) if extra else ""
+            print(f"[fastemb train] step {step}/{self.total} | loss {stats['loss']:.4f}{tasks} | "
                   f"{rate:.1f} pairs/s | ETA {_fmt_duration(eta)}", flush=True)
         self.loss_sum, self.loss_n = 0.0, 0
         return stats

@@ -83,12 +83,14 @@ def score_pairs(pairs: list[dict], vectors: np.ndarray, row: dict[str, int], wit
     return pa.table(cols)
 
 
-def compute_teacher_outputs(spec: TrainJob, pairs: list[dict], log=print) -> tuple[list[dict], dict]:
-    """Pairs with teacher columns, from ``<run>/teacher/`` when stored for the same key, else embedded with Ray
-    Data (Ray must be initialised) and stored. Returns (rows, info: path, reused, texts, embed_s)."""
+def compute_teacher_outputs(spec: TrainJob, pairs: list[dict], log=print, subdir: str = TEACHER_DIR
+                            ) -> tuple[list[dict], dict]:
+    """Pairs with teacher columns, from ``<run>/<subdir>/`` (``teacher/``; one folder per task of a multi-task job)
+    when stored for the same key, else embedded with Ray Data (Ray must be initialised) and stored. Returns (rows,
+    info: path, reused, texts, embed_s)."""
     from fastemb.index.embed import embed_text_list
 
-    out_dir = spec.run_dir / TEACHER_DIR
+    out_dir = spec.run_dir / subdir
     path, manifest = out_dir / "pairs.parquet", out_dir / "manifest.json"
     key = _cache_key(spec, pairs)
     if manifest.exists() and path.exists():

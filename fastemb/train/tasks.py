@@ -1,0 +1,122 @@
+"""Multi-task training: a job's tasks, their data and losses, and which task each micro-batch comes from.
+
+A job without ``tasks`` is one implicit task (``train``: ``data.train`` with the job's loss). With ``tasks``, each
+micro-batch comes from ONE task, so in-batch and cross-worker negatives are of one dataset. The task of micro-step m
+is ``task_schedule(...)[m]``: drawn with probability ∝ weight from a generator seeded by ``train.seed``, the same on
+every rank (so the gathered negatives match) and a pure function of m (so a resumed run continues it). Each task
+streams its own Ray Data shard; a task whose shard runs out starts its next epoch (reshuffled by length groups).
+An epoch of a multi-task run is as many micro-steps as all tasks' pairs fill.
+
+Kinds: ``pairs`` (query, positive[, negatives]; InfoNCE with the task's loss, and the job's distill terms when the
+task has ``distill: true``) and ``simcse`` (raw text, ``fastemb.data.raw_text``: each text is its own positive, the
+two views differ by dropout; in-batch negatives). A single-task job with ``data.format: raw`` is a simcse task.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+
+from fastemb.data.pairs import RowReport, load_pairs
+from fastemb.spec import LossSpec, TrainJob, TrainSpec
+
+Objective = Callable[[list[dict], dict], tuple["torch.Tensor", dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One resolved task: where its data is, its Ray Dataset name, its weight and effective loss."""
+    name: str
+    key: str
+    kind: str
+    data: str
+    max_pairs: int | None
+    weight: float
+    loss: LossSpec
+    distill: bool
+    refresh_negatives: bool = True
+
+
+def job_tasks(spec: TrainJob) -> list[Task]:
+    """The job's tasks; a job without ``tasks`` is the single task ``train``."""
+    if not spec.tasks:
+        kind = "simcse" if spec.data.format == "raw" else "pairs"  # data.format raw: one simcse task
+        return [Task("train", "train", kind, spec.data.train, spec.data.max_pairs, 1.0, spec.loss,
+                     spec.distill is not None)]
+    return [Task(t.name, f"train_{t.name}", t.kind, t.data, t.max_pairs, t.weight, t.effective_loss(spec.loss),
+                 t.distill, t.refresh_negatives) for t in spec.tasks]
+
+
+def uses_pool(spec: TrainJob, task: Task) -> bool:
+    """Whether the job's negative pool refreshes this task's hard negatives."""
+    return spec.negatives_pool is not None and task.loss.hard_negatives > 0 and task.refresh_negatives
+
+
+def load_task_pairs(spec: TrainJob, task: Task) -> tuple[list[dict], RowReport]:
+    """A task's training rows and row report. With the negative pool, pairs short of negatives are kept (the pool
+    mines theirs) and every row carries a ``negatives`` list."""
+    seed = spec.train.seed
+    if task.kind == "simcse":
+        from fastemb.data.raw_text import load_raw_texts
+
+        return load_raw_texts(task.data, spec.data.text_column, task.max_pairs, seed)
+    pool = uses_pool(spec, task)
+    pairs, report = load_pairs(task.data, task.max_pairs, task.loss.hard_negatives, seed, require_negatives=not pool)
+    if pool:
+        pairs = [{**p, "negatives": p.get("negatives", [])} for p in pairs]
+    return pairs, report
+
+
+def task_schedule(weights: list[float], n_micro: int, seed: int) -> np.ndarray:
+    """The task index of each of ``n_micro`` micro-steps, drawn ∝ ``weights`` (seeded: identical on every rank)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if len(w) == 1:
+        return np.zeros(n_micro, dtype=np.int64)
+    return np.random.default_rng([seed, 7177]).choice(len(w), size=n_micro, p=w / w.sum())
+
+
+def task_stream(shard, t: TrainSpec, per_epoch: int, done: int, task_index: int) -> Iterator[list[dict]]:
+    """Endless micro-batches of one task's shard, skipping the ``done`` already trained on (resumption).
+
+    Epoch e of task i is shuffled by ``Random(seed·1000 + e + 100003·i)`` (the single-task order is unchanged)."""
+    from fastemb.train.batching import iter_micro_batches
+
+    epoch, skip = divmod(done, per_epoch)
+    while True:
+        rng = random.Random(t.seed * 1000 + epoch + 100_003 * task_index)
+        for i, batch in enumerate(iter_micro_batches(shard, t.micro_batch_size, t.length_window, rng,
+                                                     t.group_by_length)):
+            if i >= per_epoch:
+                break
+            if i >= skip:
+                yield batch
+        epoch, skip = epoch + 1, 0
+
+
+def micro_batches_done(schedule: np.ndarray, micro: int, n_tasks: int) -> list[int]:
+    """How many micro-batches of each task the first ``micro`` micro-steps took."""
+    return np.bincount(schedule[:micro], minlength=n_tasks).tolist()
+
+
+def task_objective(spec: TrainJob, task: Task, module, teacher) -> Objective:
+    """``(batch, text-hash ids) → (loss, unweighted terms)`` for one task: InfoNCE with the task's loss, or the
+    distillation objective (``fastemb.train.distill``) for a task with ``distill: true``."""
+    from fastemb.losses import InfoNCELoss
+
+    lo = task.loss
+    infonce = InfoNCELoss(lo.temperature, lo.similarity, lo.gather_across_workers, lo.mask_false_negatives)
+    if task.distill:
+        from fastemb.train.distill import DistillObjective
+
+        return DistillObjective(spec.model_copy(update={"loss": lo}), module, infonce, teacher)
+    student, k = getattr(module, "student", module), lo.hard_negatives
+
+    def contrastive(batch: list[dict], ids: dict):
+        q = student.embed([r["query"] for r in batch])
+        p = student.embed([r["positive"] for r in batch])
+        n = student.embed([x for r in batch for x in r["negatives"][:k]]).view(len(batch), k, -1) if k else None
+        return infonce(q, p, n, **ids), {}
+
+    return contrastive
