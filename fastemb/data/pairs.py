@@ -125,9 +125,15 @@ def load_pairs(train: str, max_pairs: int | None = None, hard_negatives: int = 0
                     continue
                 out["negatives"] = good[:hard_negatives]
             kept.append(out)
-    if max_pairs and len(kept) > max_pairs:
-        kept = random.Random(seed).sample(kept, max_pairs)
+    return sample_kept(kept, report, max_pairs, seed, f"{path}: no usable pairs")
+
+
+def sample_kept(kept: list[dict], report: RowReport, limit: int | None, seed: int,
+                empty: str) -> tuple[list[dict], RowReport]:
+    """A seeded sample of at most ``limit`` rows, counted in ``report``; no usable row is an error (``empty``)."""
+    if limit and len(kept) > limit:
+        kept = random.Random(seed).sample(kept, limit)
     report.kept = len(kept)
     if not kept:
-        raise DataError(f"{path}: no usable pairs ({report.summary()})")
+        raise DataError(f"{empty} ({report.summary()})")
     return kept, report

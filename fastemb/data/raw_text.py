@@ -14,10 +14,9 @@ are skipped and counted by reason, like bad pairs.
 """
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
-from fastemb.data.pairs import WORDNET_DIR, DataError, RowReport, _files, _read_rows
+from fastemb.data.pairs import WORDNET_DIR, DataError, RowReport, _files, _read_rows, sample_kept
 from fastemb.data.text import bad_text_reason
 
 
@@ -51,9 +50,4 @@ def load_raw_texts(train: str, text_column: str = "text", max_texts: int | None 
                 continue
             seen.add(text)
             kept.append({"query": text, "positive": text})
-    if max_texts and len(kept) > max_texts:
-        kept = random.Random(seed).sample(kept, max_texts)
-    report.kept = len(kept)
-    if not kept:
-        raise DataError(f"{path}: no usable texts in column {text_column!r} ({report.summary()})")
-    return kept, report
+    return sample_kept(kept, report, max_texts, seed, f"{path}: no usable texts in column {text_column!r}")
