@@ -127,11 +127,13 @@ def summary_table(s: dict) -> str:
              f"({tuned['ndcg@10'] - base['ndcg@10']:+.4f})", f"{s['seconds']['train']:.0f}")]
     t = s["tune"]
     w = t.get("winner")
-    rows.append(("Tune search", f"{len(t['trials'])} trials; winner dev nDCG@10 via PQ",
+    subset = t.get("dev_corpus")
+    rows.append(("Tune search", f"{len(t['trials'])} trials; winner dev nDCG@10 via PQ"
+                 + (f" (dev subset: {subset} texts)" if subset else ""),
                  f"{w['dev_ndcg@10_compressed']:.4f} ({w['compression_x']:.0f}×)" if w else "no winner",
                  f"{s['seconds']['tune']:.0f}"))
     r = s["registry"]
-    rows.append(("registry", "production (dev nDCG@10)", f"{r['production']}: "
+    rows.append(("registry", "production (dev nDCG@10, full dev set, exact)", f"{r['production']}: "
                  + ", ".join(f"{k} {v['version']} {v['dev_ndcg@10']:.4f}" for k, v in r.items()
                              if isinstance(v, dict)), f"{s['seconds']['registry']:.0f}"))
     for res in s["index"]["evaluation"]["results"]:
@@ -173,7 +175,8 @@ def run_demo(spec: DemoJob) -> dict:
     tune_spec = _under(spec.tune, run_dir, "tune").model_copy(
         update={"tune": spec.tune.tune.model_copy(update={"registry": None})})
     tuned = timed("tune", run_tune, tune_spec)
-    summary["tune"] = {"trials": tuned["trials"], "winner": tuned["winner"], "default": tuned["default"]}
+    summary["tune"] = {"trials": tuned["trials"], "winner": tuned["winner"], "default": tuned["default"],
+                       "dev_corpus": tune_spec.data.dev_corpus}
     registry = timed("registry", stage_registry, spec, run_dir, report["model_dir"], tuned["winner"])
     summary["registry"] = registry
     index_spec = _under(spec.index, run_dir, "index")
