@@ -28,7 +28,7 @@ from fastemb.spec import load_spec  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pairs", type=int, default=4000)
+    ap.add_argument("--pairs", type=int, default=6000, help="train pairs sampled for mining")
     ap.add_argument("--negatives", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "mined"))
     args = ap.parse_args()
@@ -45,7 +45,15 @@ def main() -> int:
         f"mining.num_negatives={args.negatives}", "mining.write_scores=false"], "mine")
     mined = run_mine(mine)
     mine_s = time.time() - t0
-    pairs = str(mine.run_dir / "pairs.parquet")
+    # Both runs train on exactly the same pairs: those for which mining found the full number of negatives.
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(mine.run_dir / "pairs.parquet")
+    table = table.filter(pc.greater_equal(pc.list_value_length(table["negatives"]), args.negatives))
+    pairs = str(out / "pairs_full.parquet")
+    pq.write_table(table, pairs)
+    mined["pairs_used"] = table.num_rows
     common = [f"storage_path={out}", f"data.train={pairs}", "train.epochs=1", "train.micro_batch_size=32",
               "train.num_workers=2", "train.lr=1e-4", "train.seed=42", "train.checkpoint_every=1000"]
     runs = {}
@@ -55,6 +63,8 @@ def main() -> int:
         t = time.time()
         report = run_train(spec)
         runs[name] = {"report": report, "wall_s": time.time() - t}
+    plans = {name: r["report"]["plan"]["total_steps"] for name, r in runs.items()}
+    assert len(set(plans.values())) == 1, f"the runs differ in steps: {plans}"
     body = report_md(args, mined, mine_s, runs)
     print(body)
     write_section("mining: mined hard negatives vs in-batch only", body)
@@ -66,7 +76,8 @@ def report_md(args, mined: dict, mine_s: float, runs: dict) -> str:
     a, b = runs["in-batch"]["report"], runs["mined"]["report"]
     lines = [f"WordNet train pairs: a seeded sample of {args.pairs}; negatives mined by fastemb with the base "
              f"all-MiniLM-L6-v2 in {mine_s:.0f} s: {mined['negatives_written']} negatives written, skipped candidates "
-             f"{json.dumps(mined['skipped'])}, {mined['rows_short_of_negatives']} rows short of negatives. "
+             f"{json.dumps(mined['skipped'])}; {mined['rows_short_of_negatives']} rows short of {args.negatives} negatives "
+             f"are left out of both runs, which train on the same {mined['pairs_used']} pairs. "
              f"Both runs: the same {a['plan']['total_steps']} optimizer steps (1 epoch), 2 workers x 32 pairs, lr 1e-4, "
              f"seed 42; the mined run adds {args.negatives} hard negatives per query to the in-batch ones. "
              "Test split: 2,000 queries x 20,000 definitions.", "",
