@@ -35,6 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from fastemb.ray_env import free_port  # noqa: E402
+
 
 # ------------------------------------------------------------------------------------------- plain server
 def plain_server(model_path: str, port: int, threads: int) -> None:
@@ -163,14 +165,6 @@ def wait_http(url: str, timeout_s: float = 300, proc: subprocess.Popen | None = 
             pass
         time.sleep(1)
     raise RuntimeError(f"{url} not ready after {timeout_s}s")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------- servers

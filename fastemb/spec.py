@@ -305,8 +305,7 @@ class _RunJob(_Section):
     def output_location(self) -> str:
         """Where the run's outputs end up: the run folder, or ``{uri}/{name}``."""
         if "://" in self.storage_path:
-            base, _, query = self.storage_path.partition("?")
-            return f"{base.rstrip('/')}/{self.name}"
+            return f"{self.storage_path.partition('?')[0].rstrip('/')}/{self.name}"
         return str(self.run_dir)
 
 

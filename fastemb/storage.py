@@ -62,14 +62,9 @@ def _own_entries(fs: pafs.FileSystem, root: str) -> list[pafs.FileInfo]:
 
 
 def _copy(entries: list[pafs.FileInfo], src_fs: pafs.FileSystem, dst_fs: pafs.FileSystem, dst_root: str) -> int:
-    for info in entries:
-        dst = f"{dst_root}/{info.base_name}"
-        if info.type == pafs.FileType.Directory:
-            dst_fs.create_dir(dst, recursive=True)
-            pafs.copy_files(info.path, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
-        else:
-            with src_fs.open_input_stream(info.path) as r, dst_fs.open_output_stream(dst) as w:
-                w.write(r.read())
+    for info in entries:  # a file or a whole folder
+        pafs.copy_files(info.path, f"{dst_root}/{info.base_name}", source_filesystem=src_fs,
+                        destination_filesystem=dst_fs)
     return len(entries)
 
 

@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 
 import httpx
 
+from fastemb.ray_env import free_port  # noqa: F401  (re-exported for the serve tests)
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
 
 
 def start_service(spec_dict: dict, env: dict[str, str] | None = None):

@@ -86,7 +86,7 @@ def make_trainer(spec: TrainJob, pairs: list[dict] | dict[str, list[dict]], plan
 
     from fastemb.train.loop import train_loop_per_worker
     from fastemb.train.negative_pool import pool_dataset_name
-    from fastemb.train.tasks import job_tasks, uses_pool
+    from fastemb.train.tasks import uses_pool
 
     t = spec.train
     by_task = pairs if isinstance(pairs, dict) else {"train": pairs}
