@@ -11,9 +11,10 @@ import pytest
 
 from fastemb.data.pairs import load_pairs
 from fastemb.data.text import text_hash
-from fastemb.mine.job import mine, write_pairs
+from fastemb.mine.job import mine, model_dicts, write_pairs
 from fastemb.mine.search import chunked_topk, exact_index, normalize_rows
 from fastemb.mine.select import NegativeRules, select_negatives
+from fastemb.spec import SpecError, parse_spec
 
 
 def _select(scores, hashes, pos, query, pos_score, rules, seed=0):
@@ -143,3 +144,106 @@ def test_mine_job_on_ray(ray_local, tmp_path):
     assert saved["skipped"] == report["skipped"] and saved["input"]["kept"] == 150
     loaded, _ = load_pairs(str(tmp_path / "m" / "pairs.parquet"), hard_negatives=3)
     assert len(loaded) == report["pairs"] - report["rows_short_of_negatives"]
+
+
+def _unit_vectors(cosines: dict[str, tuple[float, float]], dim: int = 12) -> dict[str, np.ndarray]:
+    """Texts → unit vectors whose cosines with the query axes e0, e1 are the given pair (one private axis each)."""
+    out = {}
+    for k, (a, b) in enumerate(cosines.items()):
+        v = np.zeros(dim, dtype=np.float32)
+        v[0], v[1], v[2 + k] = b[0], b[1], np.sqrt(1 - b[0] ** 2 - b[1] ** 2)
+        out[a] = v
+    return out
+
+
+def test_teacher_rescoring_reranks_the_miners_candidates_and_applies_the_margin_to_its_scores():
+    # (cosine with q1, cosine with q2) under the mining model and under the teacher.
+    miner = _unit_vectors({"P1": (.9, .05), "P2": (.1, .9), "A": (.8, .1), "B": (.7, .2), "C": (.6, .3),
+                           "D": (.5, .85), "E": (0., 0.)})
+    teach = _unit_vectors({"P1": (.9, 0.), "P2": (.1, .6), "A": (.5, .1), "B": (.8, .58), "C": (.88, .45),
+                           "D": (.7, .5), "E": (.95, .3)})
+    axes = np.eye(12, dtype=np.float32)
+    miner.update(q1=axes[0], q2=axes[1])
+    teach.update(q1=axes[0], q2=axes[1])
+    pairs = [{"query": "q1", "positive": "P1"}, {"query": "q2", "positive": "P2"}]
+    corpus = ["P1", "P2", "A", "B", "C", "D", "E"]
+    vectors = {"queries": np.stack([miner["q1"], miner["q2"]]), "positives": np.stack([miner["P1"], miner["P2"]]),
+               "corpus": np.stack([miner[t] for t in corpus])}
+    asked: list[str] = []
+
+    def teacher(texts):
+        asked.extend(texts)
+        return np.stack([teach[t] for t in texts])
+
+    rules = NegativeRules(num_negatives=1, relative_margin=0.05)
+    rows, stats = mine(pairs, corpus, vectors, rules, top_k=4, query_chunk=1, seed=0, teacher=teacher)
+    alone, alone_stats = mine(pairs, corpus, vectors, rules, top_k=4, query_chunk=1, seed=0)
+
+    # Reference with numpy: the miner's top 4, re-ranked by the teacher, positive and > 95 % of its score dropped.
+    for row, q, pos in zip(rows, ("q1", "q2"), ("P1", "P2")):
+        top = np.argsort(-(vectors["corpus"] @ miner[q]), kind="stable")[:4]
+        t = {corpus[j]: float(teach[corpus[j]] @ teach[q]) for j in top}
+        want = [c for c in sorted(t, key=lambda c: -t[c]) if c != pos and t[c] <= 0.95 * t[pos]][:1]
+        assert row["negatives"] == want
+        assert np.allclose(row["scores"], [t[pos]] + [t[c] for c in want], atol=1e-6)
+    assert [r["negatives"] for r in rows] == [["B"], ["D"]]         # teacher: C (q1) and B (q2) too close to P
+    assert [r["negatives"] for r in alone] == [["A"], ["D"]]        # the miner alone: its own top candidate
+    assert np.allclose(rows[0]["scores"], [.9, .8]) and np.allclose(rows[1]["scores"], [.6, .5])
+    assert stats["skipped"] == {"positive": 2, "likely false negative": 2, "not sampled": 2}
+    assert "likely false negative" not in alone_stats["skipped"]
+    # E (the teacher's favourite) was never retrieved, so never embedded by the teacher.
+    assert sorted(asked) == ["A", "B", "C", "D", "P1", "P2", "q1", "q2"]
+    r = stats["rescore"]
+    assert r["texts_embedded"] == 8 and r["candidate_corpus_rows"] == 6 and r["candidates_reranked"] == 8
+    assert r["negatives_changed"] == 1 and np.isclose(r["positive_score_mean"], .75)
+    assert np.isclose(r["negative_score_mean"], .65) and np.isclose(r["miner_positive_score_mean"], .9)
+    assert "rescore" not in alone_stats
+
+
+@pytest.mark.parametrize("mining, field, words", [
+    ({"rescore_pooling": "cls"}, "mining.rescore_pooling", "is set but mining.rescore_with is not"),
+    ({"rescore_with": "x", "rescore_max_length": 0}, "mining.rescore_max_length", "greater than 0"),
+    ({"rescore_with": "x", "rescore_pooling": "max"}, "mining.rescore_pooling", "'mean' or 'cls'"),
+])
+def test_rescore_spec_errors_name_the_field(mining, field, words):
+    with pytest.raises(SpecError) as err:
+        parse_spec({"job": "mine", "mining": mining})
+    assert field in str(err.value) and words in str(err.value)
+
+
+def test_missing_rescore_teacher_fails_before_embedding(tmp_path):
+    spec = parse_spec({"job": "mine", "storage_path": str(tmp_path),
+                       "mining": {"rescore_with": str(tmp_path / "no-such-teacher")}})
+    with pytest.raises(SpecError, match="mining.rescore_with: model .*no-such-teacher"):
+        model_dicts(spec)
+
+
+def test_mine_job_rescored_by_a_teacher_on_ray(ray_local, tmp_path, minilm_path):
+    from fastemb.mine.job import run_mine
+    from fastemb.model.encoder import Encoder
+
+    # The teacher: the same weights with CLS pooling, so its ranking differs from the (mean-pooling) miner's.
+    spec = parse_spec({"job": "mine", "name": "r", "storage_path": str(tmp_path),
+                       "data": {"train": "wordnet", "max_pairs": 64},
+                       "mining": {"top_k": 10, "num_negatives": 3, "query_chunk": 16, "rescore_with": minilm_path,
+                                  "rescore_pooling": "cls"},
+                       "embed": {"num_actors": 1, "batch_rows": 64}})
+    lines: list[str] = []
+    report = run_mine(spec, log=lines.append)
+    rows = pq.read_table(tmp_path / "r" / "pairs.parquet").to_pylist()
+    assert len(rows) == 64 and any("rescored with" in line for line in lines)
+    enc = Encoder.load(minilm_path, pooling="cls", max_length=64)
+    texts = list(dict.fromkeys(t for r in rows for t in (r["query"], r["positive"], *r["negatives"])))
+    vec = dict(zip(texts, normalize_rows(enc.encode(texts))))
+    for r in rows:
+        want = [float(vec[r["query"]] @ vec[t]) for t in (r["positive"], *r["negatives"])]
+        assert np.allclose(r["scores"], want, atol=1e-4)
+        assert all(s <= 0.95 * r["scores"][0] + 1e-5 for s in r["scores"][1:])
+        assert r["scores"][1:] == sorted(r["scores"][1:], reverse=True)      # sampling top: the teacher's order
+    res = report["rescore"]
+    assert res["teacher"] == minilm_path and res["candidates_reranked"] == report["candidates_retrieved"]
+    assert res["texts_embedded"] <= report["distinct_queries"] + report["corpus"] and res["negatives_changed"] > 0
+    assert np.isclose(res["negative_score_mean"], np.mean([s for r in rows for s in r["scores"][1:]]), atol=1e-5)
+    assert sum(report["skipped"].values()) + report["negatives_written"] == report["candidates_retrieved"]
+    saved = json.loads((tmp_path / "r" / "mine_report.json").read_text())
+    assert saved["rescore"] == res and "rescore_embed" in saved["timing_s"]

@@ -90,7 +90,7 @@ def test_tokenizer_hook_normalises_every_call_and_saves_the_dictionary(tmp_path)
     assert attach_synonyms(base, None) is base and attach_synonyms(base, tmp_path / "plain_model") is base
 
 
-def test_encoder_applies_the_dictionary_in_train_encode_and_index_paths_and_keeps_it_on_save(tmp_path):
+def test_encoder_applies_the_dictionary_in_train_encode_index_and_serve_paths_and_keeps_it_on_save(tmp_path):
     import pyarrow as pa
 
     from fastemb.index.embed import EmbedActor
@@ -113,3 +113,12 @@ def test_encoder_applies_the_dictionary_in_train_encode_and_index_paths_and_keep
     out = actor(pa.table({"id": ["a"], "text": ["flights to NYC"]}))
     vec = torch.tensor(out.column("vector").to_pylist()[0])
     assert torch.allclose(vec, torch.from_numpy(target[0]), atol=1e-4)
+    from fastemb.serve.embedder import Embedder                                 # the serving path
+    from fastemb.serve.spec import ArmSpec
+    from fastemb.serve.versions import load
+
+    served = load(ArmSpec(model=str(tmp_path / "model"), max_length=32), "v1", str(tmp_path / "model"))
+    ids, _ = Embedder._tokenize(served, ["flights to NYC"], True)
+    assert ids == [plain.tokenizer("flights to new york city")["input_ids"]]
+    assert torch.allclose(torch.from_numpy(served.encoder.encode(["flights to NYC"])), torch.from_numpy(target),
+                          atol=1e-5)

@@ -31,3 +31,11 @@ def chunked_topk(index: faiss.Index, queries: np.ndarray, k: int,
     for start in range(0, len(queries), chunk):
         scores, rows = index.search(np.ascontiguousarray(queries[start:start + chunk], dtype=np.float32), k)
         yield start, scores, rows
+
+
+def candidate_mask(index: faiss.Index, queries: np.ndarray, k: int, chunk: int = 4096) -> np.ndarray:
+    """Boolean mask (ntotal,) of the corpus rows that are in some query's top-k, searched chunk by chunk."""
+    mask = np.zeros(index.ntotal, dtype=bool)
+    for _, _, rows in chunked_topk(index, queries, k, chunk):
+        mask[rows[rows >= 0]] = True
+    return mask

@@ -13,6 +13,11 @@ Rules, applied in this order to the top-K list (rank 0 = most similar):
 6. the rest are eligible; ``num_negatives`` of them are taken, the highest ranked (``top``) or uniformly at
    random (``random``); eligible candidates left over are counted as ``not sampled``.
 
+With a rescoring teacher (``select_for_queries(..., rescore=...)``) the mining model only retrieves: each query's
+top-K candidates are re-ranked by the teacher's scores (descending; ties keep the retrieval order) before the rules
+run, so ranks, the rank window and the margins all refer to the teacher's ranking and scores, and the positive's
+score passed in must be the teacher's too.
+
 Reference: Moreira et al., "NV-Retriever: Improving text embedding models with effective hard-negative
 mining" (2024); sentence-transformers' ``mine_hard_negatives``; FlagEmbedding's ``hn_mine.py`` (rank window).
 """
@@ -21,12 +26,15 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import faiss
 import numpy as np
 
 from fastemb.mine.search import chunked_topk
+
+Rescore = Callable[[int, np.ndarray], np.ndarray]
+"""(query row, its retrieved corpus rows (≤ K, no −1)) → the teacher's scores of those rows, same order."""
 
 
 @dataclass(frozen=True)
@@ -98,17 +106,29 @@ def select_negatives(cand_ids: np.ndarray, cand_scores: np.ndarray, cand_hashes:
     return chosen
 
 
+def rerank(rows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates ``rows`` ordered by their new ``scores``, descending (ties keep their order), with those scores."""
+    scores = np.asarray(scores, dtype=np.float32)
+    order = np.argsort(-scores, kind="stable")
+    return rows[order], scores[order]
+
+
 def select_for_queries(index: faiss.Index, query_vectors: np.ndarray, corpus_hashes: np.ndarray,
                        positive_hashes: list[set[int]], query_hashes: list[int], positive_scores: list[float],
-                       rules: NegativeRules, top_k: int, query_chunk: int, skipped: Counter, rng: random.Random
-                       ) -> Iterator[tuple[int, np.ndarray, np.ndarray, list[int]]]:
+                       rules: NegativeRules, top_k: int, query_chunk: int, skipped: Counter, rng: random.Random,
+                       rescore: Rescore | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray, list[int]]]:
     """Search every query's top-K in ``index`` one chunk at a time and choose its negatives with
     :func:`select_negatives`. Yields (query row, candidate corpus rows (K,), their scores (K,), chosen ranks);
-    the per-query lists are indexed by query row."""
+    the per-query lists are indexed by query row. With ``rescore`` the candidates are first re-ranked by its scores
+    (:func:`rerank`), which are the ones yielded; ``positive_scores`` must then be on the teacher's scale."""
     for start, scores, rows in chunked_topk(index, query_vectors, top_k, query_chunk):
         for j in range(rows.shape[0]):
             i = start + j
-            hashes = np.where(rows[j] >= 0, corpus_hashes[np.maximum(rows[j], 0)], 0)
-            picked = select_negatives(rows[j], scores[j], hashes, positive_hashes[i], query_hashes[i],
+            cand, cand_scores = rows[j], scores[j]
+            if rescore is not None:
+                cand = cand[cand >= 0]
+                cand, cand_scores = rerank(cand, rescore(i, cand))
+            hashes = np.where(cand >= 0, corpus_hashes[np.maximum(cand, 0)], 0)
+            picked = select_negatives(cand, cand_scores, hashes, positive_hashes[i], query_hashes[i],
                                       positive_scores[i], rules, skipped, rng)
-            yield i, rows[j], scores[j], picked
+            yield i, cand, cand_scores, picked

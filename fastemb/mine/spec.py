@@ -1,9 +1,10 @@
-"""The ``mine`` job spec (``job: mine``): which model mines, from which pairs and corpus, and the negative rules."""
+"""The ``mine`` job spec (``job: mine``): which model mines, from which pairs and corpus, the negative rules, and an
+optional teacher that re-ranks the candidates (``mining.rescore_with``)."""
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fastemb.spec import EmbedSpec, ModelSpec, NegativeRulesSpec, _RunJob, _Section
 
@@ -11,8 +12,20 @@ from fastemb.spec import EmbedSpec, ModelSpec, NegativeRulesSpec, _RunJob, _Sect
 class MiningSpec(NegativeRulesSpec):
     """Retrieval depth, rank window, false-negative margin and sampling (fastemb/mine/select.py)."""
     num_negatives: int = Field(7, gt=0, le=256, description="negatives written per pair")
-    write_scores: bool = Field(True, description="write the mining model's scores [s(q,pos), s(q,neg_1), ...] "
-                                                 "(teacher scores when the model is a teacher)")
+    write_scores: bool = Field(True, description="write the scores [s(q,pos), s(q,neg_1), ...] of the model that "
+                                                 "ranked the candidates (the rescoring teacher's when set)")
+    rescore_with: str | None = Field(None, min_length=1, description="teacher alias (all-mpnet-base-v2) or local "
+                                     "sentence-transformers / HF folder: re-ranks each query's top-K by its cosine "
+                                     "score; the rank window and margins then use the teacher's ranking and scores")
+    rescore_pooling: Literal["mean", "cls"] | None = Field(None, description="default: the teacher's own")
+    rescore_max_length: int | None = Field(None, gt=0, le=8192, description="default: model.max_length")
+
+    @model_validator(mode="after")
+    def _rescore_options(self) -> "MiningSpec":
+        for name in ("rescore_pooling", "rescore_max_length"):
+            if getattr(self, name) is not None and self.rescore_with is None:
+                raise ValueError(f"mining.{name} is set but mining.rescore_with is not; name the teacher there")
+        return self
 
 
 class MinePairsSpec(_Section):
