@@ -55,7 +55,7 @@ def cmd_index(args) -> int:
     from fastemb.index.job import run_index
 
     manifest = run_index(_spec(args, "index"))
-    print(json.dumps({"index_dir": manifest["config"]["storage_path"] + "/" + manifest["config"]["name"],
+    print(json.dumps({"index_dir": manifest["location"],
                       "counts": manifest["counts"], "build_s": manifest["build_s"],
                       "memory": manifest["memory"]}, indent=2))
     return 0

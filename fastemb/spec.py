@@ -273,11 +273,14 @@ class RayRunSpec(_Section):
     num_cpus: int | None = Field(None, gt=0, description="CPUs for the embedded local Ray (default: all)")
 
 
+URI_STORAGE_JOBS = ("train", "index")  # jobs that stage their run folder for an object-store storage_path
+
+
 class _RunJob(_Section):
     """A job that writes to ``{storage_path}/{name}/`` and runs on Ray."""
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
-    storage_path: str = Field("runs", description="output root: a local/shared path, or for train jobs an "
-                              "object-store URI (s3://, gs://, ...; see fastemb/storage.py)")
+    storage_path: str = Field("runs", description="output root: a local/shared path, or for train and index jobs "
+                              "an object-store URI (s3://, gs://, ...; see fastemb/storage.py)")
     ray: RayRunSpec = RayRunSpec()
 
     @field_validator("storage_path")
@@ -287,9 +290,11 @@ class _RunJob(_Section):
 
     @model_validator(mode="after")
     def _uri_storage(self) -> "_RunJob":
-        if "://" in self.storage_path and getattr(self, "job", None) != "train":
-            raise ValueError(f"storage_path: an object-store URI is supported by train jobs; a {self.job} job needs "
-                             "a local or shared filesystem path (mounted at the same path on every node)")
+        job = getattr(self, "job", None)
+        if "://" in self.storage_path and job not in URI_STORAGE_JOBS:
+            raise ValueError(f"storage_path: an object-store URI is supported by {', '.join(URI_STORAGE_JOBS)} jobs; "
+                             f"a {job} job needs a local or shared filesystem path (mounted at the same path on "
+                             "every node)")
         return self
 
     @property
@@ -507,7 +512,8 @@ class IndexJob(_RunJob):
 class SearchJob(_Section):
     """``fastemb search``: top-k documents of query texts in a built index."""
     job: Literal["search"] = "search"
-    index_dir: str = Field(..., description="folder written by `fastemb index` (holds manifest.json)")
+    index_dir: str = Field(..., description="folder written by `fastemb index` (holds manifest.json), or its "
+                           "object-store URI (the manifest's `location`; fetched into a local cache)")
     queries: list[str] = Field(..., min_length=1)
     k: int = Field(10, gt=0, le=10_000)
     nprobe: int | None = Field(None, gt=0)

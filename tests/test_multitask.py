@@ -106,9 +106,11 @@ def test_each_rank_streams_single_task_batches_in_step(ray_local):
     assert [[row["query"] for row in next(resumed)] for _ in range(10)] == full[5:15]
 
 
-def test_two_task_run_with_a_refreshed_negative_pool(ray_local, tmp_path, tiny_eval):
+def test_three_task_run_with_a_refreshed_negative_pool_and_a_distillation_task(ray_local, tmp_path, tiny_eval,
+                                                                              minilm_path):
     """2 Ray Train workers, ZeRO-2: WordNet pairs without negatives (the pool mines them before step 1 and again
-    every 4 steps) mixed with a SimCSE task on WordNet definitions."""
+    every 4 steps), a SimCSE task on WordNet definitions and a distillation task (KL from a teacher, whose outputs
+    are computed once for that task's pairs only)."""
     from fastemb.train.driver import run_train
 
     spec = parse_spec({
@@ -116,7 +118,9 @@ def test_two_task_run_with_a_refreshed_negative_pool(ray_local, tmp_path, tiny_e
         "data": {"eval": tiny_eval},
         "tasks": [{"name": "pairs", "data": "wordnet", "max_pairs": 256, "weight": 2, "loss": {"hard_negatives": 1}},
                   {"name": "defs", "kind": "simcse", "data": "wordnet", "max_pairs": 128, "weight": 1,
-                   "loss": {"temperature": 0.1}}],
+                   "loss": {"temperature": 0.1}},
+                  {"name": "teach", "data": "wordnet", "max_pairs": 96, "weight": 1, "distill": True}],
+        "distill": {"teacher": minilm_path, "kl": {"in_batch": True}, "embed": {"num_actors": 1, "batch_rows": 64}},
         "negatives_pool": {"refresh_every": 4, "pool_size": 200, "top_k": 20, "query_chunk": 64},
         "train": {"num_workers": 2, "micro_batch_size": 16, "max_steps": 10, "log_every": 1, "eval_every": 1000,
                   "checkpoint_every": 1000, "lr": 1e-4},
@@ -131,6 +135,9 @@ def test_two_task_run_with_a_refreshed_negative_pool(ray_local, tmp_path, tiny_e
     steps = [h for h in history if "loss" in h]
     assert len(steps) == report["plan"]["total_steps"] == 10
     tasks_logged = {k for h in steps for k in h if k.startswith("loss_task_")}
-    assert tasks_logged == {"loss_task_pairs", "loss_task_defs"}
-    assert set(report["pairs"]) == {"pairs", "defs"} and report["pairs"]["defs"]["kept"] == 128
+    assert tasks_logged == {"loss_task_pairs", "loss_task_defs", "loss_task_teach"}
+    assert any("loss_kl" in h for h in steps)                       # the distillation term ran on the teach batches
+    assert set(report["pairs"]) == {"pairs", "defs", "teach"} and report["pairs"]["defs"]["kept"] == 128
+    teacher = report["teacher_outputs"]
+    assert set(teacher) == {"teach"} and teacher["teach"]["texts"] <= 2 * 96 and Path(teacher["teach"]["path"]).exists()
     assert Path(report["model_dir"], "config.json").exists()

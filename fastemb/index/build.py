@@ -3,7 +3,8 @@
 The driver only passes file names, row ranges and the trained (empty) index; vectors are read by the tasks
 from the embedding shards. Shard indexes are written next to the output and merged by one task with
 ``merge_from`` in shard order, so faiss ids are the row numbers of ``ids.parquet``. HNSW, whose graph cannot
-be merged, is built by one task streaming the shards.
+be merged, is built by one task streaming the shards. With ``on_this_node`` (shards and output in the driver's
+local staging folder) every task runs on the driver's node.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import faiss
 import numpy as np
 import ray
 
-from fastemb.index.embed import peak_rss_mb
+from fastemb.index.embed import peak_rss_mb, this_node
 from fastemb.index.factory import is_mergeable
 from fastemb.index.shards import read_kept, sample_vectors, vectors_of
 
@@ -111,22 +112,26 @@ def merge_task(paths: list[str], out_path: str):
     return {"ntotal": int(index.ntotal), "merge_s": round(time.time() - t0, 2), "peak_rss_mb": peak_rss_mb()}
 
 
-def largest_node_cpus() -> int:
-    """CPUs of the biggest live node (a task asking for more than one node has would never be scheduled)."""
-    return max([1] + [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")])
+def largest_node_cpus(only_this_node: bool = False) -> int:
+    """CPUs of the biggest live node, or of the driver's (a task asking for more than one node has would never be
+    scheduled)."""
+    here = ray.get_runtime_context().get_node_id() if only_this_node else None
+    return max([1] + [int(n["Resources"].get("CPU", 0)) for n in ray.nodes()
+                      if n.get("Alive") and here in (None, n["NodeID"])])
 
 
 def build_index(files: list[str], counts: list[int], drop: dict, out_dir: str | Path, kind: str, factory: str, *,
                 train_size: int = 100_000, compress: dict | None = None, add_tasks: int | None = None,
-                seed: int = 0, log=print) -> dict:
+                seed: int = 0, on_this_node: bool = False, log=print) -> dict:
     """Train, add in parallel and merge; writes ``out_dir/index.faiss`` (+ ``compressor/``). Returns timings."""
     out_dir = Path(out_dir)
     (out_dir / "parts").mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out_dir / "compressor", ignore_errors=True)  # a rebuild never keeps a stale compressor
     compressor_dir = str(out_dir / "compressor") if compress else None
     t0 = time.time()
-    threads = largest_node_cpus()  # quantizer training is one multi-threaded task: it fits on one node
-    trained_ref, info_ref = train_task.options(num_returns=2, num_cpus=threads).remote(
+    place = this_node() if on_this_node else {}
+    threads = largest_node_cpus(on_this_node)  # quantizer training is one multi-threaded task: it fits on one node
+    trained_ref, info_ref = train_task.options(num_returns=2, num_cpus=threads, **place).remote(
         files, counts, drop, factory, train_size, compress, compressor_dir, seed, threads)
     info = ray.get(info_ref)
     t_train = time.time() - t0
@@ -138,11 +143,12 @@ def build_index(files: list[str], counts: list[int], drop: dict, out_dir: str | 
     final = str(out_dir / "index.faiss")
     if len(pieces) == 1:
         paths = [final]
-    adds = ray.get([add_task.remote(trained_ref, p, drop, compressor_dir, path) for p, path in zip(pieces, paths)])
+    adds = ray.get([add_task.options(**place).remote(trained_ref, p, drop, compressor_dir, path)
+                    for p, path in zip(pieces, paths)])
     t_add = time.time() - t0 - t_train
     log(f"[index] trained in {t_train:.1f}s, added {sum(a['added'] for a in adds)} vectors in {len(pieces)} "
         f"task(s) in {t_add:.1f}s")
-    merged = ray.get(merge_task.remote(paths, final)) if len(paths) > 1 else {
+    merged = ray.get(merge_task.options(**place).remote(paths, final)) if len(paths) > 1 else {
         "ntotal": adds[0]["added"], "merge_s": 0.0, "peak_rss_mb": adds[0]["peak_rss_mb"]}
     shutil.rmtree(out_dir / "parts")
     return {"factory": factory, "dim": info["dim"], "train_vectors": info["train_vectors"],

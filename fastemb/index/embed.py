@@ -13,6 +13,9 @@ Faults: Ray Data creates the encoder actors with ``max_restarts=-1`` and ``max_t
 for actor pools), so an actor whose process dies is restarted and its unfinished batches run again; a unit is
 only published (``.tmp`` renamed) once all of its rows were written, and a crash of the whole job leaves the
 finished units for the rerun. ``tests/test_index_faults.py`` SIGKILLs an actor mid-build and checks the ids.
+
+``on_this_node``: the unit folders are local to the driver's node (a staging folder, fastemb/storage.py), so the
+shard writes run there; the encoder actors still run anywhere, and those on other nodes skip the peak-memory file.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +40,14 @@ from fastemb.index.corpus import CorpusScan, clean_texts, plan_units
 def peak_rss_mb() -> float:
     """This process's peak resident memory (MiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def this_node() -> dict:
+    """Ray options that pin a task to the driver's node (for tasks reading or writing its local files)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)}
 
 
 def bucket_batches(lengths: list[int], max_tokens: int, max_rows: int = 512) -> list[np.ndarray]:
@@ -122,7 +134,7 @@ class EmbedActor:
                          "skip": pa.array(rows_skip, pa.string()), "vector": vec})
 
     def _report_rss(self) -> None:
-        if self.rss_dir:
+        if self.rss_dir and os.path.isdir(self.rss_dir):  # absent on another node than the driver's
             Path(self.rss_dir, f"{os.getpid()}.rss").write_text(f"{peak_rss_mb():.1f}")
 
 
@@ -143,8 +155,11 @@ def _unit_stats(path: Path) -> dict:
 def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_column: str = "id",
                  text_column: str = "text", num_actors: int = 2, threads_per_actor: int = 1,
                  batch_rows: int = 1024, max_batch_tokens: int = 1024, rows_per_unit: int = 200_000,
-                 chunking: dict | None = None, log=print) -> dict:
-    """Embed every unit not already on disk; returns per-unit stats, reuse counts and worker peak memory."""
+                 chunking: dict | None = None, on_this_node: bool = False,
+                 on_unit: Callable[[Path], None] | None = None, log=print) -> dict:
+    """Embed every unit not already on disk; returns per-unit stats, reuse counts and worker peak memory.
+
+    ``on_unit`` is called with each finished unit folder, reused ones included (e.g. to upload it)."""
     import ray
 
     emb_dir = Path(emb_dir)
@@ -160,6 +175,8 @@ def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_colum
         if (final / "_SUCCESS").exists():
             reused += 1
             stats.append(json.loads((final / "_SUCCESS").read_text()))
+            if on_unit:
+                on_unit(final)
             continue
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -177,15 +194,18 @@ def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_colum
                                                    "text_column": text_column, "threads": threads_per_actor,
                                                    "max_batch_tokens": max_batch_tokens, "chunking": chunking,
                                                    "rss_dir": str(rss_dir)})
-        ds.write_parquet(str(tmp), ray_remote_args={"num_cpus": 0})
+        ds.write_parquet(str(tmp), ray_remote_args={"num_cpus": 0, **(this_node() if on_this_node else {})})
         rss = [float(p.read_text()) for p in rss_dir.glob("*.rss")]
         shutil.rmtree(rss_dir)
         worker_rss = max([worker_rss, *rss])
         st = {**unit, **_unit_stats(tmp), "embed_s": round(time.time() - t0, 2), "worker_peak_rss_mb": max(rss or [0]),
               "actors_used": len(rss)}
         (tmp / "_SUCCESS").write_text(json.dumps(st))
+        shutil.rmtree(final, ignore_errors=True)  # an unfinished copy fetched from a store
         os.replace(tmp, final)
         stats.append(st)
+        if on_unit:
+            on_unit(final)
         log(f"[index] unit {unit['unit'] + 1}/{len(units)}: {unit['rows']} rows in {st['embed_s']:.1f}s")
     return {"units": stats, "units_reused": reused, "embed_s": round(time.time() - started, 2),
             "worker_peak_rss_mb": worker_rss, "shard_dirs": [str(unit_dir(emb_dir, u)) for u in units]}

@@ -49,7 +49,7 @@ def _config(spec, entry: dict) -> tuple[dict, dict]:
 def evaluate_job(spec, log=print) -> dict:
     """Evaluate the job's own configuration, its sweep, and exact search; writes ``eval/`` and a PNG."""
     from fastemb.index.corpus import scan_corpus
-    from fastemb.index.job import embed_stage, index_shards
+    from fastemb.index.job import EMBEDDINGS, embed_stage, index_shards, staged
     from fastemb.plots import compression_tradeoff
 
     ev = spec.evaluate
@@ -60,7 +60,7 @@ def evaluate_job(spec, log=print) -> dict:
         # the job indexed this very split: reuse its embedding shards instead of embedding it again
         c = spec.corpus
         scan = scan_corpus(c.path, c.id_column, c.text_column, c.on_bad_file)
-        emb_dir = Path(spec.embed.output).expanduser() if spec.embed.output else spec.run_dir / "embeddings"
+        emb_dir = Path(spec.embed.output).expanduser() if spec.embed.output else spec.run_dir / EMBEDDINGS
     else:
         corpus_file = out / f"{ev.split}_corpus.parquet"
         if not corpus_file.exists():
@@ -74,7 +74,7 @@ def evaluate_job(spec, log=print) -> dict:
     for n, entry in enumerate(entries):
         index_cfg, compress_cfg = _config(spec, entry)
         cdir = out / f"config-{n:02d}"
-        info = index_shards(emb["shard_dirs"], set(), cdir, index_cfg, compress_cfg, log=lambda *_: None)
+        info = index_shards(emb["shard_dirs"], set(), cdir, index_cfg, compress_cfg, staged(spec), log=lambda *_: None)
         cfg = spec.model_dump(mode="json") | {"index": index_cfg, "compress": compress_cfg}
         (cdir / "manifest.json").write_text(json.dumps({"config": cfg}, default=str))
         searcher = Searcher(cdir, encoder=searcher_encoder)

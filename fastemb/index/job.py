@@ -1,4 +1,12 @@
-"""``fastemb index``: corpus → embedding shards (Ray Data) → compressed faiss index + id map + manifest."""
+"""``fastemb index``: corpus → embedding shards (Ray Data) → compressed faiss index + id map + manifest.
+
+With an object-store ``storage_path`` the job works in a local staging folder (fastemb/storage.py): it first
+fetches the run's earlier files, finished embedding units included (so they are reused, on any node), uploads
+each embedding unit as soon as it is finished (a crash loses at most the units in progress), and uploads the
+index, id map, plots and manifest (last) when done. Ray tasks that read or write the staging folder (shard
+writes, the faiss build) then run on the driver's node; the encoder actors run anywhere. Shards written to an
+explicit ``embed.output`` stay there (a local or shared path).
+"""
 from __future__ import annotations
 
 import json
@@ -14,6 +22,10 @@ from fastemb.index.corpus import SKIP_DUPLICATE, SKIP_UNREADABLE, CorpusScan, sc
 from fastemb.index.embed import embed_corpus, peak_rss_mb, shard_files
 from fastemb.index.factory import code_bytes, factory_string
 from fastemb.index.shards import kept_counts, plan_duplicates, write_id_map
+from fastemb.storage import is_uri, pull, pull_folders, push, push_folder, run_uri
+
+EMBEDDINGS = "embeddings"  # the run folder's embedding units (default embed.output)
+REBUILT = ("index.faiss", "ids.parquet")  # not fetched from the store: every run writes them anew
 
 
 def model_dict(spec) -> dict:
@@ -24,7 +36,12 @@ def model_dict(spec) -> dict:
     return out
 
 
-def embed_stage(spec, scan: CorpusScan, emb_dir: Path, log=print) -> dict:
+def staged(spec) -> bool:
+    """The run folder is the driver's local staging folder of an object-store ``storage_path``."""
+    return is_uri(spec.storage_path)
+
+
+def embed_stage(spec, scan: CorpusScan, emb_dir: Path, log=print, on_unit=None) -> dict:
     """Run (or reuse) the Ray Data embedding of a scanned corpus."""
     e, c = spec.embed, spec.chunking
     chunking = {"overlap": c.overlap, "max_chunks": c.max_chunks} if c.enabled else None
@@ -32,11 +49,11 @@ def embed_stage(spec, scan: CorpusScan, emb_dir: Path, log=print) -> dict:
                         text_column=spec.corpus.text_column, num_actors=e.num_actors,
                         threads_per_actor=e.threads_per_actor, batch_rows=e.batch_rows,
                         max_batch_tokens=e.max_batch_tokens, rows_per_unit=e.rows_per_unit,
-                        chunking=chunking, log=log)
+                        chunking=chunking, on_this_node=staged(spec), on_unit=on_unit, log=log)
 
 
 def index_shards(shard_dirs: list[str], duplicate_ids: set[str], out_dir: Path, index_cfg: dict,
-                 compress_cfg: dict, log=print) -> dict:
+                 compress_cfg: dict, on_this_node: bool = False, log=print) -> dict:
     """Build ``out_dir/{index.faiss, ids.parquet, compressor/}`` from embedding shards; returns build info."""
     import faiss
 
@@ -56,7 +73,8 @@ def index_shards(shard_dirs: list[str], duplicate_ids: set[str], out_dir: Path, 
     factory = factory_string(ic["type"], dim, n, nlist=ic["nlist"], bytes_per_vector=ic["bytes_per_vector"],
                              pq_m=ic["pq_m"], pq_nbits=ic["pq_nbits"], hnsw_m=ic["hnsw_m"], refine=ic["refine"])
     info = build_index(files, counts, drop, out_dir, ic["type"], factory, train_size=ic["train_size"],
-                       compress=compress, add_tasks=ic["add_tasks"], seed=ic["seed"], log=log)
+                       compress=compress, add_tasks=ic["add_tasks"], seed=ic["seed"], on_this_node=on_this_node,
+                       log=log)
     rows, skipped = write_id_map(files, drop, str(out_dir / "ids.parquet"))
     if rows != info["ntotal"]:
         raise RuntimeError(f"index holds {info['ntotal']} vectors but the id map {rows}: build is inconsistent")
@@ -77,14 +95,15 @@ def run_index(spec, log=print) -> dict:
     init_ray(spec.ray.address, spec.ray.num_cpus, spec.embed.threads_per_actor)
     run_dir = spec.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    emb_dir = Path(spec.embed.output).expanduser() if spec.embed.output else run_dir / EMBEDDINGS
+    on_unit = _stage_in(spec, emb_dir, log) if staged(spec) else None
     c = spec.corpus
     scan = scan_corpus(c.path, c.id_column, c.text_column, c.on_bad_file)
     log(f"[index] corpus: {len(scan.files)} file(s), {scan.total_rows} rows, {len(scan.unreadable)} unreadable, "
         f"{len(scan.duplicate_ids)} duplicated id(s)")
-    emb_dir = Path(spec.embed.output).expanduser() if spec.embed.output else run_dir / "embeddings"
-    emb = embed_stage(spec, scan, emb_dir, log)
+    emb = embed_stage(spec, scan, emb_dir, log, on_unit)
     info = index_shards(emb["shard_dirs"], scan.duplicate_ids, run_dir, spec.index.model_dump(),
-                        spec.compress.model_dump(), log)
+                        spec.compress.model_dump(), staged(spec), log)
     skipped = Counter(info.pop("skipped"))
     if info["duplicate_docs"]:
         skipped[SKIP_DUPLICATE] += info["duplicate_docs"]
@@ -92,6 +111,7 @@ def run_index(spec, log=print) -> dict:
         skipped[SKIP_UNREADABLE] += len(scan.unreadable)  # whole files: their row count is unknown
     manifest = {
         "job": "index", "config": spec.model_dump(mode="json"), "dims": {"model": None, "index": info["dim"]},
+        "location": run_uri(spec.storage_path, spec.name) if staged(spec) else str(run_dir),  # search/serve read it
         "counts": {"files": len(scan.files) + len(scan.unreadable), "rows_read": scan.total_rows,
                    "documents_indexed": info["documents"], "index_entries": info["entries"],
                    "skipped": dict(skipped), "unreadable_files": scan.unreadable},
@@ -110,8 +130,23 @@ def run_index(spec, log=print) -> dict:
 
         manifest["evaluation"] = evaluate_job(spec, log)
         _write_manifest(run_dir, manifest)
-    log(f"[index] {info['entries']} entries in {run_dir / 'index.faiss'} ({manifest['build_s']:.1f}s)")
+    if staged(spec):
+        push(run_dir, spec.storage_path, spec.name, exclude=(EMBEDDINGS,), last="manifest.json")
+    log(f"[index] {info['entries']} entries in {spec.output_location} ({manifest['build_s']:.1f}s)")
     return manifest
+
+
+def _stage_in(spec, emb_dir: Path, log=print):
+    """Fetch the run's earlier files from the store; returns the callback that uploads each finished embedding unit
+    (None when the shards go to an explicit ``embed.output``)."""
+    path, name = spec.storage_path, spec.name
+    fetched = pull(path, name, spec.run_dir, exclude=(EMBEDDINGS, *REBUILT))
+    units = pull_folders(path, name, EMBEDDINGS, emb_dir) if not spec.embed.output else 0
+    log(f"[index] outputs go to {spec.output_location} (staged in {spec.run_dir}; fetched {fetched} earlier "
+        f"entries and {units} finished embedding units)")
+    if spec.embed.output:
+        return None
+    return lambda unit: push_folder(unit, path, name, f"{EMBEDDINGS}/{unit.name}")
 
 
 def _write_manifest(run_dir: Path, manifest: dict) -> None:

@@ -10,14 +10,18 @@ import pyarrow.parquet as pq
 
 from fastemb.index.chunking import aggregate_doc_scores
 from fastemb.index.factory import set_search_params
+from fastemb.storage import is_uri, local_copy
+
+INDEX_FILES = ("manifest.json", "index.faiss", "ids.parquet", "compressor")  # what search reads of a run folder
 
 
 class Searcher:
-    """An index folder (``manifest.json``, ``index.faiss``, ``ids.parquet``, optional ``compressor/``)."""
+    """An index folder (``manifest.json``, ``index.faiss``, ``ids.parquet``, optional ``compressor/``), or its
+    object-store URI (fetched into a local cache, again only when its manifest changed: fastemb/storage.py)."""
 
     def __init__(self, index_dir: str | Path, encoder=None, nprobe: int | None = None,
                  ef_search: int | None = None):
-        self.dir = Path(index_dir)
+        self.dir = local_copy(str(index_dir), INDEX_FILES) if is_uri(str(index_dir)) else Path(index_dir)
         if not (self.dir / "manifest.json").exists():
             raise FileNotFoundError(f"{self.dir}: no manifest.json; is this a folder written by `fastemb index`?")
         self.manifest = json.loads((self.dir / "manifest.json").read_text())
@@ -77,5 +81,5 @@ class Searcher:
 
 
 def search(index_dir: str | Path, queries: list[str], k: int = 10, **kwargs) -> list[list[dict]]:
-    """One-call search: load the index folder and return top-k hits per query."""
+    """One-call search: load the index folder (or URI) and return top-k hits per query."""
     return Searcher(index_dir, **kwargs).search(queries, k)

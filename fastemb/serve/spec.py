@@ -16,7 +16,8 @@ class ArmSpec(_Section):
     served_name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]+$",
                                     description="name clients may pass as `model` to pin this arm")
     max_length: int | None = Field(None, gt=0, le=8192, description="tokens per input (default: the model's)")
-    index_dir: str | None = Field(None, description="folder written by `fastemb index` (manifest.json)")
+    index_dir: str | None = Field(None, description="folder written by `fastemb index` (manifest.json), or its "
+                                  "object-store URI (fetched into a local cache on each replica's node)")
     corpus: str | None = Field(None, description="parquet (id, text): a flat index is built at start-up")
     corpus_limit: int | None = Field(None, gt=0, description="index only the first N corpus rows")
     nprobe: int | None = Field(None, gt=0)
