@@ -57,8 +57,9 @@ def test_distill_spec_errors_name_the_field():
 
 
 def test_evenly_spaced_layers():
-    assert evenly_spaced_layers(6, 3) == [0, 2, 4]
-    assert evenly_spaced_layers(12, 4) == [0, 3, 6, 9]
+    assert evenly_spaced_layers(6, 3) == [0, 3, 5]
+    assert evenly_spaced_layers(12, 4) == [0, 4, 7, 11]
+    assert evenly_spaced_layers(6, 1) == [5]
     assert evenly_spaced_layers(6, 6) == list(range(6))
     with pytest.raises(ValueError, match="model.num_layers"):
         evenly_spaced_layers(6, 7)
