@@ -274,16 +274,6 @@ def _eval_embeddings(model: str, threads: int, cache_dir: Path) -> tuple[object,
     return data, corpus, queries
 
 
-def _rerank_from_disk(cand: np.ndarray, queries: np.ndarray, store: np.ndarray, k: int) -> np.ndarray:
-    """Re-rank candidate ids by exact inner product with vectors read from ``store`` (a memmap), top ``k``."""
-    out = np.full((len(cand), k), -1, dtype=np.int64)
-    for i, row in enumerate(cand):
-        row = row[row >= 0]
-        scores = store[np.sort(row)].astype(np.float32) @ queries[i]
-        out[i, : min(k, len(row))] = np.sort(row)[np.argsort(-scores, kind="stable")[:k]]
-    return out
-
-
 def bench_quality(model: str, threads: int, k_factor: int = 10, nprobe: int = 128) -> None:
     """Recall@10 vs exact and label metrics of compressed indexes on the WordNet test protocol."""
     import faiss
@@ -293,6 +283,7 @@ def bench_quality(model: str, threads: int, k_factor: int = 10, nprobe: int = 12
     from fastemb.eval.retrieval import exact_search, metrics_of_hits
     from fastemb.index.evaluate import recall_at_k
     from fastemb.index.factory import code_bytes, default_nlist, factory_string, set_search_params
+    from fastemb.index.refine import STORE_FILE, open_store, rerank_from_disk
 
     # Nothing here is timed: one OpenMP thread, since OpenMP barriers crawl on a shared, oversubscribed machine.
     faiss.omp_set_num_threads(1)
@@ -326,13 +317,13 @@ def bench_quality(model: str, threads: int, k_factor: int = 10, nprobe: int = 12
             base.add(xb)
             record(f"`{key}` (ADC, no re-rank)", faiss_search(base, xq), code_bytes(base))
             cand = faiss_search(base, xq, 10 * k_factor)
-            with tempfile.TemporaryDirectory() as tmp:
-                store = np.lib.format.open_memmap(f"{tmp}/vectors.npy", mode="w+", dtype=np.float16, shape=xb.shape)
-                store[:] = xb.astype(np.float16)
+            with tempfile.TemporaryDirectory() as tmp:  # the file index.refine=disk writes next to the index
+                store = open_store(f"{tmp}/{STORE_FILE}", d, n, mode="w+")
+                store[:] = xb
                 store.flush()
-                store = np.load(f"{tmp}/vectors.npy", mmap_mode="r")
+                store = open_store(f"{tmp}/{STORE_FILE}", d)
                 record(f"`{key}` + re-rank top {10 * k_factor} with fp16 vectors read from disk (memmap)",
-                       _rerank_from_disk(cand, xq, store, 10), code_bytes(base), 2 * d)
+                       rerank_from_disk(cand, xq, store, 10)[1], code_bytes(base), 2 * d)
                 del store
         # in-memory refine variants of the IVF index (the last `trained` above)
         for refine in ("flat", "sqfp16", "sq8"):

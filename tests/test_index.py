@@ -6,12 +6,18 @@ import json
 from pathlib import Path
 
 import faiss
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from fastemb.index.embed import shard_files
+from fastemb.index.evaluate import recall_at_k
 from fastemb.index.job import run_index
+from fastemb.index.refine import STORE_FILE, rerank_from_disk
 from fastemb.index.search import Searcher, search
+from fastemb.index.shards import vectors_of
 from fastemb.spec import SpecError, parse_spec
 
 WORDNET = Path(__file__).resolve().parents[1] / "fastemb" / "datasets" / "wordnet"
@@ -47,7 +53,7 @@ def _spec(corpus_path: str, out: Path, **over) -> object:
            "embed": {"num_actors": 2, "batch_rows": 64, "rows_per_unit": 100},
            "index": {"type": "ivf_flat", "nlist": 4, "nprobe": 4, "add_tasks": 2}}
     for k, v in over.items():
-        raw[k] = {**raw.get(k, {}), **v}
+        raw[k] = {**raw.get(k, {}), **v} if isinstance(v, dict) else v
     return parse_spec(raw)
 
 
@@ -116,6 +122,8 @@ def test_spec_errors_name_the_field():
         parse_spec({"job": "index", "embed": {"batch_size": 3}})
     with pytest.raises(SpecError, match="queries"):
         parse_spec({"job": "search", "index_dir": "x"})
+    with pytest.raises(SpecError, match="index.refine"):
+        parse_spec({"job": "index", "index": {"type": "flat", "refine": "disk"}})
 
 
 def test_cli_search(built, capsys):
@@ -125,3 +133,91 @@ def test_cli_search(built, capsys):
     assert main(["search", f"index_dir={built['dir']}", f"queries={q}", "k=3"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out[0]["hits"]) == 3 and {"id", "score", "text"} <= set(out[0]["hits"][0])
+
+
+# ---- index.refine: disk -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def disk_built(built, corpus, ray_local) -> dict:
+    """IVF-PQ (24 B of 4-bit codes) re-ranked from disk, built in 2 add tasks + merge from the ``built`` run's
+    embedding shards (reused: bad rows and duplicates are skipped there too)."""
+    spec = _spec(corpus["path"], Path(built["spec"].storage_path), name="disk",
+                 embed={"output": str(built["dir"] / "embeddings")},
+                 index={"type": "ivf_pq", "bytes_per_vector": 24, "pq_nbits": 4, "refine": "disk"})
+    manifest = run_index(spec, log=lambda *_: None)
+    return {"spec": spec, "manifest": manifest, "dir": spec.run_dir}
+
+
+def _entry_vectors(run_dir: Path, manifest: dict) -> np.ndarray:
+    """float32 vector of each id-map row (= faiss id), looked up in the embedding shards by (id, text)."""
+    shards = pa.concat_tables([pq.read_table(f, columns=["id", "text", "skip", "vector"])
+                               for f in shard_files(manifest["embedding"]["shard_dirs"])])
+    shards = shards.filter(pc.is_null(shards["skip"]))
+    by_key: dict[tuple, list[np.ndarray]] = {}
+    for key, v in zip(zip(shards["id"].to_pylist(), shards["text"].to_pylist()), vectors_of(shards)):
+        by_key.setdefault(key, []).append(v)
+    id_map = pq.read_table(run_dir / "ids.parquet")
+    store = np.fromfile(run_dir / STORE_FILE, dtype=np.float16).reshape(id_map.num_rows, -1)
+    out = []
+    for r, key in enumerate(zip(id_map["id"].to_pylist(), id_map["text"].to_pylist())):
+        # an exact duplicate (same id and text) may be embedded twice: its vector is either copy's
+        match = [v for v in by_key[key] if np.array_equal(store[r], v.astype(np.float16))]
+        assert match, f"row {r} of {STORE_FILE} is not the vector of id-map row {r} ({key[0]})"
+        out.append(match[0])
+    return np.stack(out)
+
+
+def test_refine_disk_writes_vectors_in_faiss_id_order(disk_built):
+    d, m = disk_built["dir"], disk_built["manifest"]
+    n, dim = m["counts"]["index_entries"], m["dims"]["index"]
+    assert n == N_GOOD and dim == 384
+    assert (d / STORE_FILE).stat().st_size == n * dim * 2
+    b = m["build"]
+    assert b["factory"] == "IVF4,PQ48x4np" and b["add_tasks"] == 2      # no in-memory refine; shards merged
+    assert b["code_bytes_per_vector"] == 24                               # memory: the codes only
+    assert b["refine"] == {"mode": "disk", "k_factor": 10, "in_memory": False, "file": STORE_FILE,
+                           "dtype": "float16", "bytes": n * dim * 2, "bytes_per_vector_on_disk": 2 * dim}
+    x = _entry_vectors(d, m)                                              # row r = vector of id-map row r
+    index = faiss.read_index(str(d / "index.faiss"))
+    faiss.extract_index_ivf(index).nprobe = 4
+    assert np.mean(index.search(x, 1)[1][:, 0] == np.arange(n)) > 0.9     # ... = what faiss holds as id r
+
+
+def test_refine_disk_search_beats_the_codes_alone(disk_built):
+    s = Searcher(disk_built["dir"])
+    x = _entry_vectors(disk_built["dir"], disk_built["manifest"])
+    queries = pq.read_table(WORDNET / "test_queries.parquet").column("text").to_pylist()[:40]
+    q = s.embed_queries(queries)
+    exact = [list(r) for r in np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :10]]
+    plain = recall_at_k([list(r) for r in s.index.search(q, 10)[1]], exact)
+    disk = recall_at_k([[r for _, _, r in row] for row in s.search_vectors(q, 10)], exact)
+    assert disk >= plain and disk >= 0.9, (disk, plain)
+    # a definition finds itself, scored by its exact (fp16) inner product
+    hit = s.search([pq.read_table(s.dir / "ids.parquet")["text"][7].as_py()], 3)[0]
+    assert hit[0]["id"] == s.ids[7] and hit[0]["score"] > 0.99 and hit[0]["score"] >= hit[1]["score"]
+
+
+def test_refine_disk_stores_the_compressed_vectors(disk_built, corpus, ray_local):
+    from fastemb.compress import load_compressor
+
+    spec = _spec(corpus["path"], Path(disk_built["spec"].storage_path), name="disk-pca",
+                 embed={"output": str(disk_built["spec"].embed.output)}, compress={"method": "pca", "dim": 64},
+                 index={"type": "pq", "bytes_per_vector": 16, "pq_nbits": 4, "refine": "disk", "k_factor": 20})
+    m = run_index(spec, log=lambda *_: None)
+    assert m["build"]["refine"]["bytes_per_vector_on_disk"] == 128 and m["build"]["refine"]["k_factor"] == 20
+    store = np.fromfile(spec.run_dir / STORE_FILE, dtype=np.float16).reshape(N_GOOD, 64)
+    ids = [pq.read_table(d / "ids.parquet")["id"].to_pylist() for d in (spec.run_dir, disk_built["dir"])]
+    assert ids[0] == ids[1]                                               # same shards, same id order
+    raw = _entry_vectors(disk_built["dir"], disk_built["manifest"])
+    expected = load_compressor(spec.run_dir / "compressor").transform(raw)  # what the index holds, fp16-rounded
+    assert np.abs(store.astype(np.float32) - expected).max() < 2e-3
+
+
+def test_rerank_from_disk_orders_by_exact_score():
+    store = np.array([[1, 0], [0, 1], [0.6, 0.8], [-1, 0]], dtype=np.float16)
+    cand = np.array([[3, 1, 2, 0], [1, -1, -1, -1]])
+    q = np.array([[1, 0], [1, 0]], dtype=np.float32)
+    scores, ids = rerank_from_disk(cand, q, store, 3)
+    assert ids.tolist() == [[0, 2, 1], [1, -1, -1]] and scores[0, 0] == 1 and scores[1, 1] == -np.inf
+    dist, ids = rerank_from_disk(cand, q, store, 2, faiss.METRIC_L2)
+    assert ids.tolist() == [[0, 2], [1, -1]] and dist[0, 0] == 0

@@ -23,6 +23,7 @@ def manifest(ray_local, tiny_eval, tmp_path_factory) -> dict:
         "evaluate": {"enabled": True, "eval": tiny_eval, "split": "test", "latency_queries": 20, "sweep": [
             {"name": "pca128 flat", "compress": {"method": "pca", "dim": 128}, "index": {"type": "flat", "refine": "none"}},
             {"name": "pq24 no refine", "index": {"refine": "none"}},
+            {"name": "pq24 refine disk", "index": {"refine": "disk", "k_factor": None}},
         ]}})
     return run_index(spec, log=lambda *_: None)
 
@@ -42,6 +43,9 @@ def test_compressed_configs_report_the_tradeoff(manifest):
     no_refine = by_name["pq24 no refine"]
     assert no_refine["code_bytes"] == 24 and no_refine["compression_x"] == 64
     assert job["recall@10"] > no_refine["recall@10"]            # re-ranking with the float vectors helps
+    disk = by_name["pq24 refine disk"]                          # ... also when they stay on disk (fp16)
+    assert disk["factory"] == "IVF4,PQ48x4np" and disk["code_bytes"] == 24 and disk["disk_bytes"] == 2 * 384
+    assert disk["recall@10"] > no_refine["recall@10"] and job["disk_bytes"] == 0
     pca = by_name["pca128 flat"]
     assert pca["code_bytes"] == 512 and 0.5 < pca["recall@10"] < 1.0
     for r in manifest["evaluation"]["results"]:

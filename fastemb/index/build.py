@@ -3,8 +3,10 @@
 The driver only passes file names, row ranges and the trained (empty) index; vectors are read by the tasks
 from the embedding shards. Shard indexes are written next to the output and merged by one task with
 ``merge_from`` in shard order, so faiss ids are the row numbers of ``ids.parquet``. HNSW, whose graph cannot
-be merged, is built by one task streaming the shards. With ``on_this_node`` (shards and output in the driver's
-local staging folder) every task runs on the driver's node.
+be merged, is built by one task streaming the shards. With ``refine_store`` the add tasks also write the vectors
+they add (fp16, after the compressor) at their row offsets into ``refine_vectors.f16``, so its row r is faiss id
+r (``index.refine: disk``). With ``on_this_node`` (shards and output in the driver's local staging folder) every
+task runs on the driver's node.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import ray
 
 from fastemb.index.embed import peak_rss_mb, this_node
 from fastemb.index.factory import is_mergeable
+from fastemb.index.refine import STORE_FILE, open_store
 from fastemb.index.shards import read_kept, sample_vectors, vectors_of
 
 
@@ -70,15 +73,26 @@ def train_task(files, counts, drop, factory: str, train_size: int, compress: dic
 
 
 @ray.remote(num_cpus=1)
-def add_task(trained: np.ndarray, piece, drop, compressor_dir: str | None, out_path: str, batch: int = 65536):
-    """Add one piece of kept rows to a copy of the trained index and write it to ``out_path``."""
+def add_task(trained: np.ndarray, piece, drop, compressor_dir: str | None, out_path: str, batch: int = 65536,
+             store: str | None = None, first_row: int = 0):
+    """Add one piece of kept rows to a copy of the trained index and write it to ``out_path``; with ``store``,
+    also write the added vectors (fp16) into that existing file from row ``first_row`` on."""
     faiss.omp_set_num_threads(1)
     index = faiss.deserialize_index(trained)
     transform = _transformer(compressor_dir)
+    out = open_store(store, index.d, mode="r+") if store else None
+    row = first_row
     for f, start, stop in piece:
         table = read_kept(f, drop.get(f), ["vector"]).slice(start, stop - start)
         for s in range(0, table.num_rows, batch):
-            index.add(np.ascontiguousarray(transform(vectors_of(table.slice(s, batch)))))
+            x = np.ascontiguousarray(transform(vectors_of(table.slice(s, batch))))
+            index.add(x)
+            if out is not None:
+                out[row: row + len(x)] = x
+                row += len(x)
+    if out is not None:
+        out.flush()
+        del out
     tmp = out_path + ".tmp"
     faiss.write_index(index, tmp)
     os.replace(tmp, out_path)
@@ -122,11 +136,13 @@ def largest_node_cpus(only_this_node: bool = False) -> int:
 
 def build_index(files: list[str], counts: list[int], drop: dict, out_dir: str | Path, kind: str, factory: str, *,
                 train_size: int = 100_000, compress: dict | None = None, add_tasks: int | None = None,
-                seed: int = 0, on_this_node: bool = False, log=print) -> dict:
-    """Train, add in parallel and merge; writes ``out_dir/index.faiss`` (+ ``compressor/``). Returns timings."""
+                seed: int = 0, on_this_node: bool = False, refine_store: bool = False, log=print) -> dict:
+    """Train, add in parallel and merge; writes ``out_dir/index.faiss`` (+ ``compressor/``, + the fp16
+    ``refine_vectors.f16`` with ``refine_store``). Returns timings."""
     out_dir = Path(out_dir)
     (out_dir / "parts").mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out_dir / "compressor", ignore_errors=True)  # a rebuild never keeps a stale compressor
+    (out_dir / STORE_FILE).unlink(missing_ok=True)  # nor a stale refine store
     compressor_dir = str(out_dir / "compressor") if compress else None
     t0 = time.time()
     place = this_node() if on_this_node else {}
@@ -143,13 +159,20 @@ def build_index(files: list[str], counts: list[int], drop: dict, out_dir: str | 
     final = str(out_dir / "index.faiss")
     if len(pieces) == 1:
         paths = [final]
-    adds = ray.get([add_task.options(**place).remote(trained_ref, p, drop, compressor_dir, path)
-                    for p, path in zip(pieces, paths)])
+    store = str(out_dir / "parts" / STORE_FILE) if refine_store else None
+    if store:  # a sparse file of the final size: each add task fills its rows
+        open_store(store, info["dim"], sum(counts), mode="w+").flush()
+    first_rows = np.cumsum([0] + [sum(e - s for _, s, e in p) for p in pieces])
+    adds = ray.get([add_task.options(**place).remote(trained_ref, p, drop, compressor_dir, path, store=store,
+                                                     first_row=int(r))
+                    for p, path, r in zip(pieces, paths, first_rows)])
     t_add = time.time() - t0 - t_train
     log(f"[index] trained in {t_train:.1f}s, added {sum(a['added'] for a in adds)} vectors in {len(pieces)} "
         f"task(s) in {t_add:.1f}s")
     merged = ray.get(merge_task.options(**place).remote(paths, final)) if len(paths) > 1 else {
         "ntotal": adds[0]["added"], "merge_s": 0.0, "peak_rss_mb": adds[0]["peak_rss_mb"]}
+    if store:
+        os.replace(store, out_dir / STORE_FILE)
     shutil.rmtree(out_dir / "parts")
     return {"factory": factory, "dim": info["dim"], "train_vectors": info["train_vectors"],
             "train_s": round(t_train, 2), "add_s": round(t_add, 2), "merge_s": merged["merge_s"],

@@ -3,7 +3,9 @@
 ``read_parquet`` → ``map_batches(EmbedActor, compute=ActorPoolStrategy)`` → ``write_parquet``. Each actor loads the
 encoder once, validates texts, tokenises without padding, sorts the batch by token length and cuts it into
 micro-batches under a padded-token budget (length bucketing: little padding, big batches of short texts), then
-restores the row order. Long documents can be split into overlapping token windows (one row per chunk).
+restores the row order. Long documents can be split into overlapping token windows (one row per chunk). The forward
+pass runs on ``backend`` (fastemb/model/onnx_backend.py: ONNX Runtime, exported once per model, or torch; auto = onnx,
+the actors run on CPU); the backend is not part of the units' reuse key (both give the same vectors within 1e-5).
 
 Shard rows: ``id``, ``chunk``, ``text``, ``thash`` (text hash), ``skip`` (reason, null when embedded) and
 ``vector`` (fixed-size list of float32, null when skipped). Units of input files are written to
@@ -69,14 +71,16 @@ class EmbedActor:
     """Ray Data callable class: a pyarrow batch of (id, text) rows → embedding-shard rows."""
 
     def __init__(self, model: dict, id_column: str, text_column: str, max_batch_tokens: int = 1024,
-                 threads: int = 1, chunking: dict | None = None, rss_dir: str | None = None):
+                 threads: int = 1, chunking: dict | None = None, rss_dir: str | None = None, backend: str = "auto"):
         import torch
 
         from fastemb.model.encoder import Encoder
+        from fastemb.model.onnx_backend import load_forward
 
         torch.set_num_threads(threads)
         self.encoder = Encoder.load(model["base"], pooling=model.get("pooling"), normalize=model.get("normalize"),
                                     max_length=model.get("max_length"), synonyms=model.get("synonyms")).eval()
+        self.forward = load_forward(self.encoder, model["base"], backend, threads, field="embed.backend")
         self.tok = self.encoder.tokenizer
         self.id_column, self.text_column = id_column, text_column
         self.max_batch_tokens, self.chunking, self.rss_dir = max_batch_tokens, chunking, rss_dir
@@ -92,19 +96,12 @@ class EmbedActor:
 
     def embed_token_ids(self, seqs: list[list[int]]) -> np.ndarray:
         """Embed token-id sequences with length bucketing; rows come back in input order."""
-        import torch
+        from fastemb.model.onnx_backend import pad_batch
 
         out = np.zeros((len(seqs), self.encoder.dim), dtype=np.float32)
         pad = self.tok.pad_token_id or 0
-        with torch.inference_mode():
-            for idx in bucket_batches([len(s) for s in seqs], self.max_batch_tokens):
-                width = max(len(seqs[i]) for i in idx)
-                ids = torch.full((len(idx), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for r, i in enumerate(idx):
-                    ids[r, : len(seqs[i])] = torch.tensor(seqs[i])
-                    mask[r, : len(seqs[i])] = 1
-                out[idx] = self.encoder(ids, mask).float().numpy()
+        for idx in bucket_batches([len(s) for s in seqs], self.max_batch_tokens):
+            out[idx] = self.forward(*pad_batch([seqs[i] for i in idx], pad))
         return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -156,10 +153,11 @@ def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_colum
                  text_column: str = "text", num_actors: int = 2, threads_per_actor: int = 1,
                  batch_rows: int = 1024, max_batch_tokens: int = 1024, rows_per_unit: int = 200_000,
                  chunking: dict | None = None, on_this_node: bool = False,
-                 on_unit: Callable[[Path], None] | None = None, log=print) -> dict:
+                 on_unit: Callable[[Path], None] | None = None, backend: str = "auto", log=print) -> dict:
     """Embed every unit not already on disk; returns per-unit stats, reuse counts and worker peak memory.
 
-    ``on_unit`` is called with each finished unit folder, reused ones included (e.g. to upload it)."""
+    ``on_unit`` is called with each finished unit folder, reused ones included (e.g. to upload it); ``backend``:
+    the actors' forward-pass engine (``embed.backend``)."""
     import ray
 
     emb_dir = Path(emb_dir)
@@ -193,7 +191,7 @@ def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_colum
                             fn_constructor_kwargs={"model": model, "id_column": id_column,
                                                    "text_column": text_column, "threads": threads_per_actor,
                                                    "max_batch_tokens": max_batch_tokens, "chunking": chunking,
-                                                   "rss_dir": str(rss_dir)})
+                                                   "rss_dir": str(rss_dir), "backend": backend})
         ds.write_parquet(str(tmp), ray_remote_args={"num_cpus": 0, **(this_node() if on_this_node else {})})
         rss = [float(p.read_text()) for p in rss_dir.glob("*.rss")]
         shutil.rmtree(rss_dir)
@@ -217,9 +215,11 @@ def shard_files(shard_dirs: list[str]) -> list[str]:
 
 
 def embed_text_list(texts: list[str], model: dict, *, num_actors: int = 2, threads_per_actor: int = 1,
-                    batch_rows: int = 1024, max_batch_tokens: int = 8192) -> tuple[np.ndarray, Counter]:
-    """Embed an in-memory list of texts on a pool of :class:`EmbedActor` (Ray Data); returns the (n, d) float32
-    vectors in input order, as the model outputs them (rows of skipped texts are zero), and skips by reason."""
+                    batch_rows: int = 1024, max_batch_tokens: int = 8192, backend: str = "auto"
+                    ) -> tuple[np.ndarray, Counter]:
+    """Embed an in-memory list of texts on a pool of :class:`EmbedActor` (Ray Data, forward pass on ``backend``);
+    returns the (n, d) float32 vectors in input order, as the model outputs them (rows of skipped texts are zero), and
+    skips by reason."""
     import ray
 
     ctx = ray.data.DataContext.get_current()
@@ -232,7 +232,8 @@ def embed_text_list(texts: list[str], model: dict, *, num_actors: int = 2, threa
         EmbedActor, batch_size=batch_rows, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_cpus=threads_per_actor,
         fn_constructor_kwargs={"model": model, "id_column": "id", "text_column": "text",
-                               "max_batch_tokens": max_batch_tokens, "threads": threads_per_actor})
+                               "max_batch_tokens": max_batch_tokens, "threads": threads_per_actor,
+                               "backend": backend})
     out: np.ndarray | None = None
     skipped: Counter = Counter()
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):

@@ -1,9 +1,9 @@
 """Evaluation of compression/index configurations on a labeled split.
 
 Per configuration: recall@10 against exact search over the uncompressed vectors, nDCG@10 on the labels,
-bytes per vector (codes; and index file size / entries), build time, and single-query search latency
-p50/p99 (faiss search only, one thread; query encoding excluded). The embeddings of the split are computed
-once by the Ray Data stage and reused by every configuration.
+bytes per vector (codes in memory; index file size / entries; vectors kept on disk for ``refine: disk``), build
+time, and single-query search latency p50/p99 (search and any re-ranking, one thread; query encoding excluded).
+The embeddings of the split are computed once by the Ray Data stage and reused by every configuration.
 """
 from __future__ import annotations
 
@@ -88,10 +88,12 @@ def evaluate_job(spec, log=print) -> dict:
         res = {"name": entry.get("name", f"config {n}"), "factory": info["factory"],
                "recall@10": recall_at_k(ranked, truth), "ndcg@10": ranking_metrics(ranked, data.relevant)["ndcg@10"],
                "code_bytes": info["code_bytes_per_vector"], "file_bytes": info["file_bytes_per_vector"],
+               "disk_bytes": info["refine"].get("bytes_per_vector_on_disk", 0),
                "build_s": info["build_s"], "p50_ms": p50, "p99_ms": p99}
         results.append(res)
         log(f"[eval] {res['name']}: recall@10 {res['recall@10']:.3f} nDCG@10 {res['ndcg@10']:.4f} "
-            f"{res['code_bytes']} B/vec, p50 {p50:.2f} ms")
+            f"{res['code_bytes']} B/vec" + (f" (+ {res['disk_bytes']} on disk)" if res["disk_bytes"] else "")
+            + f", p50 {p50:.2f} ms")
     exact_ndcg = results[0]["ndcg@10"]
     for r in results:
         r["ndcg_kept"] = r["ndcg@10"] / exact_ndcg if exact_ndcg else None

@@ -1,7 +1,8 @@
 """Index configuration → faiss factory string, and the search-time parameters.
 
 Types: ``flat`` (exact), ``ivf_flat``, ``pq`` (flat PQ), ``ivf_pq``, ``opq_ivf_pq``, ``hnsw``; each optionally
-re-ranked (``refine``: ``flat`` = the stored float vectors, ``sqfp16``, ``sq8``). ``bytes_per_vector`` picks the
+re-ranked (``refine``: ``flat`` = the stored float vectors, ``sqfp16``, ``sq8``; ``disk`` = fp16 vectors in a file
+next to the index, outside faiss: fastemb/index/refine.py). ``bytes_per_vector`` picks the
 PQ code size (the number of 8-bit sub-quantizers), so a tuner can search one number.
 """
 from __future__ import annotations
@@ -13,7 +14,8 @@ import faiss
 from fastemb.compress.pq import pq_factory, pq_m_for_bytes
 
 INDEX_TYPES = ("flat", "ivf_flat", "pq", "ivf_pq", "opq_ivf_pq", "hnsw")
-REFINE = {"none": "", "flat": ",RFlat", "sqfp16": ",Refine(SQfp16)", "sq8": ",Refine(SQ8)"}
+REFINE = {"none": "", "flat": ",RFlat", "sqfp16": ",Refine(SQfp16)", "sq8": ",Refine(SQ8)",
+          "disk": ""}  # disk: the faiss index holds the codes only
 
 
 def default_nlist(n: int) -> int:

@@ -21,11 +21,12 @@ from fastemb.index.build import build_index
 from fastemb.index.corpus import SKIP_DUPLICATE, SKIP_UNREADABLE, CorpusScan, scan_corpus
 from fastemb.index.embed import embed_corpus, peak_rss_mb, shard_files
 from fastemb.index.factory import code_bytes, factory_string
+from fastemb.index.refine import STORE_DTYPE, STORE_FILE, refine_k_factor
 from fastemb.index.shards import kept_counts, plan_duplicates, write_id_map
 from fastemb.storage import is_uri, pull, pull_folders, push, push_folder, run_uri
 
 EMBEDDINGS = "embeddings"  # the run folder's embedding units (default embed.output)
-REBUILT = ("index.faiss", "ids.parquet")  # not fetched from the store: every run writes them anew
+REBUILT = ("index.faiss", "ids.parquet", STORE_FILE)  # not fetched from the store: every run writes them anew
 
 
 def model_dict(spec) -> dict:
@@ -49,12 +50,13 @@ def embed_stage(spec, scan: CorpusScan, emb_dir: Path, log=print, on_unit=None) 
                         text_column=spec.corpus.text_column, num_actors=e.num_actors,
                         threads_per_actor=e.threads_per_actor, batch_rows=e.batch_rows,
                         max_batch_tokens=e.max_batch_tokens, rows_per_unit=e.rows_per_unit,
-                        chunking=chunking, on_this_node=staged(spec), on_unit=on_unit, log=log)
+                        chunking=chunking, on_this_node=staged(spec), on_unit=on_unit, backend=e.backend, log=log)
 
 
 def index_shards(shard_dirs: list[str], duplicate_ids: set[str], out_dir: Path, index_cfg: dict,
                  compress_cfg: dict, on_this_node: bool = False, log=print) -> dict:
-    """Build ``out_dir/{index.faiss, ids.parquet, compressor/}`` from embedding shards; returns build info."""
+    """Build ``out_dir/{index.faiss, ids.parquet, compressor/}`` (+ ``refine_vectors.f16`` with refine disk) from
+    embedding shards; returns build info."""
     import faiss
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +76,7 @@ def index_shards(shard_dirs: list[str], duplicate_ids: set[str], out_dir: Path, 
                              pq_m=ic["pq_m"], pq_nbits=ic["pq_nbits"], hnsw_m=ic["hnsw_m"], refine=ic["refine"])
     info = build_index(files, counts, drop, out_dir, ic["type"], factory, train_size=ic["train_size"],
                        compress=compress, add_tasks=ic["add_tasks"], seed=ic["seed"], on_this_node=on_this_node,
-                       log=log)
+                       refine_store=ic["refine"] == "disk", log=log)
     rows, skipped = write_id_map(files, drop, str(out_dir / "ids.parquet"))
     if rows != info["ntotal"]:
         raise RuntimeError(f"index holds {info['ntotal']} vectors but the id map {rows}: build is inconsistent")
@@ -82,9 +84,25 @@ def index_shards(shard_dirs: list[str], duplicate_ids: set[str], out_dir: Path, 
     index_file = out_dir / "index.faiss"
     info.update(entries=rows, documents=int(pc.sum(pc.equal(ids["chunk"], 0)).as_py() or 0),
                 skipped=dict(skipped), duplicate_docs=dup_docs,
-                code_bytes_per_vector=code_bytes(faiss.read_index(str(index_file))),
-                file_bytes_per_vector=round(index_file.stat().st_size / rows, 2))
+                code_bytes_per_vector=code_bytes(faiss.read_index(str(index_file))),  # in memory
+                file_bytes_per_vector=round(index_file.stat().st_size / rows, 2),
+                refine=_refine_info(out_dir, ic, rows, info["dim"]))
     return info
+
+
+def _refine_info(out_dir: Path, index_cfg: dict, rows: int, dim: int) -> dict:
+    """How the index re-ranks; for ``disk``, the vector file kept beside it (not counted in memory bytes)."""
+    mode = index_cfg["refine"]
+    if mode == "none":
+        return {"mode": mode}
+    out = {"mode": mode, "k_factor": refine_k_factor(mode, index_cfg["k_factor"]), "in_memory": mode != "disk"}
+    if mode == "disk":
+        size = (out_dir / STORE_FILE).stat().st_size
+        if size != rows * dim * STORE_DTYPE.itemsize:
+            raise RuntimeError(f"{STORE_FILE} holds {size} bytes, not {rows} × {dim} {STORE_DTYPE}: build is "
+                               "inconsistent")
+        out |= {"file": STORE_FILE, "dtype": STORE_DTYPE.name, "bytes": size, "bytes_per_vector_on_disk": size // rows}
+    return out
 
 
 def run_index(spec, log=print) -> dict:

@@ -10,14 +10,16 @@ import pyarrow.parquet as pq
 
 from fastemb.index.chunking import aggregate_doc_scores
 from fastemb.index.factory import set_search_params
+from fastemb.index.refine import STORE_FILE, open_store, refine_k_factor, rerank_from_disk
 from fastemb.storage import is_uri, local_copy
 
-INDEX_FILES = ("manifest.json", "index.faiss", "ids.parquet", "compressor")  # what search reads of a run folder
+INDEX_FILES = ("manifest.json", "index.faiss", "ids.parquet", "compressor", STORE_FILE)  # what search reads
 
 
 class Searcher:
-    """An index folder (``manifest.json``, ``index.faiss``, ``ids.parquet``, optional ``compressor/``), or its
-    object-store URI (fetched into a local cache, again only when its manifest changed: fastemb/storage.py)."""
+    """An index folder (``manifest.json``, ``index.faiss``, ``ids.parquet``, optional ``compressor/`` and
+    ``refine_vectors.f16``), or its object-store URI (fetched into a local cache, again only when its manifest
+    changed: fastemb/storage.py). With ``index.refine: disk`` the vector file is memory-mapped (read-only) once."""
 
     def __init__(self, index_dir: str | Path, encoder=None, nprobe: int | None = None,
                  ef_search: int | None = None):
@@ -27,8 +29,14 @@ class Searcher:
         self.manifest = json.loads((self.dir / "manifest.json").read_text())
         cfg = self.manifest["config"]
         self.index = faiss.read_index(str(self.dir / "index.faiss"))
+        refine = cfg["index"]["refine"]
+        self.k_factor = refine_k_factor(refine, cfg["index"]["k_factor"])
         set_search_params(self.index, nprobe or cfg["index"]["nprobe"], ef_search or cfg["index"]["ef_search"],
-                          cfg["index"]["k_factor"])
+                          self.k_factor)
+        self.store = open_store(self.dir / STORE_FILE, self.index.d) if refine == "disk" else None
+        if self.store is not None and len(self.store) != self.index.ntotal:
+            raise ValueError(f"{self.dir / STORE_FILE}: {len(self.store)} vectors for {self.index.ntotal} index "
+                             "entries; rebuild the index")
         table = pq.read_table(self.dir / "ids.parquet")
         self.ids = table.column("id").to_pylist()
         self.texts = table.column("text")
@@ -58,8 +66,13 @@ class Searcher:
 
     def search_vectors(self, q: np.ndarray, k: int) -> list[list[tuple[str, float, int]]]:
         """(doc id, score, row of the best entry) per query, best first."""
-        fetch = k if self.aggregate is None else max(8 * k, 100)
-        scores, rows = self.index.search(np.ascontiguousarray(q, dtype=np.float32), min(fetch, self.index.ntotal))
+        fetch = min(k if self.aggregate is None else max(8 * k, 100), self.index.ntotal)
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        if self.store is None:
+            scores, rows = self.index.search(q, fetch)
+        else:  # refine disk: k_factor × candidates from the codes, re-ranked with the vectors on disk
+            cand = self.index.search(q, min(fetch * self.k_factor, self.index.ntotal))[1]
+            scores, rows = rerank_from_disk(cand, q, self.store, fetch, self.index.metric_type)
         out = []
         for srow, irow in zip(scores, rows):
             valid = irow >= 0
