@@ -79,7 +79,7 @@ def embed_texts(texts: list[str], model: dict, embed: EmbedSpec) -> tuple[np.nda
         raise DataError("nothing to embed")
     vectors, skipped = embed_text_list(texts, model, num_actors=embed.num_actors,
                                        threads_per_actor=embed.threads_per_actor, batch_rows=embed.batch_rows,
-                                       max_batch_tokens=embed.max_batch_tokens)
+                                       max_batch_tokens=embed.max_batch_tokens, backend=embed.backend)
     return normalize_rows(vectors), skipped
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
+from fastemb.model.onnx_backend import pad_batch
 from fastemb.serve.spec import ArmSpec
 from fastemb.serve.versions import LoadedModel, RegistryWatcher, load, resolve
 
@@ -76,7 +77,7 @@ class Embedded:
 
 
 def _threads() -> int:
-    """Torch threads for this replica: FASTEMB_SERVE_THREADS, else the CPUs Ray assigned to the actor."""
+    """Torch / ONNX Runtime threads for this replica: FASTEMB_SERVE_THREADS, else the CPUs Ray assigned to the actor."""
     env = int(os.environ.get("FASTEMB_SERVE_THREADS", "0"))
     if env:
         return env
@@ -107,11 +108,11 @@ class Embedder:
 
         self.spec = ArmSpec.model_validate(arm)
         self.arm_name = arm_name
-        torch.set_num_threads(_threads())
-        self.torch = torch
+        threads = _threads()
+        torch.set_num_threads(threads)
         self.device = "cuda" if _has_gpu() else "cpu"
         version, path = resolve(self.spec)
-        self.model: LoadedModel = load(self.spec, version, path, self.device)
+        self.model: LoadedModel = load(self.spec, version, path, self.device, threads)
         self.swaps = 0
         self._max_items = int(batching["max_batch_size"])
         self.reconfigure(batching)
@@ -129,7 +130,7 @@ class Embedder:
         self.watcher = None
         if self.spec.registry and not self.spec.version:
             self.watcher = RegistryWatcher(self.spec, lambda: self.model.version, self._swap, self.device,
-                                           self.spec.registry_poll_s).start()
+                                           self.spec.registry_poll_s, threads).start()
 
     def _swap(self, model: LoadedModel) -> None:
         """Serve ``model`` from now on; inputs already tokenised keep the model they were tokenised for."""
@@ -164,20 +165,12 @@ class Embedder:
 
     # ------------------------------------------------------------------ forward
     def _forward(self, model: LoadedModel, ids_list: list[list[int]]) -> np.ndarray:
-        torch = self.torch
+        """Vectors of token-id lists through the model's forward pass (ONNX Runtime or torch), length-chunked."""
         pad_id = model.encoder.tokenizer.pad_token_id or 0
         out = np.empty((len(ids_list), model.dim), dtype=np.float32)
         lengths = [len(x) for x in ids_list]
-        with torch.inference_mode():
-            for chunk in chunks_by_length(lengths, self._max_items):
-                width = lengths[chunk[0]]
-                ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for r, i in enumerate(chunk):
-                    ids[r, :lengths[i]] = torch.tensor(ids_list[i])
-                    mask[r, :lengths[i]] = 1
-                vec = model.encoder(ids.to(model.device), mask.to(model.device))
-                out[chunk] = vec.float().cpu().numpy()
+        for chunk in chunks_by_length(lengths, self._max_items):
+            out[chunk] = model.forward(*pad_batch([ids_list[i] for i in chunk], pad_id))
         return out
 
     def _forward_groups(self, items: list) -> list[np.ndarray]:
@@ -245,7 +238,8 @@ class Embedder:
         m = self.model
         return {"arm": self.arm_name, "version": m.version, "path": m.path, "dim": m.dim,
                 "max_length": m.max_length, "normalize": m.normalize,
-                "index_size": getattr(m.backend, "size", None), "device": m.device, "swaps": self.swaps,
+                "index_size": getattr(m.backend, "size", None), "device": m.device,
+                "inference_backend": m.forward.name, "swaps": self.swaps,
                 "registry": self.spec.registry, "follows_production": self.watcher is not None}
 
     def check_health(self) -> None:

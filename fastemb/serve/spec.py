@@ -26,6 +26,9 @@ class ArmSpec(_Section):
     version: str | None = Field(None, pattern=r"^v[0-9]+$", description="pin this registry version instead of "
                                 "following production")
     registry_poll_s: float = Field(2.0, gt=0, le=3600, description="how often the registry's production is read")
+    backend: Literal["torch", "onnx", "auto"] = Field(
+        "auto", description="forward-pass engine: onnx = ONNX Runtime with the replica's CPU threads (exported once "
+        "per model version, cached; vectors equal torch's within 1e-5); auto = onnx on CPU, torch on GPU")
 
     @field_validator("registry")
     @classmethod
@@ -152,6 +155,9 @@ class ServeJob(_Section):
             raise ValueError("ingress.fused needs a single arm: the A/B router is its own deployment")
         if self.ab.candidate_weight > 0 and self.candidate is None:
             raise ValueError("ab.candidate_weight > 0 needs a candidate arm")
+        for name, arm in self.arms().items():
+            if arm.backend == "onnx" and self.replica.num_gpus > 0:
+                raise ValueError(f"{name}.backend: onnx runs on CPU only, but replica.num_gpus > 0; use torch or auto")
         names = [a.served_name for a in self.arms().values() if a.served_name]
         if len(set(names + [self.model_name])) != len(names) + 1:
             raise ValueError("model_name and the arms' served_name values must all differ")

@@ -17,11 +17,12 @@ log = logging.getLogger("ray.serve")
 
 @dataclass
 class LoadedModel:
-    """One loaded model version: tokeniser + encoder + its search backend, swapped as a unit."""
+    """One loaded model version: tokeniser + encoder, its forward pass and its search backend, swapped as a unit."""
     version: str
     path: str
-    encoder: object  # fastemb.model.encoder.Encoder
+    encoder: object  # fastemb.model.encoder.Encoder (tokenizer, settings; the torch model)
     backend: object | None  # fastemb.serve.backends.SearchBackend
+    forward: object  # fastemb.model.onnx_backend.OnnxEncoder | TorchForward: (ids, mask) -> float32 vectors
     device: str = "cpu"
     loaded_at: float = field(default_factory=time.time)
 
@@ -77,14 +78,17 @@ def _label(model: str) -> str:
     return p.parent.name if p.name == "model" else p.name
 
 
-def load(arm, version: str, path: str, device: str = "cpu") -> LoadedModel:
-    """Load ``path`` (and build the arm's search backend with that model)."""
+def load(arm, version: str, path: str, device: str = "cpu", threads: int = 1) -> LoadedModel:
+    """Load ``path`` with its forward pass on ``arm.backend`` (an ONNX export made or found in the cache, run with
+    ``threads``), and build the arm's search backend with that model."""
     from fastemb.model.encoder import Encoder
+    from fastemb.model.onnx_backend import load_forward
     from fastemb.serve.backends import make_backend
 
     encoder = Encoder.load(path, max_length=arm.max_length).eval().to(device)
+    forward = load_forward(encoder, path, arm.backend, threads, device)
     backend = make_backend(arm, lambda texts: encoder.encode(texts, batch_size=64))
-    return LoadedModel(version, path, encoder, backend, device)
+    return LoadedModel(version, path, encoder, backend, forward, device)
 
 
 def production_version(root: str) -> str | None:
@@ -96,12 +100,14 @@ def production_version(root: str) -> str | None:
 
 class RegistryWatcher:
     """Polls the registry's production version; on a change loads it (in this thread, beside the serving model)
-    and hands it to ``swap`` only once fully loaded, so requests never wait on a load or see a half-loaded model.
-    A version that fails to load is logged and retried at the next change (the old model keeps serving)."""
+    and hands it to ``swap`` only once fully loaded (its ONNX export included), so requests never wait on a load or
+    see a half-loaded model. A version that fails to load is logged and retried at the next change (the old model
+    keeps serving)."""
 
     def __init__(self, arm, current: Callable[[], str], swap: Callable[[LoadedModel], None], device: str = "cpu",
-                 poll_s: float = 2.0):
+                 poll_s: float = 2.0, threads: int = 1):
         self.arm, self.current, self.swap, self.device, self.poll_s = arm, current, swap, device, poll_s
+        self.threads = threads
         self.failed: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fastemb-registry-watcher", daemon=True)
@@ -120,7 +126,7 @@ class RegistryWatcher:
             return False
         try:
             version, path = resolve(self.arm.model_copy(update={"version": wanted}))
-            model = load(self.arm, version, path, self.device)
+            model = load(self.arm, version, path, self.device, self.threads)
         except Exception as err:  # noqa: BLE001 - keep serving the old version
             log.error("fastemb: could not load registry version %s: %r (still serving %s)", wanted, err,
                       self.current())

@@ -105,7 +105,7 @@ def compute_teacher_outputs(spec: TrainJob, pairs: list[dict], log=print, subdir
     t0 = time.time()
     vectors, skipped = embed_text_list(texts, teacher_model(spec), num_actors=d.embed.num_actors,
                                        threads_per_actor=d.embed.threads_per_actor, batch_rows=d.embed.batch_rows,
-                                       max_batch_tokens=d.embed.max_batch_tokens)
+                                       max_batch_tokens=d.embed.max_batch_tokens, backend=d.embed.backend)
     if skipped:
         raise TeacherOutputError(f"the teacher skipped {sum(skipped.values())} training texts "
                                  f"({dict(skipped)}); clean the pairs or drop those rows")
