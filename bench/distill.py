@@ -1,0 +1,239 @@
+"""Distillation vs contrastive training of the student, and a 3-layer student (issue: mining and distillation).
+
+Part A, the recipe users follow (tune the teacher, then mine and distill from it), every step a fastemb job on
+one embedded local Ray, every model scored on the WordNet test split (2,000 queries x 20,000 definitions):
+
+1. a seeded sample of ``--pairs`` WordNet train pairs, written once and shared by every step;
+2. ``fastemb train`` all-mpnet-base-v2 on them (InfoNCE, in-batch negatives): the tuned teacher;
+3. ``fastemb mine`` with the tuned teacher: ``--negatives`` hard negatives per pair, with the teacher's scores;
+   the rows that got all their negatives are the students' pairs;
+4. the student all-MiniLM-L6-v2 trained contrastively on them (InfoNCE: in-batch + the mined negatives);
+5. the same student, pairs, steps, batch, learning rate and seed, distilled from the tuned teacher
+   (KL over the positive, the mined negatives and the other queries' positives, plus the InfoNCE term).
+
+Part B: a 3-layer student (layers 0, 3, 5 of a tuned 6-layer model: part A's distilled student, or ``--six``)
+distilled from that model
+on ``--small-pairs`` WordNet train pairs (KL over in-batch candidates, embedding MSE onto the teacher's vectors,
+InfoNCE); its test nDCG@10 as a share of the 6-layer model's, and encode speed of both through the same encoder
+code, interleaved rounds on the same definitions and threads (median docs/s; the ratio is the figure).
+
+Figures go to bench/RESULTS.md. ``--resume`` reuses the steps whose report is already in ``--out``.
+
+    .venv/bin/python bench/distill.py [--pairs 6000] [--negatives 3] [--small-pairs 20000] [--part a|b|both]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.results import write_section  # noqa: E402
+from fastemb.spec import load_spec  # noqa: E402
+
+TEACHER = "all-mpnet-base-v2"
+STUDENT = "all-MiniLM-L6-v2"
+
+
+def common_train(out: Path, pairs: str, seed: int = 42) -> list[str]:
+    """Overrides every training run of part A shares: data, one epoch, batch 2 x 32, no dev evaluations."""
+    return [f"storage_path={out}", f"data.train={pairs}", "data.max_pairs=null", "train.epochs=1",
+            "train.micro_batch_size=32", "train.num_workers=2", f"train.seed={seed}", "train.checkpoint_every=1000",
+            "train.eval_every=100000"]
+
+
+def train(name: str, job: str, overrides: list[str], out: Path, resume: bool) -> dict:
+    """Run one ``fastemb train`` job (or reuse its report with ``--resume``); report + wall seconds."""
+    from fastemb.train.driver import run_train
+
+    done = out / name / "report.json"
+    if resume and done.exists():
+        print(f"[bench] reusing {done}", flush=True)
+        return json.loads(done.read_text())
+    spec = load_spec(ROOT / "jobs" / job, [f"name={name}", *overrides], "train")
+    print(f"[bench] training {name}", flush=True)
+    return run_train(spec)
+
+
+def sample_pairs(out: Path, n: int) -> str:
+    """A seeded sample of ``n`` WordNet train pairs, written as a pairs file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fastemb.data.pairs import load_pairs
+
+    path = out / f"pairs_{n}.parquet"
+    if not path.exists():
+        rows, _ = load_pairs("wordnet", n, seed=42)
+        pq.write_table(pa.table({"query": [r["query"] for r in rows], "positive": [r["positive"] for r in rows]}),
+                       path)
+    return str(path)
+
+
+def part_a(args, out: Path) -> dict:
+    """Tuned teacher → mined pairs → contrastive student vs distilled student."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from fastemb.mine.job import run_mine
+
+    pairs = sample_pairs(out, args.pairs)
+    teacher = train("teacher", "contrastive.yaml", [
+        f"model.base={TEACHER}", f"train.lr={args.teacher_lr}", *common_train(out, pairs)], out, args.resume)
+    teacher_dir = teacher["model_dir"]
+
+    mine_report = out / "mine" / "mine_report.json"
+    if args.resume and mine_report.exists():
+        mined = json.loads(mine_report.read_text())
+    else:
+        mined = run_mine(load_spec(ROOT / "jobs" / "mine.yaml", [
+            "name=mine", f"storage_path={out}", f"model.base={teacher_dir}", f"data.train={pairs}",
+            "data.max_pairs=null", f"mining.num_negatives={args.negatives}", "mining.write_scores=true"], "mine"))
+    table = pq.read_table(out / "mine" / "pairs.parquet")
+    table = table.filter(pc.greater_equal(pc.list_value_length(table["negatives"]), args.negatives))
+    full = str(out / "pairs_mined_full.parquet")
+    pq.write_table(table, full)
+    mined["pairs_used"] = table.num_rows
+
+    student = [f"model.base={STUDENT}", f"loss.hard_negatives={args.negatives}", f"train.lr={args.student_lr}",
+               *common_train(out, full)]
+    runs = {"contrastive": train("student-contrastive", "contrastive.yaml", student, out, args.resume),
+            "distilled": train("student-distilled", "distill.yaml", [
+                *student, f"distill.teacher={teacher_dir}"], out, args.resume)}
+    steps = {k: r["plan"]["total_steps"] for k, r in runs.items()}
+    assert len(set(steps.values())) == 1, f"the student runs differ in steps: {steps}"
+    return {"teacher": teacher, "mined": mined, "runs": runs}
+
+
+def encode_speed(models: dict[str, str], texts: list[str], rounds: int, threads: int) -> dict[str, dict]:
+    """docs/s of each model folder through fastemb's encoder, interleaved rounds on the same texts and threads."""
+    import torch
+
+    from fastemb.model.encoder import Encoder
+
+    torch.set_num_threads(threads)
+    encoders = {k: Encoder.load(v, max_length=64).eval() for k, v in models.items()}
+    for e in encoders.values():
+        e.encode(texts[:256], batch_size=128)  # warm-up
+    rates: dict[str, list[float]] = {k: [] for k in encoders}
+    for _ in range(rounds):
+        for k, e in encoders.items():
+            t = time.perf_counter()
+            e.encode(texts, batch_size=128)
+            rates[k].append(len(texts) / (time.perf_counter() - t))
+    return {k: {"median": statistics.median(v), "rounds": v} for k, v in rates.items()}
+
+
+def part_b(args, out: Path, six: dict) -> dict:
+    """A 3-layer student distilled from the tuned 6-layer model; quality share and encode speed-up."""
+    from fastemb.data.eval_sets import load_eval_set
+
+    pairs = sample_pairs(out, args.small_pairs)
+    small = train("student-3-layers", "distill.yaml", [
+        f"model.base={six['model_dir']}", "model.num_layers=3", "loss.hard_negatives=0",
+        f"distill.teacher={six['model_dir']}", "distill.kl.in_batch=true",
+        f"distill.embedding_mse.weight={args.mse_weight}", f"train.lr={args.small_lr}",
+        *common_train(out, pairs)], out, args.resume)
+    texts = load_eval_set("wordnet", "test", None).corpus[:args.speed_docs]
+    speed = encode_speed({"6 layers": six["model_dir"], "3 layers": small["model_dir"]}, texts, args.speed_rounds,
+                         threads=2)
+    return {"small": small, "speed": speed}
+
+
+def report_a(args, a: dict) -> str:
+    t, m, runs = a["teacher"], a["mined"], a["runs"]
+    c, d = runs["contrastive"], runs["distilled"]
+    rows = [("teacher all-mpnet-base-v2, zero-shot", t["base"], None),
+            (f"teacher all-mpnet-base-v2, tuned on the {args.pairs} pairs", t["tuned"], t["train_seconds"]),
+            ("student all-MiniLM-L6-v2, zero-shot", c["base"], None),
+            ("student, contrastive (InfoNCE, in-batch + mined negatives)", c["tuned"], c["train_seconds"]),
+            ("student, distilled from the tuned teacher (KL + InfoNCE)", d["tuned"], d["train_seconds"])]
+    lines = [f"Pairs: a seeded sample of {args.pairs} WordNet train pairs. Teacher: all-mpnet-base-v2 tuned on them "
+             f"(InfoNCE, in-batch negatives, 1 epoch, 2 workers x 32, lr {args.teacher_lr:g}, "
+             f"{t['plan']['total_steps']} steps). Mining with the tuned teacher: {m['negatives_written']} negatives "
+             f"written, skipped candidates {json.dumps(m['skipped'])}; the {m['pairs_used']} pairs with all "
+             f"{args.negatives} negatives are the students' pairs. Both students: the same "
+             f"{c['plan']['total_steps']} optimizer steps (1 epoch, 2 workers x 32, lr {args.student_lr:g}, seed 42), "
+             f"InfoNCE over in-batch + {args.negatives} mined negatives; the distilled one adds the KL term over "
+             "the teacher's scores (stored once by the Ray Data teacher stage, "
+             f"{(d.get('teacher_outputs') or {}).get('embed_s', float('nan')):.0f} s). "
+             "Test split: 2,000 queries x 20,000 definitions.", "",
+             "| model | test nDCG@10 | MRR@10 | recall@10 | training wall (s) |", "|---|---|---|---|---|"]
+    for label, mt, secs in rows:
+        lines.append(f"| {label} | {mt['ndcg@10']:.4f} | {mt['mrr@10']:.4f} | {mt['recall@10']:.4f} | "
+                     f"{'–' if secs is None else f'{secs:.0f}'} |")
+    gain = d["tuned"]["ndcg@10"] - c["tuned"]["ndcg@10"]
+    lines += ["", f"**Distilled minus contrastive: {gain:+.4f} test nDCG@10** at the same pairs and student budget "
+              f"({'distillation wins' if gain > 0 else 'contrastive wins'}); the tuned teacher scores "
+              f"{t['tuned']['ndcg@10']:.4f} (zero-shot {t['base']['ndcg@10']:.4f})."]
+    return "\n".join(lines)
+
+
+def report_b(args, six: dict, b: dict) -> str:
+    small, speed = b["small"], b["speed"]
+    share = small["tuned"]["ndcg@10"] / six["tuned"]["ndcg@10"]
+    ratio = speed["3 layers"]["median"] / speed["6 layers"]["median"]
+    rounds = lambda k: ", ".join(f"{r:.0f}" for r in speed[k]["rounds"])  # noqa: E731
+    lines = [f"The tuned 6-layer model: `{six['model_dir']}` (all-MiniLM-L6-v2 trained by fastemb, run "
+             f"`{six['name']}`). The 3-layer student keeps its layers 0, 3, 5 (`model.num_layers=3`) "
+             f"and is distilled from it on a seeded sample of {args.small_pairs} WordNet train pairs: KL over in-batch "
+             f"candidates + embedding MSE (weight {args.mse_weight:g}) + InfoNCE, 1 epoch, 2 workers x 32, "
+             f"lr {args.small_lr:g}, {small['plan']['total_steps']} steps, {small['train_seconds']:.0f} s. "
+             f"Encode speed: fastemb's encoder, {args.speed_docs} test definitions, batch 128, max length 64, "
+             f"2 threads, {args.speed_rounds} interleaved rounds each (median).", "",
+             "| model | test nDCG@10 | MRR@10 | recall@10 | encode docs/s (rounds) |", "|---|---|---|---|---|",
+             f"| 6 layers (tuned) | {six['tuned']['ndcg@10']:.4f} | {six['tuned']['mrr@10']:.4f} | "
+             f"{six['tuned']['recall@10']:.4f} | {speed['6 layers']['median']:.0f} ({rounds('6 layers')}) |",
+             f"| 3 layers (distilled) | {small['tuned']['ndcg@10']:.4f} | {small['tuned']['mrr@10']:.4f} | "
+             f"{small['tuned']['recall@10']:.4f} | {speed['3 layers']['median']:.0f} ({rounds('3 layers')}) |", "",
+             f"**The 3-layer student keeps {share:.1%} of the 6-layer model's test nDCG@10 (target ≥ 95%) and "
+             f"encodes {ratio:.2f}x faster (target ≥ 1.8x).**"]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pairs", type=int, default=6000, help="WordNet train pairs for the teacher and students")
+    ap.add_argument("--negatives", type=int, default=3)
+    ap.add_argument("--teacher-lr", type=float, default=5e-5)
+    ap.add_argument("--student-lr", type=float, default=1e-4)
+    ap.add_argument("--small-pairs", type=int, default=16000, help="pairs for the 3-layer student")
+    ap.add_argument("--small-lr", type=float, default=1e-4)
+    ap.add_argument("--mse-weight", type=float, default=500.0)
+    ap.add_argument("--speed-docs", type=int, default=5000)
+    ap.add_argument("--speed-rounds", type=int, default=3)
+    ap.add_argument("--six", help="report.json of the tuned 6-layer model for part B (default: part A's distilled "
+                                  "student)")
+    ap.add_argument("--part", choices=["a", "b", "both"], default="both")
+    ap.add_argument("--resume", action="store_true", help="reuse the steps already done in --out")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "distill"))
+    args = ap.parse_args()
+    from fastemb.ray_env import init_ray
+
+    out = Path(args.out)
+    if not args.resume:
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    init_ray(num_cpus=2)
+    if args.part in ("a", "both"):
+        a = part_a(args, out)
+        body = report_a(args, a)
+        print(body)
+        write_section("distillation: distilled vs contrastive student", body)
+    if args.part in ("b", "both"):
+        six = json.loads(Path(args.six or out / "student-distilled" / "report.json").read_text())
+        b = part_b(args, out, six)
+        body = report_b(args, six, b)
+        print(body)
+        write_section("distillation: 3-layer student", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
