@@ -130,16 +130,34 @@ def encode_speed(models: dict[str, str], texts: list[str], rounds: int, threads:
     return {k: {"median": statistics.median(v), "rounds": v} for k, v in rates.items()}
 
 
+def small_recipe(args) -> tuple[list[str], str]:
+    """The 3-layer student's distillation overrides, and the recipe in words."""
+    terms, words = [f"distill.embedding_mse.weight={args.mse_weight}"], [f"embedding MSE (weight {args.mse_weight:g})"]
+    if args.hidden_weight:
+        terms += [f"distill.hidden_state.weight={args.hidden_weight}",
+                  f"distill.hidden_state.layer_map={{1: 1, 2: 4, 3: 6}}"]  # kept layers 0, 3, 5 -> their outputs
+        words.append(f"hidden states of the kept layers onto the same layers' outputs (weight {args.hidden_weight:g})")
+    if args.kl:
+        terms.append("distill.kl.in_batch=true")
+        words.insert(0, "KL over in-batch candidates")
+    else:
+        terms.append("distill.kl=null")
+    terms.append(f"distill.infonce_weight={args.infonce_weight}")
+    if args.infonce_weight:
+        words.append(f"InfoNCE (weight {args.infonce_weight:g})")
+    return terms, " + ".join(words)
+
+
 def part_b(args, out: Path, six: dict) -> dict:
     """A 3-layer student distilled from the tuned 6-layer model; quality share and encode speed-up."""
     from fastemb.data.eval_sets import load_eval_set
 
     pairs = sample_pairs(out, args.small_pairs)
+    terms, _ = small_recipe(args)
     small = train("student-3-layers", "distill.yaml", [
         f"model.base={six['model_dir']}", "model.num_layers=3", "loss.hard_negatives=0",
-        f"distill.teacher={six['model_dir']}", "distill.kl.in_batch=true",
-        f"distill.embedding_mse.weight={args.mse_weight}", f"train.lr={args.small_lr}",
-        *common_train(out, pairs)], out, args.resume)
+        f"distill.teacher={six['model_dir']}", *terms, f"train.lr={args.small_lr}",
+        *common_train(out, pairs), f"train.epochs={args.small_epochs}"], out, args.resume)
     texts = load_eval_set("wordnet", "test", None).corpus[:args.speed_docs]
     speed = encode_speed({"6 layers": six["model_dir"], "3 layers": small["model_dir"]}, texts, args.speed_rounds,
                          threads=2)
@@ -182,8 +200,8 @@ def report_b(args, six: dict, b: dict) -> str:
     rounds = lambda k: ", ".join(f"{r:.0f}" for r in speed[k]["rounds"])  # noqa: E731
     lines = [f"The tuned 6-layer model: `{six['model_dir']}` (all-MiniLM-L6-v2 trained by fastemb, run "
              f"`{six['name']}`). The 3-layer student keeps its layers 0, 3, 5 (`model.num_layers=3`) "
-             f"and is distilled from it on a seeded sample of {args.small_pairs} WordNet train pairs: KL over in-batch "
-             f"candidates + embedding MSE (weight {args.mse_weight:g}) + InfoNCE, 1 epoch, 2 workers x 32, "
+             f"and is distilled from it on a seeded sample of {args.small_pairs} WordNet train pairs: "
+             f"{small_recipe(args)[1]}, {args.small_epochs:g} epoch(s), 2 workers x 32, "
              f"lr {args.small_lr:g}, {small['plan']['total_steps']} steps, {small['train_seconds']:.0f} s. "
              f"Encode speed: fastemb's encoder, {args.speed_docs} test definitions, batch 128, max length 64, "
              f"2 threads, {args.speed_rounds} interleaved rounds each (median).", "",
@@ -205,7 +223,11 @@ def main() -> int:
     ap.add_argument("--student-lr", type=float, default=1e-4)
     ap.add_argument("--small-pairs", type=int, default=16000, help="pairs for the 3-layer student")
     ap.add_argument("--small-lr", type=float, default=1e-4)
+    ap.add_argument("--small-epochs", type=float, default=1.0)
     ap.add_argument("--mse-weight", type=float, default=500.0)
+    ap.add_argument("--hidden-weight", type=float, default=0.0, help="hidden-state term of the 3-layer student (0: off)")
+    ap.add_argument("--kl", action=argparse.BooleanOptionalAction, default=True, help="3-layer student: KL term")
+    ap.add_argument("--infonce-weight", type=float, default=1.0, help="3-layer student: InfoNCE term")
     ap.add_argument("--speed-docs", type=int, default=5000)
     ap.add_argument("--speed-rounds", type=int, default=3)
     ap.add_argument("--six", help="report.json of the tuned 6-layer model for part B (default: part A's distilled "

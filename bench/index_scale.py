@@ -240,7 +240,7 @@ built from the {corpus['definitions']:,} shipped WordNet definitions cycled (cop
 {corpus['blank']} empty/whitespace texts, {corpus['duplicate']} rows reusing another row's id.
 Job: `jobs/index.yaml` with evaluation off{(', overrides ' + ' '.join(f'`{o}`' for o in overrides)) if overrides else ''}
 — model {spec.model.base} (max_length {spec.model.max_length}), {ec.num_actors} encoder actors × {ec.threads_per_actor}
-thread, units of {ec.rows_per_unit:,} rows; factory `{b['factory']}` (refine {refine}), trained on
+thread, `embed.rows_per_unit` {ec.rows_per_unit:,} ({e['units']} units: a unit never splits a corpus file); factory `{b['factory']}` (refine {refine}), trained on
 {b['train_vectors']:,} vectors, {b['add_tasks']} add tasks; in this process on an embedded local Ray, fresh run folder.
 
 | counts (manifest) | figure | injected |

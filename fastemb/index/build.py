@@ -20,7 +20,7 @@ import numpy as np
 import ray
 
 from fastemb.index.embed import peak_rss_mb, this_node
-from fastemb.index.factory import is_mergeable
+from fastemb.index.factory import code_bytes, is_mergeable
 from fastemb.index.refine import STORE_FILE, open_store
 from fastemb.index.shards import read_kept, sample_vectors, vectors_of
 
@@ -68,7 +68,7 @@ def train_task(files, counts, drop, factory: str, train_size: int, compress: dic
     index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     index.train(np.ascontiguousarray(x))
     info = {"train_vectors": len(x), "train_s": round(time.time() - t0, 2), "peak_rss_mb": peak_rss_mb(),
-            "dim": int(x.shape[1])}
+            "dim": int(x.shape[1]), "code_bytes": code_bytes(index)}  # a property of the structure: known now
     return faiss.serialize_index(index), info
 
 
@@ -177,5 +177,6 @@ def build_index(files: list[str], counts: list[int], drop: dict, out_dir: str | 
     return {"factory": factory, "dim": info["dim"], "train_vectors": info["train_vectors"],
             "train_s": round(t_train, 2), "add_s": round(t_add, 2), "merge_s": merged["merge_s"],
             "build_s": round(time.time() - t0, 2), "add_tasks": len(pieces), "ntotal": merged["ntotal"],
+            "code_bytes_per_vector": info["code_bytes"],
             "worker_peak_rss_mb": max([info["peak_rss_mb"], merged["peak_rss_mb"], *[a["peak_rss_mb"] for a in adds]]),
             "compressor": compressor_dir}

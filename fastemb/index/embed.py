@@ -149,6 +149,17 @@ def _unit_stats(path: Path) -> dict:
     return {"rows_out": rows, "skipped": dict(skipped)}
 
 
+def data_context_for_jobs() -> None:
+    """Ray Data's progress bars in a terminal only (a log file gets the per-unit lines instead), no plan dumps."""
+    import sys
+
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = sys.stderr.isatty()
+    ctx.print_on_execution_start = False
+
+
 def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_column: str = "id",
                  text_column: str = "text", num_actors: int = 2, threads_per_actor: int = 1,
                  batch_rows: int = 1024, max_batch_tokens: int = 1024, rows_per_unit: int = 200_000,
@@ -164,9 +175,7 @@ def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_colum
     emb_dir.mkdir(parents=True, exist_ok=True)
     salt = json.dumps({"model": model, "chunking": chunking, "columns": [id_column, text_column]}, sort_keys=True)
     units = plan_units(scan, rows_per_unit, salt)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
+    data_context_for_jobs()
     stats, reused, worker_rss, started = [], 0, 0.0, time.time()
     for unit in units:
         final = unit_dir(emb_dir, unit)
@@ -222,9 +231,7 @@ def embed_text_list(texts: list[str], model: dict, *, num_actors: int = 2, threa
     skips by reason."""
     import ray
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
+    data_context_for_jobs()
     table = pa.table({"id": pa.array([str(i) for i in range(len(texts))]), "text": pa.array(texts, pa.string())})
     blocks = max(num_actors, -(-len(texts) // batch_rows))
     # Cut into blocks first (materialised): a full actor pool holds every CPU, and repartition needs one.

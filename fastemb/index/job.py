@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from fastemb.index.build import build_index
 from fastemb.index.corpus import SKIP_DUPLICATE, SKIP_UNREADABLE, CorpusScan, scan_corpus
 from fastemb.index.embed import embed_corpus, peak_rss_mb, shard_files
-from fastemb.index.factory import code_bytes, factory_string
+from fastemb.index.factory import factory_string
 from fastemb.index.refine import STORE_DTYPE, STORE_FILE, refine_k_factor
 from fastemb.index.shards import kept_counts, plan_duplicates, write_id_map
 from fastemb.storage import is_uri, pull, pull_folders, push, push_folder, run_uri
@@ -57,8 +57,6 @@ def index_shards(shard_dirs: list[str], duplicate_ids: set[str], out_dir: Path, 
                  compress_cfg: dict, on_this_node: bool = False, log=print) -> dict:
     """Build ``out_dir/{index.faiss, ids.parquet, compressor/}`` (+ ``refine_vectors.f16`` with refine disk) from
     embedding shards; returns build info."""
-    import faiss
-
     out_dir.mkdir(parents=True, exist_ok=True)
     files = shard_files(shard_dirs)
     drop, dup_docs = plan_duplicates(files, duplicate_ids)
@@ -84,7 +82,6 @@ def index_shards(shard_dirs: list[str], duplicate_ids: set[str], out_dir: Path, 
     index_file = out_dir / "index.faiss"
     info.update(entries=rows, documents=int(pc.sum(pc.equal(ids["chunk"], 0)).as_py() or 0),
                 skipped=dict(skipped), duplicate_docs=dup_docs,
-                code_bytes_per_vector=code_bytes(faiss.read_index(str(index_file))),  # in memory
                 file_bytes_per_vector=round(index_file.stat().st_size / rows, 2),
                 refine=_refine_info(out_dir, ic, rows, info["dim"]))
     return info
