@@ -23,7 +23,7 @@ lr 5e-4 gave 0.454, lr 2e-4 0.457.
 
 Figures go to bench/RESULTS.md. ``--resume`` reuses the steps whose report is already in ``--out``.
 
-    .venv/bin/python bench/distill.py [--pairs 6000] [--negatives 3] [--small-pairs 20000] [--part a|b|both]
+    .venv/bin/python bench/distill.py [--pairs 6000] [--negatives 3] [--small-pairs 92659] [--part a|b|both]
 """
 from __future__ import annotations
 
@@ -225,13 +225,13 @@ def main() -> int:
     ap.add_argument("--negatives", type=int, default=3)
     ap.add_argument("--teacher-lr", type=float, default=5e-5)
     ap.add_argument("--student-lr", type=float, default=1e-4)
-    ap.add_argument("--small-pairs", type=int, default=16000, help="pairs for the 3-layer student")
-    ap.add_argument("--small-lr", type=float, default=1e-4)
+    ap.add_argument("--small-pairs", type=int, default=92659, help="pairs for the 3-layer student (default: all)")
+    ap.add_argument("--small-lr", type=float, default=2e-4)
     ap.add_argument("--small-epochs", type=float, default=1.0)
     ap.add_argument("--mse-weight", type=float, default=500.0)
     ap.add_argument("--hidden-weight", type=float, default=0.0, help="hidden-state term of the 3-layer student (0: off)")
-    ap.add_argument("--kl", action=argparse.BooleanOptionalAction, default=True, help="3-layer student: KL term")
-    ap.add_argument("--infonce-weight", type=float, default=1.0, help="3-layer student: InfoNCE term")
+    ap.add_argument("--kl", action=argparse.BooleanOptionalAction, default=False, help="3-layer student: KL term")
+    ap.add_argument("--infonce-weight", type=float, default=0.0, help="3-layer student: InfoNCE term (0: off)")
     ap.add_argument("--speed-docs", type=int, default=5000)
     ap.add_argument("--speed-rounds", type=int, default=3)
     ap.add_argument("--six", help="report.json of the tuned 6-layer model for part B (default: part A's distilled "
