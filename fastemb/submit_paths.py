@@ -125,46 +125,40 @@ def _inside(path: Path, folder: str | Path) -> bool:
 def decide_paths(job_type: type[BaseModel], raw: dict, uploads: UploadRules, storage_path: str | None,
                  shared: list[str] = ()) -> list[PathDecision]:
     """A decision for every path field that has a string value in the spec as written (``raw``, overrides applied)."""
-    decisions = []
-    for field, kind, value in path_values(job_type, raw):
-        here = Path(value).expanduser()
-        absolute = os.path.abspath(here)
-
-        def decide(action: str, result: str, why: str) -> PathDecision:
-            return PathDecision(field, kind, value, action, result, why)
-
-        if is_uri(value):
-            decisions.append(decide("kept", value, "a URI: every node reads it itself"))
-        elif kind == "output":
-            decisions.append(decide("kept", value, "absolute: must be a filesystem every node mounts at this path")
-                             if here.is_absolute() else
-                             decide("pinned", absolute, "relative output pinned to an absolute path: it must be "
-                                    "storage every node mounts at this path, or use an s3:// / gs:// URI"))
-        elif not here.exists():
-            decisions.append(decide("kept", value, "not found here: an alias, a shipped data set or a path on the "
-                                                   "cluster, left as it is"))
-        else:
-            decisions.append(_local_input(decide, here.resolve(), absolute, uploads, storage_path, shared))
-    return decisions
+    return [PathDecision(field, kind, value, *_decide(kind, value, uploads, storage_path, shared))
+            for field, kind, value in path_values(job_type, raw)]
 
 
-def _local_input(decide, path: Path, absolute: str, uploads: UploadRules, storage_path: str | None,
-                 shared: list[str]) -> PathDecision:
-    """An input that exists here: uploaded with the working_dir, pinned on shared storage, or refused."""
+def _decide(kind: str, value: str, uploads: UploadRules, storage_path: str | None,
+            shared: list[str]) -> tuple[str, str, str]:
+    """(action, what the cluster gets, why) for one path value."""
+    here = Path(value).expanduser()
+    if is_uri(value):
+        return "kept", value, "a URI: every node reads it itself"
+    if kind == "output":
+        if here.is_absolute():
+            return "kept", value, "absolute: must be a filesystem every node mounts at this path"
+        return "pinned", os.path.abspath(here), ("relative output pinned to an absolute path: it must be storage "
+                                                 "every node mounts at this path, or use an s3:// / gs:// URI")
+    if not here.exists():
+        return "kept", value, "not found here: an alias, a shipped data set or a path on the cluster, left as it is"
+    path = here.resolve()
     if _inside(path, uploads.root):
         excluded = uploads.excluded_by(path)
         if excluded is None:
-            return decide("uploaded", path.relative_to(uploads.root).as_posix(),
-                          f"uploaded with the working_dir {uploads.root}")
+            return "uploaded", path.relative_to(uploads.root).as_posix(), \
+                f"uploaded with the working_dir {uploads.root}"
         why = excluded
     else:
         why = f"outside the working_dir {uploads.root} that is uploaded"
     if storage_path and not is_uri(storage_path) and _inside(path, storage_path):
-        return decide("pinned", absolute, f"not uploaded ({why}); pinned on the shared storage_path {storage_path}")
+        return "pinned", os.path.abspath(here), f"not uploaded ({why}); pinned on the shared storage_path " \
+                                                f"{storage_path}"
     for folder in shared:
         if _inside(path, folder):
-            return decide("pinned", absolute, f"not uploaded ({why}); pinned on the shared path {folder} (--shared)")
-    return decide("refused", absolute, why)
+            return "pinned", os.path.abspath(here), f"not uploaded ({why}); pinned on the shared path {folder} " \
+                                                    "(--shared)"
+    return "refused", os.path.abspath(here), why
 
 
 def refusal_message(refused: list[PathDecision], storage_path: str | None, runtime_env_name: str) -> str:
