@@ -54,7 +54,7 @@ def common_train(out: Path, pairs: str, seed: int = 42) -> list[str]:
 
 def train(name: str, job: str, overrides: list[str], out: Path, resume: bool) -> dict:
     """Run one ``fastemb train`` job (or reuse its report with ``--resume``); report + wall seconds."""
-    from fastemb.train.driver import run_train
+    from fastemb.train.job import run_train
 
     done = out / name / "report.json"
     if resume and done.exists():

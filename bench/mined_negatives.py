@@ -34,7 +34,7 @@ def main() -> int:
     args = ap.parse_args()
     from fastemb.mine.job import run_mine
     from fastemb.ray_env import init_ray
-    from fastemb.train.driver import run_train
+    from fastemb.train.job import run_train
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)

@@ -69,7 +69,7 @@ def plain_server(model_path: str, port: int, threads: int) -> None:
 def fastemb_server(model_path: str, port: int, threads: int, batch: int, proxy: str) -> None:
     """fastemb's service as shipped (jobs/serve.yaml defaults), one replica of ``threads`` CPUs, until killed;
     ``proxy`` is its ``ingress.proxy`` (Serve's Python proxy or the HAProxy ingress)."""
-    from fastemb.serve.run import start
+    from fastemb.serve.job import start
     from fastemb.spec import parse_spec
 
     spec = parse_spec({"job": "serve", "port": port, "blocking": False, "ray": {"num_cpus": threads + 1},

@@ -25,9 +25,10 @@ import torch  # noqa: E402
 
 from bench.results import write_section  # noqa: E402
 from fastemb.data.pairs import load_pairs  # noqa: E402
+from fastemb.eval.retrieval import evaluate_model  # noqa: E402
 from fastemb.model.encoder import Encoder, default_model_path  # noqa: E402
 from fastemb.spec import parse_spec  # noqa: E402
-from fastemb.train.driver import evaluate_model, run_train  # noqa: E402
+from fastemb.train.job import run_train  # noqa: E402
 
 
 def gemm_peak_gflops(threads: int, n: int = 2048, reps: int = 5) -> float:
@@ -101,7 +102,7 @@ def main() -> None:
     fe_ndcg, base_ndcg = report["tuned"]["ndcg@10"], report["base"]["ndcg@10"]
 
     st_rate, st_path = run_sentence_transformers(pairs, args, work)
-    st_ndcg = evaluate_model(st_path, spec)["ndcg@10"]
+    st_ndcg = evaluate_model(spec.model, spec.data, path=st_path)["ndcg@10"]
 
     mfu = lambda rate: rate * flops_pair / (peak * 1e9)  # noqa: E731
     body = f"""

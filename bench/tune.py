@@ -30,7 +30,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.results import write_section  # noqa: E402
 from fastemb.spec import load_spec  # noqa: E402
-from fastemb.tune.search import METRIC, run_tune  # noqa: E402
+from fastemb.tune.job import run_tune  # noqa: E402
+from fastemb.tune.tuner import METRIC  # noqa: E402
 
 
 def run_search(scheduler: str, args) -> dict:

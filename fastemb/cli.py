@@ -1,14 +1,22 @@
-"""``fastemb`` command line: every sub-command takes a job spec plus ``key=value`` overrides."""
+"""``fastemb`` command line: every job type of ``fastemb.spec.JOB_TYPES`` is a sub-command taking a job spec plus
+``key=value`` overrides; it runs ``fastemb.<job>.job.run_<job>(spec)`` and prints that module's ``cli_summary`` of
+the result as JSON. Besides them: ``registry``, ``submit`` / ``jobs`` (Ray Jobs API) and ``ab`` (A/B report).
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from fastemb.errors import FastembError
-from fastemb.spec import SpecError, load_spec, parse_spec
+from fastemb.spec import JOB_TYPES, load_spec, parse_spec
+
+# Job types whose command, given no spec file, runs the spec shipped in jobs/ (overrides still apply).
+SHIPPED_SPECS = {"demo": Path(__file__).resolve().parents[1] / "jobs" / "demo.yaml"}
 
 
 def _spec(args, job: str):
@@ -20,65 +28,37 @@ def _spec(args, job: str):
     return parse_spec({"job": job}, ([args.spec] if args.spec else []) + overrides, job)
 
 
-def cmd_train(args) -> int:
-    from fastemb.train.driver import run_train
-
-    report = run_train(_spec(args, "train"))
-    out = {"base_ndcg@10": report["base"]["ndcg@10"], "tuned_ndcg@10": report["tuned"]["ndcg@10"],
-           "delta": report["delta"]["ndcg@10"], "model_dir": report["model_dir"]}
-    if "continual" in report:
-        out["continual"] = {k: report["continual"][k] for k in ("candidate", "outcome", "production_after")}
-    print(json.dumps(out, indent=2))
+def run_job(args) -> int:
+    """Validate the spec, run the job's driver, print its summary."""
+    job = args.command
+    shipped = SHIPPED_SPECS.get(job)
+    if shipped is not None and (not args.spec or "=" in args.spec) and shipped.exists():
+        args.overrides = [args.spec, *args.overrides] if args.spec else args.overrides
+        args.spec = str(shipped)
+    spec = _spec(args, job)
+    module = importlib.import_module(f"fastemb.{job}.job")
+    result = getattr(module, f"run_{job}")(spec)
+    summary = module.cli_summary(result)
+    if summary is not None:
+        print(json.dumps(summary, indent=2, default=str, ensure_ascii=False))
     return 0
 
 
-def cmd_eval(args) -> int:
-    from fastemb.data.eval_sets import load_eval_set
-    from fastemb.eval.retrieval import evaluate
-    from fastemb.model.encoder import Encoder
-
-    spec = _spec(args, "eval")
-    m = spec.model
-    encoder = Encoder.load(m.base, pooling=m.pooling, normalize=m.normalize, max_length=m.max_length,
-                           synonyms=m.synonyms)
-    metrics = evaluate(encoder, load_eval_set(spec.data.eval, spec.split, spec.data.test_queries),
-                       show_progress=True)
-    text = json.dumps(metrics, indent=2)
-    if spec.output:
-        with open(spec.output, "w") as f:
-            f.write(text)
-    print(text)
-    return 0
+def _help(job_type: type) -> str:
+    """The first line of a job type's docstring, without its ```fastemb <job>``:`` prefix."""
+    first = (job_type.__doc__ or "").strip().splitlines()[0]
+    text = first.split(":", 1)[1].strip().rstrip(".") if first.startswith("``fastemb") else first
+    return text.replace("``", "")
 
 
-def cmd_index(args) -> int:
-    from fastemb.index.job import run_index
-
-    manifest = run_index(_spec(args, "index"))
-    print(json.dumps({"index_dir": manifest["location"],
-                      "counts": manifest["counts"], "build_s": manifest["build_s"],
-                      "memory": manifest["memory"]}, indent=2))
-    return 0
-
-
-def cmd_search(args) -> int:
-    from fastemb.index.search import Searcher
-
-    spec = _spec(args, "search")
-    hits = Searcher(spec.index_dir, nprobe=spec.nprobe, ef_search=spec.ef_search).search(spec.queries, spec.k)
-    text = json.dumps([{"query": q, "hits": h} for q, h in zip(spec.queries, hits)], indent=2, ensure_ascii=False)
-    if spec.output:
-        with open(spec.output, "w") as f:
-            f.write(text)
-    print(text)
-    return 0
-
-
-def cmd_serve(args) -> int:
-    from fastemb.serve.run import run_serve
-
-    run_serve(_spec(args, "serve"))
-    return 0
+def add_spec_command(sub, name: str, help_: str) -> argparse.ArgumentParser:
+    """A sub-command taking ``SPEC [key=value ...] [--address ADDR]``."""
+    p = sub.add_parser(name, help=help_, description=help_)
+    p.add_argument("spec", nargs="?", help="job spec YAML (optional: defaults are used without it)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-5")
+    p.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    p.set_defaults(fn=run_job)
+    return p
 
 
 def cmd_ab_report(args) -> int:
@@ -97,61 +77,6 @@ def add_ab_commands(sub) -> None:
     p.add_argument("feedback_dir", nargs="?", default="runs/serve/ab", help="serve feedback_dir")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_ab_report)
-
-
-# Sub-commands that run a job spec: (name, handler, help). Other stages register theirs here.
-def cmd_tune(args) -> int:
-    from fastemb.tune.search import run_tune
-
-    summary = run_tune(_spec(args, "tune"))
-    print(json.dumps({"winner": summary["winner"], "trials": len(summary["trials"])}, indent=2, default=str))
-    return 0
-
-
-def cmd_demo(args) -> int:
-    from pathlib import Path
-
-    from fastemb.demo.run import run_demo
-
-    shipped = Path(__file__).resolve().parents[1] / "jobs" / "demo.yaml"
-    if (not args.spec or "=" in args.spec) and shipped.exists():  # `fastemb demo [k=v ...]`: the shipped spec
-        args.overrides = [args.spec, *args.overrides] if args.spec else args.overrides
-        args.spec = str(shipped)
-    summary = run_demo(_spec(args, "demo"))
-    print(json.dumps({"summary": str(Path(summary["train"]["model_dir"]).parents[1] / "summary.md"),
-                      "minutes": round(summary["seconds"]["total"] / 60, 1)}, indent=2))
-    return 0
-
-
-def cmd_mine(args) -> int:
-    from fastemb.mine.job import run_mine
-
-    report = run_mine(_spec(args, "mine"))
-    print(json.dumps({k: report[k] for k in ("pairs_file", "pairs", "negatives_written", "skipped",
-                                             "rows_short_of_negatives", "timing_s")}, indent=2))
-    return 0
-
-
-SPEC_COMMANDS = [
-    ("demo", cmd_demo, "the whole pipeline on an embedded local Ray: train → tune → registry → index → serve"),
-    ("train", cmd_train, "contrastive training (Ray Train + DeepSpeed)"),
-    ("tune", cmd_tune, "Ray Tune search: temperature, batch size, LR, compression"),
-    ("eval", cmd_eval, "retrieval metrics of a model"),
-    ("index", cmd_index, "embed a corpus (Ray Data) and build a compressed faiss index"),
-    ("search", cmd_search, "top-k documents of query texts in a built index"),
-    ("serve", cmd_serve, "online embedding + search service on Ray Serve (A/B arms)"),
-    ("mine", cmd_mine, "mine hard negatives for pairs (Ray Data + faiss)"),
-]
-
-
-def add_spec_command(sub, name: str, fn, help_: str) -> argparse.ArgumentParser:
-    """A sub-command taking ``SPEC [key=value ...] [--address ADDR]``."""
-    p = sub.add_parser(name, help=help_)
-    p.add_argument("spec", nargs="?", help="job spec YAML (optional: defaults are used without it)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-5")
-    p.add_argument("--address", help="join this Ray cluster instead of starting a local one")
-    p.set_defaults(fn=fn)
-    return p
 
 
 def cmd_registry(args) -> int:
@@ -186,8 +111,8 @@ def add_registry_command(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastemb", description="Tune, evaluate and ship text-embedding models on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, fn, help_ in SPEC_COMMANDS:
-        add_spec_command(sub, name, fn, help_)
+    for name, job_type in JOB_TYPES.items():
+        add_spec_command(sub, name, _help(job_type))
     add_registry_command(sub)
     from fastemb.submit import add_submit_commands  # `submit` and `jobs`: Ray Jobs API
 

@@ -5,9 +5,11 @@
 
 The job runs ``python -m fastemb.cli <job> <spec> <overrides> ray.address=auto`` in the working_dir
 that ``runtime_env.yaml`` uploads, so the same spec runs unchanged locally (``fastemb train spec``) and
-on a cluster. Relative paths in the spec (``storage_path``, local data or model folders, ``output``)
-are made absolute on the submitting machine: on a real cluster they must name a filesystem every node
-mounts at the same path (NFS/EFS/Filestore), or use an object-store URI (``s3://``, ``gs://``).
+on a cluster. Every path field the schema declares is handled (fastemb/submit_paths.py): relative outputs
+(``storage_path``, ``output``, ...) are pinned to absolute paths, which on a real cluster must name a
+filesystem every node mounts at the same path (NFS/EFS/Filestore), or use an object-store URI (``s3://``,
+``gs://``); local inputs are uploaded with the working_dir, pinned on the shared ``storage_path``, or refused
+with the fix. ``--dry-run`` prints the decision for each path field.
 
 Auth: the token comes from ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (Ray's
 own order) and is sent as an HTTP header only; it is never printed, put in the runtime_env or in the
@@ -34,7 +36,8 @@ from typing import Any
 
 import yaml
 
-from fastemb.spec import SpecError, apply_overrides, load_spec
+from fastemb.spec import apply_overrides, load_spec
+from fastemb.submit_paths import PathDecision, UploadRules, decide_paths, refusal_message
 
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
 TERMINAL = set(EXIT_CODES)
@@ -43,11 +46,6 @@ SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|PRIVA
                          re.I)
 # worker_env() entries that name paths on the submitting machine: the cluster computes its own.
 MACHINE_LOCAL_ENV = {"TORCH_EXTENSIONS_DIR"}
-# Spec fields that may name local paths: outputs are always pinned to an absolute path, inputs only
-# when they exist here (so 'wordnet' and model aliases stay as they are).
-OUTPUT_PATH_FIELDS = ("storage_path", "output", "embed.output")
-INPUT_PATH_FIELDS = ("data.train", "data.eval", "model.base", "corpus.path", "evaluate.eval", "index_dir")
-LOCAL_PATH_FIELDS = OUTPUT_PATH_FIELDS + INPUT_PATH_FIELDS
 
 
 class SubmitError(RuntimeError):
@@ -153,37 +151,26 @@ def build_runtime_env(path: str | os.PathLike, spec, extra_env: dict[str, str] |
 # ---------------------------------------------------------------------------------- submission
 
 
-def _get(raw: dict, dotted: str):
-    node: Any = raw
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _portable_overrides(spec_path: Path, overrides: list[str], spec) -> tuple[list[str], list[str]]:
-    """Overrides making the spec's relative local paths absolute, and notes saying so."""
+def portable_paths(spec_path: Path, overrides: list[str], spec, runtime_env: dict, runtime_env_name: str,
+                   shared: list[str] = ()) -> tuple[list[str], list[PathDecision]]:
+    """The overrides that make the spec's path fields valid on the cluster, and the decision for each path field;
+    raises SubmitError naming every input that would not reach the cluster."""
     raw = apply_overrides(yaml.safe_load(spec_path.read_text()) or {}, overrides)
-    extra, notes = [], []
-    for field in LOCAL_PATH_FIELDS:
-        head = field.split(".")[0]
-        if head not in type(spec).model_fields:
-            continue
-        value = _get(raw, field)
-        if not isinstance(value, str) or "://" in value or os.path.isabs(value):
-            continue
-        p = Path(value).expanduser()
-        if field in OUTPUT_PATH_FIELDS or p.exists():
-            extra.append(f"{field}={p.resolve()}")
-            notes.append(f"{field} {value!r} → {p.resolve()} (must be storage every node mounts at this path, "
-                         "or use an s3:// / gs:// URI)")
-    return extra, notes
+    uploads = UploadRules(runtime_env["working_dir"], runtime_env.get("excludes") or [], runtime_env_name)
+    storage_path = getattr(spec, "storage_path", None)
+    decisions = decide_paths(type(spec), raw, uploads, storage_path, shared)
+    refused = [d for d in decisions if d.action == "refused"]
+    if refused:
+        raise SubmitError(refusal_message(refused, storage_path, runtime_env_name))
+    return [f"{d.field}={d.result}" for d in decisions if d.result != d.value], decisions
 
 
 def build_submission(spec_path: str, overrides: list[str], runtime_env_path: str,
-                     extra_env: dict[str, str] | None = None, submission_id: str | None = None) -> dict[str, Any]:
-    """Everything ``submit_job`` needs: entrypoint, runtime_env, metadata, submission id, plus notes."""
+                     extra_env: dict[str, str] | None = None, submission_id: str | None = None,
+                     shared: list[str] = ()) -> dict[str, Any]:
+    """Everything ``submit_job`` needs: entrypoint, runtime_env, metadata, submission id, plus the decision for each
+    path field (``paths``) and notes on the paths that changed. ``shared``: folders every node mounts at the same
+    path (local inputs under them are pinned like those under ``storage_path``)."""
     spec = load_spec(spec_path, overrides)  # validate here: a bad spec fails before anything is uploaded
     runtime_env = build_runtime_env(runtime_env_path, spec, extra_env)
     workdir = runtime_env.get("working_dir")
@@ -196,7 +183,9 @@ def build_submission(spec_path: str, overrides: list[str], runtime_env_path: str
     except ValueError:
         raise SubmitError(f"job spec {spec_path} is outside the working_dir {workdir} that is uploaded; "
                           "move it inside") from None
-    extra, notes = _portable_overrides(sp, overrides, spec)
+    extra, decisions = portable_paths(sp, overrides, spec, runtime_env, Path(runtime_env_path).name,
+                                      [os.path.abspath(os.path.expanduser(d)) for d in shared])
+    notes = [f"{d.field} {d.value!r} → {d.result} ({d.why})" for d in decisions if d.result != d.value]
     args = [*overrides, *extra]
     if "ray" in type(spec).model_fields:
         args.append("ray.address=auto")  # join the cluster the job runs on
@@ -206,7 +195,14 @@ def build_submission(spec_path: str, overrides: list[str], runtime_env_path: str
     sid = submission_id or f"fastemb-{spec.job}-{name}-{uuid.uuid4().hex[:8]}"
     metadata = {"fastemb_job": spec.job, "fastemb_spec": rel.as_posix(), "fastemb_name": name}
     return {"entrypoint": entrypoint, "runtime_env": runtime_env, "metadata": metadata,
-            "submission_id": sid, "notes": notes}
+            "submission_id": sid, "notes": notes, "paths": [d.as_dict() for d in decisions]}
+
+
+def format_paths(paths: list[dict]) -> str:
+    """The ``--dry-run`` table: one line per path field with its decision."""
+    return "\n".join(f"  {p['field']} = {p['value']!r}: {p['action']}"
+                     + (f" → {p['result']}" if p["result"] != p["value"] else "") + f" ({p['why']})"
+                     for p in paths)
 
 
 async def _tail(client, sid: str) -> None:
@@ -252,13 +248,14 @@ def _env_pairs(items: list[str]) -> dict[str, str]:
 def cmd_submit(args) -> int:
     try:
         sub = build_submission(args.spec, list(args.overrides), args.runtime_env, _env_pairs(args.env),
-                               args.submission_id)
-        for note in sub["notes"]:
-            print(f"fastemb submit: note: {note}", file=sys.stderr)
+                               args.submission_id, args.shared or [])
         if args.dry_run:
-            print(json.dumps({k: sub[k] for k in ("submission_id", "entrypoint", "runtime_env", "metadata")},
+            print("fastemb submit: path fields:\n" + (format_paths(sub["paths"]) or "  (none set)"), file=sys.stderr)
+            print(json.dumps({k: sub[k] for k in ("submission_id", "entrypoint", "runtime_env", "metadata", "paths")},
                              indent=2))
             return 0
+        for note in sub["notes"]:
+            print(f"fastemb submit: note: {note}", file=sys.stderr)
         client = job_client(args.address)
         kwargs = {}
         if args.entrypoint_num_cpus is not None:
@@ -334,7 +331,10 @@ def add_submit_commands(sub) -> None:
     p.add_argument("--submission-id", help="default: fastemb-<job>-<name>-<random>")
     p.add_argument("--env", action="append", metavar="KEY=VALUE", help="extra env var for the job (not secrets)")
     p.add_argument("--entrypoint-num-cpus", type=float, help="CPUs reserved for the job's driver (default 0)")
-    p.add_argument("--dry-run", action="store_true", help="print what would be submitted, submit nothing")
+    p.add_argument("--shared", action="append", metavar="DIR", help="a folder every node mounts at the same path: "
+                   "local inputs under it are passed by absolute path (storage_path is one already)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be submitted and the decision for each "
+                   "path field (pinned, uploaded, kept, refused); submit nothing")
     p.set_defaults(fn=cmd_submit)
 
     j = sub.add_parser("jobs", help="list, inspect, follow or stop jobs on a Ray cluster")

@@ -16,7 +16,7 @@ def start_service(spec_dict: dict, env: dict[str, str] | None = None):
     """Start a local 2-CPU Ray, then the fastemb Serve app; returns (spec, base_url)."""
     import ray
 
-    from fastemb.serve.run import start
+    from fastemb.serve.job import start
     from fastemb.spec import parse_spec
 
     for k, v in (env or {}).items():

@@ -47,7 +47,7 @@ def test_aggregate_max_and_mean():
 def test_man_pages_are_chunked_and_searched_as_documents(ray_local, tmp_path):
     from fastemb.data.manpages import load_manpages
     from fastemb.index.job import run_index
-    from fastemb.index.search import Searcher
+    from fastemb.index.searcher import Searcher
     from fastemb.spec import parse_spec
 
     pages = load_manpages("2", limit=24, min_chars=3000)

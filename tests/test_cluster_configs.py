@@ -95,12 +95,12 @@ def test_rayservice_manifest_serve_config():
     ServeDeploySchema.model_validate(serve) if hasattr(ServeDeploySchema, "model_validate") \
         else ServeDeploySchema.parse_obj(serve)
     app = serve["applications"][0]
-    assert app["import_path"] == "fastemb.serve.app:build_app"
+    assert app["import_path"] == "fastemb.serve.deployments:build_app"
     assert app["route_prefix"] == "/"
-    from fastemb.serve.spec import ServeJob
+    from fastemb.spec import ServeJob
 
     job = ServeJob.model_validate(app["args"]["spec"])  # the args are a valid fastemb serve job
-    from fastemb.serve.run import serve_config
+    from fastemb.serve.job import serve_config
 
     # the deployments are the ones fastemb builds for these args (a stale manifest would fail to deploy)
     expected = serve_config(job)["applications"][0]["deployments"]

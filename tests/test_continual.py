@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from fastemb.eval.retrieval import evaluate_model
 from fastemb.registry import Registry
 from fastemb.spec import SpecError, parse_spec
-from fastemb.train.driver import evaluate_model, run_train
+from fastemb.train.job import run_train
 
 
 def continual_spec(tmp_path, tiny_eval, registry, name, lr, **continual):
@@ -21,7 +22,7 @@ def continual_spec(tmp_path, tiny_eval, registry, name, lr, **continual):
 def test_continual_training_promotes_or_keeps_production(ray_local, tmp_path, tiny_eval, minilm_path):
     registry = Registry(str(tmp_path / "registry"))
     seed_spec = continual_spec(tmp_path, tiny_eval, tmp_path / "registry", "seed", 1e-4)
-    registry.register(minilm_path, evaluate_model(minilm_path, seed_spec), {"seed": True})
+    registry.register(minilm_path, evaluate_model(seed_spec.model, seed_spec.data, path=minilm_path), {"seed": True})
     registry.promote("v0001")
 
     # 1) a normal update, started from production; min_gain -1 makes the gate pass whatever the score

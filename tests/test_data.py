@@ -10,7 +10,7 @@ import pytest
 from fastemb.data.build_wordnet import parse_data_line
 from fastemb.data.eval_sets import load_eval_set
 from fastemb.data.pairs import DataError, load_pairs
-from fastemb.train.driver import plan_steps
+from fastemb.train.trainer import plan_steps
 from fastemb.spec import SpecError, parse_spec
 
 

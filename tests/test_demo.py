@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_demo_runs_every_stage_and_serves_the_production_model(ray_local, tmp_path, tiny_eval):
-    from fastemb.demo.run import run_demo
+    from fastemb.demo.job import run_demo
 
     small_train = {"max_length": 32}
     spec = load_spec(ROOT / "jobs" / "demo.yaml", [

@@ -129,7 +129,7 @@ def test_online_teacher_needs_the_same_tokenizer(tmp_path, minilm_path):
 def test_distillation_steps_end_to_end(ray_local, tmp_path, tiny_eval, pairs_with_negatives, minilm_path):
     """MiniLM (6 layers) teaches a 2-layer subset of itself: KL over mined-style candidates + InfoNCE, embedding
     MSE through a projection, hidden-state and attention terms with the teacher online; 2 workers, ZeRO-2."""
-    from fastemb.train.driver import run_train
+    from fastemb.train.job import run_train
 
     spec = parse_spec({
         "name": "distill", "storage_path": str(tmp_path), "model": {"keep_layers": [0, 3], "max_length": 32},

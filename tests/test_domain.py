@@ -185,7 +185,7 @@ def test_adapter_run_trains_adapters_and_new_rows_only(ray_local, tmp_path, tiny
     """A short 2-worker DeepSpeed ZeRO-2 run: base weights (old embedding rows included) unchanged, adapters and the
     new tokens' rows changed, the trainable-parameter count reported, the export loading in fastemb."""
     from fastemb.data.pairs import load_pairs
-    from fastemb.train.driver import run_train
+    from fastemb.train.job import run_train
 
     base = Encoder.load(minilm_path, max_length=32)
     pairs, _ = load_pairs("wordnet", 256, 0, 42)                          # the sample the job trains on
@@ -226,7 +226,7 @@ def test_adapter_run_trains_adapters_and_new_rows_only(ray_local, tmp_path, tiny
 def test_simcse_raw_text_run_lowers_the_loss_and_exports(ray_local, tmp_path, tiny_eval):
     """Unsupervised domain pre-training on the shipped WordNet definitions (each text its own positive, dropout
     noise) through the normal 2-worker Ray Train loop."""
-    from fastemb.train.driver import run_train
+    from fastemb.train.job import run_train
 
     spec = parse_spec({"name": "simcse", "storage_path": str(tmp_path),
                        "model": {"max_length": 32},

@@ -16,7 +16,7 @@ from fastemb.index.embed import shard_files
 from fastemb.index.evaluate import recall_at_k
 from fastemb.index.job import run_index
 from fastemb.index.refine import STORE_FILE, rerank_from_disk
-from fastemb.index.search import Searcher, search
+from fastemb.index.searcher import Searcher, search
 from fastemb.index.shards import vectors_of
 from fastemb.spec import SpecError, parse_spec
 

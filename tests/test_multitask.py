@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fastemb.spec import SpecError, load_spec, parse_spec
-from fastemb.train.driver import plan_steps
+from fastemb.train.trainer import plan_steps
 from fastemb.train.tasks import micro_batches_done, task_schedule, task_stream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def test_three_task_run_with_a_refreshed_negative_pool_and_a_distillation_task(r
     """2 Ray Train workers, ZeRO-2: WordNet pairs without negatives (the pool mines them before step 1 and again
     every 4 steps), a SimCSE task on WordNet definitions and a distillation task (KL from a teacher, whose outputs
     are computed once for that task's pairs only)."""
-    from fastemb.train.driver import run_train
+    from fastemb.train.job import run_train
 
     spec = parse_spec({
         "name": "multi", "storage_path": str(tmp_path), "model": {"max_length": 32},

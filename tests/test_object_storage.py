@@ -53,7 +53,7 @@ def test_training_writes_checkpoints_model_and_report_to_the_bucket(s3, tiny_eva
     from sentence_transformers import SentenceTransformer
 
     from fastemb.storage import pull
-    from fastemb.train.driver import run_train
+    from fastemb.train.job import run_train
 
     spec = parse_spec({"name": "s3run", "storage_path": s3["uri"], "model": {"max_length": 32},
                        "data": {"max_pairs": 256, "eval": tiny_eval},
@@ -106,7 +106,7 @@ def test_folders_are_published_whole_or_not_at_all(s3, tmp_path):
 
 def test_index_job_publishes_to_the_bucket_reuses_its_shards_and_is_searchable_by_uri(s3, tmp_path):
     from fastemb.index.job import run_index
-    from fastemb.index.search import INDEX_FILES, Searcher, search
+    from fastemb.index.searcher import INDEX_FILES, Searcher, search
     from fastemb.storage import local_copy, run_uri
 
     defs = pq.read_table(WORDNET / "all_definitions.parquet").slice(0, 300)

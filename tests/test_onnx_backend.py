@@ -170,7 +170,7 @@ def test_embed_actor_onnx_equals_torch(texts):
 
 def test_serving_forward_uses_onnx_and_matches_torch(student_dir, texts):
     from fastemb.serve.embedder import Embedder
-    from fastemb.serve.spec import ArmSpec
+    from fastemb.spec import ArmSpec
     from fastemb.serve.versions import load
 
     stub = Embedder.__new__(Embedder)  # _forward needs only the batching bound

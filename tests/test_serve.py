@@ -253,7 +253,7 @@ def test_fuzzed_requests_never_500(service):
 def test_serve_config_yaml_is_valid_for_serve_deploy(tmp_path):
     from ray.serve.schema import ServeDeploySchema
 
-    from fastemb.serve.run import write_serve_config
+    from fastemb.serve.job import write_serve_config
     from fastemb.spec import load_spec
 
     spec = load_spec("jobs/serve.yaml", [f"config_out={tmp_path}/serve.yaml", "candidate.model=all-MiniLM-L6-v2",
@@ -262,7 +262,7 @@ def test_serve_config_yaml_is_valid_for_serve_deploy(tmp_path):
     cfg = yaml.safe_load(path.read_text())
     ServeDeploySchema.model_validate(cfg)
     app = cfg["applications"][0]
-    assert app["import_path"] == "fastemb.serve.app:build_app" and cfg["http_options"]["host"] == "127.0.0.1"
+    assert app["import_path"] == "fastemb.serve.deployments:build_app" and cfg["http_options"]["host"] == "127.0.0.1"
     deps = {d["name"]: d for d in app["deployments"]}
     assert set(deps) == {"Ingress", "production", "candidate"}
     for arm in ("production", "candidate"):
@@ -271,7 +271,7 @@ def test_serve_config_yaml_is_valid_for_serve_deploy(tmp_path):
         assert d["max_ongoing_requests"] >= d["user_config"]["max_batch_size"]
     assert deps["Ingress"]["user_config"] == {"candidate_weight": 0.2}
     # the builder accepts exactly what the config passes it
-    from fastemb.serve.app import build_app
+    from fastemb.serve.deployments import build_app
 
     build_app(app["args"])
     # one arm: one fused deployment (API + model, no router hop) carrying the arm's autoscaling and batching

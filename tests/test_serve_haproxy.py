@@ -67,7 +67,7 @@ def test_missing_haproxy_binary_is_a_clear_error(monkeypatch):
     import builtins
 
     from fastemb.errors import FastembError
-    from fastemb.serve.app import haproxy_env
+    from fastemb.serve.deployments import haproxy_env
     from fastemb.spec import parse_spec
 
     real_import = builtins.__import__

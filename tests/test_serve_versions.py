@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fastemb.registry import Registry, RegistryError
-from fastemb.serve.spec import ArmSpec
+from fastemb.spec import ArmSpec
 from fastemb.serve.versions import RegistryWatcher, resolve
 
 

@@ -70,11 +70,12 @@ def test_runtime_env_merges_worker_env(monkeypatch):
 
 def test_local_data_paths_become_absolute(tmp_path, monkeypatch, tiny_eval):
     monkeypatch.chdir(tmp_path)
-    shutil.copytree(tiny_eval, tmp_path / "evalset")
-    sub = build_submission(SPEC, ["data.eval=evalset", "storage_path=/shared/runs"], RUNTIME_ENV)
+    shared = tmp_path / "shared"
+    shutil.copytree(tiny_eval, shared / "evalset")  # outside the working_dir, but on the shared storage_path
+    sub = build_submission(SPEC, ["data.eval=shared/evalset", f"storage_path={shared}"], RUNTIME_ENV)
     args = shlex.split(sub["entrypoint"])
-    assert f"data.eval={tmp_path / 'evalset'}" in args
-    assert "storage_path=/shared/runs" in args and not any(a.startswith("storage_path=/tmp") for a in args)
+    assert f"data.eval={shared / 'evalset'}" in args
+    assert [a for a in args if a.startswith("storage_path=")] == [f"storage_path={shared}"]  # absolute: kept
     assert "data.train=wordnet" not in args  # the shipped set is not a path
 
 
@@ -126,3 +127,93 @@ def test_cli_errors_exit_2(capsys, monkeypatch):
     assert main(["jobs", "list", "--address", f"127.0.0.1:{port}"]) == 2
     assert f"http://127.0.0.1:{port}" in capsys.readouterr().err
     assert main(["jobs", "stop", "--address", f"127.0.0.1:{port}"]) == 2
+
+
+def _workdir(tmp_path: Path, spec: dict, excludes: list[str], gitignore: str = "") -> Path:
+    """A working_dir of its own: runtime env, .gitignore and a job spec inside it."""
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "rt.yaml").write_text(yaml.safe_dump({"working_dir": ".", "excludes": excludes}))
+    (wd / ".gitignore").write_text(gitignore)
+    (wd / "job.yaml").write_text(yaml.safe_dump(spec))
+    return wd
+
+
+def _decisions(sub: dict) -> dict[str, dict]:
+    return {p["field"]: p for p in sub["paths"]}
+
+
+def test_inputs_are_uploaded_pinned_on_shared_storage_or_refused(tmp_path, monkeypatch):
+    wd = _workdir(tmp_path, {"job": "train", "storage_path": "../runs", "distill": {"kl": {}}},
+                  excludes=["/big/", "*.safetensors"], gitignore="runs/\n")
+    for f in ("data/pairs.jsonl", "big/evalset/test_queries.parquet", "runs/tuned/model/config.json",
+              "models/m/config.json", "models/m/model.safetensors"):
+        (wd / f).parent.mkdir(parents=True, exist_ok=True)
+        (wd / f).write_text("x")
+    monkeypatch.chdir(wd / "data")  # relative paths are relative to the current folder, not the working_dir
+    job, rt = str(wd / "job.yaml"), str(wd / "rt.yaml")
+
+    sub = build_submission(job, ["data.train=pairs.jsonl", "distill.teacher=../runs/tuned/model"], rt)
+    d = _decisions(sub)
+    # inside the working_dir and uploaded: passed relative to the working_dir (where the job runs)
+    assert d["data.train"]["action"] == "uploaded" and d["data.train"]["result"] == "data/pairs.jsonl"
+    # excluded by .gitignore, but under storage_path: pinned, and said how
+    assert d["distill.teacher"]["action"] == "pinned"
+    assert d["distill.teacher"]["result"] == str(wd / "runs" / "tuned" / "model")
+    assert "pinned on the shared storage_path" in d["distill.teacher"]["why"] and ".gitignore" in \
+        d["distill.teacher"]["why"]
+    args = shlex.split(sub["entrypoint"])
+    assert "data.train=data/pairs.jsonl" in args and f"distill.teacher={wd / 'runs/tuned/model'}" in args
+    assert d["storage_path"]["action"] == "pinned" and d["data.eval"]["action"] == "kept"  # 'wordnet'
+
+    # excluded by the runtime env and not on shared storage: refused, naming the field, why and the fixes
+    with pytest.raises(SubmitError) as err:
+        build_submission(job, ["data.eval=../big/evalset"], rt)
+    msg = str(err.value)
+    assert "data.eval '../big/evalset'" in msg and "rt.yaml excludes ('/big/')" in msg
+    assert "storage_path" in msg and "--shared" in msg and "s3://" in msg and "un-exclude" in msg
+    # a folder one of whose files is excluded would arrive incomplete: refused too
+    with pytest.raises(SubmitError, match=r"model\.base '\.\./models/m'.*model\.safetensors is excluded"):
+        build_submission(job, ["model.base=../models/m"], rt)
+    # outside the working_dir: refused, unless under a folder declared --shared
+    outside = tmp_path / "elsewhere" / "teacher"
+    outside.mkdir(parents=True)
+    with pytest.raises(SubmitError, match="distill.teacher .*outside the working_dir"):
+        build_submission(job, [f"distill.teacher={outside}"], rt)
+    sub = build_submission(job, [f"distill.teacher={outside}"], rt, shared=[str(tmp_path / "elsewhere")])
+    assert _decisions(sub)["distill.teacher"]["action"] == "pinned"
+
+
+def test_list_items_and_nested_specs_get_decisions(tmp_path, monkeypatch):
+    """tasks.N.data (a list item) and a demo stage's nested fields are handled like any other path field."""
+    wd = _workdir(tmp_path, {"job": "train", "tasks": [{"name": "a", "data": "wordnet"},
+                                                       {"name": "b", "data": "wordnet"}]}, excludes=[])
+    (wd / "b.jsonl").write_text("x")
+    monkeypatch.chdir(wd)
+    sub = build_submission(str(wd / "job.yaml"), ["tasks.1.data=b.jsonl"], str(wd / "rt.yaml"))
+    d = _decisions(sub)
+    assert d["tasks.0.data"]["action"] == "kept" and d["tasks.1.data"]["action"] == "uploaded"
+    assert "tasks.1.data=b.jsonl" in shlex.split(sub["entrypoint"])
+
+
+def test_dry_run_of_the_distill_teacher_under_runs(capsys, tmp_path, monkeypatch, _own_token):
+    """The issue's example: `fastemb submit --dry-run jobs/distill.yaml distill.teacher=runs/x/model` with the
+    shipped runtime_env.yaml and .gitignore (runs/ excluded by both; storage_path: runs)."""
+    wd = tmp_path / "repo"
+    (wd / "jobs").mkdir(parents=True)
+    for f in ("runtime_env.yaml", ".gitignore", "jobs/distill.yaml"):
+        shutil.copy(ROOT / f, wd / f)
+    monkeypatch.chdir(wd)
+    argv = ["submit", "--dry-run", "jobs/distill.yaml", "distill.teacher=runs/x/model"]
+    assert main(argv) == 0  # not there yet: may be an alias, left as it is
+    assert "distill.teacher = 'runs/x/model': kept" in capsys.readouterr().err
+    (wd / "runs" / "x" / "model").mkdir(parents=True)
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    line = next(x for x in err.splitlines() if "distill.teacher" in x)
+    assert f"pinned → {wd / 'runs/x/model'}" in line and "runtime_env.yaml excludes ('/runs/')" in line
+    assert "pinned on the shared storage_path" in line
+    assert f"distill.teacher={wd / 'runs/x/model'}" in shlex.split(json.loads(out)["entrypoint"])
+    # somewhere no node can see: refused, naming the field
+    assert main(["submit", "--dry-run", "jobs/distill.yaml", f"distill.teacher={tmp_path}"]) == 2
+    assert "distill.teacher" in capsys.readouterr().err

@@ -114,7 +114,7 @@ def test_encoder_applies_the_dictionary_in_train_encode_index_and_serve_paths_an
     vec = torch.tensor(out.column("vector").to_pylist()[0])
     assert torch.allclose(vec, torch.from_numpy(target[0]), atol=1e-4)
     from fastemb.serve.embedder import Embedder                                 # the serving path
-    from fastemb.serve.spec import ArmSpec
+    from fastemb.spec import ArmSpec
     from fastemb.serve.versions import load
 
     served = load(ArmSpec(model=str(tmp_path / "model"), max_length=32), "v1", str(tmp_path / "model"))

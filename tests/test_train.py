@@ -20,7 +20,7 @@ from sentence_transformers import SentenceTransformer
 
 from fastemb.model.encoder import Encoder
 from fastemb.spec import parse_spec
-from fastemb.train.driver import run_train
+from fastemb.train.job import run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +78,7 @@ def test_rerunning_a_job_with_the_same_name_resumes_it(ray_local, tmp_path, tiny
     """The driver side dies mid-run (its Train controller is killed); running the same job again resumes."""
     import ray
 
-    from fastemb.train.driver import TrainError
+    from fastemb.train.trainer import TrainError
 
     spec = small_spec(tmp_path, tiny_eval, "rerun", max_failures=0)
     errors: list = []

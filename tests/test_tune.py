@@ -16,7 +16,7 @@ import pytest
 from fastemb.plots import pareto_front
 from fastemb.spec import parse_spec
 from fastemb.tune.results import pick_winner
-from fastemb.tune.search import METRIC, concurrent_trials
+from fastemb.tune.tuner import METRIC, concurrent_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
 
-from fastemb.data.eval_sets import EvalSet
+from fastemb.data.eval_sets import EvalSet, load_eval_set
 from fastemb.eval.metrics import alignment, ranking_metrics, uniformity
 from fastemb.model.encoder import Encoder
+
+if TYPE_CHECKING:
+    from fastemb.spec.sections import DataSpec, ModelSpec
 
 
 def exact_search(query_emb: np.ndarray, corpus_emb: np.ndarray, k: int, normalized: bool = True
@@ -45,3 +49,11 @@ def evaluate(encoder: Encoder, data: EvalSet, batch_size: int = 128, show_progre
     metrics["encode_docs_per_s"] = len(data.corpus) / encode_s
     metrics["queries"], metrics["corpus"] = len(data.queries), len(data.corpus)
     return metrics
+
+
+def evaluate_model(model: ModelSpec, data: DataSpec, split: str = "test", path: str | None = None,
+                   show_progress: bool = False) -> dict[str, float]:
+    """Metrics of the model a spec's ``model`` section names (or of the folder ``path``, loaded with that section's
+    settings) on ``split`` of ``data.eval`` (at most ``data.test_queries`` queries)."""
+    encoder = Encoder.from_spec(model, path)
+    return evaluate(encoder, load_eval_set(data.eval, split, data.test_queries), show_progress=show_progress)

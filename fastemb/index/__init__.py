@@ -2,9 +2,9 @@
 
 Modules: ``corpus`` (input files, validation), ``embed`` (Ray Data encoder actors, length bucketing),
 ``chunking`` (long documents), ``shards`` (embedding shards, duplicates, id map), ``factory`` (index
-configurations), ``build`` (train / parallel add / merge on Ray), ``search`` (queries → documents),
-``evaluate`` (compression trade-offs), ``job`` (the ``fastemb index`` job).
+configurations), ``build`` (train / parallel add / merge on Ray), ``stages`` (the job's embedding and build stages),
+``searcher`` (queries → documents), ``evaluate`` (compression trade-offs), ``job`` (the ``fastemb index`` job).
 """
-from fastemb.index.search import Searcher, search
+from fastemb.index.searcher import Searcher, search
 
 __all__ = ["Searcher", "search"]

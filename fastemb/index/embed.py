@@ -78,8 +78,7 @@ class EmbedActor:
         from fastemb.model.onnx_backend import load_forward
 
         torch.set_num_threads(threads)
-        self.encoder = Encoder.load(model["base"], pooling=model.get("pooling"), normalize=model.get("normalize"),
-                                    max_length=model.get("max_length"), synonyms=model.get("synonyms")).eval()
+        self.encoder = Encoder.from_spec(model).eval()
         self.forward = load_forward(self.encoder, model["base"], backend, threads, field="embed.backend")
         self.tok = self.encoder.tokenizer
         self.id_column, self.text_column = id_column, text_column

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -18,7 +17,10 @@ import pyarrow.parquet as pq
 
 from fastemb.data.eval_sets import load_eval_set
 from fastemb.eval.metrics import ranking_metrics
-from fastemb.index.search import Searcher
+from fastemb.index.corpus import scan_corpus
+from fastemb.index.searcher import Searcher
+from fastemb.index.stages import embed_stage, embeddings_dir, index_shards, staged
+from fastemb.spec import CompressSpec, IndexJob, IndexSpec
 
 EXACT = {"name": "exact (flat fp32)", "compress": {"method": "none"}, "index": {"type": "flat", "refine": "none"}}
 
@@ -39,17 +41,18 @@ def latency_ms(searcher: Searcher, q: np.ndarray, k: int = 10) -> tuple[float, f
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
-def _config(spec, entry: dict) -> tuple[dict, dict]:
-    index = spec.index.model_copy(update=entry.get("index", {})).model_dump()
+def _config(spec: IndexJob, entry: dict) -> tuple[IndexSpec, CompressSpec]:
+    """A sweep entry's index and compression sections: the job's with the entry's changes (``compress`` given:
+    instead of the job's)."""
+    index = IndexSpec.model_validate(spec.index.model_copy(update=entry.get("index", {})).model_dump())
     base_compress = {"method": "none", "dim": None, "params": {}}
-    compress = {**base_compress, **entry.get("compress", {})} if "compress" in entry else spec.compress.model_dump()
-    return type(spec.index).model_validate(index).model_dump(), type(spec.compress).model_validate(compress).model_dump()
+    compress = CompressSpec.model_validate({**base_compress, **entry["compress"]}) if "compress" in entry \
+        else spec.compress
+    return index, compress
 
 
-def evaluate_job(spec, log=print) -> dict:
+def evaluate_job(spec: IndexJob, log=print) -> dict:
     """Evaluate the job's own configuration, its sweep, and exact search; writes ``eval/`` and a PNG."""
-    from fastemb.index.corpus import scan_corpus
-    from fastemb.index.job import EMBEDDINGS, embed_stage, index_shards, staged
     from fastemb.plots import compression_tradeoff
 
     ev = spec.evaluate
@@ -60,7 +63,7 @@ def evaluate_job(spec, log=print) -> dict:
         # the job indexed this very split: reuse its embedding shards instead of embedding it again
         c = spec.corpus
         scan = scan_corpus(c.path, c.id_column, c.text_column, c.on_bad_file)
-        emb_dir = Path(spec.embed.output).expanduser() if spec.embed.output else spec.run_dir / EMBEDDINGS
+        emb_dir = embeddings_dir(spec)
     else:
         corpus_file = out / f"{ev.split}_corpus.parquet"
         if not corpus_file.exists():
@@ -72,10 +75,10 @@ def evaluate_job(spec, log=print) -> dict:
     entries = [EXACT, own, *ev.sweep]
     searcher_encoder, q_full, results, truth = None, None, [], None
     for n, entry in enumerate(entries):
-        index_cfg, compress_cfg = _config(spec, entry)
+        index, compress = _config(spec, entry)
         cdir = out / f"config-{n:02d}"
-        info = index_shards(emb["shard_dirs"], set(), cdir, index_cfg, compress_cfg, staged(spec), log=lambda *_: None)
-        cfg = spec.model_dump(mode="json") | {"index": index_cfg, "compress": compress_cfg}
+        info = index_shards(emb["shard_dirs"], set(), cdir, index, compress, staged(spec), log=lambda *_: None)
+        cfg = spec.model_dump(mode="json") | {"index": index.model_dump(), "compress": compress.model_dump()}
         (cdir / "manifest.json").write_text(json.dumps({"config": cfg}, default=str))
         searcher = Searcher(cdir, encoder=searcher_encoder)
         if q_full is None:

@@ -37,8 +37,7 @@ from fastemb.data.pairs import WORDNET_DIR, DataError, load_pairs
 from fastemb.data.text import text_hash, text_hashes
 from fastemb.mine.search import candidate_mask, exact_index, normalize_rows
 from fastemb.mine.select import NegativeRules, Rescore, select_for_queries
-from fastemb.mine.spec import MineJob
-from fastemb.spec import EmbedSpec, SpecError
+from fastemb.spec import EmbedSpec, MineJob, ModelSpec, SpecError
 
 
 def load_corpus(source: str, positives: list[str]) -> list[str]:
@@ -54,20 +53,21 @@ def load_corpus(source: str, positives: list[str]) -> list[str]:
 
 def model_dicts(spec: MineJob) -> tuple[dict, dict | None]:
     """The mining model and the rescoring teacher (None without ``mining.rescore_with``) as ``EmbedActor`` model
-    dicts; the teacher is resolved here so that a bad one fails before any embedding, naming the field."""
+    dicts (they cross into Ray actors); the teacher is resolved here so that a bad one fails before any embedding,
+    naming the field."""
     from fastemb.model.encoder import resolve_model_path
 
     m, r = spec.model, spec.mining
-    miner = {"base": m.base, "pooling": m.pooling, "normalize": m.normalize, "max_length": m.max_length,
-             "synonyms": m.synonyms}
+    miner = m.model_dump()
     if r.rescore_with is None:
         return miner, None
     try:
         resolve_model_path(r.rescore_with)
     except FileNotFoundError as err:
         raise SpecError(f"invalid job spec:\n  mining.rescore_with: {err}") from None
-    return miner, {"base": r.rescore_with, "pooling": r.rescore_pooling, "normalize": None,
-                   "max_length": r.rescore_max_length or m.max_length, "synonyms": m.synonyms}
+    teacher = ModelSpec(base=r.rescore_with, pooling=r.rescore_pooling, normalize=None,
+                        max_length=r.rescore_max_length or m.max_length, synonyms=m.synonyms)
+    return miner, teacher.model_dump()
 
 
 def embed_texts(texts: list[str], model: dict, embed: EmbedSpec) -> tuple[np.ndarray, Counter]:
@@ -234,7 +234,7 @@ def run_mine(spec: MineJob, log=print) -> dict:
             vectors, skips = embed_texts(texts, teacher_model, spec.embed)
             embed_skipped["rescore_teacher"] = dict(skips)
             return vectors
-    rules = m.rules(m.num_negatives)
+    rules = NegativeRules.from_spec(m, m.num_negatives)
     t0 = time.time()
     rows, stats = mine(pairs, corpus, {"queries": qv, "positives": pv, "corpus": cv}, rules, m.top_k,
                        m.query_chunk, m.seed, teacher)
@@ -258,3 +258,9 @@ def run_mine(spec: MineJob, log=print) -> dict:
     log(f"[mine] wrote {len(rows)} pairs, {stats['negatives_written']} negatives to {out}; skipped candidates: "
         f"{skipped}; {stats['rows_short_of_negatives']} rows short of {m.num_negatives} negatives")
     return report
+
+
+def cli_summary(report: dict) -> dict:
+    """What ``fastemb mine`` prints: the pairs file and its counts, the timings."""
+    return {k: report[k] for k in ("pairs_file", "pairs", "negatives_written", "skipped", "rows_short_of_negatives",
+                                   "timing_s")}

@@ -26,12 +26,15 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal
+from typing import TYPE_CHECKING, Callable, Iterator, Literal
 
 import faiss
 import numpy as np
 
 from fastemb.mine.search import chunked_topk
+
+if TYPE_CHECKING:
+    from fastemb.spec.sections import NegativeRulesSpec
 
 Rescore = Callable[[int, np.ndarray], np.ndarray]
 """(query row, its retrieved corpus rows (≤ K, no −1)) → the teacher's scores of those rows, same order."""
@@ -56,6 +59,12 @@ class NegativeRules:
             raise ValueError(f"relative_margin must be in [0, 1), got {self.relative_margin}")
         if self.sampling not in ("top", "random"):
             raise ValueError(f"sampling must be 'top' or 'random', got {self.sampling!r}")
+
+    @classmethod
+    def from_spec(cls, spec: NegativeRulesSpec, num_negatives: int) -> NegativeRules:
+        """The rules of a spec's negative-selection section, taking ``num_negatives`` per query."""
+        return cls(num_negatives, spec.range_min, spec.range_max, spec.relative_margin, spec.absolute_margin,
+                   spec.sampling)
 
     def max_score(self, positive_score: float) -> float:
         """Candidates scoring above this are likely false negatives."""

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from fastemb.model.adapters import register_auto_classes
+
+if TYPE_CHECKING:
+    from fastemb.spec.sections import ModelSpec
 
 register_auto_classes()  # folders with adapters (fastemb/model/adapters.py) load through AutoModel, no remote code
 
@@ -125,6 +128,17 @@ class Encoder(nn.Module):
         return cls(transformer, tokenizer, pooling or st_pooling,
                    st_norm if normalize is None else normalize,
                    max_length or st_max or 256)
+
+    @classmethod
+    def from_spec(cls, model: ModelSpec | Mapping[str, Any], path: str | None = None) -> "Encoder":
+        """Load the model a spec's ``model`` section names, with its pooling, normalisation, max length and synonyms.
+
+        ``model``: the section, or its dict form (an index manifest's ``config.model``, a Ray actor's argument; a
+        missing key means the folder's own setting). ``path``: load this folder (e.g. the trained model) with those
+        settings instead of ``model.base``."""
+        m = model if isinstance(model, Mapping) else model.model_dump()
+        return cls.load(path or m["base"], pooling=m.get("pooling"), normalize=m.get("normalize"),
+                        max_length=m.get("max_length"), synonyms=m.get("synonyms"))
 
     def save(self, path: str | os.PathLike, model_card: str | None = None) -> None:
         """Write the sentence-transformers folder format (safetensors weights)."""

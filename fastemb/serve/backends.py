@@ -19,10 +19,10 @@ class SearchBackend(Protocol):
 
 
 class IndexDirBackend:
-    """Adapter over ``fastemb.index.search.Searcher`` (compression and chunk aggregation included)."""
+    """Adapter over ``fastemb.index.searcher.Searcher`` (compression and chunk aggregation included)."""
 
     def __init__(self, index_dir: str, nprobe: int | None = None):
-        from fastemb.index.search import Searcher
+        from fastemb.index.searcher import Searcher
 
         self.searcher = Searcher(index_dir, nprobe=nprobe)
         self.size = int(self.searcher.index.ntotal)

@@ -14,7 +14,7 @@ import numpy as np
 from ray import serve
 
 from fastemb.model.onnx_backend import pad_batch
-from fastemb.serve.spec import ArmSpec
+from fastemb.spec import ArmSpec
 from fastemb.serve.versions import LoadedModel, RegistryWatcher, load, resolve
 
 LATENCY_MS_BOUNDS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]

@@ -35,8 +35,7 @@ def _build_engine(spec, total_steps: int):
     from fastemb.train.schedule import warmup_decay
 
     m, t = spec.model, spec.train
-    encoder = Encoder.load(m.base, pooling=m.pooling, normalize=m.normalize, max_length=m.max_length,
-                           synonyms=m.synonyms)
+    encoder = Encoder.from_spec(m)
     layers = student_layers(encoder.transformer, m.keep_layers, m.num_layers)
     if layers is not None:
         keep_layers(encoder.transformer, layers)

@@ -32,7 +32,7 @@ from fastemb.data.pairs import DataError
 from fastemb.data.text import text_hash, text_hashes
 from fastemb.losses.gather import rank_and_world
 from fastemb.mine.search import exact_index, normalize_rows
-from fastemb.mine.select import select_for_queries
+from fastemb.mine.select import NegativeRules, select_for_queries
 from fastemb.spec import NegativePoolSpec
 
 
@@ -150,8 +150,8 @@ class NegativePool:
         acc = Counter()
         for a, cand, _, picked in select_for_queries(
                 exact_index(pool), qv, self.corpus_hashes, [set(text_hashes(self.positives[i]).tolist()) for i in mine],
-                [text_hash(self.queries[i]) for i in mine], positive_scores, cfg.rules(k), cfg.top_k,
-                cfg.query_chunk, skipped, rng):
+                [text_hash(self.queries[i]) for i in mine], positive_scores, NegativeRules.from_spec(cfg, k),
+                cfg.top_k, cfg.query_chunk, skipped, rng):
             chosen = [int(cand[r]) for r in picked]
             if len(chosen) < k:
                 acc["short"] += 1

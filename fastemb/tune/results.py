@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastemb.spec import TuneJob
-from fastemb.tune.search import METRIC, default_point
+from fastemb.tune.tuner import METRIC, default_point
 
 PARAMS = ("temperature", "lr", "micro_batch_size", "pq_bytes")
 

@@ -29,7 +29,7 @@ def run_trial(config: dict, tune_spec: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from fastemb.data.pairs import load_pairs
-    from fastemb.train.driver import fit_and_export, make_trainer, plan_steps
+    from fastemb.train.trainer import fit_and_export, make_trainer, plan_steps
 
     tune_spec = TuneJob.model_validate(tune_spec)
     spec = trial_spec(tune_spec, config, ray.tune.get_context().get_trial_id())

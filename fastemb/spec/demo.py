@@ -5,14 +5,18 @@ from typing import Literal
 
 from pydantic import Field
 
-from fastemb.serve.spec import ServeJob
-from fastemb.spec import IndexJob, TrainJob, TuneJob, _RunJob
+from fastemb.spec.base import RunJob
+from fastemb.spec.index import IndexJob
+from fastemb.spec.serve import ServeJob
+from fastemb.spec.train import TrainJob
+from fastemb.spec.tune import TuneJob
 
 
-class DemoJob(_RunJob):
+class DemoJob(RunJob):
     """``fastemb demo``: base eval → contrastive training → Tune → registry → index → serve → summary.
 
-    Every stage writes under ``{storage_path}/{name}/``; the sub-specs' own ``storage_path`` is replaced."""
+    Every stage writes under ``{storage_path}/{name}/``: the sub-specs' own ``storage_path`` is replaced, and any other
+    output path they set outside that folder is moved into it (``fastemb/demo/job.py``)."""
     job: Literal["demo"] = "demo"
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
     train: TrainJob = TrainJob()
@@ -23,11 +27,3 @@ class DemoJob(_RunJob):
                                min_length=1, description="example queries sent to the running service")
     promote_metric: Literal["dev_ndcg@10"] = Field("dev_ndcg@10", description="the registry gate's metric")
 
-
-def _register() -> None:
-    from fastemb import spec as core
-
-    core.JOB_TYPES["demo"] = DemoJob
-
-
-_register()

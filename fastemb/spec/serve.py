@@ -7,24 +7,24 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fastemb.spec import RayRunSpec, _Section
+from fastemb.spec.base import RayRunSpec, Section, input_path, not_path, output_path
 
 
-class ArmSpec(_Section):
+class ArmSpec(Section):
     """One served model version: a model folder plus what ``/v1/search`` searches."""
-    model: str = Field("all-MiniLM-L6-v2", description="alias or local sentence-transformers folder")
+    model: str = input_path("all-MiniLM-L6-v2", description="alias or local sentence-transformers folder")
     served_name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]+$",
                                     description="name clients may pass as `model` to pin this arm")
     max_length: int | None = Field(None, gt=0, le=8192, description="tokens per input (default: the model's)")
-    index_dir: str | None = Field(None, description="folder written by `fastemb index` (manifest.json), or its "
-                                  "object-store URI (fetched into a local cache on each replica's node)")
-    corpus: str | None = Field(None, description="parquet (id, text): a flat index is built at start-up")
+    index_dir: str | None = input_path(None, description="folder written by `fastemb index` (manifest.json), or its "
+                                       "object-store URI (fetched into a local cache on each replica's node)")
+    corpus: str | None = input_path(None, description="parquet (id, text): a flat index is built at start-up")
     corpus_limit: int | None = Field(None, gt=0, description="index only the first N corpus rows")
     nprobe: int | None = Field(None, gt=0)
-    registry: str | None = Field(None, description="model registry root: serve its production version (replaces "
-                                 "`model`); promote/rollback are picked up without a restart")
-    version: str | None = Field(None, pattern=r"^v[0-9]+$", description="pin this registry version instead of "
-                                "following production")
+    registry: str | None = input_path(None, description="model registry root: serve its production version "
+                                      "(replaces `model`); promote/rollback are picked up without a restart")
+    version: str | None = not_path(None, pattern=r"^v[0-9]+$", description="pin this registry version instead of "
+                                   "following production")
     registry_poll_s: float = Field(2.0, gt=0, le=3600, description="how often the registry's production is read")
     backend: Literal["torch", "onnx", "auto"] = Field(
         "auto", description="forward-pass engine: onnx = ONNX Runtime with the replica's CPU threads (exported once "
@@ -36,7 +36,7 @@ class ArmSpec(_Section):
         return v if v is None or "://" in v else os.path.abspath(os.path.expanduser(v))
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ArmSpec":
+    def _one_source(self) -> ArmSpec:
         if self.index_dir and self.corpus:
             raise ValueError("give index_dir or corpus, not both")
         if self.version and not self.registry:
@@ -47,7 +47,7 @@ class ArmSpec(_Section):
         return self
 
 
-class BatchingSpec(_Section):
+class BatchingSpec(Section):
     """Dynamic batching (``@serve.batch``): bounded by items and by padded tokens; items sorted by length."""
     max_batch_size: int = Field(32, ge=1, le=4096, description="items per forward pass")
     max_batch_tokens: int = Field(8192, ge=16, description="padded tokens (longest x items) per forward pass")
@@ -55,7 +55,7 @@ class BatchingSpec(_Section):
                                         " 0: take what queued while the previous batch ran")
 
 
-class AutoscalingSpec(_Section):
+class AutoscalingSpec(Section):
     """Serve ``autoscaling_config`` of each arm's model deployment."""
     min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(2, ge=1)
@@ -66,13 +66,13 @@ class AutoscalingSpec(_Section):
     look_back_period_s: float = Field(15.0, gt=0, description="> the 10 s metrics interval")
 
     @model_validator(mode="after")
-    def _bounds(self) -> "AutoscalingSpec":
+    def _bounds(self) -> AutoscalingSpec:
         if self.max_replicas < self.min_replicas:
             raise ValueError(f"max_replicas ({self.max_replicas}) < min_replicas ({self.min_replicas})")
         return self
 
 
-class ReplicaSpec(_Section):
+class ReplicaSpec(Section):
     """Per-replica resources and admission of the model deployments."""
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
@@ -82,7 +82,7 @@ class ReplicaSpec(_Section):
     health_check_timeout_s: float = Field(30.0, gt=0)
 
 
-class IngressSpec(_Section):
+class IngressSpec(Section):
     """The FastAPI ingress / A/B router deployment (only with a candidate arm: a single arm is served by one fused
     deployment, HTTP API and model in the same replica, autoscaled as the arm)."""
     fused: bool | None = Field(None, description="HTTP API and model in one deployment; default: when there is no "
@@ -98,7 +98,7 @@ class IngressSpec(_Section):
     haproxy_threads: int = Field(1, ge=1, le=64, description="HAProxy threads (proxy: haproxy)")
 
 
-class LimitsSpec(_Section):
+class LimitsSpec(Section):
     """Input limits; a violation answers 4xx with a JSON body naming the problem."""
     max_inputs: int = Field(256, ge=1, description="inputs per /v1/embeddings request")
     max_input_chars: int = Field(100_000, ge=1, description="characters per input (413 above)")
@@ -109,13 +109,13 @@ class LimitsSpec(_Section):
     max_inflight_requests: int = Field(512, ge=1, description="in-flight requests per ingress replica (429 above)")
 
 
-class ABSpec(_Section):
+class ABSpec(Section):
     """Traffic split between production and candidate, sticky per user id."""
     candidate_weight: float = Field(0.0, ge=0, le=1, description="share of users sent to the candidate")
     salt: str = Field("fastemb-ab", description="changes the user -> arm assignment when changed")
 
 
-class ServeJob(_Section):
+class ServeJob(Section):
     """``fastemb serve``: the online embedding + search service on Ray Serve."""
     job: Literal["serve"] = "serve"
     name: str = Field("fastemb", pattern=r"^[A-Za-z0-9_.-]+$", description="Serve application name")
@@ -135,9 +135,9 @@ class ServeJob(_Section):
     api_key_env: str | None = Field(None, description="environment variable holding the Bearer API key")
     access_log: bool = Field(False, description="Serve's per-request access log lines (costly on small hosts)")
     fast_path: bool = Field(True, description="Ray Serve's lower-overhead request path (user code and router on the "
-                            "replica's main loop, gRPC proxy->replica); see SERVE_FAST_PATH_ENV in fastemb/serve/app.py")
-    feedback_dir: str = Field("runs/serve/ab", description="A/B impressions + feedback logs (JSONL)")
-    config_out: str | None = Field(None, description="write the Serve config YAML (for `serve deploy`) here")
+                            "replica's main loop, gRPC proxy->replica); see SERVE_FAST_PATH_ENV in fastemb/serve/deployments.py")
+    feedback_dir: str = output_path("runs/serve/ab", description="A/B impressions + feedback logs (JSONL)")
+    config_out: str | None = output_path(None, description="write the Serve config YAML (for `serve deploy`) here")
     blocking: bool = Field(True, description="keep running until interrupted")
     ray: RayRunSpec = RayRunSpec()
 
@@ -147,7 +147,7 @@ class ServeJob(_Section):
         return os.path.abspath(os.path.expanduser(v))
 
     @model_validator(mode="after")
-    def _checks(self) -> "ServeJob":
+    def _checks(self) -> ServeJob:
         if self.replica.max_ongoing_requests < self.batching.max_batch_size:
             raise ValueError(f"replica.max_ongoing_requests ({self.replica.max_ongoing_requests}) must be >= "
                              f"batching.max_batch_size ({self.batching.max_batch_size}) or batches never fill")
@@ -178,13 +178,3 @@ class ServeJob(_Section):
     def feedback_path(self) -> Path:
         return Path(self.feedback_dir)
 
-
-def _register() -> None:
-    """Register ``job: serve`` in the shared registry (works whichever module is imported first)."""
-    from fastemb import spec as core
-
-    core.JOB_TYPES["serve"] = ServeJob
-    core.ServeJob = ServeJob
-
-
-_register()

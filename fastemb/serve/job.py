@@ -1,17 +1,21 @@
 """``fastemb serve``: start the Serve application locally (or on a cluster) and write its Serve config YAML."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import yaml
 
-from fastemb.serve.spec import ServeJob
+from fastemb.spec import ServeJob
+
+APP_BUILDER = "fastemb.serve.deployments:build_app"  # the generated config's import_path
+
 
 def serve_config(spec: ServeJob) -> dict:
     """A Serve config (``serve deploy`` / RayService ``serveConfigV2``) equivalent to ``fastemb serve``."""
     from fastemb.ray_env import worker_env
-    from fastemb.serve.app import deployment_options, serve_env
+    from fastemb.serve.deployments import deployment_options, serve_env
 
     deployments = [{"name": name, **opts} for name, opts in deployment_options(spec).items()]
     env = {**worker_env(), **serve_env(spec)}
@@ -21,7 +25,7 @@ def serve_config(spec: ServeJob) -> dict:
         "applications": [{
             "name": spec.name,
             "route_prefix": spec.route_prefix,
-            "import_path": "fastemb.serve.app:build_app",
+            "import_path": APP_BUILDER,
             "args": {"spec": spec.model_dump(mode="json", exclude={"config_out", "blocking", "ray"})},
             "runtime_env": {"env_vars": env},
             "deployments": deployments,
@@ -49,8 +53,7 @@ def start(spec: ServeJob):
     from ray import serve
 
     from fastemb.ray_env import init_ray
-
-    from fastemb.serve.app import build_app, haproxy_env, serve_env
+    from fastemb.serve.deployments import build_app, haproxy_env, serve_env
 
     # Before Ray starts: the local controller, proxy and replicas inherit them.
     for k, v in {**serve_env(spec), **haproxy_env(spec)}.items():
@@ -65,6 +68,8 @@ def start(spec: ServeJob):
 
 
 def run_serve(spec: ServeJob) -> dict:
+    """Write the Serve config (``config_out``), start the service, and with ``blocking`` keep it running until
+    interrupted; returns its URLs."""
     if spec.config_out:
         write_serve_config(spec, spec.config_out)
     start(spec)
@@ -72,8 +77,6 @@ def run_serve(spec: ServeJob) -> dict:
     info = {"url": url, "openai_base_url": url + "/v1", "app": spec.name, "config": spec.config_out,
             "feedback_dir": spec.feedback_dir}
     if spec.blocking:
-        import json
-
         print(json.dumps(info, indent=2), flush=True)
         try:
             while True:
@@ -83,3 +86,8 @@ def run_serve(spec: ServeJob) -> dict:
 
             serve.shutdown()
     return info
+
+
+def cli_summary(info: dict) -> None:
+    """``fastemb serve`` prints its URLs itself when it starts (it then blocks); nothing more."""
+    return None

@@ -54,9 +54,7 @@ class Searcher:
         if self._encoder is None:
             from fastemb.model.encoder import Encoder
 
-            m = self.manifest["config"]["model"]
-            self._encoder = Encoder.load(m["base"], pooling=m["pooling"], normalize=m["normalize"],
-                                         max_length=m["max_length"], synonyms=m.get("synonyms"))
+            self._encoder = Encoder.from_spec(self.manifest["config"]["model"])
         return self._encoder
 
     def embed_queries(self, queries: list[str]) -> np.ndarray:

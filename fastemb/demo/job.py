@@ -15,15 +15,27 @@ import time
 import urllib.request
 from pathlib import Path
 
-from fastemb.demo.spec import DemoJob
 from fastemb.errors import FastembError
+from fastemb.eval.retrieval import evaluate_model
 from fastemb.ray_env import init_ray
 from fastemb.registry import Registry, RegistryError
+from fastemb.spec import DemoJob, RunJob, Section
+from fastemb.spec.base import is_uri
+from fastemb.spec.paths import path_values, set_dotted
 
 
-def _under(spec, run_dir: Path, name: str):
-    """A stage's spec, writing to ``run_dir/name``."""
-    return spec.model_copy(update={"storage_path": str(run_dir), "name": name})
+def _under(spec: Section, run_dir: Path, name: str) -> Section:
+    """A stage's spec whose outputs all land under ``run_dir/name``: a run job writes to ``run_dir/name`` (its
+    ``storage_path`` and ``name``), and every other output path field it sets outside ``run_dir`` (the schema's
+    ``output_path`` fields, e.g. ``serve.feedback_dir``) moves to ``run_dir/name/<field>``."""
+    values = spec.model_dump()
+    if isinstance(spec, RunJob):
+        values |= {"storage_path": str(run_dir), "name": name}
+    for field, kind, value in path_values(type(spec), values):
+        if kind == "output" and field != "storage_path" and not is_uri(value) \
+                and not Path(value).resolve().is_relative_to(run_dir.resolve()):
+            values = set_dotted(values, field, str(run_dir / name / field))
+    return type(spec).model_validate(values)
 
 
 def _post(url: str, body: dict, timeout: float = 60) -> dict:
@@ -67,12 +79,13 @@ def wait_for_cpus(needed: float, timeout: float = 180) -> None:
 
 def stage_registry(spec: DemoJob, run_dir: Path, trained: str, winner: dict | None) -> dict:
     """Register the trained model and the Tune winner (dev metrics) and let the gate pick production."""
-    from fastemb.train.driver import evaluate_model
-
     registry = Registry(str(run_dir / "registry"))
     metric = spec.promote_metric
-    dev = lambda model: {f"dev_{k}": v for k, v in evaluate_model(model, spec.train, "dev").items()  # noqa: E731
-                         if isinstance(v, (int, float))}
+
+    def dev(model: str) -> dict:
+        metrics = evaluate_model(spec.train.model, spec.train.data, "dev", path=model)
+        return {f"dev_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+
     out = {"registry": str(run_dir / "registry")}
     v1 = registry.register(trained, dev(trained), {"stage": "train", "job": spec.train.name})
     registry.promote(v1, metric, force=True)
@@ -94,15 +107,16 @@ def stage_registry(spec: DemoJob, run_dir: Path, trained: str, winner: dict | No
     return out
 
 
-def stage_serve(spec: DemoJob, model: str, index_dir: str) -> dict:
+def stage_serve(spec: DemoJob, run_dir: Path, model: str, index_dir: str) -> dict:
     """Start the service on the production model and its index, query it, shut it down."""
     from ray import serve
 
-    from fastemb.serve.run import start
+    from fastemb.serve.job import start
 
-    arm = spec.serve.production.model_copy(update={"model": model, "index_dir": index_dir, "corpus": None,
+    serve_spec = _under(spec.serve, run_dir, "serve")
+    arm = serve_spec.production.model_copy(update={"model": model, "index_dir": index_dir, "corpus": None,
                                                    "corpus_limit": None})
-    sspec = spec.serve.model_copy(update={"production": arm, "candidate": None, "blocking": False})
+    sspec = serve_spec.model_copy(update={"production": arm, "candidate": None, "blocking": False})
     t0 = time.time()
     start(sspec)
     url = f"http://{sspec.host}:{sspec.port}{sspec.route_prefix.rstrip('/')}"
@@ -152,8 +166,8 @@ def summary_table(s: dict) -> str:
 def run_demo(spec: DemoJob) -> dict:
     """Run every stage; returns the summary (also written to ``summary.json`` / ``summary.md``)."""
     from fastemb.index.job import run_index
-    from fastemb.train.driver import run_train
-    from fastemb.tune.search import run_tune
+    from fastemb.train.job import run_train
+    from fastemb.tune.job import run_tune
 
     t0 = time.time()
     run_dir = spec.run_dir
@@ -187,7 +201,8 @@ def run_demo(spec: DemoJob) -> dict:
     summary["index"] = {"dir": str(index_spec.run_dir), "counts": manifest["counts"],
                         "evaluation": manifest.get("evaluation", {"results": []})}
     if spec.serve is not None:
-        summary["serve"] = timed("serve", stage_serve, spec, registry["production_model"], str(index_spec.run_dir))
+        summary["serve"] = timed("serve", stage_serve, spec, run_dir, registry["production_model"],
+                                 str(index_spec.run_dir))
     seconds["total"] = time.time() - t0
     table = summary_table(summary)
     (run_dir / "summary.md").write_text(f"# fastemb demo\n\n{table}\n")
@@ -195,3 +210,9 @@ def run_demo(spec: DemoJob) -> dict:
     print(f"\n[fastemb demo] done in {seconds['total'] / 60:.1f} min; summary: {run_dir / 'summary.md'}\n\n{table}",
           flush=True)
     return summary
+
+
+def cli_summary(summary: dict) -> dict:
+    """What ``fastemb demo`` prints: where the summary table is, and the minutes it took."""
+    return {"summary": str(Path(summary["train"]["model_dir"]).parents[1] / "summary.md"),
+            "minutes": round(summary["seconds"]["total"] / 60, 1)}

@@ -1,0 +1,99 @@
+"""The index job's stages, shared by the job (fastemb/index/job.py) and its compression evaluation
+(fastemb/index/evaluate.py): the Ray Data embedding of a corpus and the faiss build from its embedding shards."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from fastemb.index.build import build_index
+from fastemb.index.corpus import CorpusScan
+from fastemb.index.embed import embed_corpus, shard_files
+from fastemb.index.factory import factory_string
+from fastemb.index.refine import STORE_DTYPE, STORE_FILE, refine_k_factor
+from fastemb.index.shards import kept_counts, plan_duplicates, write_id_map
+from fastemb.spec import CompressSpec, IndexJob, IndexSpec
+from fastemb.storage import is_uri
+
+EMBEDDINGS = "embeddings"  # the run folder's embedding units (default embed.output)
+
+
+def model_dict(spec: IndexJob) -> dict:
+    """The model section as the encoder actors' argument (a dict: it crosses into Ray actors); it also salts the
+    reusable embedding units' keys."""
+    m = spec.model
+    out = {"base": m.base, "pooling": m.pooling, "normalize": m.normalize, "max_length": m.max_length}
+    if m.synonyms:  # only when set: the dict salts the reusable embedding units
+        out["synonyms"] = m.synonyms
+    return out
+
+
+def staged(spec: IndexJob) -> bool:
+    """The run folder is the driver's local staging folder of an object-store ``storage_path``."""
+    return is_uri(spec.storage_path)
+
+
+def embeddings_dir(spec: IndexJob) -> Path:
+    """Where the job's embedding units go: ``embed.output``, or ``<run_dir>/embeddings``."""
+    return Path(spec.embed.output).expanduser() if spec.embed.output else spec.run_dir / EMBEDDINGS
+
+
+def embed_stage(spec: IndexJob, scan: CorpusScan, emb_dir: Path, log=print, on_unit=None) -> dict:
+    """Run (or reuse) the Ray Data embedding of a scanned corpus."""
+    e, c = spec.embed, spec.chunking
+    chunking = {"overlap": c.overlap, "max_chunks": c.max_chunks} if c.enabled else None
+    return embed_corpus(scan, emb_dir, model_dict(spec), id_column=spec.corpus.id_column,
+                        text_column=spec.corpus.text_column, num_actors=e.num_actors,
+                        threads_per_actor=e.threads_per_actor, batch_rows=e.batch_rows,
+                        max_batch_tokens=e.max_batch_tokens, rows_per_unit=e.rows_per_unit,
+                        chunking=chunking, on_this_node=staged(spec), on_unit=on_unit, backend=e.backend, log=log)
+
+
+def index_shards(shard_dirs: list[str], duplicate_ids: set[str], out_dir: Path, index: IndexSpec,
+                 compress: CompressSpec, on_this_node: bool = False, log=print) -> dict:
+    """Build ``out_dir/{index.faiss, ids.parquet, compressor/}`` (+ ``refine_vectors.f16`` with refine disk) from
+    embedding shards; returns build info."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = shard_files(shard_dirs)
+    drop, dup_docs = plan_duplicates(files, duplicate_ids)
+    counts = kept_counts(files, drop)
+    n = sum(counts)
+    if n == 0:
+        raise ValueError("no embedded rows to index (every row was skipped)")
+    dim = pq.read_schema(files[0]).field("vector").type.list_size
+    fit = None  # the compressor to fit: a dict, as it goes to a Ray task
+    if compress.method != "none":
+        fit = {"method": compress.method, "dim": compress.dim, "params": compress.params}
+        dim = compress.dim
+    ic = index
+    factory = factory_string(ic.type, dim, n, nlist=ic.nlist, bytes_per_vector=ic.bytes_per_vector, pq_m=ic.pq_m,
+                             pq_nbits=ic.pq_nbits, hnsw_m=ic.hnsw_m, refine=ic.refine)
+    info = build_index(files, counts, drop, out_dir, ic.type, factory, train_size=ic.train_size, compress=fit,
+                       add_tasks=ic.add_tasks, seed=ic.seed, on_this_node=on_this_node,
+                       refine_store=ic.refine == "disk", log=log)
+    rows, skipped = write_id_map(files, drop, str(out_dir / "ids.parquet"))
+    if rows != info["ntotal"]:
+        raise RuntimeError(f"index holds {info['ntotal']} vectors but the id map {rows}: build is inconsistent")
+    ids = pq.read_table(out_dir / "ids.parquet", columns=["chunk"])
+    index_file = out_dir / "index.faiss"
+    info.update(entries=rows, documents=int(pc.sum(pc.equal(ids["chunk"], 0)).as_py() or 0),
+                skipped=dict(skipped), duplicate_docs=dup_docs,
+                file_bytes_per_vector=round(index_file.stat().st_size / rows, 2),
+                refine=_refine_info(out_dir, ic, rows, info["dim"]))
+    return info
+
+
+def _refine_info(out_dir: Path, index: IndexSpec, rows: int, dim: int) -> dict:
+    """How the index re-ranks; for ``disk``, the vector file kept beside it (not counted in memory bytes)."""
+    mode = index.refine
+    if mode == "none":
+        return {"mode": mode}
+    out = {"mode": mode, "k_factor": refine_k_factor(mode, index.k_factor), "in_memory": mode != "disk"}
+    if mode == "disk":
+        size = (out_dir / STORE_FILE).stat().st_size
+        if size != rows * dim * STORE_DTYPE.itemsize:
+            raise RuntimeError(f"{STORE_FILE} holds {size} bytes, not {rows} × {dim} {STORE_DTYPE}: build is "
+                               "inconsistent")
+        out |= {"file": STORE_FILE, "dtype": STORE_DTYPE.name, "bytes": size, "bytes_per_vector_on_disk": size // rows}
+    return out

@@ -1,0 +1,93 @@
+"""The ``index`` job spec (``job: index``): the corpus, chunking, compression, the faiss index and its evaluation."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from fastemb.spec.base import RunJob, Section, input_path
+from fastemb.spec.sections import EmbedSpec, ModelSpec
+
+
+class CorpusSpec(Section):
+    """The documents to index: parquet with an id and a text column."""
+    path: str = input_path("wordnet", description="'wordnet' (117k definitions), 'wordnet:test' (a labeled "
+                                                   "corpus), or a parquet file / folder of shards / pyarrow-fsspec URI")
+    id_column: str = "id"
+    text_column: str = "text"
+    on_bad_file: Literal["skip", "fail"] = Field("skip", description="an unreadable file: count it and go on, or stop")
+
+
+class ChunkingSpec(Section):
+    """Long documents: token windows with overlap; search aggregates chunk scores per document."""
+    enabled: bool = False
+    overlap: int = Field(32, ge=0, description="tokens shared by consecutive chunks")
+    max_chunks: int | None = Field(None, gt=0, description="at most this many chunks per document")
+    aggregate: Literal["max", "mean"] = "max"
+
+
+class CompressSpec(Section):
+    """Vector compression fitted on a sample, applied at index and query time."""
+    method: Literal["none", "pca", "autoencoder", "matryoshka"] = "none"
+    dim: int | None = Field(None, gt=0, description="output dimension (default: the model's)")
+    params: dict[str, Any] = Field(default_factory=dict, description="method options, e.g. autoencoder epochs")
+
+    @model_validator(mode="after")
+    def _dim_needed(self) -> CompressSpec:
+        if self.method != "none" and self.dim is None:
+            raise ValueError(f"compress.dim: required with compress.method={self.method}")
+        return self
+
+
+class IndexSpec(Section):
+    """The faiss index (PQ parameters from ``bytes_per_vector`` unless ``pq_m`` is given)."""
+    type: Literal["flat", "ivf_flat", "pq", "ivf_pq", "opq_ivf_pq", "hnsw"] = "ivf_pq"
+    bytes_per_vector: int = Field(48, gt=0, le=65536, description="PQ code bytes per vector (8-bit codes)")
+    pq_m: int | None = Field(None, gt=0)
+    pq_nbits: int = Field(8, ge=4, le=12)
+    nlist: int | None = Field(None, gt=0, description="IVF lists (default ~4*sqrt(N))")
+    hnsw_m: int = Field(32, ge=4, le=256)
+    refine: Literal["none", "flat", "sqfp16", "sq8", "disk"] = Field(
+        "none", description="re-rank candidates of a compressed index: in memory with the float vectors (flat) or "
+        "finer codes (sqfp16, sq8); or disk: with fp16 vectors in refine_vectors.f16 next to the index, memory-mapped "
+        "at search (2·d bytes per vector on disk, none in memory)")
+    train_size: int = Field(100_000, gt=0, description="vectors sampled to train the quantizer/compressor")
+    add_tasks: int | None = Field(None, gt=0, description="parallel add tasks (default: CPUs of the cluster)")
+    nprobe: int = Field(16, gt=0)
+    ef_search: int = Field(64, gt=0)
+    k_factor: int | None = Field(None, gt=0, description="refine: re-rank k*k_factor candidates (default 4; "
+                                 "10 with refine disk)")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _refine_needs_codes(self) -> IndexSpec:
+        if self.refine != "none" and self.type in ("flat", "hnsw"):
+            raise ValueError(f"index.refine={self.refine!r} only makes sense with a compressed code "
+                             f"(pq/ivf types), not index.type={self.type}")
+        return self
+
+
+class IndexEvalSpec(Section):
+    """Compression evaluation on a labeled split (recall@10 vs exact, nDCG@10, bytes, build time, latency)."""
+    enabled: bool = False
+    eval: str = input_path("wordnet", description="'wordnet' or a folder with {split}_{queries,corpus}.parquet")
+    split: Literal["dev", "test"] = "test"
+    max_queries: int | None = Field(None, gt=0)
+    latency_queries: int = Field(200, gt=0, description="queries timed one at a time for p50/p99")
+    sweep: list[dict[str, Any]] = Field(default_factory=list,
+                                        description="extra configurations: {name, compress: {...}, index: {...}}")
+
+
+class IndexJob(RunJob):
+    """``fastemb index``: embed a corpus with Ray Data and build a (compressed) faiss index."""
+    job: Literal["index"] = "index"
+    name: str = Field("index", pattern=r"^[A-Za-z0-9_.-]+$")
+    model: ModelSpec = ModelSpec()
+    corpus: CorpusSpec = CorpusSpec()
+    embed: EmbedSpec = EmbedSpec()
+    chunking: ChunkingSpec = ChunkingSpec()
+    compress: CompressSpec = CompressSpec()
+    index: IndexSpec = IndexSpec()
+    evaluate: IndexEvalSpec = IndexEvalSpec()
+
+

@@ -1,0 +1,247 @@
+"""The ``train`` job spec (``job: train``): optimisation and distribution, multi-task training, distillation terms,
+refreshed hard negatives, continual learning, and the rules that tie them together."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from fastemb.spec.base import RunJob, Section, input_path, output_path
+from fastemb.spec.sections import DataSpec, EmbedSpec, LossSpec, NegativeRulesSpec, StudentModelSpec
+
+
+class NegativePoolSpec(NegativeRulesSpec):
+    """ANCE-style dynamic hard negatives (fastemb/train/negative_pool.py): every ``refresh_every`` steps the current
+    model re-embeds a pool of candidate texts and every training query's negatives are mined again from it."""
+    refresh_every: int = Field(..., gt=0, description="optimizer steps between refreshes")
+    pool_size: int = Field(20_000, gt=0, description="candidate texts: the task's distinct positives, a seeded "
+                                                     "sample of at most this many")
+    batch_size: int = Field(128, gt=0, description="texts per forward pass when re-embedding")
+    mine_at_start: bool = Field(False, description="mine before the first step even when every pair brings its "
+                                                   "own negatives (pairs without negatives always are)")
+
+
+class TaskSpec(Section):
+    """One task of a multi-task run: its data, its sampling weight and its loss overrides."""
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]+$")
+    kind: Literal["pairs", "simcse"] = Field("pairs", description="pairs: (query, positive[, negatives]) rows; "
+                                             "simcse: unsupervised, each text is its own positive (dropout noise)")
+    data: str = input_path(..., description="pairs: 'wordnet' or a pairs file/folder; simcse: 'wordnet' "
+                                            "(definitions) or a parquet file with a text column")
+    max_pairs: int | None = Field(None, gt=0, description="use at most this many rows (seeded sample)")
+    weight: float = Field(1.0, gt=0, description="the task is drawn for a micro-batch with probability ∝ weight")
+    loss: dict[str, Any] = Field(default_factory=dict, description="overrides of the job's loss section")
+    distill: bool = Field(False, description="apply the job's distill terms to this task's batches")
+    refresh_negatives: bool = Field(True, description="the job's negatives_pool refreshes this task's hard negatives")
+
+    @field_validator("loss")
+    @classmethod
+    def _loss_overrides(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            LossSpec.model_validate(v)
+        except ValidationError as err:
+            e = err.errors()[0]
+            raise ValueError(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})") from None
+        return v
+
+    def effective_loss(self, base: LossSpec) -> LossSpec:
+        """The job's loss section with this task's overrides."""
+        return LossSpec.model_validate({**base.model_dump(), **self.loss})
+
+
+class KLTerm(Section):
+    """KL between teacher and student score distributions over each query's candidates (fastemb/losses/distill_kl.py)."""
+    weight: float = Field(1.0, gt=0)
+    temperature: float = Field(0.05, gt=0, le=10, description="student temperature")
+    teacher_temperature: float | None = Field(None, gt=0, description="default: the student temperature")
+    in_batch: bool = Field(True, description="the other queries' positives are candidates too")
+
+
+class MarginMSETerm(Section):
+    """MSE of score margins s(q,p) - s(q,n) against the teacher's (fastemb/losses/margin_mse.py)."""
+    weight: float = Field(1.0, gt=0)
+
+
+class EmbeddingMSETerm(Section):
+    """MSE of (projected) student embeddings of queries and positives onto the teacher's."""
+    weight: float = Field(1.0, gt=0)
+    project: bool | None = Field(None, description="learned projection; default: when dimensions differ")
+
+
+class HiddenStateTerm(Section):
+    """Intermediate hidden-state distillation (teacher run online; same tokenizer needed)."""
+    weight: float = Field(1.0, gt=0)
+    layer_map: dict[int, int] | None = Field(None, description="student layer -> teacher layer (0 = embeddings); "
+                                                                "default: uniform m -> m*N/M")
+
+
+class AttentionTerm(Section):
+    """MiniLM last-layer attention (and value-relation) distillation (teacher run online; same tokenizer, heads)."""
+    weight: float = Field(1.0, gt=0)
+    value_relation: bool = True
+
+
+class DistillSpec(Section):
+    """Distillation from a teacher, combined with the InfoNCE term; a term given is a term used."""
+    teacher: str = input_path("all-mpnet-base-v2", description="alias or local sentence-transformers / HF folder")
+    teacher_pooling: Literal["mean", "cls"] | None = Field(None, description="default: the teacher's own")
+    teacher_max_length: int | None = Field(None, gt=0, le=8192, description="default: model.max_length")
+    infonce_weight: float = Field(1.0, ge=0, description="weight of the InfoNCE term (0: distillation only)")
+    kl: KLTerm | None = None
+    margin_mse: MarginMSETerm | None = None
+    embedding_mse: EmbeddingMSETerm | None = None
+    hidden_state: HiddenStateTerm | None = None
+    attention: AttentionTerm | None = None
+    embed: EmbedSpec = Field(default_factory=lambda: EmbedSpec(),
+                             description="Ray Data actors embedding the texts with the teacher (once, stored)")
+
+    @model_validator(mode="after")
+    def _some_term(self) -> "DistillSpec":
+        if not any((self.kl, self.margin_mse, self.embedding_mse, self.hidden_state, self.attention)):
+            raise ValueError("distill: give at least one of kl, margin_mse, embedding_mse, hidden_state, attention")
+        return self
+
+    @property
+    def online_teacher(self) -> bool:
+        """Per-token terms need the teacher in the training loop."""
+        return self.hidden_state is not None or self.attention is not None
+
+
+class TrainSpec(Section):
+    """Optimisation and distribution (Ray Train workers driving DeepSpeed)."""
+    num_workers: int = Field(2, ge=1, le=4096)
+    cpus_per_worker: int = Field(1, ge=1)
+    use_gpu: bool = False
+    zero_stage: Literal[0, 1, 2] = 2
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    micro_batch_size: int = Field(32, gt=0, description="pairs per worker per step")
+    grad_accum: int = Field(1, ge=1)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
+    lr: float = Field(5e-5, gt=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
+    group_by_length: bool = True
+    length_window: int = Field(32, ge=1, description="micro-batches sorted together when grouping by length")
+    checkpoint_every: int = Field(100, gt=0, description="steps between checkpoints")
+    eval_every: int | None = Field(None, gt=0, description="steps between dev evaluations (default: 4 per run)")
+    log_every: int = Field(10, gt=0)
+    max_failures: int = Field(2, ge=0)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _precision_on_cpu(self) -> "TrainSpec":
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ValueError("train.precision: fp16 needs a GPU (use_gpu: true); on CPU use fp32 or bf16")
+        return self
+
+
+
+class ContinualSpec(Section):
+    """Continual learning: start from a registry version, then promote the result or keep production."""
+    registry: str = output_path(..., description="model registry (path or URI) holding the starting version; the "
+                                "trained version is registered there (written: shared storage or a URI)")
+    from_version: str = Field("production", description="'production' or a version name such as v0003")
+    promote: Literal["auto", "never", "force"] = Field(
+        "auto", description="auto: promote only if the candidate scores at least production + min_gain on the "
+                            "job's test set; never: only register; force: promote regardless")
+    metric: Literal["ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100"] = "ndcg@10"
+    min_gain: float = Field(0.0, description="required improvement over production (auto)")
+
+
+class TrainJob(RunJob):
+    """``fastemb train``: contrastive fine-tuning with evaluation before and after."""
+    job: Literal["train"] = "train"
+    name: str = Field("contrastive", pattern=r"^[A-Za-z0-9_.-]+$")
+    model: StudentModelSpec = StudentModelSpec()
+    data: DataSpec = DataSpec()
+    loss: LossSpec = LossSpec()
+    train: TrainSpec = TrainSpec()
+    continual: ContinualSpec | None = Field(None, description="fine-tune a registry version and gate its promotion")
+    distill: DistillSpec | None = Field(None, description="distil a teacher into the model (fastemb/train/distill.py)")
+    tasks: list[TaskSpec] | None = Field(None, min_length=1, description="multi-task training: each micro-batch "
+                                         "comes from one task, drawn by weight (fastemb/train/tasks.py)")
+    negatives_pool: NegativePoolSpec | None = Field(None, description="refresh the hard negatives with the current "
+                                                    "model during training (fastemb/train/negative_pool.py)")
+
+    @model_validator(mode="after")
+    def _distill_needs_candidates(self) -> TrainJob:
+        d = self.distill
+        if d is None or self.tasks:
+            return self
+        _check_distill_candidates(d, self.loss.hard_negatives, "loss.hard_negatives")
+        return self
+
+    @model_validator(mode="after")
+    def _raw_text(self) -> TrainJob:
+        if self.data.format != "raw":
+            return self
+        for field, given in (("tasks", self.tasks), ("distill", self.distill),
+                             ("loss.hard_negatives", self.loss.hard_negatives)):
+            if given:
+                raise ValueError(f"{field}: not with data.format: raw (each text is its own positive; "
+                                 "for a raw-text task in a multi-task run use tasks.N.kind: simcse)")
+        return self
+
+    @model_validator(mode="after")
+    def _tasks_and_pool(self) -> TrainJob:
+        _check_tasks(self)
+        _check_negatives_pool(self)
+        return self
+
+
+def _check_tasks(job: TrainJob) -> None:
+    """Multi-task rules: distinct names, data given per task, distill marked on the tasks it applies to."""
+    if not job.tasks:
+        return
+    given = [f for f in ("train", "max_pairs") if getattr(job.data, f) != DataSpec.model_fields[f].default]
+    if given:  # compared with the defaults: a spec re-validated from its dump has every field "set"
+        raise ValueError(f"data.{given[0]}: with tasks, each task names its data (tasks.N.data, "
+                         "tasks.N.max_pairs); remove it from data")
+    if job.continual is not None:
+        raise ValueError("continual: not supported with tasks (its data fingerprint is of data.train)")
+    seen: set[str] = set()
+    for i, task in enumerate(job.tasks):
+        if task.name in seen:
+            raise ValueError(f"tasks.{i}.name: duplicate task name {task.name!r}")
+        seen.add(task.name)
+        k = task.effective_loss(job.loss).hard_negatives
+        if task.kind == "simcse" and k:
+            raise ValueError(f"tasks.{i}.loss.hard_negatives: a simcse task has no negatives (got {k})")
+        if task.distill:
+            if job.distill is None:
+                raise ValueError(f"tasks.{i}.distill: needs the job's distill section")
+            if task.kind == "simcse":
+                raise ValueError(f"tasks.{i}.distill: not for a simcse task (no teacher scores for it)")
+            _check_distill_candidates(job.distill, k, f"tasks.{i}.loss.hard_negatives")
+    if job.distill is not None and not any(t.distill for t in job.tasks):
+        raise ValueError("distill: with tasks, mark the tasks it applies to (tasks.N.distill: true)")
+
+
+def _check_negatives_pool(job: TrainJob) -> None:
+    """The pool refreshes hard negatives, so some task must use them, and no stored teacher score may go stale."""
+    if job.negatives_pool is None:
+        return
+    tasks = [(f"tasks.{i}", t.effective_loss(job.loss).hard_negatives * t.refresh_negatives, t.distill)
+             for i, t in enumerate(job.tasks)] if job.tasks else [("loss", job.loss.hard_negatives, True)]
+    if not any(k for _, k, _ in tasks):
+        raise ValueError("negatives_pool: needs hard negatives to refresh (loss.hard_negatives >= 1, or on a task "
+                         "with refresh_negatives: true)")
+    d = job.distill
+    stale = [name for name, k, distilled in tasks if k and distilled and d is not None and (d.kl or d.margin_mse)]
+    if stale:
+        raise ValueError(f"negatives_pool: distill.kl / distill.margin_mse use teacher scores stored once for the "
+                         f"pairs' own negatives; refreshed negatives would not match them ({stale[0]})")
+
+
+def _check_distill_candidates(d: DistillSpec, k: int, k_field: str) -> None:
+    """The distillation terms need candidates besides the positive."""
+    if d.margin_mse and k < 1:
+        raise ValueError(f"distill.margin_mse: needs hard negatives ({k_field} >= 1)")
+    if d.kl and k < 1 and not d.kl.in_batch:
+        raise ValueError(f"distill.kl: needs candidates besides the positive: {k_field} >= 1 or "
+                         "distill.kl.in_batch: true")
+
+

@@ -1,0 +1,117 @@
+"""``fastemb train``: evaluate the base model, train with Ray Train + DeepSpeed, export, evaluate again.
+
+Writes to ``{storage_path}/{name}/``: ``model/`` (sentence-transformers format), ``report.json``
+(base and tuned test metrics and their delta, data report, timings, spec) and ``training_curve.png``.
+Re-running a job with the same name resumes it from its last checkpoint (Ray Train V2).
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from fastemb.eval.retrieval import evaluate_model
+from fastemb.plots import training_curve
+from fastemb.ray_env import init_ray
+from fastemb.spec import TrainJob
+from fastemb.storage import is_uri, pull, push
+from fastemb.train.tasks import job_tasks, load_task_pairs
+from fastemb.train.trainer import fit_and_export, make_trainer, plan_steps
+
+
+def _base_metrics(spec: TrainJob) -> dict:
+    """Base-model test metrics, cached in the run folder so a resumed run does not redo them."""
+    cache = spec.run_dir / "base_metrics.json"
+    key = {"model": spec.model.model_dump(), "eval": spec.data.eval, "test_queries": spec.data.test_queries}
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return cached["metrics"]
+    print(f"[fastemb train] evaluating the base model {spec.model.base} on the test split", flush=True)
+    metrics = evaluate_model(spec.model, spec.data)
+    cache.write_text(json.dumps({"key": key, "metrics": metrics}, indent=2))
+    return metrics
+
+
+def run_train(spec: TrainJob) -> dict:
+    """Run a training job end to end; returns the report (also written to ``report.json``)."""
+    t0 = time.time()
+    start = None
+    if spec.continual:
+        from fastemb.train.continual import start_from_registry
+
+        spec, start = start_from_registry(spec)
+    t = spec.train
+    tasks = job_tasks(spec)
+    pairs, data_reports = {}, {}
+    for task in tasks:
+        pairs[task.key], data_reports[task.name] = load_task_pairs(spec, task)
+        of = "" if not spec.tasks else f" (task {task.name}, weight {task.weight:g})"
+        print(f"[fastemb train] pairs{of}: {data_reports[task.name].summary()}", flush=True)
+    plan = plan_steps(spec, {key: len(rows) for key, rows in pairs.items()})
+    if spec.distill:
+        from fastemb.train.distill import check_online_teacher
+
+        check_online_teacher(spec)  # fail before any work when per-token terms cannot use this teacher
+    run_dir = spec.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if is_uri(spec.storage_path):
+        fetched = pull(spec.storage_path, spec.name, run_dir)
+        print(f"[fastemb train] outputs go to {spec.output_location} (staged in {run_dir}; {fetched} earlier "
+              f"entries fetched)", flush=True)
+    base = _base_metrics(spec)
+    print(f"[fastemb train] base test nDCG@10 {base['ndcg@10']:.4f}", flush=True)
+
+    init_ray(spec.ray.address, spec.ray.num_cpus, t.cpus_per_worker)
+    teacher_info = None
+    if spec.distill:  # teacher scores/embeddings: computed once with Ray Data, stored in the run folder
+        from fastemb.train.teacher_outputs import TEACHER_DIR, compute_teacher_outputs
+
+        teacher_info = {}
+        for task in tasks:
+            if task.distill:
+                pairs[task.key], teacher_info[task.name] = compute_teacher_outputs(
+                    spec, pairs[task.key], subdir=TEACHER_DIR if not spec.tasks else f"{TEACHER_DIR}/{task.name}")
+        if not spec.tasks:
+            teacher_info = teacher_info["train"]
+    trainer = make_trainer(spec, pairs, plan)
+    print(f"[fastemb train] {sum(map(len, pairs.values()))} pairs, {t.num_workers} workers × {t.micro_batch_size} "
+          f"(×{t.grad_accum} accumulation), ZeRO-{t.zero_stage}, {t.precision}, {plan['total_steps']} steps",
+          flush=True)
+    t_train = time.time()
+    model_dir, history = fit_and_export(trainer, spec)
+    train_s = time.time() - t_train
+    print(f"[fastemb train] exported {model_dir}; evaluating it on the test split", flush=True)
+    tuned = evaluate_model(spec.model, spec.data, path=str(model_dir))
+    delta = {k: tuned[k] - base[k] for k in base if isinstance(base[k], (int, float))}
+    report = {
+        "name": spec.name, "model_dir": str(model_dir), "output": spec.output_location, "base_model": spec.model.base,
+        "base": base, "tuned": tuned, "delta": delta,
+        "train_seconds": train_s, "total_seconds": time.time() - t0, "plan": plan,
+        "pairs": data_reports["train"].as_dict() if not spec.tasks else {k: r.as_dict() for k, r in data_reports.items()},
+        "history": history, "spec": spec.model_dump(),
+        "negative_pool_refreshes": [h for h in history if h.get("event") == "negatives_refresh"],
+        "resumes": sum(1 for h in history if h.get("event") == "resumed"),
+        "domain": next((h for h in history if h.get("event") == "domain"), None),  # new tokens, adapters
+        "teacher_outputs": teacher_info,
+    }
+    if start:
+        from fastemb.train.continual import register_and_gate
+
+        report["continual"] = register_and_gate(spec, start, base, tuned,
+                                                lambda m: evaluate_model(spec.model, spec.data, path=m))
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    training_curve(history, run_dir / "training_curve.png", f"fastemb train: {spec.name}")
+    if is_uri(spec.storage_path):
+        push(run_dir, spec.storage_path, spec.name)
+    print(f"[fastemb train] test nDCG@10 {base['ndcg@10']:.4f} → {tuned['ndcg@10']:.4f} "
+          f"({delta['ndcg@10']:+.4f}); report: {run_dir / 'report.json'}", flush=True)
+    return report
+
+
+def cli_summary(report: dict) -> dict:
+    """What ``fastemb train`` prints: base and tuned test nDCG@10, the model folder (and the registry outcome)."""
+    out = {"base_ndcg@10": report["base"]["ndcg@10"], "tuned_ndcg@10": report["tuned"]["ndcg@10"],
+           "delta": report["delta"]["ndcg@10"], "model_dir": report["model_dir"]}
+    if "continual" in report:
+        out["continual"] = {k: report["continual"][k] for k in ("candidate", "outcome", "production_after")}
+    return out

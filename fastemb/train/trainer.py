@@ -1,0 +1,103 @@
+"""The Ray Train side of a training job: the step plan, the ``TorchTrainer`` running the per-worker loop
+(fastemb/train/loop.py) with checkpoints, retries and resumption, and the export of its result. Used by
+``fastemb train`` (fastemb/train/job.py) and by each Tune trial (fastemb/tune/trial.py)."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+
+from fastemb.errors import FastembError
+from fastemb.spec import SpecError, TrainJob
+from fastemb.storage import ray_storage
+from fastemb.train.tasks import job_tasks, uses_pool
+
+
+class TrainError(FastembError, RuntimeError):
+    """Training failed after Ray's retries; the message says where to look."""
+
+
+def plan_steps(spec: TrainJob, n_pairs: int | dict[str, int]) -> dict:
+    """Micro-steps per epoch (per task too), optimizer steps in total and the dev-evaluation steps.
+
+    ``n_pairs``: the usable pairs, or per task (Ray Dataset name → pairs) for a multi-task job."""
+    t = spec.train
+    sizes = n_pairs if isinstance(n_pairs, dict) else {"train": n_pairs}
+    global_batch = t.micro_batch_size * t.num_workers
+    for key, n in sizes.items():
+        if global_batch > n:
+            of = "" if key == "train" else f" of task {key.removeprefix('train_')!r}"
+            raise SpecError(f"invalid job spec:\n  train.micro_batch_size: {t.micro_batch_size} × "
+                            f"{t.num_workers} workers = {global_batch} pairs per step exceeds the {n} usable "
+                            f"pairs{of}")
+    per_task = {key: n // global_batch for key, n in sizes.items()}
+    micro_per_epoch = sum(per_task.values())
+    total = max(int(t.epochs * micro_per_epoch) // t.grad_accum, 1)
+    if t.max_steps:
+        total = min(total, t.max_steps)
+    every = t.eval_every or max(total // 4, 1)
+    eval_steps = sorted(set(range(every, total + 1, every)) | {total}) if every <= total else []
+    return {"micro_steps_per_epoch": micro_per_epoch, "total_steps": total, "eval_steps": eval_steps,
+            "micro_steps_per_task_epoch": per_task}
+
+
+def make_trainer(spec: TrainJob, pairs: list[dict] | dict[str, list[dict]], plan: dict,
+                 callbacks: list | None = None):
+    """A ``TorchTrainer`` running :func:`train_loop_per_worker` over ``pairs`` (per task: Ray Dataset name → rows,
+    each a Ray Dataset sharded per worker; a list is the single task ``train``), with checkpointing, failure retries
+    and resumption under ``{storage_path}/{name}``. A task with a negative pool also gets its pairs unsplit."""
+    import ray.data
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from fastemb.train.loop import train_loop_per_worker
+    from fastemb.train.negative_pool import pool_dataset_name
+
+    t = spec.train
+    by_task = pairs if isinstance(pairs, dict) else {"train": pairs}
+    datasets = {}
+    for key, task_rows in by_task.items():
+        rows = list(task_rows)
+        random.Random(t.seed).shuffle(rows)
+        datasets[key] = ray.data.from_arrow(pa.Table.from_pylist(rows))
+    split = list(datasets)
+    for task in job_tasks(spec):
+        if uses_pool(spec, task):
+            columns = [{"query": p["query"], "positive": p["positive"], "negatives": list(p["negatives"])}
+                       for p in by_task[task.key]]
+            datasets[pool_dataset_name(task.key)] = ray.data.from_arrow(pa.Table.from_pylist(
+                columns, schema=pa.schema([("query", pa.string()), ("positive", pa.string()),
+                                           ("negatives", pa.list_(pa.string()))])))
+    storage_path, storage_fs = ray_storage(spec.storage_path)  # checkpoints go straight to an object store
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec.model_dump(), **plan},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+        run_config=RunConfig(name=spec.name, storage_path=storage_path, storage_filesystem=storage_fs,
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=split),
+    )
+
+
+def fit_and_export(trainer, spec: TrainJob) -> tuple[Path, list[dict]]:
+    """Run the trainer; copy the exported model to ``{run_dir}/model``; return it and the history."""
+    t = spec.train
+    try:
+        result = trainer.fit()
+    except Exception as err:  # Ray wraps worker errors; say what failed without Ray's internals
+        lines = str(err).strip().splitlines()
+        raise TrainError(f"training failed after {t.max_failures} retries: {type(err).__name__}: "
+                         f"{lines[-1] if lines else ''}\n  checkpoints and logs: {spec.run_dir}") from err
+    model_dir = spec.run_dir / "model"
+    with result.checkpoint.as_directory() as d:
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        shutil.copytree(Path(d) / "model", model_dir)
+        history = json.loads((Path(d) / "history.json").read_text())
+    return model_dir, history

@@ -1,0 +1,40 @@
+"""``fastemb tune``: Optuna/random search with ASHA over temperature, batch size, LR and PQ code size.
+
+The objective is dev nDCG@10 measured through the compressed (OPQ/PQ) code; the winner is the best
+trial whose compression factor meets ``tune.min_compression``. A search whose driver died is resumed
+with ``Tuner.restore`` by running the same job again (finished trials are kept, not rerun).
+"""
+from __future__ import annotations
+
+import json
+
+from fastemb.ray_env import init_ray
+from fastemb.spec import TuneJob
+from fastemb.spec.paths import absolute_inputs
+from fastemb.tune.results import summarize
+from fastemb.tune.tuner import METRIC, build_tuner
+
+
+def run_tune(spec: TuneJob) -> dict:
+    """Run (or resume) the search; write the trials table, plots and the winner to the run folder."""
+    spec = absolute_inputs(spec)  # each trial runs in its own working directory
+    init_ray(spec.ray.address, spec.ray.num_cpus, spec.train.cpus_per_worker)
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    results = build_tuner(spec).fit()
+    summary = summarize(results, spec)
+    winner = summary["winner"]
+    if winner and spec.tune.registry:
+        from fastemb.registry import Registry
+
+        metrics = {k: winner[k] for k in (METRIC, "dev_ndcg@10", "bytes_per_vector", "compression_x")}
+        params = {k: winner[k] for k in ("temperature", "lr", "micro_batch_size", "pq_bytes")}
+        summary["registered"] = Registry(spec.tune.registry).register(
+            winner["model_dir"], metrics, {"tune": spec.name, "trial": winner["trial_id"], **params})
+        print(f"[fastemb tune] winner registered as {summary['registered']} in {spec.tune.registry}", flush=True)
+    (spec.run_dir / "tune_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def cli_summary(summary: dict) -> dict:
+    """What ``fastemb tune`` prints: the winner and the number of trials."""
+    return {"winner": summary["winner"], "trials": len(summary["trials"])}
