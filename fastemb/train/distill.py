@@ -2,21 +2,16 @@
 
 Per micro-batch (``DistillObjective``)::
 
-    L = w_nce·InfoNCE + w_kl·KL + w_mm·MarginMSE + w_emb·EmbeddingMSE + w_hs·HiddenState + w_att·Attention
+    L = w_nce·InfoNCE + Σ_term w_term·term        (terms: fastemb/train/distill_terms.py)
 
-* **KL** over each query's candidates: its positive, its hard negatives and (``kl.in_batch``) the other queries'
-  positives (duplicates of its own positive masked). Teacher scores of the positive and negatives come from the
-  stored teacher outputs (``fastemb/train/teacher_outputs.py``); in-batch ones are ``t_q · t_p'`` from the stored
-  teacher embeddings.
-* **MarginMSE** on (positive, hard negatives) with the stored teacher scores.
-* **Embedding MSE** of the student's query and positive embeddings (through a learned projection when the widths
-  differ) onto the stored teacher embeddings.
-* **Hidden-state** and **attention** terms are per token: the frozen teacher runs online (``torch.no_grad``, eval
-  mode) on the student's token ids of the queries and positives; both need the same vocabulary
-  (``check_online_teacher`` verifies it, the heads and the layer map before training starts).
+The configured terms say what they need: the objective embeds the queries, positives and hard negatives with the
+student, stacks the stored teacher columns they read (``fastemb/train/teacher_outputs.py``) and, for per-token terms
+(hidden states, attention), runs the frozen teacher online (``torch.no_grad``, eval mode) on the student's token ids
+of the queries and positives; both need the same vocabulary (``check_online_teacher`` verifies it and asks each
+per-token term for its own conditions before training starts).
 
-The learned projections live in ``DistillModel.heads`` next to the student, so DeepSpeed optimises and
-checkpoints them with it; the export is ``DistillModel.student`` alone.
+The terms' trainable parts (projections) live in ``DistillModel.heads`` next to the student, so DeepSpeed optimises
+and checkpoints them with it; the export is ``DistillModel.student`` alone.
 """
 from __future__ import annotations
 
@@ -26,69 +21,33 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastemb.losses import (AttentionDistillLoss, DistillKLLoss, EmbeddingMSELoss, HiddenStateDistillLoss,
-                            InfoNCELoss, MarginMSELoss)
+from fastemb.losses import InfoNCELoss
 from fastemb.losses.attention_distill import run_with_last_attention
-from fastemb.losses.hidden_state import uniform_layer_map
 from fastemb.model.encoder import Encoder, _read_st_layout, resolve_model_path
-from fastemb.model.layers import evenly_spaced_layers
 from fastemb.spec import SpecError, TrainJob
-
-
-def _hf_config(name_or_path: str):
-    """The Hugging Face config of a model folder or alias (no weights loaded)."""
-    from transformers import AutoConfig
-
-    path = Path(resolve_model_path(name_or_path))
-    return AutoConfig.from_pretrained(path / _read_st_layout(path)[0], local_files_only=True)
-
-
-def student_layer_count(spec: TrainJob) -> int:
-    """Transformer layers of the student (after ``model.keep_layers`` / ``model.num_layers``)."""
-    m = spec.model
-    if m.keep_layers is not None:
-        return len(m.keep_layers)
-    if m.num_layers is not None:
-        return len(evenly_spaced_layers(_hf_config(m.base).num_hidden_layers, m.num_layers))
-    return int(_hf_config(m.base).num_hidden_layers)
-
-
-def layer_map(spec: TrainJob, student_layers: int, teacher_layers: int) -> dict[int, int]:
-    """``distill.hidden_state.layer_map`` or the uniform map; indices checked against both models."""
-    given = spec.distill.hidden_state.layer_map
-    try:
-        mapping = dict(given) if given else uniform_layer_map(student_layers, teacher_layers)
-    except ValueError as err:
-        raise SpecError(f"invalid job spec:\n  distill.hidden_state.layer_map: {err}") from None
-    bad = {m: t for m, t in mapping.items() if not (0 <= m <= student_layers and 0 <= t <= teacher_layers)}
-    if bad:
-        raise SpecError(f"invalid job spec:\n  distill.hidden_state.layer_map: {bad} out of range: the student has "
-                        f"hidden states 0..{student_layers}, the teacher 0..{teacher_layers}")
-    return mapping
+from fastemb.train.distill_terms import (TEACHER_SCORES, DistillBatch, TokenPass, configured_terms, hf_config,
+                                         needs_online_teacher)
 
 
 def check_online_teacher(spec: TrainJob) -> None:
-    """Before training: per-token terms need the teacher's vocabulary (and heads, and a valid layer map)."""
-    d = spec.distill
-    if d is None or not d.online_teacher:
+    """Before training: per-token terms need the teacher's vocabulary, and each its own conditions (heads, layers)."""
+    terms = [term for term in configured_terms(spec) if term.online]
+    if not terms:
         return
     from transformers import AutoTokenizer
 
-    term = "distill.hidden_state" if d.hidden_state else "distill.attention"
+    d = spec.distill
     vocab = {}
     for name in (spec.model.base, d.teacher):
         path = Path(resolve_model_path(name))
         vocab[name] = AutoTokenizer.from_pretrained(path / _read_st_layout(path)[0], local_files_only=True).get_vocab()
     if vocab[spec.model.base] != vocab[d.teacher]:
-        raise SpecError(f"invalid job spec:\n  {term}: per-token distillation needs the teacher's tokenizer, but "
-                        f"{d.teacher!r} and the student {spec.model.base!r} have different vocabularies; use "
-                        "kl / margin_mse / embedding_mse with this teacher")
-    s_cfg, t_cfg = _hf_config(spec.model.base), _hf_config(d.teacher)
-    if d.attention and s_cfg.num_attention_heads != t_cfg.num_attention_heads:
-        raise SpecError(f"invalid job spec:\n  distill.attention: the student has {s_cfg.num_attention_heads} "
-                        f"heads, the teacher {t_cfg.num_attention_heads}; MiniLM attention distillation needs equal")
-    if d.hidden_state:
-        layer_map(spec, student_layer_count(spec), int(t_cfg.num_hidden_layers))
+        raise SpecError(f"invalid job spec:\n  distill.{terms[0].name}: per-token distillation needs the teacher's "
+                        f"tokenizer, but {d.teacher!r} and the student {spec.model.base!r} have different "
+                        "vocabularies; use kl / margin_mse / embedding_mse with this teacher")
+    s_cfg, t_cfg = hf_config(spec.model.base), hf_config(d.teacher)
+    for term in terms:
+        term.check(s_cfg, t_cfg)
 
 
 class DistillModel(nn.Module):
@@ -101,22 +60,20 @@ class DistillModel(nn.Module):
 
 
 def build_distill_model(spec: TrainJob, student: Encoder) -> DistillModel:
-    """Wrap ``student`` with the loss modules that have parameters (embedding MSE, hidden-state)."""
-    d = spec.distill
-    t_cfg = _hf_config(d.teacher)
+    """Wrap ``student`` with the heads of the terms that have trainable parts (embedding MSE, hidden-state)."""
+    t_cfg = hf_config(spec.distill.teacher)
     heads = nn.ModuleDict()
-    if d.embedding_mse:
-        heads["embedding_mse"] = EmbeddingMSELoss(student.dim, int(t_cfg.hidden_size), d.embedding_mse.project)
-    if d.hidden_state:
-        mapping = layer_map(spec, int(student.transformer.config.num_hidden_layers), int(t_cfg.num_hidden_layers))
-        heads["hidden_state"] = HiddenStateDistillLoss(mapping, student.dim, int(t_cfg.hidden_size))
+    for term in configured_terms(spec):
+        head = term.make_head(student, t_cfg)
+        if head is not None:
+            heads[term.name] = head
     return DistillModel(student, heads)
 
 
 def load_online_teacher(spec: TrainJob) -> Encoder | None:
     """The frozen teacher for per-token terms (None when no term needs it)."""
     d = spec.distill
-    if d is None or not d.online_teacher:
+    if d is None or not needs_online_teacher(spec):
         return None
     teacher = Encoder.load(d.teacher, pooling=d.teacher_pooling, max_length=d.teacher_max_length,
                            synonyms=spec.model.synonyms).eval()
@@ -132,83 +89,64 @@ class DistillObjective:
     """The weighted sum of InfoNCE and the configured distillation terms for one micro-batch."""
 
     def __init__(self, spec: TrainJob, model: DistillModel, infonce: InfoNCELoss, teacher: Encoder | None):
-        d = spec.distill
-        self.spec, self.d, self.model, self.infonce, self.teacher = spec, d, model, infonce, teacher
+        self.spec, self.d, self.model, self.infonce, self.teacher = spec, spec.distill, model, infonce, teacher
         self.k = spec.loss.hard_negatives
-        self.kl = DistillKLLoss(d.kl.temperature, d.kl.teacher_temperature, spec.loss.similarity) if d.kl else None
-        self.margin = MarginMSELoss(spec.loss.similarity) if d.margin_mse else None
-        self.attention = AttentionDistillLoss(d.attention.value_relation) if d.attention else None
-        self.columns = (["teacher_scores"] if d.kl or d.margin_mse else []) + \
-            (["teacher_query", "teacher_positive"] if d.embedding_mse or (d.kl and d.kl.in_batch) else [])
+        # per-token terms come out of the forward passes, so they are summed (and listed) first
+        self.terms = sorted(configured_terms(spec), key=lambda term: not term.online)
+        self.columns = list(dict.fromkeys(c for term in self.terms for c in term.stored_columns))
+        self.online = frozenset().union(*(term.online for term in self.terms))
+        if self.online and teacher is None:
+            raise ValueError(f"distill: {sorted(self.online)} need the online teacher (load_online_teacher)")
+        short = [term.name for term in self.terms if term.needs_hard_negatives and self.k < 1]
+        if short:
+            raise ValueError(f"distill.{short[0]}: needs hard negatives (loss.hard_negatives >= 1)")
 
-    def _per_token(self, texts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Student embeddings of ``texts`` and the per-token terms against the online teacher."""
+    def _token_pass(self, texts: list[str]) -> tuple[torch.Tensor, TokenPass]:
+        """Student embeddings of ``texts`` and the student's and online teacher's per-token outputs."""
         student = self.model.student
         device = next(student.parameters()).device
         tok = {k: v.to(device) for k, v in student.tokenize(texts).items()}
         ids, mask = tok["input_ids"], tok["attention_mask"]
-        hidden = self.d.hidden_state is not None
+        hidden = "hidden_states" in self.online
 
         def run(model: nn.Module):
-            if self.attention is not None:
+            if "attentions" in self.online:
                 return run_with_last_attention(model, ids, mask, output_hidden_states=hidden)
             return model(input_ids=ids, attention_mask=mask, output_hidden_states=hidden), None
 
         out, values = run(student.transformer)
         with torch.no_grad():
             t_out, t_values = run(self.teacher.transformer)
-        terms = {}
-        if hidden:
-            terms["hidden_state"] = self.model.heads["hidden_state"](out.hidden_states, t_out.hidden_states, mask)
-        if self.attention is not None:
-            terms["attention"] = self.attention(out.attentions[-1], t_out.attentions[-1], values, t_values, mask)
-        return student.pool(out.last_hidden_state, mask), terms
+        return student.pool(out.last_hidden_state, mask), TokenPass(out, t_out, values, t_values, mask)
 
-    def _embed_pair_side(self, texts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if self.teacher is None:
-            return self.model.student.embed(texts), {}
-        return self._per_token(texts)
-
-    def __call__(self, batch: list[dict], ids: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """(total loss, each unweighted term as a float) for a micro-batch of rows with teacher columns."""
-        d, k = self.d, self.k
+    def _batch(self, batch: list[dict], ids: dict[str, torch.Tensor]) -> DistillBatch:
+        """The student's embeddings, the stored teacher columns and (per-token terms) the online passes."""
         missing = [c for c in self.columns if c not in batch[0]]
         if missing:
             raise KeyError(f"distill: the training rows lack the teacher outputs {missing}; they are added by "
                            "fastemb.train.teacher_outputs.compute_teacher_outputs (run_train does it)")
-        q, q_terms = self._embed_pair_side([r["query"] for r in batch])
-        p, p_terms = self._embed_pair_side([r["positive"] for r in batch])
-        n = self.model.student.embed([x for r in batch for x in r["negatives"][:k]]).view(len(batch), k, -1) \
-            if k else None
+        student, k = self.model.student, self.k
+        if self.online:
+            (q, q_pass), (p, p_pass) = (self._token_pass([r[side] for r in batch]) for side in ("query", "positive"))
+            tokens = (q_pass, p_pass)
+        else:
+            q, p, tokens = student.embed([r["query"] for r in batch]), student.embed([r["positive"] for r in batch]), ()
+        n = student.embed([x for r in batch for x in r["negatives"][:k]]).view(len(batch), k, -1) if k else None
+        teacher = {c: _stack(batch, c, q.device) for c in self.columns}
+        if TEACHER_SCORES in teacher:  # the positive's and the k hard negatives' scores
+            teacher[TEACHER_SCORES] = teacher[TEACHER_SCORES][:, : 1 + k]
+        return DistillBatch(q, p, n, ids, teacher, tokens)
+
+    def __call__(self, batch: list[dict], ids: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """(total loss, each unweighted term as a float) for a micro-batch of rows with teacher columns."""
+        b = self._batch(batch, ids)
         terms: dict[str, torch.Tensor] = {}
         weights: dict[str, float] = {}
-        if d.infonce_weight > 0:
-            terms["infonce"], weights["infonce"] = self.infonce(q, p, n, **ids), d.infonce_weight
-        for name in q_terms:
-            terms[name] = (q_terms[name] + p_terms[name]) / 2
-            weights[name] = getattr(d, name).weight
-        if self.kl is not None or self.margin is not None:
-            t_scores = _stack(batch, "teacher_scores", q.device)[:, : 1 + k]
-            if self.kl is not None:
-                terms["kl"], weights["kl"] = self._kl(q, p, n, t_scores, batch, ids), d.kl.weight
-            if self.margin is not None:
-                terms["margin_mse"], weights["margin_mse"] = self.margin(q, p, n, t_scores), d.margin_mse.weight
-        if d.embedding_mse:
-            teacher = torch.cat([_stack(batch, "teacher_query", q.device), _stack(batch, "teacher_positive", q.device)])
-            terms["embedding_mse"] = self.model.heads["embedding_mse"](torch.cat([q, p]), teacher)
-            weights["embedding_mse"] = d.embedding_mse.weight
+        if self.d.infonce_weight > 0:
+            terms["infonce"], weights["infonce"] = self.infonce(b.q, b.p, b.n, **ids), self.d.infonce_weight
+        heads = self.model.heads
+        for term in self.terms:
+            terms[term.name] = term.value(b, heads[term.name] if term.name in heads else None)
+            weights[term.name] = term.weight
         total = sum(weights[name] * value for name, value in terms.items())
         return total, {name: float(value.detach()) for name, value in terms.items()}
-
-    def _kl(self, q, p, n, t_scores, batch, ids) -> torch.Tensor:
-        """KL over [positive, negatives, (other queries' positives)]; duplicates of the positive masked."""
-        cands = torch.cat([p.unsqueeze(1), n], 1) if n is not None else p.unsqueeze(1)
-        mask = torch.ones(cands.shape[:2], dtype=torch.bool, device=q.device)
-        if self.d.kl.in_batch:
-            b = q.shape[0]
-            t_q, t_p = _stack(batch, "teacher_query", q.device), _stack(batch, "teacher_positive", q.device)
-            doc = ids["doc_ids"].to(q.device)
-            cands = torch.cat([cands, p.unsqueeze(0).expand(b, b, p.shape[-1])], 1)
-            t_scores = torch.cat([t_scores, t_q @ t_p.T], 1)
-            mask = torch.cat([mask, doc.unsqueeze(0) != doc.unsqueeze(1)], 1)
-        return self.kl(q, cands, t_scores, mask)

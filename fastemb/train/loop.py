@@ -11,17 +11,18 @@ consolidated model (sentence-transformers format) into the final checkpoint. ``m
 With ``tasks`` each micro-batch comes from one task drawn by weight (``fastemb.train.tasks``); with
 ``negatives_pool`` the hard negatives are mined again with the current model every N steps
 (``fastemb.train.negative_pool``; the pool's table is part of the checkpoint).
+
+What the loop changes as it runs is one ``TrainState`` (``fastemb.train.state``); its checkpoints and reports to
+Ray Train are ``fastemb.train.checkpointing``.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any, Iterator
 
-CHECKPOINT_TAG = "fastemb"
+from fastemb.train.state import LossWindow, TrainState
 
 
 def _build_engine(spec, total_steps: int):
@@ -79,6 +80,31 @@ def _dev_eval(engine, spec, compression: dict | None) -> dict:
     return out
 
 
+@dataclass
+class Worker:
+    """What one worker holds fixed for the whole run."""
+    spec: Any  # the TrainJob
+    rank: int
+    engine: Any  # the DeepSpeed engine
+    tasks: list  # fastemb.train.tasks.Task
+    objectives: list  # per task: (batch, ids) → (loss, unweighted terms)
+    schedule: Any  # task index of each micro-step (np.ndarray)
+    pools: dict  # task key → NegativePool, for the tasks whose negatives the pool refreshes
+    streams: list[Iterator[list[dict]]]  # per task: its micro-batches
+    progress: Any  # ProgressLine
+    total_steps: int
+    eval_steps: set[int]
+    dev_compression: dict | None
+
+    def refresh_due(self, step: int) -> bool:
+        """Whether the negative pools are mined again after ``step`` (every ``refresh_every``, not after the last)."""
+        return bool(self.pools) and step % self.spec.negatives_pool.refresh_every == 0 and step < self.total_steps
+
+    def checkpoint_due(self, step: int) -> bool:
+        """Whether ``step`` is checkpointed (every ``checkpoint_every`` and at dev evaluations, not the last)."""
+        return step < self.total_steps and (step % self.spec.train.checkpoint_every == 0 or step in self.eval_steps)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point; ``config`` holds the job spec and the step plan made by the driver."""
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -86,24 +112,38 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
 
     from fastemb.spec import TrainJob
-    from fastemb.train.batching import batch_hashes
-    from fastemb.train.negative_pool import describe_refresh, load_pools
+    from fastemb.train.checkpointing import report_final, report_if_finished, save_and_report
+
+    spec = TrainJob.model_validate(config["spec"])
+    torch.set_num_threads(spec.train.cpus_per_worker)
+    torch.manual_seed(spec.train.seed)
+    ctx = ray.train.get_context()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint and report_if_finished(checkpoint, ctx.get_world_rank()):
+        return  # the run had already finished: nothing to train, its export was reported again
+
+    w, state = _start(spec, config, ctx.get_world_rank(), ctx.get_world_size(), checkpoint)
+    while state.step < w.total_steps:
+        loss = _optimizer_step(w, state)
+        _log_progress(w, state, loss.item())
+        if w.refresh_due(state.step):
+            _refresh_pools(w.engine, w.pools, list(w.pools), state, w.rank)
+        if state.step in w.eval_steps:
+            _evaluate(w, state)
+        if w.checkpoint_due(state.step):
+            save_and_report(w.engine, state, w.rank)
+    report_final(_student(w.engine), state, w.rank)
+
+
+def _start(spec, config: dict, rank: int, world: int, checkpoint) -> tuple[Worker, TrainState]:
+    """Build the engine, each task's objective and stream and the negative pools; resume from ``checkpoint``."""
+    import ray.train
+
+    from fastemb.train.negative_pool import load_pools
     from fastemb.train.progress import ProgressLine
     from fastemb.train.tasks import job_tasks, micro_batches_done, task_objective, task_schedule, task_stream
 
-    spec = TrainJob.model_validate(config["spec"])
-    t = spec.train
-    torch.set_num_threads(t.cpus_per_worker)
-    torch.manual_seed(t.seed)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    total_steps = config["total_steps"]
-    eval_steps = set(config["eval_steps"])
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint and _report_if_finished(checkpoint, rank):
-        return  # the run had already finished: nothing to train, its export was reported again
-
+    t, total_steps = spec.train, config["total_steps"]
     engine = _build_engine(spec, total_steps)
     teacher = None
     if spec.distill:
@@ -113,122 +153,102 @@ def train_loop_per_worker(config: dict) -> None:
     tasks = job_tasks(spec)  # one task (``train``) unless the job has a tasks section
     objectives = [task_objective(spec, task, engine.module, teacher) for task in tasks]
     schedule = task_schedule([task.weight for task in tasks], total_steps * t.grad_accum, t.seed)
-    term_sums: dict[str, float] = {}  # loss terms summed over the steps since the last progress line
-    term_steps = 0
-    task_losses: dict[str, list[float]] = {}  # per task: losses of its micro-batches since the last progress line
-
-    step, micro, history, dev, pool_state = 0, 0, [], {}, None
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            _, state = engine.load_checkpoint(d, tag=CHECKPOINT_TAG)
-        step, micro, history = state["step"], state["micro"], state["history"]
-        pool_state = state.get("negative_pools")
-        history.append({"step": step, "event": "resumed", "attempt_rank": rank})
-        if rank == 0:
-            print(f"[fastemb train] resumed from checkpoint at step {step}", flush=True)
-    adaptation = getattr(_student(engine), "adaptation", None)  # model.new_tokens / model.adapters report
-    if adaptation and not checkpoint and rank == 0:
-        from fastemb.model.domain import describe_adaptation
-
-        history.append({"step": 0, "event": "domain", **adaptation})
-        print(f"[fastemb train] {describe_adaptation(adaptation)}", flush=True)
-
-    pools = load_pools(spec, tasks, pool_state)  # task key → NegativePool, for tasks whose negatives it refreshes
-
-    def refresh(pool_list) -> None:
-        for pool in pool_list:
-            stats = pool.refresh(_student(engine), step)
-            if rank == 0:
-                history.append({**stats, "time": time.time()})
-                print(f"[fastemb train] {describe_refresh(stats)}", flush=True)
-        engine.train()
-
-    refresh([pool for pool in pools.values() if pool.needs_mining])  # pairs without negatives: mine before step 1
-    done = micro_batches_done(schedule, micro, len(tasks))
+    state = _resume(engine, checkpoint, rank) if checkpoint else _fresh_state(engine, rank)
+    pools = load_pools(spec, tasks, state.negative_pools)
+    _refresh_pools(engine, pools, [key for key, pool in pools.items() if pool.needs_mining], state, rank)
+    done = micro_batches_done(schedule, state.micro, len(tasks))
     streams = [task_stream(ray.train.get_dataset_shard(task.key), t, config["micro_steps_per_task_epoch"][task.key],
                            done[i], i) for i, task in enumerate(tasks)]
-    progress = ProgressLine(total_steps, t.micro_batch_size * t.grad_accum * world, t.log_every, step,
+    progress = ProgressLine(total_steps, t.micro_batch_size * t.grad_accum * world, t.log_every, state.step,
                             verbose=rank == 0)
     engine.train()
-    while step < total_steps:
-        index = int(schedule[micro])
-        task = tasks[index]
-        batch = next(streams[index])
-        if task.key in pools:
-            batch = pools[task.key].apply(batch)
-        ids = {name: torch.from_numpy(v) for name, v in batch_hashes(batch, task.loss.hard_negatives).items()}
-        loss, terms = objectives[index](batch, ids)
-        for name, value in terms.items():
-            term_sums[name] = term_sums.get(name, 0.0) + value / t.grad_accum
-        task_losses.setdefault(task.name, []).append(loss.item())
-        engine.backward(loss)
-        engine.step()
-        micro += 1
-        if micro % t.grad_accum:
-            continue
-        step += 1
-        term_steps += 1
-        by_task = {name: sum(v) / len(v) for name, v in task_losses.items()} if spec.tasks else {}
-        stats = progress.update(step, loss.item(), by_task)
-        if stats and rank == 0:
-            terms = {f"loss_{name}": v / term_steps for name, v in term_sums.items()}
-            history.append({**stats, **terms, **{f"loss_task_{n}": v for n, v in by_task.items()},
-                            "lr": engine.get_lr()[0], "time": time.time()})
-        if stats:
-            term_sums, term_steps, task_losses = {}, 0, {}
-        if pools and step % spec.negatives_pool.refresh_every == 0 and step < total_steps:
-            refresh(pools.values())
-        if step in eval_steps:
-            dev = _dev_eval(engine, spec, config.get("dev_compression")) if rank == 0 else {}
-            if rank == 0:
-                history.append({"step": step, **dev})
-                print(f"[fastemb train] step {step}: " + ", ".join(f"{name} {value:.4f}" for name, value in dev.items()),
-                      flush=True)
-            engine.train()
-        if step < total_steps and (step % t.checkpoint_every == 0 or step in eval_steps):
-            state = {"step": step, "micro": micro, "history": history,
-                     "negative_pools": {key: pool.state_dict() for key, pool in pools.items()}}
-            _save_and_report(engine, state, rank, dev)
-    _final_report(engine, history, step, rank, dev)
+    return Worker(spec, rank, engine, tasks, objectives, schedule, pools, streams, progress, total_steps,
+                  set(config["eval_steps"]), config.get("dev_compression")), state
 
 
-def _report_if_finished(checkpoint, rank: int) -> bool:
-    """A final checkpoint (exported model, no DeepSpeed state) means the run is complete: every rank
-    reports it again, so re-running a finished job returns its result instead of failing to resume."""
-    import ray.train
+def _resume(engine, checkpoint, rank: int) -> TrainState:
+    """The engine and training state of ``checkpoint``; the history records the resumption."""
+    from fastemb.train.checkpointing import restore_state
 
-    with checkpoint.as_directory() as d:
-        if not (Path(d) / "history.json").exists():
-            return False
-        with tempfile.TemporaryDirectory(prefix="fastemb-final-") as copy:
-            final = None
-            if rank == 0:
-                shutil.copytree(d, copy, dirs_exist_ok=True)
-                final = ray.train.Checkpoint.from_directory(copy)
-            history = json.loads((Path(d) / "history.json").read_text())
-            last = max((h["step"] for h in history if "step" in h), default=0)
-            ray.train.report({"step": last, "finished": True}, checkpoint=final)
-    return True
+    state = restore_state(engine, checkpoint)
+    state.history.append({"step": state.step, "event": "resumed", "attempt_rank": rank})
+    if rank == 0:
+        print(f"[fastemb train] resumed from checkpoint at step {state.step}", flush=True)
+    return state
 
 
-def _save_and_report(engine, state: dict, rank: int, dev: dict) -> None:
-    """Every rank writes its DeepSpeed shard; all ranks report (Ray merges the shards). The metrics
-    carry the latest dev evaluation (rank 0's are the ones Ray Train and Tune keep)."""
-    import ray.train
+def _fresh_state(engine, rank: int) -> TrainState:
+    """A new run's state; its history starts with the model's adaptation (``model.new_tokens`` / ``adapters``)."""
+    state = TrainState()
+    adaptation = getattr(_student(engine), "adaptation", None)
+    if adaptation and rank == 0:
+        from fastemb.model.domain import describe_adaptation
 
-    with tempfile.TemporaryDirectory(prefix=f"fastemb-ckpt-r{rank}-") as d:
-        engine.save_checkpoint(d, tag=CHECKPOINT_TAG, client_state=state)
-        ray.train.report({"step": state["step"], **dev}, checkpoint=ray.train.Checkpoint.from_directory(d))
+        state.history.append({"step": 0, "event": "domain", **adaptation})
+        print(f"[fastemb train] {describe_adaptation(adaptation)}", flush=True)
+    return state
 
 
-def _final_report(engine, history: list, step: int, rank: int, dev: dict) -> None:
-    """Rank 0 exports the model and the history into the final checkpoint; all ranks report."""
-    import ray.train
+def _refresh_pools(engine, pools: dict, keys: list[str], state: TrainState, rank: int) -> None:
+    """Mine the negatives of the pools ``keys`` again with the current model; the state keeps every pool's table."""
+    from fastemb.train.negative_pool import describe_refresh
 
-    with tempfile.TemporaryDirectory(prefix="fastemb-final-") as d:
-        checkpoint = None
+    for key in keys:
+        stats = pools[key].refresh(_student(engine), state.step)
         if rank == 0:
-            _student(engine).save(Path(d) / "model")
-            (Path(d) / "history.json").write_text(json.dumps(history))
-            checkpoint = ray.train.Checkpoint.from_directory(d)
-        ray.train.report({"step": step, "finished": True, **dev}, checkpoint=checkpoint)
+            state.history.append({**stats, "time": time.time()})
+            print(f"[fastemb train] {describe_refresh(stats)}", flush=True)
+    engine.train()
+    state.negative_pools = {key: pool.state_dict() for key, pool in pools.items()}
+
+
+def _optimizer_step(w: Worker, state: TrainState):
+    """``train.grad_accum`` micro-batches, then one optimizer step; returns the last micro-batch's loss."""
+    for _ in range(w.spec.train.grad_accum):
+        loss = _micro_step(w, state)
+    state.step += 1
+    state.window.steps += 1
+    return loss
+
+
+def _micro_step(w: Worker, state: TrainState):
+    """One micro-batch of its scheduled task: forward, backward, engine step (DeepSpeed steps the optimizer at the
+    accumulation boundary); returns its loss."""
+    import torch
+
+    from fastemb.train.batching import batch_hashes
+
+    index = int(w.schedule[state.micro])
+    task = w.tasks[index]
+    batch = next(w.streams[index])
+    if task.key in w.pools:
+        batch = w.pools[task.key].apply(batch)
+    ids = {name: torch.from_numpy(v) for name, v in batch_hashes(batch, task.loss.hard_negatives).items()}
+    loss, terms = w.objectives[index](batch, ids)
+    state.window.add_micro_batch(task.name, loss.item(), terms, w.spec.train.grad_accum)
+    w.engine.backward(loss)
+    w.engine.step()
+    state.micro += 1
+    return loss
+
+
+def _log_progress(w: Worker, state: TrainState, loss: float) -> None:
+    """The progress line (printed by rank 0); on its steps rank 0's history gets the loss terms since the last one."""
+    by_task = state.window.task_means() if w.spec.tasks else {}
+    stats = w.progress.update(state.step, loss, by_task)
+    if not stats:
+        return
+    if w.rank == 0:
+        state.history.append({**stats, **state.window.term_means(), **{f"loss_task_{n}": v for n, v in by_task.items()},
+                              "lr": w.engine.get_lr()[0], "time": time.time()})
+    state.window = LossWindow()
+
+
+def _evaluate(w: Worker, state: TrainState) -> None:
+    """Dev evaluation on rank 0 (the other ranks' dev metrics are empty)."""
+    state.dev = _dev_eval(w.engine, w.spec, w.dev_compression) if w.rank == 0 else {}
+    if w.rank == 0:
+        state.history.append({"step": state.step, **state.dev})
+        print(f"[fastemb train] step {state.step}: " + ", ".join(f"{name} {value:.4f}"
+                                                                  for name, value in state.dev.items()), flush=True)
+    w.engine.train()

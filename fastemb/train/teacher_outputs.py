@@ -6,8 +6,9 @@ teacher on a pool of the index stage's encoder actors (``fastemb.index.embed.emb
 
 * ``teacher_scores``: ``[t(q, positive), t(q, neg_1), …]``, the teacher's similarity (dot product of its outputs,
   i.e. cosine for a normalising teacher such as all-mpnet-base-v2), used by the KL and MarginMSE terms;
-* ``teacher_query``, ``teacher_positive``: the teacher's embeddings, written only when a term needs them
-  (embedding MSE; in-batch KL candidates, whose teacher scores are ``t_q · t_p'``),
+* ``teacher_query``, ``teacher_positive``: the teacher's embeddings, written only when a configured term declares
+  that it reads them (``fastemb/train/distill_terms.py``: embedding MSE; in-batch KL candidates, whose teacher scores
+  are ``t_q · t_p'``),
 
 and ``<run>/teacher/manifest.json`` with the key (teacher, pooling, length, synonyms, a fingerprint of the pairs,
 the columns) and timings. A rerun (a resumed job, a second job pointing at the same run folder) whose key matches
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 from fastemb.data.text import text_hashes
 from fastemb.errors import FastembError
 from fastemb.spec import TrainJob
+from fastemb.train.distill_terms import TEACHER_EMBEDDINGS, TEACHER_SCORES, stored_teacher_columns
 
 TEACHER_DIR = "teacher"
 
@@ -43,9 +45,8 @@ def teacher_model(spec: TrainJob) -> dict:
 
 
 def needs_teacher_embeddings(spec: TrainJob) -> bool:
-    """Whether the training loop needs the teacher's query/positive embeddings (not only its scores)."""
-    d = spec.distill
-    return bool(d.embedding_mse or (d.kl and d.kl.in_batch))
+    """Whether some configured term reads the teacher's query/positive embeddings (the scores are always stored)."""
+    return any(c in TEACHER_EMBEDDINGS for c in stored_teacher_columns(spec))
 
 
 def pairs_fingerprint(pairs: list[dict]) -> str:
@@ -75,10 +76,10 @@ def score_pairs(pairs: list[dict], vectors: np.ndarray, row: dict[str, int], wit
             "positive": pa.array([p["positive"] for p in pairs], pa.string())}
     if any("negatives" in p for p in pairs):
         cols["negatives"] = pa.array([p.get("negatives", []) for p in pairs], pa.list_(pa.string()))
-    cols["teacher_scores"] = pa.array([s.tolist() for s in scores], pa.list_(pa.float32()))
+    cols[TEACHER_SCORES] = pa.array([s.tolist() for s in scores], pa.list_(pa.float32()))
     if with_embeddings:
         dim = vectors.shape[1]
-        for name, mat in (("teacher_query", q), ("teacher_positive", pos)):
+        for name, mat in zip(TEACHER_EMBEDDINGS, (q, pos)):
             cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(mat.astype(np.float32).reshape(-1)), dim)
     return pa.table(cols)
 
