@@ -1,4 +1,5 @@
-"""Shared fixtures: one Ray instance per test module, small real data made from the shipped WordNet set."""
+"""Shared fixtures and the test tiers: one local Ray per test session, small real data made from the shipped
+WordNet set."""
 from __future__ import annotations
 
 import os
@@ -16,18 +17,100 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 WORDNET = Path(__file__).resolve().parents[1] / "fastemb" / "datasets" / "wordnet"
 
 
+TIERS = ("unit", "ray", "cluster", "gpu")
+# A test's tier: an explicit marker (cluster and gpu modules declare theirs), else derived from what it uses: the
+# session's Ray (ray_local) or a Ray it starts itself (own_ray) make it a ray test, anything else is a unit test
+# (and the unit_guard fixture fails a unit test that starts Ray anyway). Tiers run in this order: unit tests first,
+# then the tests on the session's Ray, then those that start their own, then the multi-node cluster tests.
+RAY_FIXTURES = ("ray_local", "own_ray")
+
+
+def _tier(item) -> str:
+    explicit = {m.name for m in item.iter_markers() if m.name in TIERS}
+    if len(explicit) > 1:
+        raise pytest.UsageError(f"{item.nodeid}: more than one tier marker ({', '.join(sorted(explicit))})")
+    if explicit:
+        return explicit.pop()
+    return "ray" if any(f in item.fixturenames for f in RAY_FIXTURES) else "unit"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection sees the markers
+def pytest_collection_modifyitems(config, items) -> None:
+    """Give every test its tier marker, and order the session: unit, session-Ray, own-Ray, cluster, gpu."""
+    rank = {}
+    for item in items:
+        tier = _tier(item)
+        if not item.get_closest_marker(tier):
+            item.add_marker(tier)
+        own = "own_ray" in item.fixturenames
+        rank[item.nodeid] = (TIERS.index(tier), own)
+    items.sort(key=lambda item: rank[item.nodeid])  # stable: file order within a tier
+
+
+@pytest.fixture(autouse=True)
+def unit_guard(request):
+    """A unit test must not start Ray: it would be slow, and it would belong to the ray tier."""
+    import sys
+
+    if not request.node.get_closest_marker("unit"):
+        yield
+        return
+    ray = sys.modules.get("ray")
+    before = ray is not None and ray.is_initialized()
+    yield
+    ray = sys.modules.get("ray")
+    if not before and ray is not None and ray.is_initialized():
+        pytest.fail("this unit test started Ray: request the ray_local fixture (or own_ray) so it runs in the ray "
+                    "tier")
+
+
+def _cpus_free(ray, timeout_s: float) -> bool:
+    """Whether every CPU of the local Ray is free within ``timeout_s`` (Ray frees a finished job's CPUs
+    asynchronously; a test that leaked a placement group or actor would starve the next one)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0) >= ray.cluster_resources().get("CPU", 0):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.fixture(scope="session")
+def _ray_session():
+    """Shuts down the session's local Ray at the end (tests that need a fresh Ray stop it themselves)."""
+    import ray
+
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray for the whole test module (2 CPUs), shut down afterwards."""
+def own_ray():
+    """For tests that start a Ray of their own (a Serve app with its own environment, a subprocess job, a local
+    cluster): the session's Ray is shut down first, so two Rays never compete for the 2 CPUs."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    yield
+
+
+@pytest.fixture(scope="module")
+def ray_local(_ray_session):
+    """The session's local Ray (2 CPUs), started on first use and kept for the next module (not shut down per
+    module); started again if a test shut it down, and restarted if a test left CPUs held."""
     import ray
 
     from fastemb.ray_env import init_ray
 
-    if ray.is_initialized():
+    if ray.is_initialized() and not _cpus_free(ray, 60):
         ray.shutdown()
-    init_ray(num_cpus=2)
+    if not ray.is_initialized():
+        init_ray(num_cpus=2)
     yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,7 @@ def test_wordnet_line_parser():
     assert definition == "a member of the genus Canis"
 
 
+@pytest.mark.faults
 def test_bad_pair_rows_are_counted(tmp_path):
     rows = [{"query": "a", "positive": "b"}, {"query": None, "positive": "b"}, {"query": "a", "positive": "  "},
             {"query": 3, "positive": "b"}, {"query": "c", "positive": "d"}]

@@ -12,7 +12,7 @@ import socket
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 WORDS = [a + b for a in "bcdfghklmnprst" for b in "aeiou"]
 
 

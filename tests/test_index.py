@@ -65,6 +65,7 @@ def built(ray_local, corpus, tmp_path_factory) -> dict:
     return {"spec": spec, "manifest": manifest, "dir": spec.run_dir}
 
 
+@pytest.mark.faults
 def test_one_entry_per_valid_row_and_bad_rows_counted(built, corpus):
     m = built["manifest"]
     expected = corpus["good"].column("id").to_pylist()
@@ -105,6 +106,7 @@ def test_rerun_reuses_embedding_shards_and_rebuilds_other_index(built, corpus, r
         corpus["good"]["id"][5].as_py()
 
 
+@pytest.mark.faults
 def test_unreadable_file_can_fail_the_job(ray_local, corpus, tmp_path):
     from fastemb.data.pairs import DataError
 

@@ -19,6 +19,7 @@ def corpus(tmp_path_factory) -> dict:
     return write_fault_corpus(tmp_path_factory.mktemp("fault_corpus"))
 
 
+@pytest.mark.faults
 def test_killed_encoder_actor_loses_and_duplicates_nothing(ray_local, corpus, tmp_path):
     spec = parse_spec({"job": "index", "name": "fault", "storage_path": str(tmp_path),
                        "corpus": {"path": corpus["path"]}, "model": {"max_length": 64}, "ray": {"num_cpus": 2},

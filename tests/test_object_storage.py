@@ -22,7 +22,7 @@ WORDNET = Path(__file__).resolve().parents[1] / "fastemb" / "datasets" / "wordne
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
+def s3(own_ray, tmp_path_factory):
     """A local S3 endpoint and a bucket; a fresh Ray whose workers see the S3 credentials."""
     import ray
 
@@ -37,8 +37,6 @@ def s3(tmp_path_factory):
     uri = f"s3://{BUCKET}/runs?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
     fs, _ = pafs.FileSystem.from_uri(uri)
     pafs.FileSystem.from_uri(uri + "&allow_bucket_creation=true")[0].create_dir(BUCKET)
-    if ray.is_initialized():
-        ray.shutdown()
     init_ray(num_cpus=2)  # started after the env is set: local workers inherit the credentials
     yield {"uri": uri, "fs": fs}
     ray.shutdown()
@@ -83,6 +81,7 @@ def _names(fs: pafs.FileSystem, path: str) -> set[str]:
     return {i.base_name for i in fs.get_file_info(pafs.FileSelector(path))}
 
 
+@pytest.mark.faults
 def test_folders_are_published_whole_or_not_at_all(s3, tmp_path):
     from fastemb.storage import pull_folders, push_folder
 

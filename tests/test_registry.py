@@ -42,6 +42,7 @@ def test_register_promote_gate_and_rollback(tmp_path, model_dir):
         reg.show("v0042")
 
 
+@pytest.mark.faults
 def test_crash_mid_register_leaves_no_half_version(tmp_path, model_dir):
     reg = Registry(str(tmp_path / "reg"))
     v1 = reg.register(model_dir, {"ndcg@10": 0.4}, {})
@@ -53,6 +54,7 @@ def test_crash_mid_register_leaves_no_half_version(tmp_path, model_dir):
     assert reg.register(model_dir, {"ndcg@10": 0.5}, {}) == "v0002"
 
 
+@pytest.mark.faults
 def test_torn_state_write_keeps_previous_state(tmp_path, model_dir):
     reg = Registry(str(tmp_path / "reg"))
     reg.promote(reg.register(model_dir, {"ndcg@10": 0.4}, {}))

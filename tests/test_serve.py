@@ -22,7 +22,7 @@ LONG = " ".join(f"word{i} of a rather long definition" for i in range(120))  # >
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service(own_ray, tmp_path_factory):
     fb = tmp_path_factory.mktemp("ab")
     spec, url = start_service({
         "port": free_port(),

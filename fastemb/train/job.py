@@ -15,7 +15,7 @@ from fastemb.ray_env import init_ray
 from fastemb.spec import TrainJob
 from fastemb.storage import is_uri, pull, push
 from fastemb.train.tasks import job_tasks, load_task_pairs
-from fastemb.train.trainer import fit_and_export, make_trainer, plan_steps
+from fastemb.train.trainer import export_checkpoint, finished_checkpoint, fit_and_export, make_trainer, plan_steps
 
 
 def _base_metrics(spec: TrainJob) -> dict:
@@ -30,6 +30,21 @@ def _base_metrics(spec: TrainJob) -> dict:
     metrics = evaluate_model(spec.model, spec.data)
     cache.write_text(json.dumps({"key": key, "metrics": metrics}, indent=2))
     return metrics
+
+
+def _teacher_outputs(spec: TrainJob, tasks: list, pairs: dict) -> dict | None:
+    """Teacher scores/embeddings of the distilled tasks' pairs: computed once with Ray Data, stored in the run folder,
+    added to ``pairs`` (in place); returns what was computed (None without a distill section)."""
+    if not spec.distill:
+        return None
+    from fastemb.train.teacher_outputs import TEACHER_DIR, compute_teacher_outputs
+
+    info = {}
+    for task in tasks:
+        if task.distill:
+            pairs[task.key], info[task.name] = compute_teacher_outputs(
+                spec, pairs[task.key], subdir=TEACHER_DIR if not spec.tasks else f"{TEACHER_DIR}/{task.name}")
+    return info if spec.tasks else info["train"]
 
 
 def run_train(spec: TrainJob) -> dict:
@@ -61,24 +76,20 @@ def run_train(spec: TrainJob) -> dict:
     base = _base_metrics(spec)
     print(f"[fastemb train] base test nDCG@10 {base['ndcg@10']:.4f}", flush=True)
 
-    init_ray(spec.ray.address, spec.ray.num_cpus, t.cpus_per_worker)
-    teacher_info = None
-    if spec.distill:  # teacher scores/embeddings: computed once with Ray Data, stored in the run folder
-        from fastemb.train.teacher_outputs import TEACHER_DIR, compute_teacher_outputs
-
-        teacher_info = {}
-        for task in tasks:
-            if task.distill:
-                pairs[task.key], teacher_info[task.name] = compute_teacher_outputs(
-                    spec, pairs[task.key], subdir=TEACHER_DIR if not spec.tasks else f"{TEACHER_DIR}/{task.name}")
-        if not spec.tasks:
-            teacher_info = teacher_info["train"]
-    trainer = make_trainer(spec, pairs, plan)
-    print(f"[fastemb train] {sum(map(len, pairs.values()))} pairs, {t.num_workers} workers × {t.micro_batch_size} "
-          f"(×{t.grad_accum} accumulation), ZeRO-{t.zero_stage}, {t.precision}, {plan['total_steps']} steps",
-          flush=True)
+    finished = finished_checkpoint(spec)
     t_train = time.time()
-    model_dir, history = fit_and_export(trainer, spec)
+    if finished:  # an earlier run of this job finished: its result, without starting a worker group
+        print(f"[fastemb train] the run already finished; its exported model is in {finished[1]}", flush=True)
+        model_dir, history = export_checkpoint(*finished, spec)
+        teacher_info = None
+    else:
+        init_ray(spec.ray.address, spec.ray.num_cpus, t.cpus_per_worker)
+        teacher_info = _teacher_outputs(spec, tasks, pairs)
+        trainer = make_trainer(spec, pairs, plan)
+        print(f"[fastemb train] {sum(map(len, pairs.values()))} pairs, {t.num_workers} workers × "
+              f"{t.micro_batch_size} (×{t.grad_accum} accumulation), ZeRO-{t.zero_stage}, {t.precision}, "
+              f"{plan['total_steps']} steps", flush=True)
+        model_dir, history = fit_and_export(trainer, spec)
     train_s = time.time() - t_train
     print(f"[fastemb train] exported {model_dir}; evaluating it on the test split", flush=True)
     tuned = evaluate_model(spec.model, spec.data, path=str(model_dir))

@@ -9,10 +9,12 @@ import shutil
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from fastemb.errors import FastembError
 from fastemb.spec import SpecError, TrainJob
-from fastemb.storage import ray_storage
+from fastemb.storage import is_uri, ray_storage, remote_run_dir
+from fastemb.train.checkpointing import HISTORY_FILE
 from fastemb.train.tasks import job_tasks, uses_pool
 
 
@@ -94,10 +96,37 @@ def fit_and_export(trainer, spec: TrainJob) -> tuple[Path, list[dict]]:
         lines = str(err).strip().splitlines()
         raise TrainError(f"training failed after {t.max_failures} retries: {type(err).__name__}: "
                          f"{lines[-1] if lines else ''}\n  checkpoints and logs: {spec.run_dir}") from err
-    model_dir = spec.run_dir / "model"
     with result.checkpoint.as_directory() as d:
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
-        shutil.copytree(Path(d) / "model", model_dir)
-        history = json.loads((Path(d) / "history.json").read_text())
+        return export_checkpoint(pafs.LocalFileSystem(), str(Path(d).resolve()), spec)
+
+
+def finished_checkpoint(spec: TrainJob) -> tuple[pafs.FileSystem, str] | None:
+    """The final checkpoint of an earlier run of this job (the exported model and the history, which only the last
+    report of a finished run holds), in the run folder or its object store; None when the run has not finished.
+
+    Ray Train would resume such a run and report that checkpoint again (fastemb/train/checkpointing.py); finding it
+    here returns the result without starting a worker group."""
+    fs, root = remote_run_dir(spec.storage_path, spec.name) if is_uri(spec.storage_path) else \
+        (pafs.LocalFileSystem(), str(spec.run_dir.resolve()))
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    except OSError:
+        return None
+    checkpoints = sorted((i.path for i in entries if i.type == pafs.FileType.Directory
+                          and i.base_name.startswith("checkpoint_")), reverse=True)
+    for path in checkpoints:
+        if fs.get_file_info(f"{path}/{HISTORY_FILE}").type == pafs.FileType.File:
+            return fs, path
+    return None
+
+
+def export_checkpoint(fs: pafs.FileSystem, checkpoint: str, spec: TrainJob) -> tuple[Path, list[dict]]:
+    """Copy a final checkpoint's model to ``{run_dir}/model``; return it and the checkpoint's history."""
+    model_dir = spec.run_dir / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    pafs.copy_files(f"{checkpoint}/model", str(model_dir.resolve()), source_filesystem=fs,
+                    destination_filesystem=pafs.LocalFileSystem())
+    with fs.open_input_stream(f"{checkpoint}/{HISTORY_FILE}") as f:
+        history = json.loads(f.read())
     return model_dir, history

@@ -1,0 +1,271 @@
+"""The multi-node tier on one real local cluster (cluster/local_cluster.py: a head and 3 worker nodes, token auth),
+started once for the module:
+
+- the cluster itself: the Jobs API and the GCS refuse requests without the right token, the dashboard listens on
+  loopback only, and stop ends every process it started;
+- an index build submitted with `fastemb submit` survives a SIGKILLed encoder actor, losing and duplicating nothing;
+- a submitted training job that is stopped (`fastemb jobs stop`) resumes from its last checkpoint when the same spec
+  is submitted again, and that resubmission is the end-to-end acceptance run: `fastemb submit jobs/contrastive.yaml
+  ... --follow` to SUCCEEDED, the exported model on the shared storage, the job visible through `fastemb jobs`, and
+  the token nowhere in its output or job info;
+- last (it takes a node away): a submitted training job survives the crash of a worker node hosting one of its
+  training workers (Ray Train restarts the group, which resumes from the last checkpoint) and still exports."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import faiss
+import pyarrow.parquet as pq
+import pytest
+
+from cluster_helpers import ROOT, group_alive, live_actors, local_cluster, run_script, state_api
+from index_helpers import N_ROWS, ActorKiller, write_fault_corpus
+
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("own_ray")]
+WORKERS = 3  # one more than a 2-worker training job needs, so it can lose a node
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with local_cluster(workers=WORKERS, head_cpus=1, worker_cpus=1) as c:
+        yield c
+    for n in c["state"]["nodes"]:
+        assert not group_alive(n["pgid"]), f"{n['name']} still running after stop"
+
+
+def _fastemb(*args: str, env: dict, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fastemb.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+# ------------------------------------------------------------------------------------------- the cluster itself
+def _request(url: str, token: str | None = None, data: bytes | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_nodes_up_with_token_auth(cluster):
+    st = run_script("status", "--dir", str(cluster["dir"] / "c"), env=cluster["env"])
+    assert st.returncode == 0, st.stdout + st.stderr
+    info = json.loads(st.stdout)
+    assert info["alive_nodes"] == 1 + WORKERS and all(info["processes_alive"].values())
+    assert cluster["token"] not in cluster["start"].stdout + cluster["start"].stderr + st.stdout
+    env = run_script("env", "--dir", str(cluster["dir"] / "c"), env=cluster["env"]).stdout
+    assert "RAY_AUTH_MODE=token" in env and "RAY_AUTH_TOKEN_PATH=" in env and cluster["token"] not in env
+
+
+def test_jobs_api_refuses_requests_without_the_token(cluster):
+    url = cluster["state"]["dashboard"] + "/api/jobs/"
+    assert _request(url)[0] == 401
+    assert _request(url, "0" * 64)[0] == 403
+    assert _request(url, cluster["token"])[0] == 200
+    body = json.dumps({"entrypoint": "echo pwned", "submission_id": "fastemb-unauthenticated"}).encode()
+    assert _request(url, None, body)[0] == 401
+    assert _request(url, "0" * 64, body)[0] == 403
+    status, jobs = _request(url, cluster["token"])
+    assert status == 200 and "fastemb-unauthenticated" not in jobs
+
+
+def test_dashboard_listens_on_loopback_only(cluster):
+    port = int(cluster["state"]["dashboard"].rsplit(":", 1)[1])
+    import ray._private.services as services
+
+    ip = services.node_ip_address_from_perspective()
+    if ip.startswith("127."):
+        pytest.skip("this machine has no non-loopback address to probe")
+    with socket.socket() as s:
+        s.settimeout(5)
+        assert s.connect_ex((ip, port)) != 0, f"dashboard reachable on {ip}:{port}"
+
+
+def test_gcs_refuses_a_client_with_a_wrong_token(cluster):
+    env = {**cluster["env"], "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}
+    code = ("import ray\n"
+            f"ray.init(address={cluster['state']['address']!r}, logging_level='ERROR')\n"
+            "print('CONNECTED')\n")
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert p.returncode != 0 and "CONNECTED" not in p.stdout
+    assert "InvalidAuthToken" in p.stderr or "Authentication" in p.stderr, p.stderr[-2000:]
+
+
+def test_fastemb_jobs_cli_needs_the_token(cluster, tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "fastemb.cli", "jobs", "list"], env=cluster["env"],
+                        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert ok.returncode == 0, ok.stderr
+    assert "SUBMISSION ID" in ok.stdout
+    no_token = {**cluster["env"], "RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing"), "HOME": str(tmp_path)}
+    bad = subprocess.run([sys.executable, "-m", "fastemb.cli", "jobs", "list"], env=no_token,
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode == 2
+    assert "token" in bad.stderr.lower() and "Traceback" not in bad.stderr
+
+
+# ------------------------------------------------------------- an index build losing an encoder actor
+@pytest.mark.faults
+def test_submitted_index_build_survives_a_killed_encoder_actor(cluster, tmp_path):
+    c = cluster
+    corpus = write_fault_corpus(tmp_path)
+    storage = tmp_path / "shared"
+    run = storage / "ixf"
+    def encoder_pids() -> dict[int, str]:
+        return {a["pid"]: a["actor_id"] for a in live_actors(c["state"]["dashboard"], c["token"])
+                if "MapWorker" in (a.get("class_name") or "") and a.get("pid")}
+
+    killer = ActorKiller(run / "embeddings", timeout_s=600, live_pids=encoder_pids)
+    killer.start()
+    job = subprocess.run(
+        [sys.executable, "-m", "fastemb.cli", "submit", "jobs/index.yaml", "name=ixf", f"storage_path={storage}",
+         f"corpus.path={corpus['path']}", "embed.num_actors=2", "embed.batch_rows=32", "embed.rows_per_unit=1000000",
+         "index.type=ivf_flat", "index.nlist=8", "index.refine=none", "index.add_tasks=2",
+         "evaluate.enabled=false", "--follow"],
+        env=c["env"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    killer.join(timeout=5)
+    assert job.returncode == 0, (job.stdout + job.stderr)[-6000:]
+    assert "SUCCEEDED" in job.stderr
+    assert killer.error is None and killer.killed_pid is not None, killer.error
+    assert killer.unit_unfinished_at_kill                               # the kill happened mid-build
+    ids = pq.read_table(run / "ids.parquet").column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == N_ROWS                          # nothing duplicated
+    assert set(ids) == set(corpus["ids"])                               # nothing lost
+    assert faiss.read_index(str(run / "index.faiss")).ntotal == N_ROWS
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["counts"]["index_entries"] == manifest["counts"]["documents_indexed"] == N_ROWS
+
+
+# ------------------------------------------------------------------- stop, resubmit, resume: the end-to-end run
+@pytest.fixture(scope="module")
+def resumed_job(cluster, tmp_path_factory, tiny_eval):
+    """Submit a training job, stop it after its first checkpoint, submit the same spec again and follow it to the
+    end; returns both submissions' ids and outputs and the run folder."""
+    storage = tmp_path_factory.mktemp("shared")
+    run = storage / "rs"
+    spec = ["jobs/contrastive.yaml", "name=rs", f"storage_path={storage}", "data.max_pairs=512",
+            f"data.eval={tiny_eval}", "train.micro_batch_size=16", "train.checkpoint_every=2", "train.num_workers=2"]
+    env = cluster["env"]
+    first = _fastemb("submit", *spec, env=env)
+    assert first.returncode == 0, first.stderr
+    sid = first.stdout.splitlines()[0].strip()
+    deadline = time.time() + 600
+    while not list(run.glob("checkpoint_*")):
+        st = _fastemb("jobs", "status", sid, env=env)
+        assert st.stdout.startswith(("PENDING", "RUNNING")), f"job ended before a checkpoint: {st.stdout}"
+        assert time.time() < deadline, "no checkpoint within the wait limit"
+        time.sleep(2)
+    stop = _fastemb("jobs", "stop", sid, "--wait", env=env)
+    report_before_resume = (run / "report.json").exists()
+    again = _fastemb("submit", *spec, "--follow", env=env, timeout=900)
+    return {"sid": sid, "stop": stop, "report_before_resume": report_before_resume, "again": again, "run": run}
+
+
+@pytest.mark.faults
+def test_stopped_job_resumes_when_resubmitted(resumed_job):
+    stop, again = resumed_job["stop"], resumed_job["again"]
+    assert stop.returncode == 3 and stop.stdout.strip() == "STOPPED", stop.stdout + stop.stderr
+    assert not resumed_job["report_before_resume"]
+    assert again.returncode == 0, (again.stdout + again.stderr)[-6000:]
+    sid2 = again.stdout.splitlines()[0].strip()
+    assert sid2 != resumed_job["sid"] and "[fastemb train] resumed from checkpoint at step" in again.stdout
+    report = json.loads((resumed_job["run"] / "report.json").read_text())
+    assert report["resumes"] >= 1
+    assert (resumed_job["run"] / "model" / "model.safetensors").is_file()
+
+
+def test_submit_contrastive_to_local_cluster(cluster, resumed_job):
+    p, env = resumed_job["again"], cluster["env"]
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-6000:]
+    sid = p.stdout.splitlines()[0].strip()
+    assert sid.startswith("fastemb-train-rs-")
+    assert f"job {sid} SUCCEEDED" in p.stderr
+    assert "[fastemb train]" in p.stdout  # the driver's logs were followed
+    assert cluster["token"] not in out
+
+    # Exported where the spec says, by the job running on the cluster.
+    run = resumed_job["run"]
+    model = run / "model"
+    assert (model / "model.safetensors").is_file() and (model / "modules.json").is_file()
+    report = json.loads((run / "report.json").read_text())
+    assert report["model_dir"] == str(model) and report["spec"]["ray"]["address"] == "auto"
+    assert report["tuned"]["ndcg@10"] > 0
+
+    st = _fastemb("jobs", "status", sid, env=env)
+    assert st.returncode == 0 and st.stdout.startswith("SUCCEEDED")
+    ls = _fastemb("jobs", "list", env=env)
+    assert ls.returncode == 0 and sid in ls.stdout
+    logs = _fastemb("jobs", "logs", sid, env=env)
+    assert logs.returncode == 0 and "exported" in logs.stdout
+
+    # Nothing secret in what the cluster stores about the job.
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(cluster["state"]["dashboard"],
+                                 headers={"Authorization": f"Bearer {cluster['token']}"})
+    info = client.get_job_info(sid)
+    assert info.metadata == {"fastemb_job": "train", "fastemb_spec": "jobs/contrastive.yaml", "fastemb_name": "rs"}
+    stored = json.dumps({"entrypoint": info.entrypoint, "metadata": info.metadata,
+                         "runtime_env": info.runtime_env})
+    assert cluster["token"] not in stored and "RAY_AUTH_TOKEN" not in stored
+    assert cluster["token"] not in client.get_job_logs(sid)
+
+
+# -------------------------------------------------------------------------- last: losing a worker node
+def _train_worker_nodes(dashboard: str, token: str) -> set[str]:
+    """Names of the local-cluster nodes running a live RayTrainWorker."""
+    actors = live_actors(dashboard, token)
+    node_ids = {a["node_id"] for a in actors if a.get("class_name") == "RayTrainWorker"}
+    names = set()
+    for n in state_api(dashboard, "/api/v0/nodes?limit=1000&detail=false", token):
+        if n["node_id"] in node_ids:
+            names |= {k[len("fastemb_node_"):] for k in n.get("resources_total", {}) if k.startswith("fastemb_node_")}
+    return names
+
+
+@pytest.mark.faults
+def test_training_job_survives_losing_a_worker_node(cluster, tmp_path, tiny_eval):
+    c = cluster
+    storage = tmp_path / "shared"
+    run = storage / "ft"
+    env = c["env"]
+    job = subprocess.Popen(
+        [sys.executable, "-m", "fastemb.cli", "submit", "jobs/contrastive.yaml", "name=ft",
+         f"storage_path={storage}", "data.max_pairs=512", f"data.eval={tiny_eval}",
+         "train.micro_batch_size=16", "train.checkpoint_every=2", "train.num_workers=2",
+         "train.max_failures=2", "--follow"],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Wait for the first checkpoint, then crash a worker node hosting a training worker.
+        deadline = time.time() + 600
+        victim = None
+        while victim is None:
+            assert job.poll() is None, "job ended before a checkpoint was written"
+            assert time.time() < deadline, "no checkpoint within the wait limit"
+            if list(run.glob("checkpoint_*")):
+                busy = sorted(_train_worker_nodes(c["state"]["dashboard"], c["token"]) - {"head"})
+                victim = busy[0] if busy else None
+            time.sleep(1)
+        killed = run_script("kill-node", "--dir", str(c["dir"] / "c"), "--node", victim, env=env)
+        assert killed.returncode == 0, killed.stderr
+        out, err = job.communicate(timeout=900)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+    assert job.returncode == 0, (out + err)[-6000:]
+    assert "SUCCEEDED" in err
+    report = json.loads((run / "report.json").read_text())
+    assert report["resumes"] >= 1, "training did not resume from a checkpoint after the node loss"
+    resumed_at = [h["step"] for h in report["history"] if h.get("event") == "resumed"]
+    assert resumed_at and min(resumed_at) >= 2
+    assert (run / "model" / "model.safetensors").is_file()
