@@ -13,6 +13,20 @@ import pytest
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Read by Ray workers, which inherit the environment the session's Ray starts with, so these are set before it starts:
+# the API key of tests/test_serve.py's service (api_key_env), and the credentials of the local S3 endpoint of
+# tests/test_object_storage.py (moto accepts any; nothing else here talks to S3).
+SERVE_TEST_API_KEY = ("FASTEMB_TEST_API_KEY", "test-key-7f1c")
+os.environ.setdefault(*SERVE_TEST_API_KEY)
+for _k, _v in {"AWS_ACCESS_KEY_ID": "fastemb-test", "AWS_SECRET_ACCESS_KEY": "fastemb-test",
+               "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    os.environ.setdefault(_k, _v)
+# Ray Serve reads these when its processes start; `fastemb serve` sets them before it starts Ray, so the serve tests
+# that run on the session's Ray get the same Serve as a user does.
+from fastemb.serve.deployments import SERVE_FAST_PATH_ENV  # noqa: E402
+
+for _k, _v in SERVE_FAST_PATH_ENV.items():
+    os.environ.setdefault(_k, _v)
 
 WORDNET = Path(__file__).resolve().parents[1] / "fastemb" / "datasets" / "wordnet"
 

@@ -13,16 +13,19 @@ from fastemb.ray_env import free_port  # noqa: F401  (re-exported for the serve 
 
 
 def start_service(spec_dict: dict, env: dict[str, str] | None = None):
-    """Start a local 2-CPU Ray, then the fastemb Serve app; returns (spec, base_url)."""
+    """Start the fastemb Serve app; returns (spec, base_url). Without ``env`` it runs on the session's Ray (the test
+    asks for ray_local); ``env`` (settings read when Serve starts, e.g. the HAProxy ingress) needs a Ray of its own,
+    started here after the variables are set (the test asks for own_ray)."""
     import ray
 
     from fastemb.serve.job import start
     from fastemb.spec import parse_spec
 
-    for k, v in (env or {}).items():
-        os.environ[k] = v  # before ray.init: local workers inherit the driver's environment
-    if ray.is_initialized():
-        ray.shutdown()
+    if env:
+        for k, v in env.items():
+            os.environ[k] = v  # before ray.init: local workers inherit the driver's environment
+        if ray.is_initialized():
+            ray.shutdown()
     spec = parse_spec({"job": "serve", "blocking": False, "ray": {"num_cpus": 2}, **spec_dict})
     start(spec)
     url = f"http://127.0.0.1:{spec.port}"
@@ -37,14 +40,16 @@ def start_service(spec_dict: dict, env: dict[str, str] | None = None):
     return spec, url
 
 
-def stop_service() -> None:
+def stop_service(own_ray: bool = False) -> None:
+    """Shut the Serve app down (and the Ray it started, for a service with its own Ray)."""
     import ray
     from ray import serve
 
     try:
         serve.shutdown()
     finally:
-        ray.shutdown()
+        if own_ray:
+            ray.shutdown()
 
 
 class ClientThreads:

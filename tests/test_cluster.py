@@ -151,7 +151,7 @@ def resumed_job(cluster, tmp_path_factory, tiny_eval):
     end; returns both submissions' ids and outputs and the run folder."""
     storage = tmp_path_factory.mktemp("shared")
     run = storage / "rs"
-    spec = ["jobs/contrastive.yaml", "name=rs", f"storage_path={storage}", "data.max_pairs=512",
+    spec = ["jobs/contrastive.yaml", "name=rs", f"storage_path={storage}", "data.max_pairs=256",
             f"data.eval={tiny_eval}", "train.micro_batch_size=16", "train.checkpoint_every=2", "train.num_workers=2"]
     env = cluster["env"]
     first = _fastemb("submit", *spec, env=env)
@@ -240,7 +240,7 @@ def test_training_job_survives_losing_a_worker_node(cluster, tmp_path, tiny_eval
     env = c["env"]
     job = subprocess.Popen(
         [sys.executable, "-m", "fastemb.cli", "submit", "jobs/contrastive.yaml", "name=ft",
-         f"storage_path={storage}", "data.max_pairs=512", f"data.eval={tiny_eval}",
+         f"storage_path={storage}", "data.max_pairs=384", f"data.eval={tiny_eval}",
          "train.micro_batch_size=16", "train.checkpoint_every=2", "train.num_workers=2",
          "train.max_failures=2", "--follow"],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -22,27 +22,25 @@ WORDNET = Path(__file__).resolve().parents[1] / "fastemb" / "datasets" / "wordne
 
 
 @pytest.fixture(scope="module")
-def s3(own_ray, tmp_path_factory):
-    """A local S3 endpoint and a bucket; a fresh Ray whose workers see the S3 credentials."""
-    import ray
-
-    from fastemb.ray_env import free_port, init_ray
+def s3(ray_local, tmp_path_factory):
+    """A local S3 endpoint and a bucket. The session's Ray workers see its credentials (tests/conftest.py sets them
+    before Ray starts)."""
+    from fastemb.ray_env import free_port
 
     port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    saved = dict(os.environ)
-    os.environ.update(AWS_ACCESS_KEY_ID="fastemb-test", AWS_SECRET_ACCESS_KEY="fastemb-test",
-                      AWS_DEFAULT_REGION="us-east-1", FASTEMB_STAGING=str(tmp_path_factory.mktemp("staging")))
+    staging = os.environ.get("FASTEMB_STAGING")
+    os.environ["FASTEMB_STAGING"] = str(tmp_path_factory.mktemp("staging"))  # read by this driver process only
     uri = f"s3://{BUCKET}/runs?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
     fs, _ = pafs.FileSystem.from_uri(uri)
     pafs.FileSystem.from_uri(uri + "&allow_bucket_creation=true")[0].create_dir(BUCKET)
-    init_ray(num_cpus=2)  # started after the env is set: local workers inherit the credentials
     yield {"uri": uri, "fs": fs}
-    ray.shutdown()
     server.stop()
-    os.environ.clear()
-    os.environ.update(saved)
+    if staging is None:
+        os.environ.pop("FASTEMB_STAGING")
+    else:
+        os.environ["FASTEMB_STAGING"] = staging
 
 
 def test_training_writes_checkpoints_model_and_report_to_the_bucket(s3, tiny_eval, tmp_path):

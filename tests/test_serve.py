@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures as cf
 import json
+import os
 import threading
 
 import httpx
@@ -16,13 +17,13 @@ import yaml
 
 from serve_helpers import free_port, start_service, stop_service
 
-KEY = "test-key-7f1c"
+KEY = os.environ["FASTEMB_TEST_API_KEY"]  # set by tests/conftest.py before the session's Ray starts
 H = {"Authorization": f"Bearer {KEY}"}
 LONG = " ".join(f"word{i} of a rather long definition" for i in range(120))  # > 256 tokens
 
 
 @pytest.fixture(scope="module")
-def service(own_ray, tmp_path_factory):
+def service(ray_local, tmp_path_factory):
     fb = tmp_path_factory.mktemp("ab")
     spec, url = start_service({
         "port": free_port(),
@@ -34,7 +35,7 @@ def service(own_ray, tmp_path_factory):
                    "max_inflight_requests": 2, "max_k": 20},
         "api_key_env": "FASTEMB_TEST_API_KEY",
         "feedback_dir": str(fb),
-    }, env={"FASTEMB_TEST_API_KEY": KEY})
+    })
     yield spec, url
     stop_service()
 

@@ -27,7 +27,7 @@ def service(own_ray):
         "ingress": {"proxy": "haproxy"},
     })
     yield spec, url
-    stop_service()
+    stop_service(own_ray=True)
     os.environ.clear()
     os.environ.update(saved)  # later modules start Serve with its default proxy
 

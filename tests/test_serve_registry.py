@@ -47,7 +47,7 @@ def registry(tmp_path_factory, minilm_path):
 
 
 @pytest.fixture(scope="module")
-def service(own_ray, registry, tmp_path_factory):
+def service(ray_local, registry, tmp_path_factory):
     reg, _ = registry
     spec, url = start_service({
         "port": free_port(),

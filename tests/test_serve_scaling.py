@@ -22,7 +22,7 @@ APP = "fastemb"
 
 
 @pytest.fixture(scope="module")
-def service(own_ray, tmp_path_factory):
+def service(ray_local, tmp_path_factory):
     spec, url = start_service({
         "port": free_port(),
         "production": {"model": "all-MiniLM-L6-v2"},

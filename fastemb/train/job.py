@@ -39,6 +39,7 @@ def _teacher_outputs(spec: TrainJob, tasks: list, pairs: dict) -> dict | None:
         return None
     from fastemb.train.teacher_outputs import TEACHER_DIR, compute_teacher_outputs
 
+    init_ray(spec.ray.address, spec.ray.num_cpus, spec.train.cpus_per_worker)  # embedding them needs Ray Data
     info = {}
     for task in tasks:
         if task.distill:
@@ -76,15 +77,14 @@ def run_train(spec: TrainJob) -> dict:
     base = _base_metrics(spec)
     print(f"[fastemb train] base test nDCG@10 {base['ndcg@10']:.4f}", flush=True)
 
+    teacher_info = _teacher_outputs(spec, tasks, pairs)  # stored in the run folder: reused by a rerun
     finished = finished_checkpoint(spec)
     t_train = time.time()
     if finished:  # an earlier run of this job finished: its result, without starting a worker group
         print(f"[fastemb train] the run already finished; its exported model is in {finished[1]}", flush=True)
         model_dir, history = export_checkpoint(*finished, spec)
-        teacher_info = None
     else:
         init_ray(spec.ray.address, spec.ray.num_cpus, t.cpus_per_worker)
-        teacher_info = _teacher_outputs(spec, tasks, pairs)
         trainer = make_trainer(spec, pairs, plan)
         print(f"[fastemb train] {sum(map(len, pairs.values()))} pairs, {t.num_workers} workers × "
               f"{t.micro_batch_size} (×{t.grad_accum} accumulation), ZeRO-{t.zero_stage}, {t.precision}, "
