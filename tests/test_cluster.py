@@ -32,6 +32,13 @@ WORKERS = 3  # one more than a 2-worker training job needs, so it can lose a nod
 
 
 @pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> str:
+    """The local cluster's nodes run on this machine, so the test's temporary folder is storage they all mount:
+    `fastemb submit --shared` lets the jobs read their inputs (tiny eval set, corpus) from it."""
+    return str(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
 def cluster():
     with local_cluster(workers=WORKERS, head_cpus=1, worker_cpus=1) as c:
         yield c
@@ -114,7 +121,7 @@ def test_fastemb_jobs_cli_needs_the_token(cluster, tmp_path):
 
 # ------------------------------------------------------------- an index build losing an encoder actor
 @pytest.mark.faults
-def test_submitted_index_build_survives_a_killed_encoder_actor(cluster, tmp_path):
+def test_submitted_index_build_survives_a_killed_encoder_actor(cluster, shared, tmp_path):
     c = cluster
     corpus = write_fault_corpus(tmp_path)
     storage = tmp_path / "shared"
@@ -129,7 +136,7 @@ def test_submitted_index_build_survives_a_killed_encoder_actor(cluster, tmp_path
         [sys.executable, "-m", "fastemb.cli", "submit", "jobs/index.yaml", "name=ixf", f"storage_path={storage}",
          f"corpus.path={corpus['path']}", "embed.num_actors=2", "embed.batch_rows=32", "embed.rows_per_unit=1000000",
          "index.type=ivf_flat", "index.nlist=8", "index.refine=none", "index.add_tasks=2",
-         "evaluate.enabled=false", "--follow"],
+         "evaluate.enabled=false", "--shared", shared, "--follow"],
         env=c["env"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     killer.join(timeout=5)
     assert job.returncode == 0, (job.stdout + job.stderr)[-6000:]
@@ -146,7 +153,7 @@ def test_submitted_index_build_survives_a_killed_encoder_actor(cluster, tmp_path
 
 # ------------------------------------------------------------------- stop, resubmit, resume: the end-to-end run
 @pytest.fixture(scope="module")
-def resumed_job(cluster, tmp_path_factory, tiny_eval):
+def resumed_job(cluster, shared, tmp_path_factory, tiny_eval):
     """Submit a training job, stop it after its first checkpoint, submit the same spec again and follow it to the
     end; returns both submissions' ids and outputs and the run folder."""
     storage = tmp_path_factory.mktemp("shared")
@@ -154,7 +161,7 @@ def resumed_job(cluster, tmp_path_factory, tiny_eval):
     spec = ["jobs/contrastive.yaml", "name=rs", f"storage_path={storage}", "data.max_pairs=256",
             f"data.eval={tiny_eval}", "train.micro_batch_size=16", "train.checkpoint_every=2", "train.num_workers=2"]
     env = cluster["env"]
-    first = _fastemb("submit", *spec, env=env)
+    first = _fastemb("submit", *spec, "--shared", shared, env=env)
     assert first.returncode == 0, first.stderr
     sid = first.stdout.splitlines()[0].strip()
     deadline = time.time() + 600
@@ -165,7 +172,7 @@ def resumed_job(cluster, tmp_path_factory, tiny_eval):
         time.sleep(2)
     stop = _fastemb("jobs", "stop", sid, "--wait", env=env)
     report_before_resume = (run / "report.json").exists()
-    again = _fastemb("submit", *spec, "--follow", env=env, timeout=900)
+    again = _fastemb("submit", *spec, "--shared", shared, "--follow", env=env, timeout=900)
     return {"sid": sid, "stop": stop, "report_before_resume": report_before_resume, "again": again, "run": run}
 
 
@@ -233,7 +240,7 @@ def _train_worker_nodes(dashboard: str, token: str) -> set[str]:
 
 
 @pytest.mark.faults
-def test_training_job_survives_losing_a_worker_node(cluster, tmp_path, tiny_eval):
+def test_training_job_survives_losing_a_worker_node(cluster, shared, tmp_path, tiny_eval):
     c = cluster
     storage = tmp_path / "shared"
     run = storage / "ft"
@@ -242,7 +249,7 @@ def test_training_job_survives_losing_a_worker_node(cluster, tmp_path, tiny_eval
         [sys.executable, "-m", "fastemb.cli", "submit", "jobs/contrastive.yaml", "name=ft",
          f"storage_path={storage}", "data.max_pairs=384", f"data.eval={tiny_eval}",
          "train.micro_batch_size=16", "train.checkpoint_every=2", "train.num_workers=2",
-         "train.max_failures=2", "--follow"],
+         "train.max_failures=2", "--shared", shared, "--follow"],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # Wait for the first checkpoint, then crash a worker node hosting a training worker.
