@@ -8,6 +8,7 @@ import sys
 import traceback
 
 from fastemb.errors import FastembError
+from fastemb.logs import configure as configure_logging
 from fastemb.spec import SpecError, load_spec, parse_spec
 
 
@@ -197,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
