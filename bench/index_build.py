@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing as mp
 import os
 import shutil
@@ -37,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.results import write_section  # noqa: E402
 from fastemb.data.pairs import WORDNET_DIR  # noqa: E402
 from fastemb.index.embed import peak_rss_mb  # noqa: E402
+from fastemb.logs import configure as configure_logging  # noqa: E402
 
+log = logging.getLogger("fastemb.bench")
 MODEL = {"base": "all-MiniLM-L6-v2", "pooling": None, "normalize": None, "max_length": 64}
 MAX_BATCH_TOKENS = 1024
 
@@ -263,7 +266,7 @@ def bench_ivfpq(n: int, threads: int, train_size: int = 100_000, nlist: int | No
                 fe_I = index.search(queries, 10)[1]
                 del index
                 shutil.rmtree(out)
-            print(f"[bench] round {r + 1}: one process {one[-1][0]:.1f}s, fastemb {fe[-1][0]:.1f}s", flush=True)
+            log.info(f"round {r + 1}: one process {one[-1][0]:.1f}s, fastemb {fe[-1][0]:.1f}s")
         ray.shutdown()
     one_s = statistics.median(o[0] for o in one)
     fe_s = statistics.median(f[0] for f in fe)
@@ -460,6 +463,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="embed: slices; ivfpq: builds of each system; run in alternating order")
     ap.add_argument("--nlist", type=int, default=None, help="ivfpq: IVF lists (default ~4*sqrt(N))")
     a = ap.parse_args()
+    configure_logging()
     if a.which == "embed":
         bench_embed(a.n, a.threads, a.rounds)
     elif a.which == "quality":

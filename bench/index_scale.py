@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -35,8 +36,10 @@ sys.path.insert(0, str(ROOT))
 from bench.results import write_section  # noqa: E402
 from fastemb.data.pairs import WORDNET_DIR  # noqa: E402
 from fastemb.index.corpus import SKIP_DUPLICATE  # noqa: E402
+from fastemb.logs import configure as configure_logging  # noqa: E402
 from fastemb.spec import load_spec  # noqa: E402
 
+log = logging.getLogger("fastemb.bench")
 MB = 2 ** 20
 SECTION = "index_build (c): 1,000,000-document corpus, memory"
 BLANKS = ("", " ", "  \t\n ")  # the empty/whitespace texts injected, in turn
@@ -55,7 +58,7 @@ def build_corpus(n: int, folder: Path, shard_rows: int = 100_000, bad: int = 50,
     if done.exists():
         info = json.loads(done.read_text())
         if (info["n"], info["bad"], info["seed"], info["shard_rows"]) == (n, bad, seed, shard_rows):
-            print(f"[bench] reusing corpus {folder}", flush=True)
+            log.info(f"reusing corpus {folder}")
             return info
     src = pq.read_table(WORDNET_DIR / "all_definitions.parquet", columns=["id", "text"])
     src_ids, src_texts = src.column("id").to_pylist(), src.column("text").to_pylist()
@@ -79,7 +82,7 @@ def build_corpus(n: int, folder: Path, shard_rows: int = 100_000, bad: int = 50,
     (tmp / "_DONE.json").write_text(json.dumps(info))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
-    print(f"[bench] corpus: {n:,} rows in {shards} shard(s) written in {time.time() - t0:.1f}s", flush=True)
+    log.info(f"corpus: {n:,} rows in {shards} shard(s) written in {time.time() - t0:.1f}s")
     return info
 
 
@@ -299,6 +302,7 @@ def main() -> None:
     ap.add_argument("--shard-rows", type=int, default=100_000, help="rows per corpus parquet shard")
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides of jobs/index.yaml")
     a = ap.parse_args()
+    configure_logging()
     run(a.n, a.out.resolve(), a.keep, a.overrides, a.bad, a.shard_rows)
 
 

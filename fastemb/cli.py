@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 from fastemb.errors import FastembError
+from fastemb.logs import configure as configure_logging
 from fastemb.spec import JOB_TYPES, load_spec, parse_spec
 
 # Job types whose command, given no spec file, runs the spec shipped in jobs/ (overrides still apply).
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import re
 import shlex
@@ -39,6 +40,7 @@ import yaml
 from fastemb.spec import apply_overrides, load_spec
 from fastemb.submit_paths import PathDecision, UploadRules, decide_paths, refusal_message
 
+logger = logging.getLogger(__name__)
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
 TERMINAL = set(EXIT_CODES)
 # Env var names that must not travel in a runtime_env (it is stored in the job info, readable in the dashboard).
@@ -131,7 +133,9 @@ def check_no_secrets(env_vars: dict[str, str], extra: list[str] = ()) -> None:
 
 
 def build_runtime_env(path: str | os.PathLike, spec, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """runtime_env.yaml plus fastemb's worker env vars (``worker_env``), the yaml and --env winning."""
+    """runtime_env.yaml plus fastemb's worker env vars (``worker_env``) and logging setup hook, the yaml and --env
+    winning."""
+    from fastemb import logs
     from fastemb.ray_env import worker_env
 
     env = load_runtime_env(path)
@@ -145,6 +149,7 @@ def build_runtime_env(path: str | os.PathLike, spec, extra_env: dict[str, str] |
     env_vars.update({str(k): str(v) for k, v in (env.get("env_vars") or {}).items()})
     env_vars.update(extra_env or {})
     env["env_vars"] = env_vars
+    env.setdefault("worker_process_setup_hook", logs.SETUP_HOOK)  # fastemb's logging in every worker of the job
     return env
 
 
@@ -226,12 +231,12 @@ def follow(client, sid: str) -> int:
         asyncio.run(_tail(client, sid))
         status = wait_status(client, sid)
     except KeyboardInterrupt:
-        print(f"\nfastemb: stopped following; job {sid} keeps running "
-              f"(fastemb jobs logs {sid} --follow | fastemb jobs stop {sid})", file=sys.stderr)
+        logger.info(f"stopped following; job {sid} keeps running "
+                    f"(fastemb jobs logs {sid} --follow | fastemb jobs stop {sid})")
         return 130
     info = client.get_job_info(sid)
     msg = f": {info.message}" if status != "SUCCEEDED" and info.message else ""
-    print(f"fastemb: job {sid} {status}{_scrub(msg)}", file=sys.stderr)
+    logger.log(logging.INFO if status == "SUCCEEDED" else logging.ERROR, f"job {sid} {status}{_scrub(msg)}")
     return EXIT_CODES.get(status, 1)
 
 
@@ -250,12 +255,12 @@ def cmd_submit(args) -> int:
         sub = build_submission(args.spec, list(args.overrides), args.runtime_env, _env_pairs(args.env),
                                args.submission_id, args.shared or [])
         if args.dry_run:
-            print("fastemb submit: path fields:\n" + (format_paths(sub["paths"]) or "  (none set)"), file=sys.stderr)
+            logger.info("path fields:\n" + (format_paths(sub["paths"]) or "  (none set)"))
             print(json.dumps({k: sub[k] for k in ("submission_id", "entrypoint", "runtime_env", "metadata", "paths")},
                              indent=2))
             return 0
         for note in sub["notes"]:
-            print(f"fastemb submit: note: {note}", file=sys.stderr)
+            logger.info(f"note: {note}")
         client = job_client(args.address)
         kwargs = {}
         if args.entrypoint_num_cpus is not None:
@@ -269,9 +274,9 @@ def cmd_submit(args) -> int:
         print(f"fastemb submit: {_scrub(str(err)).strip()}", file=sys.stderr)
         return 2
     print(sid, flush=True)
-    print(f"fastemb submit: {sub['entrypoint']}", file=sys.stderr)
+    logger.info(sub["entrypoint"])
     if not args.follow:
-        print(f"fastemb submit: follow with `fastemb jobs logs {sid} --follow`", file=sys.stderr)
+        logger.info(f"follow with `fastemb jobs logs {sid} --follow`")
         return 0
     return follow(client, sid)
 

@@ -149,14 +149,11 @@ def _unit_stats(path: Path) -> dict:
 
 
 def data_context_for_jobs() -> None:
-    """Ray Data's progress bars in a terminal only (a log file gets the per-unit lines instead), no plan dumps."""
-    import sys
-
+    """No plan dumps. Progress: Ray Data draws bars in a terminal and logs it at INFO elsewhere, which
+    ``fastemb.logs`` hides unless FASTEMB_LOG_LEVEL=DEBUG (a log file gets the per-unit lines instead)."""
     import ray
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = sys.stderr.isatty()
-    ctx.print_on_execution_start = False
+    ray.data.DataContext.get_current().print_on_execution_start = False
 
 
 def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_column: str = "id",

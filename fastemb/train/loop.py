@@ -29,6 +29,7 @@ def _build_engine(spec, total_steps: int):
     import deepspeed
     import torch
 
+    from fastemb.logs import hidden_prints
     from fastemb.model.encoder import Encoder
     from fastemb.model.layers import keep_layers, student_layers
     from fastemb.train.deepspeed_config import deepspeed_config, preload_cpu_comm_op
@@ -52,8 +53,9 @@ def _build_engine(spec, total_steps: int):
     optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr)  # trainable parameters only
     scheduler = warmup_decay(optimizer, total_steps, t.warmup_ratio, t.schedule)
     preload_cpu_comm_op()
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(t))
+    with hidden_prints():  # DeepSpeed prints "... shm_comm_op built successfully" on every rank
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                               config=deepspeed_config(t))
     return engine
 
 
