@@ -79,8 +79,7 @@ def _fe_round(table: pa.Table, tmp: str, threads: int) -> tuple[float, pa.Table,
     pq.write_table(table, f"{tmp}/corpus.parquet")
     t = time.perf_counter()
     emb = embed_corpus(scan_corpus(f"{tmp}/corpus.parquet"), f"{tmp}/emb", MODEL, num_actors=threads,
-                       threads_per_actor=1, max_batch_tokens=MAX_BATCH_TOKENS, rows_per_unit=10**9,
-                       log=lambda *_: None)
+                       threads_per_actor=1, max_batch_tokens=MAX_BATCH_TOKENS, rows_per_unit=10**9)
     wall = time.perf_counter() - t
     shards = pa.concat_tables([pq.read_table(f, columns=["id", "vector"]) for f in shard_files(emb["shard_dirs"])])
     return wall, shards, emb["worker_peak_rss_mb"]
@@ -257,8 +256,7 @@ def bench_ivfpq(n: int, threads: int, train_size: int = 100_000, nlist: int | No
                     continue
                 out = Path(tmp) / f"fastemb-{r}"
                 t = time.perf_counter()
-                info = build_index(files, counts, {}, out, "ivf_pq", factory, train_size=train_size,
-                                   log=lambda *_: None)
+                info = build_index(files, counts, {}, out, "ivf_pq", factory, train_size=train_size)
                 fe.append((time.perf_counter() - t, info))
                 driver_rss = driver_rss or peak_rss_mb()  # the first build's, before any index is read here
                 index = faiss.read_index(str(out / "index.faiss"))

@@ -155,19 +155,24 @@ class MemorySampler(threading.Thread):
         self.csv.close()
 
 
-def phase_logger(sampler: MemorySampler):
-    """``run_index``'s log callback: print, and move the sampler's phase on at the job's milestones."""
-    def log(msg: str, *_) -> None:
-        print(msg, flush=True)
-        if msg.startswith("[index] corpus:"):
-            sampler.set_phase("embed")
-        elif msg.startswith("[index] unit "):
-            done, total = msg.split()[2].rstrip(":").split("/")
+class PhaseHandler(logging.Handler):
+    """Attached to the ``fastemb.index`` logger while the job runs: moves the sampler's phase on at the job's
+    milestones (its log lines; fastemb's own handler still writes them)."""
+
+    def __init__(self, sampler: MemorySampler) -> None:
+        super().__init__(logging.INFO)
+        self.sampler = sampler
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("corpus:"):
+            self.sampler.set_phase("embed")
+        elif msg.startswith("unit "):
+            done, total = msg.split()[1].rstrip(":").split("/")
             if done == total:
-                sampler.set_phase("build: duplicate plan + train + add")
-        elif msg.startswith("[index] trained in"):
-            sampler.set_phase("build: merge + id map + manifest")
-    return log
+                self.sampler.set_phase("build: duplicate plan + train + add")
+        elif msg.startswith("trained in"):
+            self.sampler.set_phase("build: merge + id map + manifest")
 
 
 def dir_mb(path: Path) -> float:
@@ -192,11 +197,15 @@ def run(n: int, out: Path, keep: bool, overrides: list[str], bad: int, shard_row
     base = total - psutil.virtual_memory().available / MB
     sampler = MemorySampler(out / f"memory-{n}.csv")
     sampler.start()
+    phases = PhaseHandler(sampler)
+    index_logger = logging.getLogger("fastemb.index")
+    index_logger.addHandler(phases)
     t0 = time.time()
     try:
-        manifest = run_index(spec, log=phase_logger(sampler))
+        manifest = run_index(spec)
     finally:
         job_wall = time.time() - t0
+        index_logger.removeHandler(phases)
         sampler.stop()
         ray.shutdown()
     shutil.copy(run_dir / "manifest.json", out / f"manifest-{n}.json")

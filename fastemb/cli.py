@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 import traceback
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FastembError, FileNotFoundError) as err:
         if os.environ.get("FASTEMB_DEBUG"):
             traceback.print_exc()
-        print(f"fastemb {args.command}: {err}", file=sys.stderr)
+        logging.getLogger(f"fastemb.{args.command}").error(err)  # [fastemb <command>] error: ...
         return 2
 
 

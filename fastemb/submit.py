@@ -268,10 +268,10 @@ def cmd_submit(args) -> int:
         sid = client.submit_job(entrypoint=sub["entrypoint"], runtime_env=sub["runtime_env"],
                                 metadata=sub["metadata"], submission_id=sub["submission_id"], **kwargs)
     except SubmitError as err:
-        print(f"fastemb submit: {err}", file=sys.stderr)
+        logger.error(err)
         return 2
     except _api_errors() as err:  # the Jobs API refused (auth, upload size, duplicate id)
-        print(f"fastemb submit: {_scrub(str(err)).strip()}", file=sys.stderr)
+        logger.error(_scrub(str(err)).strip())
         return 2
     print(sid, flush=True)
     logger.info(sub["entrypoint"])
@@ -294,7 +294,7 @@ def cmd_jobs(args) -> int:
                 print(f"{j.submission_id or j.job_id or '-':44} {str(j.status.value):10} {started:19}  {ep}")
             return 0
         if not args.id:
-            raise SubmitError(f"fastemb jobs {args.action}: needs a submission id")
+            raise SubmitError(f"`fastemb jobs {args.action}` needs a submission id")
         if args.action == "status":
             info = client.get_job_info(args.id)
             status = str(info.status.value)
@@ -307,18 +307,17 @@ def cmd_jobs(args) -> int:
             return 0
         if args.action == "stop":
             stopped = client.stop_job(args.id)
-            print(f"fastemb jobs: stop {'requested' if stopped else 'not needed (job already ended)'} for {args.id}",
-                  file=sys.stderr)
+            logger.info(f"stop {'requested' if stopped else 'not needed (job already ended)'} for {args.id}")
             if args.wait:
                 status = wait_status(client, args.id)
                 print(status)
                 return EXIT_CODES.get(status, 1)
             return 0
     except SubmitError as err:
-        print(f"fastemb jobs: {err}", file=sys.stderr)
+        logger.error(err)
         return 2
     except _api_errors() as err:
-        print(f"fastemb jobs: {_scrub(str(err)).strip()}", file=sys.stderr)
+        logger.error(_scrub(str(err)).strip())
         return 2
     return 2
 

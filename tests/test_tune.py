@@ -81,7 +81,7 @@ def test_killed_tune_driver_resumes_without_rerunning_finished_trials(own_ray, t
 
     second = subprocess.run(_tune_cmd(storage, tiny_eval), capture_output=True, text=True, env=env, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "resuming the search" in second.stdout
+    assert "[fastemb tune] resuming the search in" in second.stderr  # a log line: stderr
     after = _finished_trials(exp)
     for trial, n_results in before.items():
         assert after[trial] == n_results, f"finished trial {trial} was rerun"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import yaml
 from fastemb.spec import ServeJob
 
 APP_BUILDER = "fastemb.serve.deployments:build_app"  # the generated config's import_path
+
+logger = logging.getLogger(__name__)
 
 
 def serve_config(spec: ServeJob) -> dict:
@@ -59,8 +62,8 @@ def start(spec: ServeJob):
     for k, v in {**serve_env(spec), **haproxy_env(spec)}.items():
         os.environ.setdefault(k, v)
     if spec.ingress.proxy == "haproxy" and (spec.ray.address or ray.is_initialized()):
-        print("[fastemb serve] ingress.proxy: haproxy applies only if this cluster's Serve was started with "
-              "RAY_SERVE_ENABLE_HA_PROXY=1", flush=True)
+        logger.warning("ingress.proxy: haproxy applies only if this cluster's Serve was started with "
+                       "RAY_SERVE_ENABLE_HA_PROXY=1")
     init_ray(spec.ray.address, spec.ray.num_cpus)
     serve.start(http_options={"host": spec.host, "port": spec.port})
     app = build_app({"spec": spec.model_dump(mode="json")})

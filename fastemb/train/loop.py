@@ -17,12 +17,15 @@ Ray Train are ``fastemb.train.checkpointing``.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 from fastemb.train.state import LossWindow, TrainState
+
+logger = logging.getLogger(__name__)
 
 
 def _build_engine(spec, total_steps: int):
@@ -175,7 +178,7 @@ def _resume(engine, checkpoint, rank: int) -> TrainState:
     state = restore_state(engine, checkpoint)
     state.history.append({"step": state.step, "event": "resumed", "attempt_rank": rank})
     if rank == 0:
-        print(f"[fastemb train] resumed from checkpoint at step {state.step}", flush=True)
+        logger.info(f"resumed from checkpoint at step {state.step}")
     return state
 
 
@@ -187,7 +190,7 @@ def _fresh_state(engine, rank: int) -> TrainState:
         from fastemb.model.domain import describe_adaptation
 
         state.history.append({"step": 0, "event": "domain", **adaptation})
-        print(f"[fastemb train] {describe_adaptation(adaptation)}", flush=True)
+        logger.info(describe_adaptation(adaptation))
     return state
 
 
@@ -199,7 +202,7 @@ def _refresh_pools(engine, pools: dict, keys: list[str], state: TrainState, rank
         stats = pools[key].refresh(_student(engine), state.step)
         if rank == 0:
             state.history.append({**stats, "time": time.time()})
-            print(f"[fastemb train] {describe_refresh(stats)}", flush=True)
+            logger.info(describe_refresh(stats))
     engine.train()
     state.negative_pools = {key: pool.state_dict() for key, pool in pools.items()}
 
@@ -235,7 +238,7 @@ def _micro_step(w: Worker, state: TrainState):
 
 
 def _log_progress(w: Worker, state: TrainState, loss: float) -> None:
-    """The progress line (printed by rank 0); on its steps rank 0's history gets the loss terms since the last one."""
+    """The progress line (logged by rank 0); on its steps rank 0's history gets the loss terms since the last one."""
     by_task = state.window.task_means() if w.spec.tasks else {}
     stats = w.progress.update(state.step, loss, by_task)
     if not stats:
@@ -251,6 +254,5 @@ def _evaluate(w: Worker, state: TrainState) -> None:
     state.dev = _dev_eval(w.engine, w.spec, w.dev_compression) if w.rank == 0 else {}
     if w.rank == 0:
         state.history.append({"step": state.step, **state.dev})
-        print(f"[fastemb train] step {state.step}: " + ", ".join(f"{name} {value:.4f}"
-                                                                  for name, value in state.dev.items()), flush=True)
+        logger.info(f"step {state.step}: " + ", ".join(f"{name} {value:.4f}" for name, value in state.dev.items()))
     w.engine.train()

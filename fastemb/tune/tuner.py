@@ -5,11 +5,14 @@ The objective (``METRIC``) is dev nDCG@10 measured through the compressed (OPQ/P
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from fastemb.spec import TuneJob
 
 METRIC = "dev_ndcg@10_compressed"
+
+logger = logging.getLogger(__name__)
 
 
 def param_space(spec: TuneJob) -> dict:
@@ -49,7 +52,7 @@ def build_tuner(spec: TuneJob):
                                     {"CPU": 0, "memory": 256 * 1024**2})
     exp_path = str(Path(spec.storage_path) / spec.name)
     if tune.Tuner.can_restore(exp_path):
-        print(f"[fastemb tune] resuming the search in {exp_path}", flush=True)
+        logger.info(f"resuming the search in {exp_path}")
         return tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
     t = spec.tune
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=64, grace_period=t.grace_period,
