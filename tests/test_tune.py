@@ -38,11 +38,12 @@ def test_concurrency_is_derived_from_cluster_resources():
 
 
 def _finished_trials(exp: Path) -> dict[str, int]:
-    """Trial folder → number of results, for trials whose last result says done."""
+    """Trial folder → number of results, for trials whose last result is the training loop's final report
+    (``finished``: Tune leaves ``done`` false in result.json when a function trainable returns)."""
     out = {}
     for f in exp.glob("*/result.json"):
         lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-        if lines and lines[-1].get("done"):
+        if lines and lines[-1].get("finished"):
             out[f.parent.name] = len(lines)
     return out
 
