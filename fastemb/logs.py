@@ -10,9 +10,11 @@ it does not propagate to the root logger, which Ray Train configures in its work
 ``FASTEMB_LOG_LEVEL`` (default ``INFO``) is fastemb's level. Unless it is ``DEBUG``, :func:`configure` also
 hides library output a user can do nothing about: chatty loggers (:data:`QUIET_LOGGERS`), deprecation warnings
 raised inside libraries (:data:`QUIET_WARNINGS`), Ray Data's and Hugging Face's progress output outside a
-terminal (:func:`quiet_env`), Ray Train's per-report lines (:func:`ray_train_logging`) and DeepSpeed's prints
-(:func:`hidden_prints`). The CLI calls :func:`configure` first; Ray workers run it as their
-``worker_process_setup_hook`` (:data:`SETUP_HOOK`, set by ``fastemb.ray_env`` and ``fastemb submit``).
+terminal (:func:`quiet_env`), Ray Train's per-report lines (:func:`ray_train_logging`), Ray Tune's status tables
+(:func:`ray_tune_verbosity`) and DeepSpeed's prints (:func:`hidden_prints`). The CLI calls :func:`configure` first;
+Ray workers run it as their ``worker_process_setup_hook`` (:data:`SETUP_HOOK`, set by ``fastemb.ray_env`` and
+``fastemb submit`` in the job's runtime_env; Ray ignores the hook in an actor's runtime_env, so Serve replicas call
+:func:`configure` themselves).
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ QUIET_LOGGERS = {
     # "Loading faiss with AVX512 support." / "Could not load library ... ModuleNotFoundError" for every CPU variant
     # that faiss-cpu does not ship, in each process that imports faiss under a root logger at INFO (Ray Train's)
     "faiss.loader": logging.WARNING,
+    "optuna": logging.WARNING,  # "A new study created in memory" (Optuna sets INFO on import: see quiet_loggers)
+    "ray.tune.tune": logging.WARNING,  # "Wrote the latest version of all result files and experiment state to ..."
 }
 # Deprecation warnings raised by a library's own call, not by ours: (message regex, category, what calls it).
 QUIET_WARNINGS = [
@@ -122,8 +126,7 @@ def configure() -> None:
     install()
     if verbose():
         return
-    for name, lvl in QUIET_LOGGERS.items():
-        logging.getLogger(name).setLevel(lvl)
+    quiet_loggers()
     report_logger = _ray_train_report_logger()
     if report_logger:
         logging.getLogger(report_logger).setLevel(logging.WARNING)
@@ -138,12 +141,24 @@ def configure() -> None:
         logging.getLogger("ray.data").setLevel(os.environ.get("RAY_DATA_LOG_LEVEL", "WARNING"))
 
 
+def quiet_loggers() -> None:
+    """Give the chatty library loggers (:data:`QUIET_LOGGERS`) their quiet level (nothing when verbose). Run it again
+    after importing a library that sets its own logger's level when imported (Optuna does)."""
+    if verbose():
+        return
+    for name, lvl in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(lvl)
+
+
 def quiet_env(terminal: bool = False) -> dict[str, str]:
     """Environment variables that keep library output out of logs (none when verbose). ``terminal``: this
     process writes to a terminal, where progress bars are worth showing; Ray workers never do."""
     if verbose():
         return {}
-    env = {"RAY_DATA_LOG_LEVEL": "WARNING"}  # dataset plans, "execution finished", progress logged outside a tty
+    env = {"RAY_DATA_LOG_LEVEL": "WARNING",  # dataset plans, "execution finished", progress logged outside a tty
+           # Ray Tune's legacy console output, silent at verbose=0 (ray_tune_verbosity); the new one prints a
+           # configuration box and where the results go whatever the verbosity
+           "RAY_AIR_NEW_OUTPUT": "0"}
     if not terminal:
         env["RAY_TQDM"] = "0"  # Ray Data progress bars drawn in actors and forwarded to the driver as log lines
         env["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # transformers' "Loading weights" / "Writing model shards"
@@ -167,6 +182,12 @@ def ray_train_logging():
     from ray.train import LoggingConfig
 
     return LoggingConfig(log_level="INFO" if verbose() else "WARNING")
+
+
+def ray_tune_verbosity() -> int:
+    """Ray Tune's ``RunConfig(verbose=...)``: its status tables and per-trial result boxes only when verbose (Tune's
+    default, 1); otherwise silent (0), and fastemb logs one line per ended trial (``fastemb.tune.tuner``)."""
+    return 1 if verbose() else 0
 
 
 @contextlib.contextmanager
