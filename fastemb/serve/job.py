@@ -66,11 +66,11 @@ def start(spec: ServeJob):
         logger.warning("ingress.proxy: haproxy applies only if this cluster's Serve was started with "
                        "RAY_SERVE_ENABLE_HA_PROXY=1")
     init_ray(spec.ray.address, spec.ray.num_cpus)
-    quiet = None
-    if not verbose():  # Serve's INFO lines (deploying, replicas added, proxy routes) unless FASTEMB_LOG_LEVEL=DEBUG:
-        quiet = {"log_level": "WARNING"}  # its controller and proxy, when this call starts them
-        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # and this driver's ("Started Serve", "ready")
-    serve.start(http_options={"host": spec.host, "port": spec.port}, logging_config=quiet)
+    quiet = not verbose()  # Serve's INFO lines (deploying, replicas added, routes): FASTEMB_LOG_LEVEL=DEBUG only
+    if quiet:
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # this driver's ("Started Serve", "... is ready")
+    serve.start(http_options={"host": spec.host, "port": spec.port},  # controller and proxy, if this starts them
+                logging_config={"log_level": "WARNING"} if quiet else None)
     app = build_app({"spec": spec.model_dump(mode="json")})
     return serve.run(app, name=spec.name, route_prefix=spec.route_prefix)
 
