@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import statistics
 import sys
@@ -39,7 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.results import write_section  # noqa: E402
+from fastemb.logs import configure as configure_logging  # noqa: E402
 from fastemb.spec import load_spec  # noqa: E402
+
+log = logging.getLogger("fastemb.bench")
 
 TEACHER = "all-mpnet-base-v2"
 STUDENT = "all-MiniLM-L6-v2"
@@ -58,10 +62,10 @@ def train(name: str, job: str, overrides: list[str], out: Path, resume: bool) ->
 
     done = out / name / "report.json"
     if resume and done.exists():
-        print(f"[bench] reusing {done}", flush=True)
+        log.info(f"reusing {done}")
         return json.loads(done.read_text())
     spec = load_spec(ROOT / "jobs" / job, [f"name={name}", *overrides], "train")
-    print(f"[bench] training {name}", flush=True)
+    log.info(f"training {name}")
     return run_train(spec)
 
 
@@ -240,6 +244,7 @@ def main() -> int:
     ap.add_argument("--resume", action="store_true", help="reuse the steps already done in --out")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "distill"))
     args = ap.parse_args()
+    configure_logging()
     from fastemb.ray_env import init_ray
 
     out = Path(args.out)

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing as mp
 import os
 import shutil
@@ -37,7 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.results import write_section  # noqa: E402
 from fastemb.data.pairs import WORDNET_DIR  # noqa: E402
 from fastemb.index.embed import peak_rss_mb  # noqa: E402
+from fastemb.logs import configure as configure_logging  # noqa: E402
 
+log = logging.getLogger("fastemb.bench")
 MODEL = {"base": "all-MiniLM-L6-v2", "pooling": None, "normalize": None, "max_length": 64}
 MAX_BATCH_TOKENS = 1024
 
@@ -76,8 +79,7 @@ def _fe_round(table: pa.Table, tmp: str, threads: int) -> tuple[float, pa.Table,
     pq.write_table(table, f"{tmp}/corpus.parquet")
     t = time.perf_counter()
     emb = embed_corpus(scan_corpus(f"{tmp}/corpus.parquet"), f"{tmp}/emb", MODEL, num_actors=threads,
-                       threads_per_actor=1, max_batch_tokens=MAX_BATCH_TOKENS, rows_per_unit=10**9,
-                       log=lambda *_: None)
+                       threads_per_actor=1, max_batch_tokens=MAX_BATCH_TOKENS, rows_per_unit=10**9)
     wall = time.perf_counter() - t
     shards = pa.concat_tables([pq.read_table(f, columns=["id", "vector"]) for f in shard_files(emb["shard_dirs"])])
     return wall, shards, emb["worker_peak_rss_mb"]
@@ -254,8 +256,7 @@ def bench_ivfpq(n: int, threads: int, train_size: int = 100_000, nlist: int | No
                     continue
                 out = Path(tmp) / f"fastemb-{r}"
                 t = time.perf_counter()
-                info = build_index(files, counts, {}, out, "ivf_pq", factory, train_size=train_size,
-                                   log=lambda *_: None)
+                info = build_index(files, counts, {}, out, "ivf_pq", factory, train_size=train_size)
                 fe.append((time.perf_counter() - t, info))
                 driver_rss = driver_rss or peak_rss_mb()  # the first build's, before any index is read here
                 index = faiss.read_index(str(out / "index.faiss"))
@@ -263,7 +264,7 @@ def bench_ivfpq(n: int, threads: int, train_size: int = 100_000, nlist: int | No
                 fe_I = index.search(queries, 10)[1]
                 del index
                 shutil.rmtree(out)
-            print(f"[bench] round {r + 1}: one process {one[-1][0]:.1f}s, fastemb {fe[-1][0]:.1f}s", flush=True)
+            log.info(f"round {r + 1}: one process {one[-1][0]:.1f}s, fastemb {fe[-1][0]:.1f}s")
         ray.shutdown()
     one_s = statistics.median(o[0] for o in one)
     fe_s = statistics.median(f[0] for f in fe)
@@ -460,6 +461,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="embed: slices; ivfpq: builds of each system; run in alternating order")
     ap.add_argument("--nlist", type=int, default=None, help="ivfpq: IVF lists (default ~4*sqrt(N))")
     a = ap.parse_args()
+    configure_logging()
     if a.which == "embed":
         bench_embed(a.n, a.threads, a.rounds)
     elif a.which == "quality":

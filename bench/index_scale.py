@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -35,8 +36,10 @@ sys.path.insert(0, str(ROOT))
 from bench.results import write_section  # noqa: E402
 from fastemb.data.pairs import WORDNET_DIR  # noqa: E402
 from fastemb.index.corpus import SKIP_DUPLICATE  # noqa: E402
+from fastemb.logs import configure as configure_logging  # noqa: E402
 from fastemb.spec import load_spec  # noqa: E402
 
+log = logging.getLogger("fastemb.bench")
 MB = 2 ** 20
 SECTION = "index_build (c): 1,000,000-document corpus, memory"
 BLANKS = ("", " ", "  \t\n ")  # the empty/whitespace texts injected, in turn
@@ -55,7 +58,7 @@ def build_corpus(n: int, folder: Path, shard_rows: int = 100_000, bad: int = 50,
     if done.exists():
         info = json.loads(done.read_text())
         if (info["n"], info["bad"], info["seed"], info["shard_rows"]) == (n, bad, seed, shard_rows):
-            print(f"[bench] reusing corpus {folder}", flush=True)
+            log.info(f"reusing corpus {folder}")
             return info
     src = pq.read_table(WORDNET_DIR / "all_definitions.parquet", columns=["id", "text"])
     src_ids, src_texts = src.column("id").to_pylist(), src.column("text").to_pylist()
@@ -79,7 +82,7 @@ def build_corpus(n: int, folder: Path, shard_rows: int = 100_000, bad: int = 50,
     (tmp / "_DONE.json").write_text(json.dumps(info))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
-    print(f"[bench] corpus: {n:,} rows in {shards} shard(s) written in {time.time() - t0:.1f}s", flush=True)
+    log.info(f"corpus: {n:,} rows in {shards} shard(s) written in {time.time() - t0:.1f}s")
     return info
 
 
@@ -152,19 +155,24 @@ class MemorySampler(threading.Thread):
         self.csv.close()
 
 
-def phase_logger(sampler: MemorySampler):
-    """``run_index``'s log callback: print, and move the sampler's phase on at the job's milestones."""
-    def log(msg: str, *_) -> None:
-        print(msg, flush=True)
-        if msg.startswith("[index] corpus:"):
-            sampler.set_phase("embed")
-        elif msg.startswith("[index] unit "):
-            done, total = msg.split()[2].rstrip(":").split("/")
+class PhaseHandler(logging.Handler):
+    """Attached to the ``fastemb.index`` logger while the job runs: moves the sampler's phase on at the job's
+    milestones (its log lines; fastemb's own handler still writes them)."""
+
+    def __init__(self, sampler: MemorySampler) -> None:
+        super().__init__(logging.INFO)
+        self.sampler = sampler
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("corpus:"):
+            self.sampler.set_phase("embed")
+        elif msg.startswith("unit "):
+            done, total = msg.split()[1].rstrip(":").split("/")
             if done == total:
-                sampler.set_phase("build: duplicate plan + train + add")
-        elif msg.startswith("[index] trained in"):
-            sampler.set_phase("build: merge + id map + manifest")
-    return log
+                self.sampler.set_phase("build: duplicate plan + train + add")
+        elif msg.startswith("trained in"):
+            self.sampler.set_phase("build: merge + id map + manifest")
 
 
 def dir_mb(path: Path) -> float:
@@ -189,11 +197,15 @@ def run(n: int, out: Path, keep: bool, overrides: list[str], bad: int, shard_row
     base = total - psutil.virtual_memory().available / MB
     sampler = MemorySampler(out / f"memory-{n}.csv")
     sampler.start()
+    phases = PhaseHandler(sampler)
+    index_logger = logging.getLogger("fastemb.index")
+    index_logger.addHandler(phases)
     t0 = time.time()
     try:
-        manifest = run_index(spec, log=phase_logger(sampler))
+        manifest = run_index(spec)
     finally:
         job_wall = time.time() - t0
+        index_logger.removeHandler(phases)
         sampler.stop()
         ray.shutdown()
     shutil.copy(run_dir / "manifest.json", out / f"manifest-{n}.json")
@@ -299,6 +311,7 @@ def main() -> None:
     ap.add_argument("--shard-rows", type=int, default=100_000, help="rows per corpus parquet shard")
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides of jobs/index.yaml")
     a = ap.parse_args()
+    configure_logging()
     run(a.n, a.out.resolve(), a.keep, a.overrides, a.bad, a.shard_rows)
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 import traceback
 from pathlib import Path
 
 from fastemb.errors import FastembError
+from fastemb.logs import configure as configure_logging
 from fastemb.spec import JOB_TYPES, load_spec, parse_spec
 
 # Job types whose command, given no spec file, runs the spec shipped in jobs/ (overrides still apply).
@@ -122,13 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except (FastembError, FileNotFoundError) as err:
         if os.environ.get("FASTEMB_DEBUG"):
             traceback.print_exc()
-        print(f"fastemb {args.command}: {err}", file=sys.stderr)
+        logging.getLogger(f"fastemb.{args.command}").error(err)  # [fastemb <command>] error: ...
         return 2
 
 

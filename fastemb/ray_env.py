@@ -6,11 +6,13 @@ from pathlib import Path
 
 import ray
 
+from fastemb import logs
+
 _VENV_EXT_DIR = Path(os.environ.get("VIRTUAL_ENV", Path(__file__).resolve().parents[1] / ".venv")) / "torch_extensions"
 
 
 def worker_env(threads: int = 1) -> dict[str, str]:
-    """Environment variables for Ray workers: DeepSpeed on CPU, thread counts, no hub access."""
+    """Environment variables for Ray workers: DeepSpeed on CPU, thread counts, no hub access, fastemb's logging."""
     env = {
         "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
         "OMP_NUM_THREADS": str(threads),
@@ -18,6 +20,7 @@ def worker_env(threads: int = 1) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(_VENV_EXT_DIR)),
+        **logs.worker_env(),
     }
     return env
 
@@ -28,7 +31,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, threads_pe
         return
     for k, v in worker_env(threads_per_worker).items():
         os.environ.setdefault(k, v)
-    runtime_env = {"env_vars": worker_env(threads_per_worker)}
+    runtime_env = {"env_vars": worker_env(threads_per_worker), "worker_process_setup_hook": logs.SETUP_HOOK}
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         # inside a submitted Ray job: the job's runtime_env already applies (Ray refuses to merge env vars)
         ray.init(address=address or "auto", log_to_driver=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import re
 import shlex
@@ -39,6 +40,7 @@ import yaml
 from fastemb.spec import apply_overrides, load_spec
 from fastemb.submit_paths import PathDecision, UploadRules, decide_paths, refusal_message
 
+logger = logging.getLogger(__name__)
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
 TERMINAL = set(EXIT_CODES)
 # Env var names that must not travel in a runtime_env (it is stored in the job info, readable in the dashboard).
@@ -131,7 +133,9 @@ def check_no_secrets(env_vars: dict[str, str], extra: list[str] = ()) -> None:
 
 
 def build_runtime_env(path: str | os.PathLike, spec, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """runtime_env.yaml plus fastemb's worker env vars (``worker_env``), the yaml and --env winning."""
+    """runtime_env.yaml plus fastemb's worker env vars (``worker_env``) and logging setup hook, the yaml and --env
+    winning."""
+    from fastemb import logs
     from fastemb.ray_env import worker_env
 
     env = load_runtime_env(path)
@@ -145,6 +149,7 @@ def build_runtime_env(path: str | os.PathLike, spec, extra_env: dict[str, str] |
     env_vars.update({str(k): str(v) for k, v in (env.get("env_vars") or {}).items()})
     env_vars.update(extra_env or {})
     env["env_vars"] = env_vars
+    env.setdefault("worker_process_setup_hook", logs.SETUP_HOOK)  # fastemb's logging in every worker of the job
     return env
 
 
@@ -226,12 +231,12 @@ def follow(client, sid: str) -> int:
         asyncio.run(_tail(client, sid))
         status = wait_status(client, sid)
     except KeyboardInterrupt:
-        print(f"\nfastemb: stopped following; job {sid} keeps running "
-              f"(fastemb jobs logs {sid} --follow | fastemb jobs stop {sid})", file=sys.stderr)
+        logger.info(f"stopped following; job {sid} keeps running "
+                    f"(fastemb jobs logs {sid} --follow | fastemb jobs stop {sid})")
         return 130
     info = client.get_job_info(sid)
     msg = f": {info.message}" if status != "SUCCEEDED" and info.message else ""
-    print(f"fastemb: job {sid} {status}{_scrub(msg)}", file=sys.stderr)
+    logger.log(logging.INFO if status == "SUCCEEDED" else logging.ERROR, f"job {sid} {status}{_scrub(msg)}")
     return EXIT_CODES.get(status, 1)
 
 
@@ -250,12 +255,12 @@ def cmd_submit(args) -> int:
         sub = build_submission(args.spec, list(args.overrides), args.runtime_env, _env_pairs(args.env),
                                args.submission_id, args.shared or [])
         if args.dry_run:
-            print("fastemb submit: path fields:\n" + (format_paths(sub["paths"]) or "  (none set)"), file=sys.stderr)
+            logger.info("path fields:\n" + (format_paths(sub["paths"]) or "  (none set)"))
             print(json.dumps({k: sub[k] for k in ("submission_id", "entrypoint", "runtime_env", "metadata", "paths")},
                              indent=2))
             return 0
         for note in sub["notes"]:
-            print(f"fastemb submit: note: {note}", file=sys.stderr)
+            logger.info(f"note: {note}")
         client = job_client(args.address)
         kwargs = {}
         if args.entrypoint_num_cpus is not None:
@@ -263,15 +268,15 @@ def cmd_submit(args) -> int:
         sid = client.submit_job(entrypoint=sub["entrypoint"], runtime_env=sub["runtime_env"],
                                 metadata=sub["metadata"], submission_id=sub["submission_id"], **kwargs)
     except SubmitError as err:
-        print(f"fastemb submit: {err}", file=sys.stderr)
+        logger.error(err)
         return 2
     except _api_errors() as err:  # the Jobs API refused (auth, upload size, duplicate id)
-        print(f"fastemb submit: {_scrub(str(err)).strip()}", file=sys.stderr)
+        logger.error(_scrub(str(err)).strip())
         return 2
     print(sid, flush=True)
-    print(f"fastemb submit: {sub['entrypoint']}", file=sys.stderr)
+    logger.info(sub["entrypoint"])
     if not args.follow:
-        print(f"fastemb submit: follow with `fastemb jobs logs {sid} --follow`", file=sys.stderr)
+        logger.info(f"follow with `fastemb jobs logs {sid} --follow`")
         return 0
     return follow(client, sid)
 
@@ -289,7 +294,7 @@ def cmd_jobs(args) -> int:
                 print(f"{j.submission_id or j.job_id or '-':44} {str(j.status.value):10} {started:19}  {ep}")
             return 0
         if not args.id:
-            raise SubmitError(f"fastemb jobs {args.action}: needs a submission id")
+            raise SubmitError(f"`fastemb jobs {args.action}` needs a submission id")
         if args.action == "status":
             info = client.get_job_info(args.id)
             status = str(info.status.value)
@@ -302,18 +307,17 @@ def cmd_jobs(args) -> int:
             return 0
         if args.action == "stop":
             stopped = client.stop_job(args.id)
-            print(f"fastemb jobs: stop {'requested' if stopped else 'not needed (job already ended)'} for {args.id}",
-                  file=sys.stderr)
+            logger.info(f"stop {'requested' if stopped else 'not needed (job already ended)'} for {args.id}")
             if args.wait:
                 status = wait_status(client, args.id)
                 print(status)
                 return EXIT_CODES.get(status, 1)
             return 0
     except SubmitError as err:
-        print(f"fastemb jobs: {err}", file=sys.stderr)
+        logger.error(err)
         return 2
     except _api_errors() as err:
-        print(f"fastemb jobs: {_scrub(str(err)).strip()}", file=sys.stderr)
+        logger.error(_scrub(str(err)).strip())
         return 2
     return 2
 

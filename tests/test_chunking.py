@@ -57,7 +57,7 @@ def test_man_pages_are_chunked_and_searched_as_documents(ray_local, tmp_path):
                        "embed": {"num_actors": 1, "batch_rows": 8, "max_batch_tokens": 4096},
                        "chunking": {"enabled": True, "overlap": 32, "max_chunks": 24},
                        "index": {"type": "flat"}, "ray": {"num_cpus": 2}})
-    m = run_index(spec, log=lambda *_: None)
+    m = run_index(spec)
     assert m["counts"]["documents_indexed"] == pages.num_rows
     assert m["counts"]["index_entries"] > 3 * pages.num_rows          # pages are longer than 128 tokens
     hits = Searcher(spec.run_dir).search(pages["query"].to_pylist(), k=5)

@@ -196,7 +196,7 @@ def test_submit_contrastive_to_local_cluster(cluster, resumed_job):
     sid = p.stdout.splitlines()[0].strip()
     assert sid.startswith("fastemb-train-rs-")
     assert f"job {sid} SUCCEEDED" in p.stderr
-    assert "[fastemb train]" in p.stdout  # the driver's logs were followed
+    assert "[fastemb train]" in p.stdout  # the driver's logs were followed (the job log holds its stdout and stderr)
     assert cluster["token"] not in out
 
     # Exported where the spec says, by the job running on the cluster.

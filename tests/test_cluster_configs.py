@@ -78,6 +78,9 @@ def test_rayjob_manifest_runs_the_train_spec():
     load_spec(ROOT / "jobs" / "contrastive.yaml", [a for a in args[5:]])
     env = yaml.safe_load(spec["runtimeEnvYAML"])
     assert env["env_vars"]["DS_ACCELERATOR"] == "cpu"
+    from fastemb import logs
+
+    assert env["worker_process_setup_hook"] == logs.SETUP_HOOK  # job-level: Ray runs it in every worker of the job
     assert spec["submissionMode"] in {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"}
     assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] >= 0
     _check_ray_cluster_spec(spec["rayClusterSpec"], "rayjob.yaml")

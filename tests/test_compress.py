@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fastemb.compress import load_compressor, make_compressor
-from fastemb.compress.pq import pq_m_for_bytes
+from fastemb.compress.pq import pq_factory, pq_m_for_bytes, train_pq_codec
 from fastemb.eval.retrieval import exact_search
 from fastemb.index.evaluate import recall_at_k
 from fastemb.index.factory import factory_string
@@ -73,6 +73,18 @@ def test_pq_more_bytes_less_error(emb):
         assert comp.encode(emb[:3]).shape == (3, comp.code_bytes)
         errors.append(float(np.mean((comp.transform(emb) - emb) ** 2)))
     assert errors[0] > errors[1] > errors[2]
+
+
+def test_pq_codecs_train_alike_without_faiss_clustering_warnings(capfd):
+    """faiss prints a warning per sub-quantizer (and per OPQ iteration) below 39 training points per centroid."""
+    x = np.random.RandomState(0).standard_normal((1500, 64)).astype("float32")
+    for opq in (False, True):
+        plain, quiet = (faiss.index_factory(64, pq_factory(64, 8, opq=opq)) for _ in range(2))
+        plain.train(x)
+        assert "WARNING clustering 1500 points to 256 centroids" in capfd.readouterr().err
+        train_pq_codec(quiet, x)
+        assert "WARNING clustering" not in capfd.readouterr().err
+        assert np.array_equal(plain.sa_encode(x), quiet.sa_encode(x))
 
 
 def test_bad_dims_are_refused():

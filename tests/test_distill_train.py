@@ -91,7 +91,7 @@ def test_teacher_outputs_match_the_teacher_and_are_reused(ray_local, tmp_path, p
                        "data": {"train": pairs_with_negatives, "max_pairs": 24}, "loss": {"hard_negatives": 2},
                        "distill": {"teacher": minilm_path, "kl": {}, "embed": {"num_actors": 1, "batch_rows": 32}}})
     pairs, _ = load_pairs(spec.data.train, 24, 2, 3)
-    rows, info = compute_teacher_outputs(spec, pairs, log=lambda *_: None)
+    rows, info = compute_teacher_outputs(spec, pairs)
     assert not info["reused"] and info["texts"] == len({t for p in pairs for t in (p["query"], p["positive"],
                                                                                    *p["negatives"])})
     teacher = Encoder.load(minilm_path, max_length=32)             # independent: plain encode, no Ray Data
@@ -102,11 +102,11 @@ def test_teacher_outputs_match_the_teacher_and_are_reused(ray_local, tmp_path, p
         np.testing.assert_allclose(r["teacher_query"], q[0], atol=1e-4)
     stored = tmp_path / "t" / "teacher" / "pairs.parquet"
     mtime = stored.stat().st_mtime_ns
-    again, info2 = compute_teacher_outputs(spec, pairs, log=lambda *_: None)
+    again, info2 = compute_teacher_outputs(spec, pairs)
     assert info2["reused"] and stored.stat().st_mtime_ns == mtime
     np.testing.assert_array_equal(np.array([r["teacher_scores"] for r in again]),
                                   np.array([r["teacher_scores"] for r in rows]))
-    _, info3 = compute_teacher_outputs(spec, pairs[:20], log=lambda *_: None)    # other pairs: recomputed
+    _, info3 = compute_teacher_outputs(spec, pairs[:20])    # other pairs: recomputed
     assert not info3["reused"]
 
 

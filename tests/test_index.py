@@ -61,7 +61,7 @@ def _spec(corpus_path: str, out: Path, **over) -> object:
 def built(ray_local, corpus, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("runs")
     spec = _spec(corpus["path"], out)
-    manifest = run_index(spec, log=lambda *_: None)
+    manifest = run_index(spec)
     return {"spec": spec, "manifest": manifest, "dir": spec.run_dir}
 
 
@@ -97,7 +97,7 @@ def test_rerun_reuses_embedding_shards_and_rebuilds_other_index(built, corpus, r
     emb = built["dir"] / "embeddings"
     before = {p: p.stat().st_mtime_ns for p in emb.rglob("*.parquet")}
     spec = _spec(corpus["path"], Path(built["spec"].storage_path), index={"type": "flat"})
-    m = run_index(spec, log=lambda *_: None)
+    m = run_index(spec)
     assert m["embedding"]["units_reused"] == 2
     assert {p: p.stat().st_mtime_ns for p in emb.rglob("*.parquet")} == before
     assert m["counts"]["index_entries"] == N_GOOD and m["build"]["factory"] == "Flat"
@@ -112,7 +112,7 @@ def test_unreadable_file_can_fail_the_job(ray_local, corpus, tmp_path):
 
     spec = _spec(corpus["path"], tmp_path, corpus={"on_bad_file": "fail"})
     with pytest.raises(DataError, match="part-2.parquet"):
-        run_index(spec, log=lambda *_: None)
+        run_index(spec)
 
 
 def test_spec_errors_name_the_field():
@@ -146,7 +146,7 @@ def disk_built(built, corpus, ray_local) -> dict:
     spec = _spec(corpus["path"], Path(built["spec"].storage_path), name="disk",
                  embed={"output": str(built["dir"] / "embeddings")},
                  index={"type": "ivf_pq", "bytes_per_vector": 24, "pq_nbits": 4, "refine": "disk"})
-    manifest = run_index(spec, log=lambda *_: None)
+    manifest = run_index(spec)
     return {"spec": spec, "manifest": manifest, "dir": spec.run_dir}
 
 
@@ -205,7 +205,7 @@ def test_refine_disk_stores_the_compressed_vectors(disk_built, corpus, ray_local
     spec = _spec(corpus["path"], Path(disk_built["spec"].storage_path), name="disk-pca",
                  embed={"output": str(disk_built["spec"].embed.output)}, compress={"method": "pca", "dim": 64},
                  index={"type": "pq", "bytes_per_vector": 16, "pq_nbits": 4, "refine": "disk", "k_factor": 20})
-    m = run_index(spec, log=lambda *_: None)
+    m = run_index(spec)
     assert m["build"]["refine"]["bytes_per_vector_on_disk"] == 128 and m["build"]["refine"]["k_factor"] == 20
     store = np.fromfile(spec.run_dir / STORE_FILE, dtype=np.float16).reshape(N_GOOD, 64)
     ids = [pq.read_table(d / "ids.parquet")["id"].to_pylist() for d in (spec.run_dir, disk_built["dir"])]

@@ -25,7 +25,7 @@ def manifest(ray_local, tiny_eval, tmp_path_factory) -> dict:
             {"name": "pq24 no refine", "index": {"refine": "none"}},
             {"name": "pq24 refine disk", "index": {"refine": "disk", "k_factor": None}},
         ]}})
-    return run_index(spec, log=lambda *_: None)
+    return run_index(spec)
 
 
 def test_exact_is_the_reference(manifest):

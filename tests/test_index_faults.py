@@ -27,7 +27,7 @@ def test_killed_encoder_actor_loses_and_duplicates_nothing(ray_local, corpus, tm
                        "index": {"type": "ivf_flat", "nlist": 8, "add_tasks": 2}})
     killer = ActorKiller(spec.run_dir / "embeddings")
     killer.start()
-    manifest = run_index(spec, log=lambda *_: None)
+    manifest = run_index(spec)
     killer.join(timeout=5)
     assert killer.error is None and killer.killed_pid is not None
     assert killer.unit_unfinished_at_kill                       # the kill happened mid-build

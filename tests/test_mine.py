@@ -129,7 +129,7 @@ def test_mine_job_on_ray(ray_local, tmp_path):
                        "data": {"train": "wordnet", "max_pairs": 150},
                        "mining": {"top_k": 20, "num_negatives": 3, "query_chunk": 32},
                        "embed": {"num_actors": 1, "batch_rows": 64}})
-    report = run_mine(spec, log=lambda *_: None)
+    report = run_mine(spec)
     table = pq.read_table(tmp_path / "m" / "pairs.parquet")
     assert table.column_names == ["query", "positive", "negatives", "scores"] and table.num_rows == 150
     rows = table.to_pylist()
@@ -218,7 +218,7 @@ def test_missing_rescore_teacher_fails_before_embedding(tmp_path):
         model_dicts(spec)
 
 
-def test_mine_job_rescored_by_a_teacher_on_ray(ray_local, tmp_path, minilm_path):
+def test_mine_job_rescored_by_a_teacher_on_ray(ray_local, tmp_path, minilm_path, capsys):
     from fastemb.mine.job import run_mine
     from fastemb.model.encoder import Encoder
 
@@ -228,10 +228,9 @@ def test_mine_job_rescored_by_a_teacher_on_ray(ray_local, tmp_path, minilm_path)
                        "mining": {"top_k": 10, "num_negatives": 3, "query_chunk": 16, "rescore_with": minilm_path,
                                   "rescore_pooling": "cls"},
                        "embed": {"num_actors": 1, "batch_rows": 64}})
-    lines: list[str] = []
-    report = run_mine(spec, log=lines.append)
+    report = run_mine(spec)
     rows = pq.read_table(tmp_path / "r" / "pairs.parquet").to_pylist()
-    assert len(rows) == 64 and any("rescored with" in line for line in lines)
+    assert len(rows) == 64 and "[fastemb mine] rescored with" in capsys.readouterr().err
     enc = Encoder.load(minilm_path, pooling="cls", max_length=64)
     texts = list(dict.fromkeys(t for r in rows for t in (r["query"], r["positive"], *r["negatives"])))
     vec = dict(zip(texts, normalize_rows(enc.encode(texts))))

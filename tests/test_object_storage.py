@@ -112,7 +112,7 @@ def test_index_job_publishes_to_the_bucket_reuses_its_shards_and_is_searchable_b
                        "corpus": {"path": str(tmp_path / "corpus.parquet")}, "model": {"max_length": 32},
                        "ray": {"num_cpus": 2}, "embed": {"num_actors": 2, "batch_rows": 64},
                        "index": {"type": "ivf_flat", "nlist": 4, "nprobe": 4, "add_tasks": 2}})
-    manifest = run_index(spec, log=lambda *_: None)
+    manifest = run_index(spec)
     fs, root = s3["fs"], f"{BUCKET}/runs/s3index"
     assert manifest["location"] == run_uri(s3["uri"], "s3index") and manifest["embedding"]["units_reused"] == 0
     assert {"manifest.json", "index.faiss", "ids.parquet", "embeddings"} <= _names(fs, root)
@@ -133,7 +133,7 @@ def test_index_job_publishes_to_the_bucket_reuses_its_shards_and_is_searchable_b
 
     # A rerun from an empty staging folder (another node): the units come from the bucket, nothing is re-embedded.
     shutil.rmtree(spec.run_dir)
-    again = run_index(spec, log=lambda *_: None)
+    again = run_index(spec)
     assert again["embedding"]["units_reused"] == again["embedding"]["units"] == 1
     assert again["counts"]["index_entries"] == manifest["counts"]["index_entries"] == 300
     assert [[h["id"] for h in row] for row in search(again["location"], queries, k=5)] == \

@@ -64,6 +64,7 @@ def test_runtime_env_merges_worker_env(monkeypatch):
     assert "TORCH_EXTENSIONS_DIR" not in ev
     assert ev["OMP_NUM_THREADS"] == "3" and ev["EXTRA"] == "1" and ev["PYTHONUNBUFFERED"] == "1"
     assert ev["RAY_OVERRIDE_JOB_RUNTIME_ENV"] == "1"
+    assert env["worker_process_setup_hook"] == "fastemb.logs.configure"  # fastemb's logging in every worker
     gpu = build_submission(SPEC, ["train.use_gpu=true"], RUNTIME_ENV)
     assert gpu["runtime_env"]["env_vars"]["DS_ACCELERATOR"] == "cuda"
 

@@ -38,12 +38,20 @@ def test_concurrency_is_derived_from_cluster_resources():
 
 
 def _finished_trials(exp: Path) -> dict[str, int]:
-    """Trial folder → number of results, for trials whose last result says done."""
+    """Trial folder → number of results, for the trials that the search's saved state records as finished: what a
+    restored search must not run again. (A trial's result.json alone is not enough: its last result can be written
+    before Tune has saved the trial as ended, and Tune leaves ``done`` false there.)"""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(str(exp)).trials
+    except (OSError, ValueError):  # no experiment state saved yet
+        return {}
     out = {}
-    for f in exp.glob("*/result.json"):
-        lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-        if lines and lines[-1].get("done"):
-            out[f.parent.name] = len(lines)
+    for t in trials:
+        results = Path(t.path or exp, "result.json")
+        if t.status == "TERMINATED" and (t.last_result or {}).get("finished") and results.exists():
+            out[Path(t.path).name] = sum(1 for line in results.read_text().splitlines() if line.strip())
     return out
 
 
@@ -81,7 +89,10 @@ def test_killed_tune_driver_resumes_without_rerunning_finished_trials(own_ray, t
 
     second = subprocess.run(_tune_cmd(storage, tiny_eval), capture_output=True, text=True, env=env, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "resuming the search" in second.stdout
+    assert "[fastemb tune] resuming the search in" in second.stderr  # a log line: stderr
+    ended = [line for line in second.stderr.splitlines() if line.startswith("[fastemb tune] trial ")]
+    assert ended and all(" finished at step " in line for line in ended), ended  # one line per ended trial
+    assert "Trial status:" not in second.stdout + second.stderr  # Tune's status tables: FASTEMB_LOG_LEVEL=DEBUG only
     after = _finished_trials(exp)
     for trial, n_results in before.items():
         assert after[trial] == n_results, f"finished trial {trial} was rerun"

@@ -6,6 +6,7 @@ import faiss
 import numpy as np
 
 from fastemb.compress.base import Compressor
+from fastemb.logs import verbose
 
 
 def pq_m_for_bytes(dim: int, bytes_per_vector: int, nbits: int = 8) -> int:
@@ -24,6 +25,30 @@ def pq_factory(dim: int, m: int, nbits: int = 8, opq: bool = False) -> str:
     centroids for Hamming-distance filtering, which fastemb never uses (it searches with ADC tables)."""
     code = f"PQ{m}" + (f"x{nbits}" if nbits != 8 else "") + "np"
     return (f"OPQ{m}_{dim}," if opq else "") + code
+
+
+def train_pq_codec(codec, x: np.ndarray) -> None:
+    """``codec.train(x)`` for a :func:`pq_factory` codec, without faiss's "WARNING clustering N points to 256
+    centroids" line for each sub-quantizer, which OPQ repeats at each of its iterations (thousands of lines for a
+    dev set of a few thousand texts; shown with FASTEMB_LOG_LEVEL=DEBUG). Only that warning's threshold
+    (``min_points_per_centroid``) changes: the codec trains exactly as ``codec.train`` would."""
+    if verbose():
+        codec.train(x)
+        return
+    index, opq = faiss.downcast_index(codec), None
+    if isinstance(index, faiss.IndexPreTransform):
+        opq = faiss.downcast_VectorTransform(index.chain.at(0))
+        index = faiss.downcast_index(index.index)
+    index.pq.cp.min_points_per_centroid = 1
+    if opq is not None:  # the quantizer OPQ trains at each iteration, as it builds one when given none
+        trainer = faiss.ProductQuantizer(opq.d_out, opq.M, 8)
+        trainer.cp.min_points_per_centroid = 1
+        opq.pq = trainer
+    try:
+        codec.train(x)
+    finally:
+        if opq is not None:
+            opq.pq = None
 
 
 class PQCompressor(Compressor):
@@ -46,7 +71,7 @@ class PQCompressor(Compressor):
         return int(self.codec.sa_code_size())
 
     def _fit(self, x: np.ndarray) -> None:
-        self.codec.train(x)
+        train_pq_codec(self.codec, x)
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """Codes, uint8 (n, code_bytes)."""

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import urllib.request
 from pathlib import Path
@@ -22,6 +23,8 @@ from fastemb.registry import Registry, RegistryError
 from fastemb.spec import DemoJob, RunJob, Section
 from fastemb.spec.base import is_uri
 from fastemb.spec.paths import path_values, set_dotted
+
+logger = logging.getLogger(__name__)
 
 
 def _under(spec: Section, run_dir: Path, name: str) -> Section:
@@ -102,8 +105,7 @@ def stage_registry(spec: DemoJob, run_dir: Path, trained: str, winner: dict | No
             out["decision"] = str(err).split(" (use force")[0]
     out["production"] = registry.state()["production"]
     out["production_model"] = registry.model_path(out["production"])
-    print(f"[fastemb demo] registry: {out['decision'] if winner else 'no Tune winner'}; "
-          f"production is {out['production']}", flush=True)
+    logger.info(f"registry: {out['decision'] if winner else 'no Tune winner'}; production is {out['production']}")
     return out
 
 
@@ -128,7 +130,7 @@ def stage_serve(spec: DemoJob, run_dir: Path, model: str, index_dir: str) -> dic
     emb = _post(url + "/v1/embeddings", {"input": spec.queries[:1], "model": sspec.model_name})
     serve.shutdown()
     for a in answers:
-        print(f"[fastemb demo] {a['query']!r} →\n    " + "\n    ".join(a["hits"]), flush=True)
+        logger.info(f"{a['query']!r} →\n    " + "\n    ".join(a["hits"]))
     return {"url": url, "ready_s": ready_s, "answers": answers, "embedding_dim": len(emb["data"][0]["embedding"]),
             "usage": emb["usage"]}
 
@@ -175,10 +177,11 @@ def run_demo(spec: DemoJob) -> dict:
     init_ray(spec.ray.address, spec.ray.num_cpus, spec.train.train.cpus_per_worker)
     seconds: dict[str, float] = {}
     summary: dict = {"seconds": seconds}
+    stages = 4 + (spec.serve is not None)  # train, tune, registry, index (, serve)
 
     def timed(name, fn, *args):
         t = time.time()
-        print(f"\n[fastemb demo] ===== {name} =====", flush=True)
+        logger.info(f"stage {len(seconds) + 1}/{stages}: {name}")
         out = fn(*args)
         seconds[name] = time.time() - t
         return out
@@ -207,8 +210,7 @@ def run_demo(spec: DemoJob) -> dict:
     table = summary_table(summary)
     (run_dir / "summary.md").write_text(f"# fastemb demo\n\n{table}\n")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"\n[fastemb demo] done in {seconds['total'] / 60:.1f} min; summary: {run_dir / 'summary.md'}\n\n{table}",
-          flush=True)
+    logger.info(f"done in {seconds['total'] / 60:.1f} min; summary ({run_dir / 'summary.md'}):\n{table}")
     return summary
 
 

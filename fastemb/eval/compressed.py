@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 
 from fastemb.compress.base import make_compressor
-from fastemb.compress.pq import pq_factory, pq_m_for_bytes
+from fastemb.compress.pq import pq_factory, pq_m_for_bytes, train_pq_codec
 from fastemb.data.eval_sets import EvalSet
 from fastemb.eval.retrieval import exact_search, metrics_of_hits
 
@@ -33,7 +33,7 @@ def compressed_retrieval(corpus_emb: np.ndarray, query_emb: np.ndarray, data: Ev
         m = pq_m_for_bytes(d, pq_bytes)
         opq = opq and len(corpus_emb) >= OPQ_MIN_TRAIN
         index = faiss.index_factory(d, pq_factory(d, m, opq=opq), faiss.METRIC_INNER_PRODUCT)
-        index.train(np.ascontiguousarray(corpus_emb))
+        train_pq_codec(index, np.ascontiguousarray(corpus_emb))
         index.add(np.ascontiguousarray(corpus_emb))
         _, idx = index.search(np.ascontiguousarray(query_emb), min(100, len(corpus_emb)))
         code_bytes = m

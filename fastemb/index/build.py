@@ -10,6 +10,7 @@ task runs on the driver's node.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -23,6 +24,8 @@ from fastemb.index.embed import peak_rss_mb, this_node
 from fastemb.index.factory import code_bytes, is_mergeable
 from fastemb.index.refine import STORE_FILE, open_store
 from fastemb.index.shards import read_kept, sample_vectors, vectors_of
+
+logger = logging.getLogger(__name__)
 
 
 def _transformer(compressor_dir: str | None):
@@ -136,9 +139,10 @@ def largest_node_cpus(only_this_node: bool = False) -> int:
 
 def build_index(files: list[str], counts: list[int], drop: dict, out_dir: str | Path, kind: str, factory: str, *,
                 train_size: int = 100_000, compress: dict | None = None, add_tasks: int | None = None,
-                seed: int = 0, on_this_node: bool = False, refine_store: bool = False, log=print) -> dict:
+                seed: int = 0, on_this_node: bool = False, refine_store: bool = False,
+                log_level: int = logging.INFO) -> dict:
     """Train, add in parallel and merge; writes ``out_dir/index.faiss`` (+ ``compressor/``, + the fp16
-    ``refine_vectors.f16`` with ``refine_store``). Returns timings."""
+    ``refine_vectors.f16`` with ``refine_store``). Returns timings; logs the train and add times at ``log_level``."""
     out_dir = Path(out_dir)
     (out_dir / "parts").mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out_dir / "compressor", ignore_errors=True)  # a rebuild never keeps a stale compressor
@@ -167,8 +171,8 @@ def build_index(files: list[str], counts: list[int], drop: dict, out_dir: str | 
                                                      first_row=int(r))
                     for p, path, r in zip(pieces, paths, first_rows)])
     t_add = time.time() - t0 - t_train
-    log(f"[index] trained in {t_train:.1f}s, added {sum(a['added'] for a in adds)} vectors in {len(pieces)} "
-        f"task(s) in {t_add:.1f}s")
+    logger.log(log_level, f"trained in {t_train:.1f}s, added {sum(a['added'] for a in adds)} vectors in "
+                          f"{len(pieces)} task(s) in {t_add:.1f}s")
     merged = ray.get(merge_task.options(**place).remote(paths, final)) if len(paths) > 1 else {
         "ntotal": adds[0]["added"], "merge_s": 0.0, "peak_rss_mb": adds[0]["peak_rss_mb"]}
     if store:

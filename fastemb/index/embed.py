@@ -22,6 +22,7 @@ shard writes run there; the encoder actors still run anywhere, and those on othe
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import shutil
@@ -37,6 +38,8 @@ import pyarrow.parquet as pq
 from fastemb.data.text import text_hashes
 from fastemb.index.chunking import chunk_token_ids
 from fastemb.index.corpus import CorpusScan, clean_texts, plan_units
+
+logger = logging.getLogger(__name__)
 
 
 def peak_rss_mb() -> float:
@@ -149,21 +152,18 @@ def _unit_stats(path: Path) -> dict:
 
 
 def data_context_for_jobs() -> None:
-    """Ray Data's progress bars in a terminal only (a log file gets the per-unit lines instead), no plan dumps."""
-    import sys
-
+    """No plan dumps. Progress: Ray Data draws bars in a terminal and logs it at INFO elsewhere, which
+    ``fastemb.logs`` hides unless FASTEMB_LOG_LEVEL=DEBUG (a log file gets the per-unit lines instead)."""
     import ray
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = sys.stderr.isatty()
-    ctx.print_on_execution_start = False
+    ray.data.DataContext.get_current().print_on_execution_start = False
 
 
 def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_column: str = "id",
                  text_column: str = "text", num_actors: int = 2, threads_per_actor: int = 1,
                  batch_rows: int = 1024, max_batch_tokens: int = 1024, rows_per_unit: int = 200_000,
                  chunking: dict | None = None, on_this_node: bool = False,
-                 on_unit: Callable[[Path], None] | None = None, backend: str = "auto", log=print) -> dict:
+                 on_unit: Callable[[Path], None] | None = None, backend: str = "auto") -> dict:
     """Embed every unit not already on disk; returns per-unit stats, reuse counts and worker peak memory.
 
     ``on_unit`` is called with each finished unit folder, reused ones included (e.g. to upload it); ``backend``:
@@ -212,7 +212,7 @@ def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_colum
         stats.append(st)
         if on_unit:
             on_unit(final)
-        log(f"[index] unit {unit['unit'] + 1}/{len(units)}: {unit['rows']} rows in {st['embed_s']:.1f}s")
+        logger.info(f"unit {unit['unit'] + 1}/{len(units)}: {unit['rows']} rows in {st['embed_s']:.1f}s")
     return {"units": stats, "units_reused": reused, "embed_s": round(time.time() - started, 2),
             "worker_peak_rss_mb": worker_rss, "shard_dirs": [str(unit_dir(emb_dir, u)) for u in units]}
 

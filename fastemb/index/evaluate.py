@@ -8,6 +8,7 @@ The embeddings of the split are computed once by the Ray Data stage and reused b
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import faiss
@@ -21,6 +22,8 @@ from fastemb.index.corpus import scan_corpus
 from fastemb.index.searcher import Searcher
 from fastemb.index.stages import embed_stage, embeddings_dir, index_shards, staged
 from fastemb.spec import CompressSpec, IndexJob, IndexSpec
+
+logger = logging.getLogger(__name__)
 
 EXACT = {"name": "exact (flat fp32)", "compress": {"method": "none"}, "index": {"type": "flat", "refine": "none"}}
 
@@ -51,7 +54,7 @@ def _config(spec: IndexJob, entry: dict) -> tuple[IndexSpec, CompressSpec]:
     return index, compress
 
 
-def evaluate_job(spec: IndexJob, log=print) -> dict:
+def evaluate_job(spec: IndexJob) -> dict:
     """Evaluate the job's own configuration, its sweep, and exact search; writes ``eval/`` and a PNG."""
     from fastemb.plots import compression_tradeoff
 
@@ -69,7 +72,7 @@ def evaluate_job(spec: IndexJob, log=print) -> dict:
         if not corpus_file.exists():
             pq.write_table(pa.table({"id": data.corpus_ids, "text": data.corpus}), corpus_file)
         scan, emb_dir = scan_corpus(str(corpus_file)), out / "embeddings"
-    emb = embed_stage(spec, scan, emb_dir, log)
+    emb = embed_stage(spec, scan, emb_dir)
     own = {"name": f"job: {spec.index.type}" + (f"+{spec.compress.method}{spec.compress.dim}"
                                                  if spec.compress.method != "none" else "")}
     entries = [EXACT, own, *ev.sweep]
@@ -77,7 +80,8 @@ def evaluate_job(spec: IndexJob, log=print) -> dict:
     for n, entry in enumerate(entries):
         index, compress = _config(spec, entry)
         cdir = out / f"config-{n:02d}"
-        info = index_shards(emb["shard_dirs"], set(), cdir, index, compress, staged(spec), log=lambda *_: None)
+        info = index_shards(emb["shard_dirs"], set(), cdir, index, compress, staged(spec),
+                            log_level=logging.DEBUG)  # one line per configuration: its results
         cfg = spec.model_dump(mode="json") | {"index": index.model_dump(), "compress": compress.model_dump()}
         (cdir / "manifest.json").write_text(json.dumps({"config": cfg}, default=str))
         searcher = Searcher(cdir, encoder=searcher_encoder)
@@ -94,9 +98,9 @@ def evaluate_job(spec: IndexJob, log=print) -> dict:
                "disk_bytes": info["refine"].get("bytes_per_vector_on_disk", 0),
                "build_s": info["build_s"], "p50_ms": p50, "p99_ms": p99}
         results.append(res)
-        log(f"[eval] {res['name']}: recall@10 {res['recall@10']:.3f} nDCG@10 {res['ndcg@10']:.4f} "
-            f"{res['code_bytes']} B/vec" + (f" (+ {res['disk_bytes']} on disk)" if res["disk_bytes"] else "")
-            + f", p50 {p50:.2f} ms")
+        logger.info(f"eval {res['name']}: recall@10 {res['recall@10']:.3f} nDCG@10 {res['ndcg@10']:.4f} "
+                    f"{res['code_bytes']} B/vec" + (f" (+ {res['disk_bytes']} on disk)" if res["disk_bytes"] else "")
+                    + f", p50 {p50:.2f} ms")
     exact_ndcg = results[0]["ndcg@10"]
     for r in results:
         r["ndcg_kept"] = r["ndcg@10"] / exact_ndcg if exact_ndcg else None

@@ -10,6 +10,7 @@ explicit ``embed.output`` stay there (a local or shared path).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,8 +26,10 @@ from fastemb.storage import pull, pull_folders, push, push_folder, run_uri
 
 REBUILT = ("index.faiss", "ids.parquet", STORE_FILE)  # not fetched from the store: every run writes them anew
 
+logger = logging.getLogger(__name__)
 
-def run_index(spec: IndexJob, log=print) -> dict:
+
+def run_index(spec: IndexJob) -> dict:
     """The whole job; writes ``<run_dir>/manifest.json`` and returns it."""
     from fastemb.ray_env import init_ray
 
@@ -35,13 +38,13 @@ def run_index(spec: IndexJob, log=print) -> dict:
     run_dir = spec.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     emb_dir = embeddings_dir(spec)
-    on_unit = _stage_in(spec, emb_dir, log) if staged(spec) else None
+    on_unit = _stage_in(spec, emb_dir) if staged(spec) else None
     c = spec.corpus
     scan = scan_corpus(c.path, c.id_column, c.text_column, c.on_bad_file)
-    log(f"[index] corpus: {len(scan.files)} file(s), {scan.total_rows} rows, {len(scan.unreadable)} unreadable, "
-        f"{len(scan.duplicate_ids)} duplicated id(s)")
-    emb = embed_stage(spec, scan, emb_dir, log, on_unit)
-    info = index_shards(emb["shard_dirs"], scan.duplicate_ids, run_dir, spec.index, spec.compress, staged(spec), log)
+    logger.info(f"corpus: {len(scan.files)} file(s), {scan.total_rows} rows, {len(scan.unreadable)} unreadable, "
+                f"{len(scan.duplicate_ids)} duplicated id(s)")
+    emb = embed_stage(spec, scan, emb_dir, on_unit)
+    info = index_shards(emb["shard_dirs"], scan.duplicate_ids, run_dir, spec.index, spec.compress, staged(spec))
     skipped = Counter(info.pop("skipped"))
     if info["duplicate_docs"]:
         skipped[SKIP_DUPLICATE] += info["duplicate_docs"]
@@ -66,22 +69,22 @@ def run_index(spec: IndexJob, log=print) -> dict:
     if spec.evaluate.enabled:
         from fastemb.index.evaluate import evaluate_job
 
-        manifest["evaluation"] = evaluate_job(spec, log)
+        manifest["evaluation"] = evaluate_job(spec)
         _write_manifest(run_dir, manifest)
     if staged(spec):
         push(run_dir, spec.storage_path, spec.name, exclude=(EMBEDDINGS,), last="manifest.json")
-    log(f"[index] {info['entries']} entries in {spec.output_location} ({manifest['build_s']:.1f}s)")
+    logger.info(f"{info['entries']} entries in {spec.output_location} ({manifest['build_s']:.1f}s)")
     return manifest
 
 
-def _stage_in(spec: IndexJob, emb_dir: Path, log=print):
+def _stage_in(spec: IndexJob, emb_dir: Path):
     """Fetch the run's earlier files from the store; returns the callback that uploads each finished embedding unit
     (None when the shards go to an explicit ``embed.output``)."""
     path, name = spec.storage_path, spec.name
     fetched = pull(path, name, spec.run_dir, exclude=(EMBEDDINGS, *REBUILT))
     units = pull_folders(path, name, EMBEDDINGS, emb_dir) if not spec.embed.output else 0
-    log(f"[index] outputs go to {spec.output_location} (staged in {spec.run_dir}; fetched {fetched} earlier "
-        f"entries and {units} finished embedding units)")
+    logger.info(f"outputs go to {spec.output_location} (staged in {spec.run_dir}; fetched {fetched} earlier "
+                f"entries and {units} finished embedding units)")
     if spec.embed.output:
         return None
     return lambda unit: push_folder(unit, path, name, f"{EMBEDDINGS}/{unit.name}")

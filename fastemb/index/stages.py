@@ -2,6 +2,7 @@
 (fastemb/index/evaluate.py): the Ray Data embedding of a corpus and the faiss build from its embedding shards."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -39,7 +40,7 @@ def embeddings_dir(spec: IndexJob) -> Path:
     return Path(spec.embed.output).expanduser() if spec.embed.output else spec.run_dir / EMBEDDINGS
 
 
-def embed_stage(spec: IndexJob, scan: CorpusScan, emb_dir: Path, log=print, on_unit=None) -> dict:
+def embed_stage(spec: IndexJob, scan: CorpusScan, emb_dir: Path, on_unit=None) -> dict:
     """Run (or reuse) the Ray Data embedding of a scanned corpus."""
     e, c = spec.embed, spec.chunking
     chunking = {"overlap": c.overlap, "max_chunks": c.max_chunks} if c.enabled else None
@@ -47,13 +48,13 @@ def embed_stage(spec: IndexJob, scan: CorpusScan, emb_dir: Path, log=print, on_u
                         text_column=spec.corpus.text_column, num_actors=e.num_actors,
                         threads_per_actor=e.threads_per_actor, batch_rows=e.batch_rows,
                         max_batch_tokens=e.max_batch_tokens, rows_per_unit=e.rows_per_unit,
-                        chunking=chunking, on_this_node=staged(spec), on_unit=on_unit, backend=e.backend, log=log)
+                        chunking=chunking, on_this_node=staged(spec), on_unit=on_unit, backend=e.backend)
 
 
 def index_shards(shard_dirs: list[str], duplicate_ids: set[str], out_dir: Path, index: IndexSpec,
-                 compress: CompressSpec, on_this_node: bool = False, log=print) -> dict:
+                 compress: CompressSpec, on_this_node: bool = False, log_level: int = logging.INFO) -> dict:
     """Build ``out_dir/{index.faiss, ids.parquet, compressor/}`` (+ ``refine_vectors.f16`` with refine disk) from
-    embedding shards; returns build info."""
+    embedding shards; returns build info (the build's line is logged at ``log_level``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = shard_files(shard_dirs)
     drop, dup_docs = plan_duplicates(files, duplicate_ids)
@@ -71,7 +72,7 @@ def index_shards(shard_dirs: list[str], duplicate_ids: set[str], out_dir: Path, 
                              pq_nbits=ic.pq_nbits, hnsw_m=ic.hnsw_m, refine=ic.refine)
     info = build_index(files, counts, drop, out_dir, ic.type, factory, train_size=ic.train_size, compress=fit,
                        add_tasks=ic.add_tasks, seed=ic.seed, on_this_node=on_this_node,
-                       refine_store=ic.refine == "disk", log=log)
+                       refine_store=ic.refine == "disk", log_level=log_level)
     rows, skipped = write_id_map(files, drop, str(out_dir / "ids.parquet"))
     if rows != info["ntotal"]:
         raise RuntimeError(f"index holds {info['ntotal']} vectors but the id map {rows}: build is inconsistent")

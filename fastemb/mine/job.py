@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections import Counter
@@ -38,6 +39,8 @@ from fastemb.data.text import text_hash, text_hashes
 from fastemb.mine.search import candidate_mask, exact_index, normalize_rows
 from fastemb.mine.select import NegativeRules, Rescore, select_for_queries
 from fastemb.spec import EmbedSpec, MineJob, ModelSpec, SpecError
+
+logger = logging.getLogger(__name__)
 
 
 def load_corpus(source: str, positives: list[str]) -> list[str]:
@@ -205,14 +208,14 @@ def write_pairs(rows: list[dict], path: Path, with_scores: bool) -> None:
     tmp.replace(path)
 
 
-def run_mine(spec: MineJob, log=print) -> dict:
+def run_mine(spec: MineJob) -> dict:
     """Run the mining job; returns the report (also written to ``<run>/mine_report.json``)."""
     from fastemb.ray_env import init_ray
 
     started = time.time()
     miner, teacher_model = model_dicts(spec)
     pairs, row_report = load_pairs(spec.data.train, spec.data.max_pairs, seed=spec.mining.seed)
-    log(f"[mine] pairs: {row_report.summary()}")
+    logger.info(f"pairs: {row_report.summary()}")
     queries = list(dict.fromkeys(p["query"] for p in pairs))
     positives = list(dict.fromkeys(p["positive"] for p in pairs))
     corpus = load_corpus(spec.data.corpus, positives)
@@ -223,8 +226,8 @@ def run_mine(spec: MineJob, log=print) -> dict:
     pv, p_skip = embed_texts(positives, miner, spec.embed)
     cv, c_skip = (pv, p_skip) if spec.data.corpus == "positives" else embed_texts(corpus, miner, spec.embed)
     embed_s = time.time() - t0
-    log(f"[mine] embedded {len(queries)} queries, {len(positives)} positives, {len(corpus)} corpus texts "
-        f"in {embed_s:.1f}s")
+    logger.info(f"embedded {len(queries)} queries, {len(positives)} positives, {len(corpus)} corpus texts "
+                f"in {embed_s:.1f}s")
 
     m = spec.mining
     embed_skipped = {"queries": dict(q_skip), "positives": dict(p_skip), "corpus": dict(c_skip)}
@@ -244,10 +247,10 @@ def run_mine(spec: MineJob, log=print) -> dict:
         r = stats["rescore"] = {"teacher": m.rescore_with, **stats["rescore"]}
         timing["rescore_embed"] = r["embed_s"]
         search_s -= r["embed_s"]
-        log(f"[mine] rescored with {m.rescore_with}: embedded {r['texts_embedded']} texts in {r['embed_s']:.1f}s, "
-            f"re-ranked {r['candidates_reranked']} candidates; {r['negatives_changed']} of "
-            f"{stats['negatives_written']} negatives differ from the mining model's own choice; mean teacher score "
-            f"positive {_mean(stats['positive_score'])}, negative {_mean(stats['negative_score'])}")
+        logger.info(f"rescored with {m.rescore_with}: embedded {r['texts_embedded']} texts in {r['embed_s']:.1f}s, "
+                    f"re-ranked {r['candidates_reranked']} candidates; {r['negatives_changed']} of "
+                    f"{stats['negatives_written']} negatives differ from the mining model's own choice; mean teacher "
+                    f"score positive {_mean(stats['positive_score'])}, negative {_mean(stats['negative_score'])}")
     out = spec.run_dir / "pairs.parquet"
     write_pairs(rows, out, m.write_scores)
     report = {"pairs_file": str(out), "input": row_report.as_dict(), **stats, "embed_skipped": embed_skipped,
@@ -255,8 +258,8 @@ def run_mine(spec: MineJob, log=print) -> dict:
               "config": spec.model_dump()}
     (spec.run_dir / "mine_report.json").write_text(json.dumps(report, indent=2, default=str))
     skipped = ", ".join(f"{k}: {v}" for k, v in report["skipped"].items()) or "none"
-    log(f"[mine] wrote {len(rows)} pairs, {stats['negatives_written']} negatives to {out}; skipped candidates: "
-        f"{skipped}; {stats['rows_short_of_negatives']} rows short of {m.num_negatives} negatives")
+    logger.info(f"wrote {len(rows)} pairs, {stats['negatives_written']} negatives to {out}; skipped candidates: "
+                f"{skipped}; {stats['rows_short_of_negatives']} rows short of {m.num_negatives} negatives")
     return report
 
 

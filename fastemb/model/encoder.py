@@ -10,6 +10,7 @@ loads any sentence-transformers folder whose first module is a Transformer. A mo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 register_auto_classes()  # folders with adapters (fastemb/model/adapters.py) load through AutoModel, no remote code
 
+logger = logging.getLogger(__name__)
 Pooling = Literal["mean", "cls"]
 
 _POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token"}
@@ -217,6 +219,6 @@ class Encoder(nn.Module):
             out[idx] = self(tok["input_ids"], tok["attention_mask"]).float().cpu().numpy()
             done += len(idx)
             if show_progress and (start // batch_size) % 20 == 0:
-                print(f"  encode {done}/{len(texts)} texts, {done / (time.time() - started):.0f}/s", flush=True)
+                logger.info(f"encode {done}/{len(texts)} texts, {done / (time.time() - started):.0f}/s")
         self.train(was_training)
         return out

@@ -25,12 +25,13 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from fastemb.logs import configure as configure_logging
 from fastemb.serve.api import (ApiError, EmbeddingsRequest, FeedbackRequest, SearchRequest, error_response,
                                read_body)
 from fastemb.serve.embedder import LATENCY_MS_BOUNDS, Embedded, Embedder
 from fastemb.spec import ServeJob
 
-log = logging.getLogger("ray.serve")
+logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------- model arm
@@ -39,6 +40,7 @@ class ArmModel:
     """One arm's model behind the A/B router: an ``Embedder`` (batched forward passes + search backend)."""
 
     def __init__(self, arm: dict, arm_name: str, batching: dict):
+        configure_logging()  # see Ingress.__init__
         self.core = Embedder(arm, arm_name, batching)
 
     def reconfigure(self, cfg: dict) -> None:
@@ -119,6 +121,10 @@ class Ingress:
 
         from fastemb.serve.ab import EventLog
 
+        # fastemb's logging, library chatter hidden: Ray runs a worker_process_setup_hook only from a job's
+        # runtime_env (ray.init, job submission), not from an actor's, so a replica deployed from a Serve config
+        # (serve deploy, RayService) would not get it
+        configure_logging()
         self.spec = ServeJob.model_validate(spec)
         self.arms = self.spec.arms()
         self.local: Embedder | None = None
@@ -212,7 +218,7 @@ class Ingress:
             status, resp = err.status, error_response(err.status, err.code, err.message, err.param, err.headers)
             self.m_errors.inc(tags={"route": route, "reason": err.code})
         except Exception as err:  # noqa: BLE001 - replica loss, backpressure: JSON 429/503, counted
-            log.warning("fastemb %s failed: %r", route, err, exc_info=True)
+            logger.warning("%s failed: %r", route, err, exc_info=True)
             status, code = self._classify(err)
             self.m_errors.inc(tags={"route": route, "reason": code})
             resp = error_response(status, code, f"{code}: {type(err).__name__}; retry later",

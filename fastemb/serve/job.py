@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import yaml
 from fastemb.spec import ServeJob
 
 APP_BUILDER = "fastemb.serve.deployments:build_app"  # the generated config's import_path
+
+logger = logging.getLogger(__name__)
 
 
 def serve_config(spec: ServeJob) -> dict:
@@ -52,6 +55,7 @@ def start(spec: ServeJob):
     import ray
     from ray import serve
 
+    from fastemb.logs import verbose
     from fastemb.ray_env import init_ray
     from fastemb.serve.deployments import build_app, haproxy_env, serve_env
 
@@ -59,10 +63,14 @@ def start(spec: ServeJob):
     for k, v in {**serve_env(spec), **haproxy_env(spec)}.items():
         os.environ.setdefault(k, v)
     if spec.ingress.proxy == "haproxy" and (spec.ray.address or ray.is_initialized()):
-        print("[fastemb serve] ingress.proxy: haproxy applies only if this cluster's Serve was started with "
-              "RAY_SERVE_ENABLE_HA_PROXY=1", flush=True)
+        logger.warning("ingress.proxy: haproxy applies only if this cluster's Serve was started with "
+                       "RAY_SERVE_ENABLE_HA_PROXY=1")
     init_ray(spec.ray.address, spec.ray.num_cpus)
-    serve.start(http_options={"host": spec.host, "port": spec.port})
+    quiet = not verbose()  # Serve's INFO lines (deploying, replicas added, routes): FASTEMB_LOG_LEVEL=DEBUG only
+    if quiet:
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # this driver's ("Started Serve", "... is ready")
+    serve.start(http_options={"host": spec.host, "port": spec.port},  # controller and proxy, if this starts them
+                logging_config={"log_level": "WARNING"} if quiet else None)
     app = build_app({"spec": spec.model_dump(mode="json")})
     return serve.run(app, name=spec.name, route_prefix=spec.route_prefix)
 

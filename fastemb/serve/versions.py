@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-log = logging.getLogger("ray.serve")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -128,13 +128,12 @@ class RegistryWatcher:
             version, path = resolve(self.arm.model_copy(update={"version": wanted}))
             model = load(self.arm, version, path, self.device, self.threads)
         except Exception as err:  # noqa: BLE001 - keep serving the old version
-            log.error("fastemb: could not load registry version %s: %r (still serving %s)", wanted, err,
-                      self.current())
+            logger.error("could not load registry version %s: %r (still serving %s)", wanted, err, self.current())
             self.failed = wanted
             return False
         self.failed = None
         self.swap(model)
-        log.info("fastemb: now serving registry version %s", version)
+        logger.info("now serving registry version %s", version)
         return True
 
     def _run(self) -> None:
@@ -142,4 +141,4 @@ class RegistryWatcher:
             try:
                 self.check_once()
             except Exception as err:  # noqa: BLE001 - a registry briefly unreadable: try again next poll
-                log.warning("fastemb: registry poll failed: %r", err)
+                logger.warning("registry poll failed: %r", err)

@@ -9,11 +9,14 @@ previous version — the automatic rollback of a bad update.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from fastemb.data.pairs import resolve_pairs_path
 from fastemb.registry import Registry
 from fastemb.spec import TrainJob
+
+logger = logging.getLogger(__name__)
 
 
 def start_from_registry(spec: TrainJob) -> tuple[TrainJob, dict]:
@@ -24,8 +27,7 @@ def start_from_registry(spec: TrainJob) -> tuple[TrainJob, dict]:
     model = registry.local_model(version, spec.run_dir / "registry_cache")
     start = {"registry": c.registry, "version": version, "production": registry.state()["production"],
              "model": model}
-    print(f"[fastemb train] continual: starting from {c.registry} {version} "
-          f"(production: {start['production']})", flush=True)
+    logger.info(f"continual: starting from {c.registry} {version} (production: {start['production']})")
     return spec.model_copy(update={"model": spec.model.model_copy(update={"base": model})}), start
 
 
@@ -66,8 +68,8 @@ def register_and_gate(spec: TrainJob, start: dict, base: dict, tuned: dict,
         decision["reason"] = (f"{version} {c.metric} {ours:.4f} < production {production} {theirs:.4f}"
                               f"{f' + min_gain {c.min_gain:g}' if c.min_gain else ''}")
     decision["production_after"] = registry.state()["production"]
-    print(f"[fastemb train] continual: {version} {c.metric} {ours:.4f} vs production {production} "
-          f"{theirs:.4f} → {decision['outcome']}; production is {decision['production_after']}", flush=True)
+    logger.info(f"continual: {version} {c.metric} {ours:.4f} vs production {production} {theirs:.4f} → "
+                f"{decision['outcome']}; production is {decision['production_after']}")
     return decision
 
 

@@ -7,6 +7,7 @@ Re-running a job with the same name resumes it from its last checkpoint (Ray Tra
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 from fastemb.eval.retrieval import evaluate_model
@@ -17,6 +18,8 @@ from fastemb.storage import is_uri, pull, push
 from fastemb.train.tasks import job_tasks, load_task_pairs
 from fastemb.train.trainer import export_checkpoint, finished_checkpoint, fit_and_export, make_trainer, plan_steps
 
+logger = logging.getLogger(__name__)
+
 
 def _base_metrics(spec: TrainJob) -> dict:
     """Base-model test metrics, cached in the run folder so a resumed run does not redo them."""
@@ -26,7 +29,7 @@ def _base_metrics(spec: TrainJob) -> dict:
         cached = json.loads(cache.read_text())
         if cached.get("key") == key:
             return cached["metrics"]
-    print(f"[fastemb train] evaluating the base model {spec.model.base} on the test split", flush=True)
+    logger.info(f"evaluating the base model {spec.model.base} on the test split")
     metrics = evaluate_model(spec.model, spec.data)
     cache.write_text(json.dumps({"key": key, "metrics": metrics}, indent=2))
     return metrics
@@ -62,7 +65,7 @@ def run_train(spec: TrainJob) -> dict:
     for task in tasks:
         pairs[task.key], data_reports[task.name] = load_task_pairs(spec, task)
         of = "" if not spec.tasks else f" (task {task.name}, weight {task.weight:g})"
-        print(f"[fastemb train] pairs{of}: {data_reports[task.name].summary()}", flush=True)
+        logger.info(f"pairs{of}: {data_reports[task.name].summary()}")
     plan = plan_steps(spec, {key: len(rows) for key, rows in pairs.items()})
     if spec.distill:
         from fastemb.train.distill import check_online_teacher
@@ -72,26 +75,25 @@ def run_train(spec: TrainJob) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     if is_uri(spec.storage_path):
         fetched = pull(spec.storage_path, spec.name, run_dir)
-        print(f"[fastemb train] outputs go to {spec.output_location} (staged in {run_dir}; {fetched} earlier "
-              f"entries fetched)", flush=True)
+        logger.info(f"outputs go to {spec.output_location} (staged in {run_dir}; {fetched} earlier entries fetched)")
     base = _base_metrics(spec)
-    print(f"[fastemb train] base test nDCG@10 {base['ndcg@10']:.4f}", flush=True)
+    logger.info(f"base test nDCG@10 {base['ndcg@10']:.4f}")
 
     teacher_info = _teacher_outputs(spec, tasks, pairs)  # stored in the run folder: reused by a rerun
     finished = finished_checkpoint(spec)
     t_train = time.time()
     if finished:  # an earlier run of this job finished: its result, without starting a worker group
-        print(f"[fastemb train] the run already finished; its exported model is in {finished[1]}", flush=True)
+        logger.info(f"the run already finished; its exported model is in {finished[1]}")
         model_dir, history = export_checkpoint(*finished, spec)
     else:
         init_ray(spec.ray.address, spec.ray.num_cpus, t.cpus_per_worker)
         trainer = make_trainer(spec, pairs, plan)
-        print(f"[fastemb train] {sum(map(len, pairs.values()))} pairs, {t.num_workers} workers × "
-              f"{t.micro_batch_size} (×{t.grad_accum} accumulation), ZeRO-{t.zero_stage}, {t.precision}, "
-              f"{plan['total_steps']} steps", flush=True)
+        logger.info(f"{sum(map(len, pairs.values()))} pairs, {t.num_workers} workers × "
+                    f"{t.micro_batch_size} (×{t.grad_accum} accumulation), ZeRO-{t.zero_stage}, {t.precision}, "
+                    f"{plan['total_steps']} steps")
         model_dir, history = fit_and_export(trainer, spec)
     train_s = time.time() - t_train
-    print(f"[fastemb train] exported {model_dir}; evaluating it on the test split", flush=True)
+    logger.info(f"exported {model_dir}; evaluating it on the test split")
     tuned = evaluate_model(spec.model, spec.data, path=str(model_dir))
     delta = {k: tuned[k] - base[k] for k in base if isinstance(base[k], (int, float))}
     report = {
@@ -114,8 +116,8 @@ def run_train(spec: TrainJob) -> dict:
     training_curve(history, run_dir / "training_curve.png", f"fastemb train: {spec.name}")
     if is_uri(spec.storage_path):
         push(run_dir, spec.storage_path, spec.name)
-    print(f"[fastemb train] test nDCG@10 {base['ndcg@10']:.4f} → {tuned['ndcg@10']:.4f} "
-          f"({delta['ndcg@10']:+.4f}); report: {run_dir / 'report.json'}", flush=True)
+    logger.info(f"test nDCG@10 {base['ndcg@10']:.4f} → {tuned['ndcg@10']:.4f} "
+                f"({delta['ndcg@10']:+.4f}); report: {run_dir / 'report.json'}")
     return report
 
 

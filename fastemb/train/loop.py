@@ -17,6 +17,7 @@ Ray Train are ``fastemb.train.checkpointing``.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -24,11 +25,14 @@ from typing import Any, Iterator
 
 from fastemb.train.state import LossWindow, TrainState
 
+logger = logging.getLogger(__name__)
+
 
 def _build_engine(spec, total_steps: int):
     import deepspeed
     import torch
 
+    from fastemb.logs import hidden_prints
     from fastemb.model.encoder import Encoder
     from fastemb.model.layers import keep_layers, student_layers
     from fastemb.train.deepspeed_config import deepspeed_config, preload_cpu_comm_op
@@ -52,8 +56,9 @@ def _build_engine(spec, total_steps: int):
     optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr)  # trainable parameters only
     scheduler = warmup_decay(optimizer, total_steps, t.warmup_ratio, t.schedule)
     preload_cpu_comm_op()
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(t))
+    with hidden_prints():  # DeepSpeed prints "... shm_comm_op built successfully" on every rank
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                               config=deepspeed_config(t))
     return engine
 
 
@@ -173,7 +178,7 @@ def _resume(engine, checkpoint, rank: int) -> TrainState:
     state = restore_state(engine, checkpoint)
     state.history.append({"step": state.step, "event": "resumed", "attempt_rank": rank})
     if rank == 0:
-        print(f"[fastemb train] resumed from checkpoint at step {state.step}", flush=True)
+        logger.info(f"resumed from checkpoint at step {state.step}")
     return state
 
 
@@ -185,7 +190,7 @@ def _fresh_state(engine, rank: int) -> TrainState:
         from fastemb.model.domain import describe_adaptation
 
         state.history.append({"step": 0, "event": "domain", **adaptation})
-        print(f"[fastemb train] {describe_adaptation(adaptation)}", flush=True)
+        logger.info(describe_adaptation(adaptation))
     return state
 
 
@@ -197,7 +202,7 @@ def _refresh_pools(engine, pools: dict, keys: list[str], state: TrainState, rank
         stats = pools[key].refresh(_student(engine), state.step)
         if rank == 0:
             state.history.append({**stats, "time": time.time()})
-            print(f"[fastemb train] {describe_refresh(stats)}", flush=True)
+            logger.info(describe_refresh(stats))
     engine.train()
     state.negative_pools = {key: pool.state_dict() for key, pool in pools.items()}
 
@@ -233,7 +238,7 @@ def _micro_step(w: Worker, state: TrainState):
 
 
 def _log_progress(w: Worker, state: TrainState, loss: float) -> None:
-    """The progress line (printed by rank 0); on its steps rank 0's history gets the loss terms since the last one."""
+    """The progress line (logged by rank 0); on its steps rank 0's history gets the loss terms since the last one."""
     by_task = state.window.task_means() if w.spec.tasks else {}
     stats = w.progress.update(state.step, loss, by_task)
     if not stats:
@@ -249,6 +254,5 @@ def _evaluate(w: Worker, state: TrainState) -> None:
     state.dev = _dev_eval(w.engine, w.spec, w.dev_compression) if w.rank == 0 else {}
     if w.rank == 0:
         state.history.append({"step": state.step, **state.dev})
-        print(f"[fastemb train] step {state.step}: " + ", ".join(f"{name} {value:.4f}"
-                                                                  for name, value in state.dev.items()), flush=True)
+        logger.info(f"step {state.step}: " + ", ".join(f"{name} {value:.4f}" for name, value in state.dev.items()))
     w.engine.train()

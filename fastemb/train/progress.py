@@ -1,7 +1,10 @@
 """A one-line training progress report: step, loss, throughput, ETA."""
 from __future__ import annotations
 
+import logging
 import time
+
+logger = logging.getLogger(__name__)
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -12,7 +15,7 @@ def _fmt_duration(seconds: float) -> str:
 
 
 class ProgressLine:
-    """Prints ``step 120/625 | loss 0.8123 | 41.2 pairs/s | ETA 3m12s`` every ``every`` steps."""
+    """Logs ``step 120/625 | loss 0.8123 | 41.2 pairs/s | ETA 3m12s`` every ``every`` steps (``verbose``: rank 0)."""
 
     def __init__(self, total_steps: int, pairs_per_step: int, every: int, start_step: int = 0,
                  verbose: bool = True):
@@ -22,7 +25,7 @@ class ProgressLine:
         self.loss_sum, self.loss_n = 0.0, 0
 
     def update(self, step: int, loss: float, extra: dict[str, float] | None = None) -> dict | None:
-        """Record a step's loss; returns the printed stats on reporting steps (``extra``: losses by task, printed)."""
+        """Record a step's loss; returns the reported stats on reporting steps (``extra``: losses by task, logged)."""
         self.loss_sum += loss
         self.loss_n += 1
         if step % self.every and step != self.total:
@@ -33,7 +36,7 @@ class ProgressLine:
         stats = {"step": step, "loss": self.loss_sum / self.loss_n, "pairs_per_s": rate}
         if self.verbose:
             tasks = " | " + ", ".join(f"{name} {value:.4f}" for name, value in extra.items()) if extra else ""
-            print(f"[fastemb train] step {step}/{self.total} | loss {stats['loss']:.4f}{tasks} | "
-                  f"{rate:.1f} pairs/s | ETA {_fmt_duration(eta)}", flush=True)
+            logger.info(f"step {step}/{self.total} | loss {stats['loss']:.4f}{tasks} | {rate:.1f} pairs/s | "
+                        f"ETA {_fmt_duration(eta)}")
         self.loss_sum, self.loss_n = 0.0, 0
         return stats

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 
 import numpy as np
@@ -31,6 +32,7 @@ from fastemb.spec import TrainJob
 from fastemb.train.distill_terms import TEACHER_EMBEDDINGS, TEACHER_SCORES, stored_teacher_columns
 
 TEACHER_DIR = "teacher"
+logger = logging.getLogger(__name__)
 
 
 class TeacherOutputError(FastembError, RuntimeError):
@@ -84,8 +86,7 @@ def score_pairs(pairs: list[dict], vectors: np.ndarray, row: dict[str, int], wit
     return pa.table(cols)
 
 
-def compute_teacher_outputs(spec: TrainJob, pairs: list[dict], log=print, subdir: str = TEACHER_DIR
-                            ) -> tuple[list[dict], dict]:
+def compute_teacher_outputs(spec: TrainJob, pairs: list[dict], subdir: str = TEACHER_DIR) -> tuple[list[dict], dict]:
     """Pairs with teacher columns, from ``<run>/<subdir>/`` (``teacher/``; one folder per task of a multi-task job)
     when stored for the same key, else embedded with Ray Data (Ray must be initialised) and stored. Returns (rows,
     info: path, reused, texts, embed_s)."""
@@ -97,12 +98,12 @@ def compute_teacher_outputs(spec: TrainJob, pairs: list[dict], log=print, subdir
     if manifest.exists() and path.exists():
         stored = json.loads(manifest.read_text())
         if stored.get("key") == key:
-            log(f"[fastemb train] teacher outputs reused from {path}")
+            logger.info(f"teacher outputs reused from {path}")
             return pq.read_table(path).to_pylist(), {**stored["info"], "path": str(path), "reused": True}
     texts = list(dict.fromkeys([t for p in pairs for t in (p["query"], p["positive"], *p.get("negatives", []))]))
     d = spec.distill
-    log(f"[fastemb train] embedding {len(texts)} distinct texts with the teacher {d.teacher} (Ray Data, "
-        f"{d.embed.num_actors} actors)")
+    logger.info(f"embedding {len(texts)} distinct texts with the teacher {d.teacher} (Ray Data, "
+                f"{d.embed.num_actors} actors)")
     t0 = time.time()
     vectors, skipped = embed_text_list(texts, teacher_model(spec), num_actors=d.embed.num_actors,
                                        threads_per_actor=d.embed.threads_per_actor, batch_rows=d.embed.batch_rows,
@@ -119,6 +120,6 @@ def compute_teacher_outputs(spec: TrainJob, pairs: list[dict], log=print, subdir
     info = {"texts": len(texts), "dim": int(vectors.shape[1]), "embed_s": round(embed_s, 2),
             "columns": table.column_names}
     manifest.write_text(json.dumps({"key": key, "info": info}, indent=2))
-    log(f"[fastemb train] teacher outputs for {len(pairs)} pairs in {embed_s:.1f}s → {path}")
+    logger.info(f"teacher outputs for {len(pairs)} pairs in {embed_s:.1f}s → {path}")
     return table.to_pylist(), {**info, "path": str(path), "reused": False}
 

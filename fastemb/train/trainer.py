@@ -55,6 +55,7 @@ def make_trainer(spec: TrainJob, pairs: list[dict] | dict[str, list[dict]], plan
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from fastemb.logs import ray_train_logging
     from fastemb.train.loop import train_loop_per_worker
     from fastemb.train.negative_pool import pool_dataset_name
 
@@ -81,7 +82,8 @@ def make_trainer(spec: TrainJob, pairs: list[dict] | dict[str, list[dict]], plan
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
         run_config=RunConfig(name=spec.name, storage_path=storage_path, storage_filesystem=storage_fs,
                              failure_config=FailureConfig(max_failures=t.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks,
+                             logging_config=ray_train_logging()),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=split),
     )

@@ -7,12 +7,15 @@ with ``Tuner.restore`` by running the same job again (finished trials are kept, 
 from __future__ import annotations
 
 import json
+import logging
 
 from fastemb.ray_env import init_ray
 from fastemb.spec import TuneJob
 from fastemb.spec.paths import absolute_inputs
 from fastemb.tune.results import summarize
 from fastemb.tune.tuner import METRIC, build_tuner
+
+logger = logging.getLogger(__name__)
 
 
 def run_tune(spec: TuneJob) -> dict:
@@ -30,7 +33,7 @@ def run_tune(spec: TuneJob) -> dict:
         params = {k: winner[k] for k in ("temperature", "lr", "micro_batch_size", "pq_bytes")}
         summary["registered"] = Registry(spec.tune.registry).register(
             winner["model_dir"], metrics, {"tune": spec.name, "trial": winner["trial_id"], **params})
-        print(f"[fastemb tune] winner registered as {summary['registered']} in {spec.tune.registry}", flush=True)
+        logger.info(f"winner registered as {summary['registered']} in {spec.tune.registry}")
     (spec.run_dir / "tune_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 

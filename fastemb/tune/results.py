@@ -1,12 +1,15 @@
 """Tune results: the trials table, the winner, and PNG plots."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from fastemb.spec import TuneJob
 from fastemb.tune.tuner import METRIC, default_point
 
 PARAMS = ("temperature", "lr", "micro_batch_size", "pq_bytes")
+
+logger = logging.getLogger(__name__)
 
 
 def trial_rows(results, default: dict | None = None) -> list[dict]:
@@ -53,11 +56,11 @@ def summarize(results, spec: TuneJob) -> dict:
     tune_trials(rows, METRIC, spec.run_dir / "tune_trials.png")
     label = (f"{winner['trial_id']} ({METRIC} {winner[METRIC]:.4f}, {winner['compression_x']:.0f}× compression)"
              if winner else f"none (no trial reached {spec.tune.min_compression:g}× compression)")
-    print(markdown_table(rows) + f"\n[fastemb tune] winner: {label}", flush=True)
+    logger.info(f"trials ({spec.run_dir / 'trials.md'}):\n{markdown_table(rows)}")
+    logger.info(f"winner: {label}")
     vs_default = None
     if winner and default and default[METRIC] is not None:
         vs_default = {k: winner[k] - default[k] for k in (METRIC, "dev_ndcg@10") if default[k] is not None}
-        print(f"[fastemb tune] default configuration {METRIC} {default[METRIC]:.4f}; winner "
-              f"{vs_default[METRIC]:+.4f}", flush=True)
+        logger.info(f"default configuration {METRIC} {default[METRIC]:.4f}; winner {vs_default[METRIC]:+.4f}")
     return {"trials": rows, "winner": winner, "default": default, "winner_vs_default": vs_default,
             "metric": METRIC, "errors": results.num_errors}

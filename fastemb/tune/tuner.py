@@ -5,11 +5,14 @@ The objective (``METRIC``) is dev nDCG@10 measured through the compressed (OPQ/P
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from fastemb.spec import TuneJob
 
 METRIC = "dev_ndcg@10_compressed"
+
+logger = logging.getLogger(__name__)
 
 
 def param_space(spec: TuneJob) -> dict:
@@ -42,14 +45,17 @@ def build_tuner(spec: TuneJob):
     from ray.tune.search import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
 
+    from fastemb.logs import quiet_loggers, ray_tune_verbosity
+    from fastemb.tune.progress import TrialLines
     from fastemb.tune.trial import run_trial
 
+    quiet_loggers()  # Optuna, just imported, set its own logger to INFO
     # the trial driver only builds the TorchTrainer; its workers reserve the CPUs
     trainable = tune.with_resources(tune.with_parameters(run_trial, tune_spec=spec.model_dump()),
                                     {"CPU": 0, "memory": 256 * 1024**2})
     exp_path = str(Path(spec.storage_path) / spec.name)
     if tune.Tuner.can_restore(exp_path):
-        print(f"[fastemb tune] resuming the search in {exp_path}", flush=True)
+        logger.info(f"resuming the search in {exp_path}")
         return tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=True)
     t = spec.tune
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=64, grace_period=t.grace_period,
@@ -60,12 +66,14 @@ def build_tuner(spec: TuneJob):
     # Tune applies max_concurrent_trials to Searchers only; the random generator takes it itself
     search_alg = OptunaSearch(seed=spec.train.seed, points_to_evaluate=first) if t.search == "optuna" else \
         BasicVariantGenerator(random_state=spec.train.seed, points_to_evaluate=first, max_concurrent=concurrency)
+    space = param_space(spec)
     return tune.Tuner(
         trainable,
-        param_space=param_space(spec),
+        param_space=space,
         tune_config=tune.TuneConfig(metric=METRIC, mode="max", num_samples=t.num_samples, search_alg=search_alg,
                                     scheduler=scheduler,
                                     max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(name=spec.name, storage_path=spec.storage_path,
-                                  failure_config=tune.FailureConfig(max_failures=t.max_failures)),
+                                  failure_config=tune.FailureConfig(max_failures=t.max_failures),
+                                  callbacks=[TrialLines(METRIC, list(space))], verbose=ray_tune_verbosity()),
     )
