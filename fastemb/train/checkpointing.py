@@ -55,7 +55,8 @@ def report_final(student, state: TrainState, rank: int) -> None:
 
 def report_if_finished(checkpoint, rank: int) -> bool:
     """A final checkpoint (exported model, no DeepSpeed state) means the run is complete: every rank reports it
-    again, so re-running a finished job returns its result instead of failing to resume."""
+    again, with the last dev evaluation as the final report had it (a restored Tune search reads its objective from
+    this report), so re-running a finished job returns its result instead of failing to resume."""
     import ray.train
 
     with checkpoint.as_directory() as d:
@@ -68,5 +69,7 @@ def report_if_finished(checkpoint, rank: int) -> bool:
                 final = ray.train.Checkpoint.from_directory(copy)
             history = json.loads((Path(d) / HISTORY_FILE).read_text())
             last = max((h["step"] for h in history if "step" in h), default=0)
-            ray.train.report({"step": last, "finished": True}, checkpoint=final)
+            dev = next(({k: v for k, v in h.items() if k != "step"} for h in reversed(history)
+                        if any(k.startswith("dev_") for k in h)), {})
+            ray.train.report({"step": last, "finished": True, **dev}, checkpoint=final)
     return True
