@@ -143,7 +143,7 @@ def small_recipe(args) -> tuple[list[str], str]:
     terms, words = [f"distill.embedding_mse.weight={args.mse_weight}"], [f"embedding MSE (weight {args.mse_weight:g})"]
     if args.hidden_weight:
         terms += [f"distill.hidden_state.weight={args.hidden_weight}",
-                  f"distill.hidden_state.layer_map={{1: 1, 2: 4, 3: 6}}"]  # kept layers 0, 3, 5 -> their outputs
+                  "distill.hidden_state.layer_map={1: 1, 2: 4, 3: 6}"]  # kept layers 0, 3, 5 -> their outputs
         words.append(f"hidden states of the kept layers onto the same layers' outputs (weight {args.hidden_weight:g})")
     if args.kl:
         terms.append("distill.kl.in_batch=true")

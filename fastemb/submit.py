@@ -22,7 +22,6 @@ keeps running).
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging

@@ -10,7 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from fastemb.data.pairs import load_pairs
-from fastemb.data.text import text_hash
 from fastemb.mine.job import mine, model_dicts, write_pairs
 from fastemb.mine.search import chunked_topk, exact_index, normalize_rows
 from fastemb.mine.select import NegativeRules, select_negatives
