@@ -2,21 +2,21 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import re
 import shlex
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+# FASTEMB_BENCH_RESULTS sends a trial run's figures elsewhere (e.g. a --quick check), keeping RESULTS.md for real runs
+RESULTS = Path(os.environ.get("FASTEMB_BENCH_RESULTS", Path(__file__).resolve().parent / "RESULTS.md"))
 HEADER = ("# Benchmark results\n\nEvery figure below is written by the `bench/` script named in its section, "
           "with the command that produced it. Peers run side by side in the same process/run; compare ratios, "
           "not absolute times (the machine is shared and noisy).\n")
 
 
 def machine() -> str:
-    import os
-
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
