@@ -4,12 +4,12 @@ started once for the module:
 - the cluster itself: the Jobs API and the GCS refuse requests without the right token, the dashboard listens on
   loopback only, and stop ends every process it started;
 - an index build submitted with `fastemb submit` survives a SIGKILLed encoder actor, losing and duplicating nothing;
-- a submitted training job that is stopped (`fastemb jobs stop`) resumes from its last checkpoint when the same spec
-  is submitted again, and that resubmission is the end-to-end acceptance run: `fastemb submit jobs/contrastive.yaml
-  ... --follow` to SUCCEEDED, the exported model on the shared storage, the job visible through `fastemb jobs`, and
-  the token nowhere in its output or job info;
-- last (it takes a node away): a submitted training job survives the crash of a worker node hosting one of its
-  training workers (Ray Train restarts the group, which resumes from the last checkpoint) and still exports."""
+- last (it takes a node away), one submitted training job through two faults: stopped (`fastemb jobs stop`) after
+  its first checkpoint, it resumes when the same spec is submitted again; that resubmission then survives the crash
+  of a worker node hosting one of its training workers (Ray Train restarts the group, which resumes from the last
+  checkpoint) and runs to SUCCEEDED. The resubmission is also the end-to-end acceptance run: `fastemb submit
+  jobs/contrastive.yaml ... --follow` to SUCCEEDED, the exported model on the shared storage, the job visible through
+  `fastemb jobs`, and the token nowhere in its output or job info."""
 from __future__ import annotations
 
 import json
@@ -151,46 +151,103 @@ def test_submitted_index_build_survives_a_killed_encoder_actor(cluster, shared, 
     assert manifest["counts"]["index_entries"] == manifest["counts"]["documents_indexed"] == N_ROWS
 
 
-# ------------------------------------------------------------------- stop, resubmit, resume: the end-to-end run
+# ----------------------------------------- one training job: stopped, resubmitted, then losing a worker node
+def _train_worker_nodes(dashboard: str, token: str) -> set[str]:
+    """Names of the local-cluster nodes running a live RayTrainWorker."""
+    actors = live_actors(dashboard, token)
+    node_ids = {a["node_id"] for a in actors if a.get("class_name") == "RayTrainWorker"}
+    names = set()
+    for n in state_api(dashboard, "/api/v0/nodes?limit=1000&detail=false", token):
+        if n["node_id"] in node_ids:
+            names |= {k[len("fastemb_node_"):] for k in n.get("resources_total", {}) if k.startswith("fastemb_node_")}
+    return names
+
+
+def _checkpoints(run) -> set[str]:
+    return {p.name for p in run.glob("checkpoint_*")}
+
+
 @pytest.fixture(scope="module")
-def resumed_job(cluster, shared, tmp_path_factory, tiny_eval):
-    """Submit a training job, stop it after its first checkpoint, submit the same spec again and follow it to the
-    end; returns both submissions' ids and outputs and the run folder."""
+def faulted_job(cluster, shared, tmp_path_factory, tiny_eval):
+    """One training job through two faults, each recovered from its last checkpoint:
+
+    1. submitted, then stopped (`fastemb jobs stop`) after its first checkpoint;
+    2. the same spec submitted again and followed (`--follow`): it resumes; once it has written a checkpoint of its
+       own, a worker node hosting one of its training workers is killed, Ray Train restarts the worker group on the
+       remaining nodes, which resumes again, and the job runs to SUCCEEDED and exports.
+
+    The resubmission is also the end-to-end acceptance run. Returns both submissions' outcomes and the run folder."""
     storage = tmp_path_factory.mktemp("shared")
     run = storage / "rs"
-    spec = ["jobs/contrastive.yaml", "name=rs", f"storage_path={storage}", "data.max_pairs=256",
-            f"data.eval={tiny_eval}", "train.micro_batch_size=16", "train.checkpoint_every=2", "train.num_workers=2"]
+    spec = ["jobs/contrastive.yaml", "name=rs", f"storage_path={storage}", "data.max_pairs=384",
+            f"data.eval={tiny_eval}", "train.micro_batch_size=16", "train.checkpoint_every=2", "train.num_workers=2",
+            "train.max_failures=2", "--shared", shared]
     env = cluster["env"]
-    first = _fastemb("submit", *spec, "--shared", shared, env=env)
+    first = _fastemb("submit", *spec, env=env)
     assert first.returncode == 0, first.stderr
     sid = first.stdout.splitlines()[0].strip()
     deadline = time.time() + 600
-    while not list(run.glob("checkpoint_*")):
+    while not _checkpoints(run):
         st = _fastemb("jobs", "status", sid, env=env)
         assert st.stdout.startswith(("PENDING", "RUNNING")), f"job ended before a checkpoint: {st.stdout}"
         assert time.time() < deadline, "no checkpoint within the wait limit"
         time.sleep(2)
     stop = _fastemb("jobs", "stop", sid, "--wait", env=env)
     report_before_resume = (run / "report.json").exists()
-    again = _fastemb("submit", *spec, "--shared", shared, "--follow", env=env, timeout=900)
-    return {"sid": sid, "stop": stop, "report_before_resume": report_before_resume, "again": again, "run": run}
+    stopped_at = _checkpoints(run)
+
+    again = subprocess.Popen([sys.executable, "-m", "fastemb.cli", "submit", *spec, "--follow"], env=env, cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim, killed = None, None
+    try:  # after the resubmitted job's own first checkpoint, crash a worker node hosting a training worker
+        deadline = time.time() + 600
+        while victim is None:
+            assert again.poll() is None, "the resubmitted job ended before it wrote a checkpoint"
+            assert time.time() < deadline, "no checkpoint of the resubmitted job within the wait limit"
+            if _checkpoints(run) - stopped_at:
+                busy = sorted(_train_worker_nodes(cluster["state"]["dashboard"], cluster["token"]) - {"head"})
+                victim = busy[0] if busy else None
+            time.sleep(1)
+        killed = run_script("kill-node", "--dir", str(cluster["dir"] / "c"), "--node", victim, env=env)
+        out, err = again.communicate(timeout=900)
+    finally:
+        if again.poll() is None:
+            again.kill()
+            again.communicate()
+    return {"sid": sid, "stop": stop, "report_before_resume": report_before_resume, "victim": victim,
+            "killed": killed, "again": subprocess.CompletedProcess(again.args, again.returncode, out, err),
+            "run": run}
 
 
 @pytest.mark.faults
-def test_stopped_job_resumes_when_resubmitted(resumed_job):
-    stop, again = resumed_job["stop"], resumed_job["again"]
+def test_stopped_job_resumes_when_resubmitted(faulted_job):
+    stop, again = faulted_job["stop"], faulted_job["again"]
     assert stop.returncode == 3 and stop.stdout.strip() == "STOPPED", stop.stdout + stop.stderr
-    assert not resumed_job["report_before_resume"]
+    assert not faulted_job["report_before_resume"]
     assert again.returncode == 0, (again.stdout + again.stderr)[-6000:]
     sid2 = again.stdout.splitlines()[0].strip()
-    assert sid2 != resumed_job["sid"] and "[fastemb train] resumed from checkpoint at step" in again.stdout
-    report = json.loads((resumed_job["run"] / "report.json").read_text())
-    assert report["resumes"] >= 1
-    assert (resumed_job["run"] / "model" / "model.safetensors").is_file()
+    assert sid2 != faulted_job["sid"] and "[fastemb train] resumed from checkpoint at step" in again.stdout
+    report = json.loads((faulted_job["run"] / "report.json").read_text())
+    resumed_at = [h["step"] for h in report["history"] if h.get("event") == "resumed"]
+    assert resumed_at and min(resumed_at) >= 2, "the resubmission started over instead of resuming"
 
 
-def test_submit_contrastive_to_local_cluster(cluster, resumed_job):
-    p, env = resumed_job["again"], cluster["env"]
+@pytest.mark.faults
+def test_training_job_survives_losing_a_worker_node(faulted_job):
+    killed, again = faulted_job["killed"], faulted_job["again"]
+    assert faulted_job["victim"] and killed.returncode == 0, killed.stderr
+    assert again.returncode == 0 and "SUCCEEDED" in again.stderr, (again.stdout + again.stderr)[-6000:]
+    report = json.loads((faulted_job["run"] / "report.json").read_text())
+    # two resumes in the history: the resubmission's, then the restart after the node loss (from a later checkpoint)
+    resumed_at = [h["step"] for h in report["history"] if h.get("event") == "resumed"]
+    assert report["resumes"] >= 2 and len(resumed_at) >= 2, "training did not resume after the node loss"
+    assert resumed_at[-1] > resumed_at[0], f"the restart after the node loss did not resume its checkpoint: {resumed_at}"
+    assert max(h["step"] for h in report["history"] if "loss" in h) == report["plan"]["total_steps"]
+    assert (faulted_job["run"] / "model" / "model.safetensors").is_file()
+
+
+def test_submit_contrastive_to_local_cluster(cluster, faulted_job):
+    p, env = faulted_job["again"], cluster["env"]
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-6000:]
     sid = p.stdout.splitlines()[0].strip()
@@ -200,7 +257,7 @@ def test_submit_contrastive_to_local_cluster(cluster, resumed_job):
     assert cluster["token"] not in out
 
     # Exported where the spec says, by the job running on the cluster.
-    run = resumed_job["run"]
+    run = faulted_job["run"]
     model = run / "model"
     assert (model / "model.safetensors").is_file() and (model / "modules.json").is_file()
     report = json.loads((run / "report.json").read_text())
@@ -225,54 +282,3 @@ def test_submit_contrastive_to_local_cluster(cluster, resumed_job):
                          "runtime_env": info.runtime_env})
     assert cluster["token"] not in stored and "RAY_AUTH_TOKEN" not in stored
     assert cluster["token"] not in client.get_job_logs(sid)
-
-
-# -------------------------------------------------------------------------- last: losing a worker node
-def _train_worker_nodes(dashboard: str, token: str) -> set[str]:
-    """Names of the local-cluster nodes running a live RayTrainWorker."""
-    actors = live_actors(dashboard, token)
-    node_ids = {a["node_id"] for a in actors if a.get("class_name") == "RayTrainWorker"}
-    names = set()
-    for n in state_api(dashboard, "/api/v0/nodes?limit=1000&detail=false", token):
-        if n["node_id"] in node_ids:
-            names |= {k[len("fastemb_node_"):] for k in n.get("resources_total", {}) if k.startswith("fastemb_node_")}
-    return names
-
-
-@pytest.mark.faults
-def test_training_job_survives_losing_a_worker_node(cluster, shared, tmp_path, tiny_eval):
-    c = cluster
-    storage = tmp_path / "shared"
-    run = storage / "ft"
-    env = c["env"]
-    job = subprocess.Popen(
-        [sys.executable, "-m", "fastemb.cli", "submit", "jobs/contrastive.yaml", "name=ft",
-         f"storage_path={storage}", "data.max_pairs=384", f"data.eval={tiny_eval}",
-         "train.micro_batch_size=16", "train.checkpoint_every=2", "train.num_workers=2",
-         "train.max_failures=2", "--shared", shared, "--follow"],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        # Wait for the first checkpoint, then crash a worker node hosting a training worker.
-        deadline = time.time() + 600
-        victim = None
-        while victim is None:
-            assert job.poll() is None, "job ended before a checkpoint was written"
-            assert time.time() < deadline, "no checkpoint within the wait limit"
-            if list(run.glob("checkpoint_*")):
-                busy = sorted(_train_worker_nodes(c["state"]["dashboard"], c["token"]) - {"head"})
-                victim = busy[0] if busy else None
-            time.sleep(1)
-        killed = run_script("kill-node", "--dir", str(c["dir"] / "c"), "--node", victim, env=env)
-        assert killed.returncode == 0, killed.stderr
-        out, err = job.communicate(timeout=900)
-    finally:
-        if job.poll() is None:
-            job.kill()
-            job.communicate()
-    assert job.returncode == 0, (out + err)[-6000:]
-    assert "SUCCEEDED" in err
-    report = json.loads((run / "report.json").read_text())
-    assert report["resumes"] >= 1, "training did not resume from a checkpoint after the node loss"
-    resumed_at = [h["step"] for h in report["history"] if h.get("event") == "resumed"]
-    assert resumed_at and min(resumed_at) >= 2
-    assert (run / "model" / "model.safetensors").is_file()

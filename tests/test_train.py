@@ -1,7 +1,12 @@
-"""Distributed training end to end on real Ray Train + DeepSpeed (2 workers, ZeRO-2, gloo), small data.
+"""Distributed training end to end on real Ray Train + DeepSpeed (2 workers, ZeRO-2, gloo), small data, through two
+faults of one run (a module fixture):
 
-One test SIGKILLs a training worker mid-run: Ray restarts the worker group, the loop resumes from the
-last checkpoint, and the run exports a model that sentence-transformers loads with the same embeddings.
+1. a training worker is SIGKILLed mid-run: Ray restarts the worker group and the loop resumes from the last
+   checkpoint;
+2. after the restarted group has written a checkpoint of its own, the driver side dies (its Train controller is
+   SIGKILLed): the run fails; running the same job again (a new driver: a fresh Ray, the same name and
+   storage_path) resumes it from that checkpoint, runs to the end and exports a model that sentence-transformers
+   loads with the same embeddings; running the finished job once more returns its result.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ def small_spec(tmp_path, tiny_eval, name, **train):
            "eval_every": 1000, "lr": 5e-5, **train}
     return parse_spec({"name": name, "storage_path": str(tmp_path),
                        "model": {"max_length": 32},
-                       "data": {"max_pairs": 384, "eval": tiny_eval},
+                       "data": {"max_pairs": 512, "eval": tiny_eval},
                        "train": cfg})
 
 
@@ -43,29 +48,66 @@ def _live_actors(class_name: str) -> dict[str, int]:
     return {a.actor_id: a.pid for a in actors if a.pid}
 
 
-@pytest.mark.faults
-def test_sigkilled_worker_resumes_from_checkpoint_and_exports(ray_local, tmp_path, tiny_eval):
-    spec = small_spec(tmp_path, tiny_eval, "killed", max_failures=2)
-    earlier = _live_actors("RayTrainWorker")
-    out: dict = {}
-    thread = threading.Thread(target=lambda: out.update(report=run_train(spec)), daemon=True)
-    thread.start()
-    run_dir = tmp_path / "killed"
-    deadline = time.time() + 600
-    # A checkpoint counts once every rank has reported it; the second one appearing means the first did.
-    while len(list(run_dir.glob("checkpoint_*"))) < 2 and time.time() < deadline and thread.is_alive():
+def _wait_for(pred, what: str, thread: threading.Thread, timeout_s: float = 600) -> None:
+    deadline = time.time() + timeout_s
+    while not pred():
+        assert thread.is_alive(), f"the run ended before {what}"
+        assert time.time() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
-    assert len(list(run_dir.glob("checkpoint_*"))) >= 2, "no checkpoint was written"
-    pids = [pid for actor, pid in _live_actors("RayTrainWorker").items() if actor not in earlier]
-    assert pids, "no live training worker of this run found"
-    os.kill(pids[-1], signal.SIGKILL)
-    thread.join(timeout=900)
-    report = out["report"]
-    assert report["resumes"] >= 1
+
+
+@pytest.fixture(scope="module")
+def faulted_run(ray_local, tmp_path_factory, tiny_eval):
+    """The run through both faults; returns what each test checks."""
+    import ray
+
+    from fastemb.ray_env import init_ray
+    from fastemb.train.trainer import TrainError
+
+    tmp_path = tmp_path_factory.mktemp("faults")
+    spec = small_spec(tmp_path, tiny_eval, "faults", max_failures=2)
+    run_dir = tmp_path / "faults"
+    checkpoints = lambda: {p.name for p in run_dir.glob("checkpoint_*")}  # noqa: E731
+    workers_before, controllers_before = _live_actors("RayTrainWorker"), _live_actors("TrainController")
+    outcome: dict = {}
+
+    def first_run():
+        try:
+            outcome["report"] = run_train(spec)
+        except TrainError as err:
+            outcome["error"] = err
+
+    thread = threading.Thread(target=first_run, daemon=True)
+    thread.start()
+    # 1. A checkpoint counts once every rank has reported it; the second one appearing means the first did.
+    _wait_for(lambda: len(checkpoints()) >= 2, "two checkpoints", thread)
+    workers = [pid for actor, pid in _live_actors("RayTrainWorker").items() if actor not in workers_before]
+    assert workers, "no live training worker of this run found"
+    os.kill(workers[-1], signal.SIGKILL)
+    at_worker_kill = checkpoints()
+    # 2. Once the restarted group has checkpointed, kill this run's Train controller.
+    _wait_for(lambda: bool(checkpoints() - at_worker_kill), "a checkpoint after the worker restart", thread)
+    controllers = [pid for actor, pid in _live_actors("TrainController").items() if actor not in controllers_before]
+    assert len(controllers) == 1, f"expected this run's Train controller alone, found {controllers}"
+    os.kill(controllers[0], signal.SIGKILL)
+    thread.join(timeout=600)
+    # Re-run as a new driver would: a fresh Ray, the same name and storage_path.
+    ray.shutdown()
+    init_ray(num_cpus=2)
+    rerun = run_train(spec)
+    again = run_train(spec)  # the finished job once more
+    return {"first": outcome, "killed_worker": workers[-1], "rerun": rerun, "again": again, "run_dir": run_dir}
+
+
+@pytest.mark.faults
+def test_sigkilled_worker_resumes_from_checkpoint_and_exports(faulted_run):
+    with pytest.raises(ProcessLookupError):
+        os.kill(faulted_run["killed_worker"], 0)                 # the worker really died
+    report = faulted_run["rerun"]
     resumed_at = [h["step"] for h in report["history"] if h.get("event") == "resumed"]
-    assert min(resumed_at) >= 3, "resumed from scratch instead of a checkpoint"
-    assert report["plan"]["total_steps"] == 12
-    assert max(h["step"] for h in report["history"] if "loss" in h) == 12
+    assert resumed_at and min(resumed_at) >= 3, "the worker group restarted from scratch instead of a checkpoint"
+    assert report["plan"]["total_steps"] == 16
+    assert max(h["step"] for h in report["history"] if "loss" in h) == 16
     model_dir = Path(report["model_dir"])
     texts = ["a member of the genus Canis", "dog, domestic dog", "relating to the stars"]
     ours = Encoder.load(str(model_dir)).encode(texts)
@@ -73,49 +115,20 @@ def test_sigkilled_worker_resumes_from_checkpoint_and_exports(ray_local, tmp_pat
     assert np.abs(ours - st).max() <= 1e-5
     base = Encoder.load("all-MiniLM-L6-v2").encode(texts)
     assert np.abs(ours - base).max() > 1e-4, "the exported model is the untrained base"
-    saved = json.loads((run_dir / "report.json").read_text())
-    assert {"base", "tuned", "delta"} <= set(saved) and (run_dir / "training_curve.png").stat().st_size > 0
+    saved = json.loads((faulted_run["run_dir"] / "report.json").read_text())
+    assert {"base", "tuned", "delta"} <= set(saved) and (faulted_run["run_dir"] / "training_curve.png").stat().st_size > 0
 
 
 @pytest.mark.faults
-def test_rerunning_a_job_with_the_same_name_resumes_it(ray_local, tmp_path, tiny_eval):
-    """The driver side dies mid-run (its Train controller is killed); running the same job again resumes."""
-    import ray
-
-    from fastemb.train.trainer import TrainError
-
-    spec = small_spec(tmp_path, tiny_eval, "rerun", max_failures=0)
-    earlier = _live_actors("TrainController")
-    errors: list = []
-
-    def first_run():
-        try:
-            run_train(spec)
-        except TrainError as err:
-            errors.append(err)
-
-    thread = threading.Thread(target=first_run, daemon=True)
-    thread.start()
-    run_dir = tmp_path / "rerun"
-    deadline = time.time() + 600
-    while len(list(run_dir.glob("checkpoint_*"))) < 2 and time.time() < deadline and thread.is_alive():
-        time.sleep(0.2)
-    controllers = [pid for actor, pid in _live_actors("TrainController").items() if actor not in earlier]
-    assert len(controllers) == 1, f"expected this run's Train controller alone, found {controllers}"
-    os.kill(controllers[0], signal.SIGKILL)
-    thread.join(timeout=600)
-    assert errors, "the first run should have failed when its controller died"
-
-    # Re-run as a new driver would: a fresh Ray, the same name and storage_path.
-    from fastemb.ray_env import init_ray
-
-    ray.shutdown()
-    init_ray(num_cpus=2)
-    report = run_train(spec)
-    resumed = [h["step"] for h in report["history"] if h.get("event") == "resumed"]
-    assert resumed and min(resumed) >= 3
+def test_rerunning_a_job_with_the_same_name_resumes_it(faulted_run):
+    """The driver side died mid-run (its Train controller was killed); running the same job again resumed it."""
+    assert "error" in faulted_run["first"], "the first run should have failed when its controller died"
+    report = faulted_run["rerun"]
+    resumed_at = [h["step"] for h in report["history"] if h.get("event") == "resumed"]
+    # the worker restart's resume, then the rerun's, from the checkpoint the restarted group wrote
+    assert len(resumed_at) >= 2 and resumed_at[-1] > resumed_at[0], resumed_at
     assert max(h["step"] for h in report["history"] if "loss" in h) == report["plan"]["total_steps"]
     # Running the finished job once more returns its result instead of failing to resume.
-    again = run_train(spec)
+    again = faulted_run["again"]
     assert again["plan"] == report["plan"] and Path(again["model_dir"]).is_dir()
     assert abs(again["tuned"]["ndcg@10"] - report["tuned"]["ndcg@10"]) < 1e-9
