@@ -41,15 +41,15 @@ def start_service(spec_dict: dict, env: dict[str, str] | None = None):
 
 
 def stop_service(own_ray: bool = False) -> None:
-    """Shut the Serve app down (and the Ray it started, for a service with its own Ray)."""
+    """Shut the Serve app down; a service with a Ray of its own goes with that Ray (ray.shutdown ends Serve and its
+    HAProxy too, where serve.shutdown would wait about 30 s for HAProxy to drain)."""
     import ray
     from ray import serve
 
-    try:
+    if own_ray:
+        ray.shutdown()
+    else:
         serve.shutdown()
-    finally:
-        if own_ray:
-            ray.shutdown()
 
 
 class ClientThreads:
