@@ -164,22 +164,23 @@ def _train_worker_nodes(dashboard: str, token: str) -> set[str]:
 
 
 def _checkpoints(run) -> set[str]:
-    return {p.name for p in run.glob("checkpoint_*")}
+    """The run's checkpoint folders. One counts as committed (reported by every rank) once the next one appears."""
+    return {p.name for p in run.glob("checkpoint_*") if p.is_dir()}
 
 
 @pytest.fixture(scope="module")
 def faulted_job(cluster, shared, tmp_path_factory, tiny_eval):
     """One training job through two faults, each recovered from its last checkpoint:
 
-    1. submitted, then stopped (`fastemb jobs stop`) after its first checkpoint;
-    2. the same spec submitted again and followed (`--follow`): it resumes; once it has written a checkpoint of its
+    1. submitted, then stopped (`fastemb jobs stop`) after its first committed checkpoint;
+    2. the same spec submitted again and followed (`--follow`): it resumes; once it has a committed checkpoint of its
        own, a worker node hosting one of its training workers is killed, Ray Train restarts the worker group on the
        remaining nodes, which resumes again, and the job runs to SUCCEEDED and exports.
 
     The resubmission is also the end-to-end acceptance run. Returns both submissions' outcomes and the run folder."""
     storage = tmp_path_factory.mktemp("shared")
     run = storage / "rs"
-    spec = ["jobs/contrastive.yaml", "name=rs", f"storage_path={storage}", "data.max_pairs=384",
+    spec = ["jobs/contrastive.yaml", "name=rs", f"storage_path={storage}", "data.max_pairs=512",
             f"data.eval={tiny_eval}", "train.micro_batch_size=16", "train.checkpoint_every=2", "train.num_workers=2",
             "train.max_failures=2", "--shared", shared]
     env = cluster["env"]
@@ -187,7 +188,7 @@ def faulted_job(cluster, shared, tmp_path_factory, tiny_eval):
     assert first.returncode == 0, first.stderr
     sid = first.stdout.splitlines()[0].strip()
     deadline = time.time() + 600
-    while not _checkpoints(run):
+    while len(_checkpoints(run)) < 2:
         st = _fastemb("jobs", "status", sid, env=env)
         assert st.stdout.startswith(("PENDING", "RUNNING")), f"job ended before a checkpoint: {st.stdout}"
         assert time.time() < deadline, "no checkpoint within the wait limit"
@@ -204,7 +205,7 @@ def faulted_job(cluster, shared, tmp_path_factory, tiny_eval):
         while victim is None:
             assert again.poll() is None, "the resubmitted job ended before it wrote a checkpoint"
             assert time.time() < deadline, "no checkpoint of the resubmitted job within the wait limit"
-            if _checkpoints(run) - stopped_at:
+            if len(_checkpoints(run) - stopped_at) >= 2:
                 busy = sorted(_train_worker_nodes(cluster["state"]["dashboard"], cluster["token"]) - {"head"})
                 victim = busy[0] if busy else None
             time.sleep(1)

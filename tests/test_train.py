@@ -3,9 +3,9 @@ faults of one run (a module fixture):
 
 1. a training worker is SIGKILLed mid-run: Ray restarts the worker group and the loop resumes from the last
    checkpoint;
-2. after the restarted group has written a checkpoint of its own, the driver side dies (its Train controller is
-   SIGKILLed): the run fails; running the same job again (a new driver: a fresh Ray, the same name and
-   storage_path) resumes it from that checkpoint, runs to the end and exports a model that sentence-transformers
+2. after the restarted group has written a checkpoint of its own, the driver side dies (its Train controller and
+   workers SIGKILLed, its local Ray shut down); running the same job again (a new driver: a fresh Ray, the same name
+   and storage_path) resumes it from that checkpoint, runs to the end and exports a model that sentence-transformers
    loads with the same embeddings; running the finished job once more returns its result.
 """
 from __future__ import annotations
@@ -58,23 +58,23 @@ def _wait_for(pred, what: str, thread: threading.Thread, timeout_s: float = 600)
 
 @pytest.fixture(scope="module")
 def faulted_run(ray_local, tmp_path_factory, tiny_eval):
-    """The run through both faults; returns what each test checks."""
+    """The run through both faults; returns what each test checks. The driver side dies as a crashed driver node
+    would: its Train controller and workers are SIGKILLed and its (local) Ray goes down with them."""
     import ray
 
     from fastemb.ray_env import init_ray
-    from fastemb.train.trainer import TrainError
 
     tmp_path = tmp_path_factory.mktemp("faults")
     spec = small_spec(tmp_path, tiny_eval, "faults", max_failures=2)
     run_dir = tmp_path / "faults"
-    checkpoints = lambda: {p.name for p in run_dir.glob("checkpoint_*")}  # noqa: E731
+    checkpoints = lambda: {p.name for p in run_dir.glob("checkpoint_*") if p.is_dir()}  # noqa: E731
     workers_before, controllers_before = _live_actors("RayTrainWorker"), _live_actors("TrainController")
     outcome: dict = {}
 
     def first_run():
         try:
             outcome["report"] = run_train(spec)
-        except TrainError as err:
+        except BaseException as err:  # noqa: BLE001  (whatever fit() raises once its Ray is gone)
             outcome["error"] = err
 
     thread = threading.Thread(target=first_run, daemon=True)
@@ -85,20 +85,21 @@ def faulted_run(ray_local, tmp_path_factory, tiny_eval):
     assert workers, "no live training worker of this run found"
     os.kill(workers[-1], signal.SIGKILL)
     at_worker_kill = checkpoints()
-    # 2. Once the restarted group has checkpointed, kill this run's Train controller.
-    _wait_for(lambda: bool(checkpoints() - at_worker_kill), "a checkpoint after the worker restart", thread)
+    # 2. Once the restarted group has a checkpoint of its own (committed: the next one has appeared), the driver side
+    #    dies: its controller, its workers, its Ray.
+    _wait_for(lambda: len(checkpoints() - at_worker_kill) >= 2, "two checkpoints after the worker restart", thread)
     controllers = [pid for actor, pid in _live_actors("TrainController").items() if actor not in controllers_before]
     assert len(controllers) == 1, f"expected this run's Train controller alone, found {controllers}"
-    os.kill(controllers[0], signal.SIGKILL)
-    thread.join(timeout=600)
-    # Re-run as a new driver would: a fresh Ray, the same name and storage_path.
+    for pid in controllers + [pid for a, pid in _live_actors("RayTrainWorker").items() if a not in workers_before]:
+        os.kill(pid, signal.SIGKILL)
     ray.shutdown()
+    thread.join(timeout=300)
+    assert not thread.is_alive(), "the first driver did not return after its Ray went down"
+    # Re-run as a new driver would: a fresh Ray, the same name and storage_path.
     init_ray(num_cpus=2)
     rerun = run_train(spec)
     again = run_train(spec)  # the finished job once more
     return {"first": outcome, "killed_worker": workers[-1], "rerun": rerun, "again": again, "run_dir": run_dir}
-
-
 @pytest.mark.faults
 def test_sigkilled_worker_resumes_from_checkpoint_and_exports(faulted_run):
     with pytest.raises(ProcessLookupError):
@@ -121,8 +122,8 @@ def test_sigkilled_worker_resumes_from_checkpoint_and_exports(faulted_run):
 
 @pytest.mark.faults
 def test_rerunning_a_job_with_the_same_name_resumes_it(faulted_run):
-    """The driver side died mid-run (its Train controller was killed); running the same job again resumed it."""
-    assert "error" in faulted_run["first"], "the first run should have failed when its controller died"
+    """The driver side died mid-run; running the same job again resumed it."""
+    assert "error" in faulted_run["first"], "the first run should have failed when its driver side died"
     report = faulted_run["rerun"]
     resumed_at = [h["step"] for h in report["history"] if h.get("event") == "resumed"]
     # the worker restart's resume, then the rerun's, from the checkpoint the restarted group wrote
