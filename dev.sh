@@ -10,7 +10,8 @@ PY="${PYTHON:-python3}"
 STAMP="$VENV/.fastemb-installed"
 WANT="$(cat "$ROOT/pyproject.toml" "$ROOT/dev.sh" | sha256sum | cut -c1-16)"
 
-export DS_ACCELERATOR=cpu HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# No DS_ACCELERATOR: each job's spec picks DeepSpeed's accelerator (train.use_gpu; fastemb/accelerator.py).
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export TORCH_EXTENSIONS_DIR="$VENV/torch_extensions"
 export RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
 
@@ -22,7 +23,7 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
   "$VENV/bin/python" -m pip install -q -e "$ROOT[test,bench]"
   # DeepSpeed JIT-builds its shared-memory comm op on first use; build it once here, not in every run.
-  "$VENV/bin/python" -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null
+  DS_ACCELERATOR=cpu "$VENV/bin/python" -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null
   echo "$WANT" > "$STAMP"
 fi
 

@@ -7,14 +7,15 @@ from pathlib import Path
 import ray
 
 from fastemb import logs
+from fastemb.accelerator import ENV as ACCELERATOR_ENV
 
 _VENV_EXT_DIR = Path(os.environ.get("VIRTUAL_ENV", Path(__file__).resolve().parents[1] / ".venv")) / "torch_extensions"
 
 
 def worker_env(threads: int = 1) -> dict[str, str]:
-    """Environment variables for Ray workers: DeepSpeed on CPU, thread counts, no hub access, fastemb's logging."""
+    """Environment variables for Ray workers: thread counts, no hub access, DeepSpeed's op folder, fastemb's logging,
+    and ``DS_ACCELERATOR`` only when it is set here (then it overrides the spec's choice: fastemb/accelerator.py)."""
     env = {
-        "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
         "OMP_NUM_THREADS": str(threads),
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",
@@ -22,6 +23,8 @@ def worker_env(threads: int = 1) -> dict[str, str]:
         "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(_VENV_EXT_DIR)),
         **logs.worker_env(),
     }
+    if os.environ.get(ACCELERATOR_ENV):
+        env[ACCELERATOR_ENV] = os.environ[ACCELERATOR_ENV]
     return env
 
 

@@ -9,7 +9,12 @@ on a cluster. Every path field the schema declares is handled (fastemb/submit_pa
 (``storage_path``, ``output``, ...) are pinned to absolute paths, which on a real cluster must name a
 filesystem every node mounts at the same path (NFS/EFS/Filestore), or use an object-store URI (``s3://``,
 ``gs://``); local inputs are uploaded with the working_dir, pinned on the shared ``storage_path``, or refused
-with the fix. ``--dry-run`` prints the decision for each path field.
+with the fix. ``--dry-run`` prints the decision for each path field and what each compute stage asks the cluster for
+(``fastemb.accelerator.stage_requests``: CPUs and GPUs per training worker, encoder actor and Serve replica, and the
+accelerator, backend and precision the spec picks).
+
+The accelerator is the spec's choice (``train.use_gpu``), made on the cluster by the job itself: the submitting
+machine's ``DS_ACCELERATOR`` is not sent (``--env DS_ACCELERATOR=...`` forces one).
 
 Auth: the token comes from ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (Ray's
 own order) and is sent as an HTTP header only; it is never printed, put in the runtime_env or in the
@@ -36,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from fastemb.accelerator import stage_requests
 from fastemb.spec import apply_overrides, load_spec
 from fastemb.submit_paths import PathDecision, UploadRules, decide_paths, refusal_message
 
@@ -45,8 +51,8 @@ TERMINAL = set(EXIT_CODES)
 # Env var names that must not travel in a runtime_env (it is stored in the job info, readable in the dashboard).
 SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|PRIVATE_KEY|ACCESS_KEY|API_KEY)(_|$)",
                          re.I)
-# worker_env() entries that name paths on the submitting machine: the cluster computes its own.
-MACHINE_LOCAL_ENV = {"TORCH_EXTENSIONS_DIR"}
+# worker_env() entries that describe the submitting machine (a path, its accelerator): the cluster decides its own.
+MACHINE_LOCAL_ENV = {"TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR"}
 
 
 class SubmitError(RuntimeError):
@@ -140,8 +146,6 @@ def build_runtime_env(path: str | os.PathLike, spec, extra_env: dict[str, str] |
     env = load_runtime_env(path)
     threads = getattr(getattr(spec, "train", None), "cpus_per_worker", 1)
     env_vars = {k: v for k, v in worker_env(threads).items() if k not in MACHINE_LOCAL_ENV}
-    if getattr(getattr(spec, "train", None), "use_gpu", False):
-        env_vars["DS_ACCELERATOR"] = "cuda"
     # fastemb's driver calls init_ray(), whose ray.init(runtime_env={"env_vars": worker_env()}) repeats
     # these keys; Ray refuses such a merge with the job's runtime_env unless told to combine them.
     env_vars["RAY_OVERRIDE_JOB_RUNTIME_ENV"] = "1"
@@ -199,7 +203,8 @@ def build_submission(spec_path: str, overrides: list[str], runtime_env_path: str
     sid = submission_id or f"fastemb-{spec.job}-{name}-{uuid.uuid4().hex[:8]}"
     metadata = {"fastemb_job": spec.job, "fastemb_spec": rel.as_posix(), "fastemb_name": name}
     return {"entrypoint": entrypoint, "runtime_env": runtime_env, "metadata": metadata,
-            "submission_id": sid, "notes": notes, "paths": [d.as_dict() for d in decisions]}
+            "submission_id": sid, "notes": notes, "paths": [d.as_dict() for d in decisions],
+            "resources": stage_requests(spec, runtime_env["env_vars"])}
 
 
 def format_paths(paths: list[dict]) -> str:
@@ -207,6 +212,24 @@ def format_paths(paths: list[dict]) -> str:
     return "\n".join(f"  {p['field']} = {p['value']!r}: {p['action']}"
                      + (f" → {p['result']}" if p["result"] != p["value"] else "") + f" ({p['why']})"
                      for p in paths)
+
+
+def format_resources(resources: dict[str, dict]) -> str:
+    """The ``--dry-run`` lines of what each compute stage asks the cluster for."""
+    def ask(per: dict) -> str:
+        return " + ".join(f"{v:g} {k}" for k, v in per.items())
+
+    lines = []
+    for name, r in resources.items():
+        if "workers" in r:
+            lines.append(f"  {name}: {r['workers']} workers x ({ask(r['per_worker'])}), DeepSpeed on {r['accelerator']} "
+                         f"({r['backend']}), {r['precision']}, ZeRO-{r['zero_stage']}")
+        elif "actors" in r:
+            lines.append(f"  {name}: {r['actors']} encoder actors x ({ask(r['per_actor'])}), {r['device']}, "
+                         f"{r['precision']}")
+        else:
+            lines.append(f"  {name}: each Serve replica ({ask(r['per_replica'])}), {r['device']}, {r['precision']}")
+    return "\n".join(lines)
 
 
 async def _tail(client, sid: str) -> None:
@@ -255,8 +278,9 @@ def cmd_submit(args) -> int:
                                args.submission_id, args.shared or [])
         if args.dry_run:
             logger.info("path fields:\n" + (format_paths(sub["paths"]) or "  (none set)"))
-            print(json.dumps({k: sub[k] for k in ("submission_id", "entrypoint", "runtime_env", "metadata", "paths")},
-                             indent=2))
+            logger.info("compute stages ask the cluster for:\n" + (format_resources(sub["resources"]) or "  (none)"))
+            print(json.dumps({k: sub[k] for k in ("submission_id", "entrypoint", "runtime_env", "metadata", "paths",
+                                                  "resources")}, indent=2))
             return 0
         for note in sub["notes"]:
             logger.info(f"note: {note}")

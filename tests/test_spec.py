@@ -21,7 +21,7 @@ def test_shipped_job_spec_is_valid_and_overrides_apply():
 @pytest.mark.parametrize("override, field, words", [
     ("loss.temperature=0", "loss.temperature", "greater than 0"),
     ("loss.temperature=-1", "loss.temperature", "greater than 0"),
-    ("train.zero_stage=3", "train.zero_stage", "0, 1 or 2"),
+    ("train.zero_stage=4", "train.zero_stage", "0, 1, 2 or 3"),
     ("train.precision=fp8", "train.precision", "fp32"),
     ("train.foo=1", "train.foo", "allowed keys here"),
     ("model.max_length=0", "model.max_length", "greater than 0"),

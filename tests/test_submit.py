@@ -52,21 +52,28 @@ def test_entrypoint_runs_the_same_spec_on_the_cluster(monkeypatch, tmp_path):
 
 def test_runtime_env_merges_worker_env(monkeypatch):
     from fastemb.ray_env import worker_env
+    from fastemb.submit import MACHINE_LOCAL_ENV
 
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # this machine's accelerator: not sent, the job's spec decides
     sub = build_submission(SPEC, ["train.cpus_per_worker=3"], RUNTIME_ENV, {"EXTRA": "1"})
     env = sub["runtime_env"]
     assert env["working_dir"] == str(ROOT)
     assert env["excludes"] == yaml.safe_load(Path(RUNTIME_ENV).read_text())["excludes"]
     ev = env["env_vars"]
     for k, v in worker_env(3).items():
-        if k != "TORCH_EXTENSIONS_DIR":  # a path on this machine; the cluster's nodes set their own
+        if k not in MACHINE_LOCAL_ENV:  # a path or the accelerator of this machine; the cluster's nodes set their own
             assert ev[k] == v, k
-    assert "TORCH_EXTENSIONS_DIR" not in ev
+    assert not MACHINE_LOCAL_ENV & set(ev) and {"TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR"} <= MACHINE_LOCAL_ENV
     assert ev["OMP_NUM_THREADS"] == "3" and ev["EXTRA"] == "1" and ev["PYTHONUNBUFFERED"] == "1"
     assert ev["RAY_OVERRIDE_JOB_RUNTIME_ENV"] == "1"
     assert env["worker_process_setup_hook"] == "fastemb.logs.configure"  # fastemb's logging in every worker
+    # A GPU job: the spec picks CUDA on the cluster (fastemb/accelerator.py); --env DS_ACCELERATOR still forces one.
     gpu = build_submission(SPEC, ["train.use_gpu=true"], RUNTIME_ENV)
-    assert gpu["runtime_env"]["env_vars"]["DS_ACCELERATOR"] == "cuda"
+    assert "DS_ACCELERATOR" not in gpu["runtime_env"]["env_vars"]
+    assert gpu["resources"]["train"]["accelerator"] == "cuda" and gpu["resources"]["train"]["backend"] == "nccl"
+    forced = build_submission(SPEC, ["train.use_gpu=true"], RUNTIME_ENV, {"DS_ACCELERATOR": "cpu"})
+    assert forced["runtime_env"]["env_vars"]["DS_ACCELERATOR"] == "cpu"
+    assert forced["resources"]["train"]["accelerator"] == "cpu"
 
 
 def test_local_data_paths_become_absolute(tmp_path, monkeypatch, tiny_eval):

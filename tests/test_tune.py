@@ -35,6 +35,10 @@ def test_concurrency_is_derived_from_cluster_resources():
     assert concurrent_trials(spec, 16) == 8
     assert concurrent_trials(spec.model_copy(update={"tune": spec.tune.model_copy(
         update={"max_concurrent_trials": 3})}), 16) == 3
+    gpu = parse_spec({"job": "tune", "train": {"num_workers": 2, "cpus_per_worker": 1, "use_gpu": True,
+                                               "gpus_per_worker": 0.5}, "tune": {"num_samples": 8}})
+    assert concurrent_trials(gpu, 16, 2) == 2  # 1 GPU per trial: the GPUs, not the CPUs, bound it
+    assert concurrent_trials(gpu, 16, 0) == 1
 
 
 def _finished_trials(exp: Path) -> dict[str, int]:

@@ -57,7 +57,10 @@ def train_task(files, counts, drop, factory: str, train_size: int, compress: dic
                compressor_dir: str | None, seed: int = 0, threads: int = 1):
     """Sample, fit the compressor (saved to ``compressor_dir``), train the index; return it serialized.
 
-    Nothing else runs during training, so the task asks for ``threads`` CPUs and uses them all."""
+    Nothing else runs during training, so the task asks for ``threads`` CPUs and uses them all; given a GPU (and the
+    faiss-gpu build) the IVF k-means runs on it (fastemb/index/faiss_gpu.py)."""
+    from fastemb.index.faiss_gpu import gpu_clustering
+
     faiss.omp_set_num_threads(threads)
     t0 = time.time()
     x = sample_vectors(files, counts, drop, train_size, seed)
@@ -69,9 +72,14 @@ def train_task(files, counts, drop, factory: str, train_size: int, compress: dic
         comp.fit(x).save(compressor_dir)
         x = comp.transform(x)
     index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    index.train(np.ascontiguousarray(x))
+    with gpu_clustering(index) as on_gpu:
+        if ray.get_runtime_context().get_accelerator_ids().get("GPU") and not on_gpu:
+            logger.warning("index.train_on_gpu: this node's faiss has no GPU support (faiss-cpu) or the index is not "
+                           "IVF; training on CPU")
+        index.train(np.ascontiguousarray(x))
     info = {"train_vectors": len(x), "train_s": round(time.time() - t0, 2), "peak_rss_mb": peak_rss_mb(),
-            "dim": int(x.shape[1]), "code_bytes": code_bytes(index)}  # a property of the structure: known now
+            "dim": int(x.shape[1]), "code_bytes": code_bytes(index),  # a property of the structure: known now
+            "trained_on": "gpu" if on_gpu else "cpu"}
     return faiss.serialize_index(index), info
 
 
@@ -129,20 +137,23 @@ def merge_task(paths: list[str], out_path: str):
     return {"ntotal": int(index.ntotal), "merge_s": round(time.time() - t0, 2), "peak_rss_mb": peak_rss_mb()}
 
 
-def largest_node_cpus(only_this_node: bool = False) -> int:
-    """CPUs of the biggest live node, or of the driver's (a task asking for more than one node has would never be
-    scheduled)."""
+def largest_node_cpus(only_this_node: bool = False, with_gpu: bool = False) -> int:
+    """CPUs of the biggest live node (of those with a GPU), or of the driver's (a task asking for more than one node
+    has would never be scheduled)."""
     here = ray.get_runtime_context().get_node_id() if only_this_node else None
     return max([1] + [int(n["Resources"].get("CPU", 0)) for n in ray.nodes()
-                      if n.get("Alive") and here in (None, n["NodeID"])])
+                      if n.get("Alive") and here in (None, n["NodeID"])
+                      and (not with_gpu or n["Resources"].get("GPU", 0) >= 1)])
 
 
 def build_index(files: list[str], counts: list[int], drop: dict, out_dir: str | Path, kind: str, factory: str, *,
                 train_size: int = 100_000, compress: dict | None = None, add_tasks: int | None = None,
                 seed: int = 0, on_this_node: bool = False, refine_store: bool = False,
-                log_level: int = logging.INFO) -> dict:
+                log_level: int = logging.INFO, train_on_gpu: bool = False) -> dict:
     """Train, add in parallel and merge; writes ``out_dir/index.faiss`` (+ ``compressor/``, + the fp16
-    ``refine_vectors.f16`` with ``refine_store``). Returns timings; logs the train and add times at ``log_level``."""
+    ``refine_vectors.f16`` with ``refine_store``). Returns timings; logs the train and add times at ``log_level``.
+    ``train_on_gpu``: the training task asks for a GPU (IVF k-means there with faiss-gpu); add and merge tasks always
+    run on CPUs."""
     out_dir = Path(out_dir)
     (out_dir / "parts").mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out_dir / "compressor", ignore_errors=True)  # a rebuild never keeps a stale compressor
@@ -150,8 +161,10 @@ def build_index(files: list[str], counts: list[int], drop: dict, out_dir: str | 
     compressor_dir = str(out_dir / "compressor") if compress else None
     t0 = time.time()
     place = this_node() if on_this_node else {}
-    threads = largest_node_cpus(on_this_node)  # quantizer training is one multi-threaded task: it fits on one node
-    trained_ref, info_ref = train_task.options(num_returns=2, num_cpus=threads, **place).remote(
+    # quantizer training is one multi-threaded task: it fits on one node (a GPU node with train_on_gpu)
+    threads = largest_node_cpus(on_this_node, train_on_gpu)
+    gpu = {"num_gpus": 1} if train_on_gpu else {}
+    trained_ref, info_ref = train_task.options(num_returns=2, num_cpus=threads, **gpu, **place).remote(
         files, counts, drop, factory, train_size, compress, compressor_dir, seed, threads)
     info = ray.get(info_ref)
     t_train = time.time() - t0
@@ -181,6 +194,6 @@ def build_index(files: list[str], counts: list[int], drop: dict, out_dir: str | 
     return {"factory": factory, "dim": info["dim"], "train_vectors": info["train_vectors"],
             "train_s": round(t_train, 2), "add_s": round(t_add, 2), "merge_s": merged["merge_s"],
             "build_s": round(time.time() - t0, 2), "add_tasks": len(pieces), "ntotal": merged["ntotal"],
-            "code_bytes_per_vector": info["code_bytes"],
+            "code_bytes_per_vector": info["code_bytes"], "trained_on": info["trained_on"],
             "worker_peak_rss_mb": max([info["peak_rss_mb"], merged["peak_rss_mb"], *[a["peak_rss_mb"] for a in adds]]),
             "compressor": compressor_dir}

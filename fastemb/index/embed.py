@@ -4,8 +4,13 @@
 encoder once, validates texts, tokenises without padding, sorts the batch by token length and cuts it into
 micro-batches under a padded-token budget (length bucketing: little padding, big batches of short texts), then
 restores the row order. Long documents can be split into overlapping token windows (one row per chunk). The forward
-pass runs on ``backend`` (fastemb/model/onnx_backend.py: ONNX Runtime, exported once per model, or torch; auto = onnx,
-the actors run on CPU); the backend is not part of the units' reuse key (both give the same vectors within 1e-5).
+pass runs on ``backend`` (fastemb/model/onnx_backend.py: ONNX Runtime, exported once per model, or torch; auto = onnx
+on CPU); the backend is not part of the units' reuse key (both give the same vectors within 1e-5).
+
+GPU actors (``num_gpus`` > 0, fractions share a GPU): torch on the GPU Ray assigned, in fp16 by default
+(``precision``; a non-fp32 precision is part of the reuse key), with a padded-token budget sized from the GPU's
+memory (fastemb/accelerator.py). On a mixed cluster the encoder actors take the GPUs and the faiss build
+(fastemb/index/build.py) runs as CPU tasks.
 
 Shard rows: ``id``, ``chunk``, ``text``, ``thash`` (text hash), ``skip`` (reason, null when embedded) and
 ``vector`` (fixed-size list of float32, null when skipped). Units of input files are written to
@@ -73,19 +78,28 @@ def bucket_batches(lengths: list[int], max_tokens: int, max_rows: int = 512) -> 
 class EmbedActor:
     """Ray Data callable class: a pyarrow batch of (id, text) rows → embedding-shard rows."""
 
-    def __init__(self, model: dict, id_column: str, text_column: str, max_batch_tokens: int = 1024,
-                 threads: int = 1, chunking: dict | None = None, rss_dir: str | None = None, backend: str = "auto"):
+    def __init__(self, model: dict, id_column: str, text_column: str, max_batch_tokens: int | None = None,
+                 threads: int = 1, chunking: dict | None = None, rss_dir: str | None = None, backend: str = "auto",
+                 num_gpus: float = 0.0, precision: str = "auto"):
         import torch
 
+        from fastemb.accelerator import batch_token_budget, inference_device, inference_precision
         from fastemb.model.encoder import Encoder
         from fastemb.model.onnx_backend import load_forward
 
         torch.set_num_threads(threads)
-        self.encoder = Encoder.from_spec(model).eval()
-        self.forward = load_forward(self.encoder, model["base"], backend, threads, field="embed.backend")
+        device = inference_device(num_gpus, "embed.num_gpus")
+        dtype = inference_precision(precision, device)
+        self.encoder = Encoder.from_spec(model).eval().to(device)
+        self.forward = load_forward(self.encoder, model["base"], backend, threads, device, "embed.backend", dtype)
         self.tok = self.encoder.tokenizer
         self.id_column, self.text_column = id_column, text_column
-        self.max_batch_tokens, self.chunking, self.rss_dir = max_batch_tokens, chunking, rss_dir
+        config = self.encoder.transformer.config
+        self.max_batch_tokens = batch_token_budget(
+            max_batch_tokens, device, config.hidden_size, getattr(config, "num_attention_heads", 12),
+            self.encoder.max_length, num_gpus, 4 if dtype == "fp32" else 2)
+        self.max_rows = 512 if device == "cpu" else 8192  # rows per forward pass (GPU: the token budget decides)
+        self.chunking, self.rss_dir = chunking, rss_dir
 
     def _sequences(self, texts: list[str]) -> list[tuple[int, int, list[int]]]:
         if not texts:  # a batch of bad rows only
@@ -102,7 +116,7 @@ class EmbedActor:
 
         out = np.zeros((len(seqs), self.encoder.dim), dtype=np.float32)
         pad = self.tok.pad_token_id or 0
-        for idx in bucket_batches([len(s) for s in seqs], self.max_batch_tokens):
+        for idx in bucket_batches([len(s) for s in seqs], self.max_batch_tokens, self.max_rows):
             out[idx] = self.forward(*pad_batch([seqs[i] for i in idx], pad))
         return out
 
@@ -151,6 +165,24 @@ def _unit_stats(path: Path) -> dict:
     return {"rows_out": rows, "skipped": dict(skipped)}
 
 
+def encoder_pool(ds, actor_kwargs: dict, *, num_actors: int, threads_per_actor: int, batch_rows: int,
+                 num_gpus: float = 0.0):
+    """``ds`` mapped by a pool of ``num_actors`` :class:`EmbedActor` (``threads_per_actor`` CPUs each, and
+    ``num_gpus`` GPUs each when > 0: the pool then waits for GPU nodes, and the actors run torch on them)."""
+    import ray
+
+    resources = {"num_cpus": threads_per_actor}
+    if num_gpus > 0:
+        resources["num_gpus"] = num_gpus
+        if ray.cluster_resources().get("GPU", 0) < num_gpus:
+            logger.warning(f"embed.num_gpus: {num_gpus:g} per actor, but the cluster has "
+                           f"{ray.cluster_resources().get('GPU', 0):g} GPUs now: the encoder actors wait for a GPU "
+                           "node (an autoscaling cluster adds one)")
+    return ds.map_batches(EmbedActor, batch_size=batch_rows, batch_format="pyarrow",
+                          compute=ray.data.ActorPoolStrategy(size=num_actors), **resources,
+                          fn_constructor_kwargs={**actor_kwargs, "threads": threads_per_actor, "num_gpus": num_gpus})
+
+
 def data_context_for_jobs() -> None:
     """No plan dumps. Progress: Ray Data draws bars in a terminal and logs it at INFO elsewhere, which
     ``fastemb.logs`` hides unless FASTEMB_LOG_LEVEL=DEBUG (a log file gets the per-unit lines instead)."""
@@ -161,18 +193,25 @@ def data_context_for_jobs() -> None:
 
 def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_column: str = "id",
                  text_column: str = "text", num_actors: int = 2, threads_per_actor: int = 1,
-                 batch_rows: int = 1024, max_batch_tokens: int = 1024, rows_per_unit: int = 200_000,
+                 batch_rows: int = 1024, max_batch_tokens: int | None = None, rows_per_unit: int = 200_000,
                  chunking: dict | None = None, on_this_node: bool = False,
-                 on_unit: Callable[[Path], None] | None = None, backend: str = "auto") -> dict:
+                 on_unit: Callable[[Path], None] | None = None, backend: str = "auto", num_gpus: float = 0.0,
+                 precision: str = "auto") -> dict:
     """Embed every unit not already on disk; returns per-unit stats, reuse counts and worker peak memory.
 
     ``on_unit`` is called with each finished unit folder, reused ones included (e.g. to upload it); ``backend``:
-    the actors' forward-pass engine (``embed.backend``)."""
+    the actors' forward-pass engine (``embed.backend``); ``num_gpus``, ``precision``: GPUs per actor and the dtype
+    of their forward pass (``embed.num_gpus``, ``embed.precision``)."""
     import ray
+
+    from fastemb.accelerator import pool_precision
 
     emb_dir = Path(emb_dir)
     emb_dir.mkdir(parents=True, exist_ok=True)
-    salt = json.dumps({"model": model, "chunking": chunking, "columns": [id_column, text_column]}, sort_keys=True)
+    key = {"model": model, "chunking": chunking, "columns": [id_column, text_column]}
+    if pool_precision(precision, num_gpus) != "fp32":  # half-precision vectors differ by ~1e-3: units of their own
+        key["precision"] = pool_precision(precision, num_gpus)
+    salt = json.dumps(key, sort_keys=True)
     units = plan_units(scan, rows_per_unit, salt)
     data_context_for_jobs()
     stats, reused, worker_rss, started = [], 0, 0.0, time.time()
@@ -194,12 +233,11 @@ def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_colum
         ds = ray.data.read_parquet(unit["files"], filesystem=scan.fs, num_cpus=0).select_columns(
             [id_column, text_column])
         ds = ds.repartition(max(num_actors, -(-unit["rows"] // batch_rows))).materialize()
-        ds = ds.map_batches(EmbedActor, batch_size=batch_rows, batch_format="pyarrow",
-                            compute=ray.data.ActorPoolStrategy(size=num_actors), num_cpus=threads_per_actor,
-                            fn_constructor_kwargs={"model": model, "id_column": id_column,
-                                                   "text_column": text_column, "threads": threads_per_actor,
-                                                   "max_batch_tokens": max_batch_tokens, "chunking": chunking,
-                                                   "rss_dir": str(rss_dir), "backend": backend})
+        ds = encoder_pool(ds, {"model": model, "id_column": id_column, "text_column": text_column,
+                               "max_batch_tokens": max_batch_tokens, "chunking": chunking, "rss_dir": str(rss_dir),
+                               "backend": backend, "precision": precision},
+                          num_actors=num_actors, threads_per_actor=threads_per_actor, batch_rows=batch_rows,
+                          num_gpus=num_gpus)
         ds.write_parquet(str(tmp), ray_remote_args={"num_cpus": 0, **(this_node() if on_this_node else {})})
         rss = [float(p.read_text()) for p in rss_dir.glob("*.rss")]
         shutil.rmtree(rss_dir)
@@ -223,23 +261,22 @@ def shard_files(shard_dirs: list[str]) -> list[str]:
 
 
 def embed_text_list(texts: list[str], model: dict, *, num_actors: int = 2, threads_per_actor: int = 1,
-                    batch_rows: int = 1024, max_batch_tokens: int = 8192, backend: str = "auto"
-                    ) -> tuple[np.ndarray, Counter]:
-    """Embed an in-memory list of texts on a pool of :class:`EmbedActor` (Ray Data, forward pass on ``backend``);
-    returns the (n, d) float32 vectors in input order, as the model outputs them (rows of skipped texts are zero), and
-    skips by reason."""
+                    batch_rows: int = 1024, max_batch_tokens: int | None = None, backend: str = "auto",
+                    num_gpus: float = 0.0, precision: str = "auto") -> tuple[np.ndarray, Counter]:
+    """Embed an in-memory list of texts on a pool of :class:`EmbedActor` (Ray Data, forward pass on ``backend``, on
+    GPUs with ``num_gpus``); returns the (n, d) float32 vectors in input order, as the model outputs them (rows of
+    skipped texts are zero), and skips by reason."""
     import ray
 
     data_context_for_jobs()
     table = pa.table({"id": pa.array([str(i) for i in range(len(texts))]), "text": pa.array(texts, pa.string())})
     blocks = max(num_actors, -(-len(texts) // batch_rows))
     # Cut into blocks first (materialised): a full actor pool holds every CPU, and repartition needs one.
-    ds = ray.data.from_arrow(table).repartition(blocks).materialize().map_batches(
-        EmbedActor, batch_size=batch_rows, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=num_actors),
-        num_cpus=threads_per_actor,
-        fn_constructor_kwargs={"model": model, "id_column": "id", "text_column": "text",
-                               "max_batch_tokens": max_batch_tokens, "threads": threads_per_actor,
-                               "backend": backend})
+    ds = encoder_pool(ray.data.from_arrow(table).repartition(blocks).materialize(),
+                      {"model": model, "id_column": "id", "text_column": "text", "max_batch_tokens": max_batch_tokens,
+                       "backend": backend, "precision": precision},
+                      num_actors=num_actors, threads_per_actor=threads_per_actor, batch_rows=batch_rows,
+                      num_gpus=num_gpus)
     out: np.ndarray | None = None
     skipped: Counter = Counter()
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):

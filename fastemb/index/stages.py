@@ -45,10 +45,8 @@ def embed_stage(spec: IndexJob, scan: CorpusScan, emb_dir: Path, on_unit=None) -
     e, c = spec.embed, spec.chunking
     chunking = {"overlap": c.overlap, "max_chunks": c.max_chunks} if c.enabled else None
     return embed_corpus(scan, emb_dir, model_dict(spec), id_column=spec.corpus.id_column,
-                        text_column=spec.corpus.text_column, num_actors=e.num_actors,
-                        threads_per_actor=e.threads_per_actor, batch_rows=e.batch_rows,
-                        max_batch_tokens=e.max_batch_tokens, rows_per_unit=e.rows_per_unit,
-                        chunking=chunking, on_this_node=staged(spec), on_unit=on_unit, backend=e.backend)
+                        text_column=spec.corpus.text_column, rows_per_unit=e.rows_per_unit, chunking=chunking,
+                        on_this_node=staged(spec), on_unit=on_unit, **e.pool_options())
 
 
 def index_shards(shard_dirs: list[str], duplicate_ids: set[str], out_dir: Path, index: IndexSpec,
@@ -72,7 +70,7 @@ def index_shards(shard_dirs: list[str], duplicate_ids: set[str], out_dir: Path, 
                              pq_nbits=ic.pq_nbits, hnsw_m=ic.hnsw_m, refine=ic.refine)
     info = build_index(files, counts, drop, out_dir, ic.type, factory, train_size=ic.train_size, compress=fit,
                        add_tasks=ic.add_tasks, seed=ic.seed, on_this_node=on_this_node,
-                       refine_store=ic.refine == "disk", log_level=log_level)
+                       refine_store=ic.refine == "disk", log_level=log_level, train_on_gpu=ic.train_on_gpu)
     rows, skipped = write_id_map(files, drop, str(out_dir / "ids.parquet"))
     if rows != info["ntotal"]:
         raise RuntimeError(f"index holds {info['ntotal']} vectors but the id map {rows}: build is inconsistent")

@@ -80,9 +80,7 @@ def embed_texts(texts: list[str], model: dict, embed: EmbedSpec) -> tuple[np.nda
 
     if not texts:
         raise DataError("nothing to embed")
-    vectors, skipped = embed_text_list(texts, model, num_actors=embed.num_actors,
-                                       threads_per_actor=embed.threads_per_actor, batch_rows=embed.batch_rows,
-                                       max_batch_tokens=embed.max_batch_tokens, backend=embed.backend)
+    vectors, skipped = embed_text_list(texts, model, **embed.pool_options())
     return normalize_rows(vectors), skipped
 
 
@@ -139,7 +137,7 @@ def mine(pairs: list[dict], corpus: list[str], vectors: dict[str, np.ndarray], r
         pos_of_query.setdefault(p["query"], set()).add(text_hash(p["positive"]))
     qv = vectors["queries"]
     corpus_hashes = text_hashes(corpus)
-    index = exact_index(vectors["corpus"])
+    index = exact_index(vectors["corpus"], top_k)
 
     def choose(positive_scores: list[float], skipped: Counter, rescore: Rescore | None = None
                ) -> dict[str, list[tuple[str, float]]]:

@@ -14,11 +14,14 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def exact_index(corpus: np.ndarray) -> faiss.Index:
-    """Exact inner-product index over ``corpus`` (n, d) float32."""
+def exact_index(corpus: np.ndarray, top_k: int | None = None) -> faiss.Index:
+    """Exact inner-product index over ``corpus`` (n, d) float32, on the GPUs where faiss-gpu sees any and ``top_k``
+    (the largest k searched) is within their limit (fastemb/index/faiss_gpu.py)."""
+    from fastemb.index.faiss_gpu import search_index
+
     index = faiss.IndexFlatIP(corpus.shape[1])
     index.add(np.ascontiguousarray(corpus, dtype=np.float32))
-    return index
+    return search_index(index, top_k)
 
 
 def chunked_topk(index: faiss.Index, queries: np.ndarray, k: int,

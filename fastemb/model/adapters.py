@@ -105,15 +105,18 @@ class BertModelWithAdapters(BertModel):
         super().__init__(config, add_pooling_layer=add_pooling_layer)
         insert_adapters(self, **config.adapter_settings())
 
-    def adapter_state_dict(self) -> dict:
-        """The adapters' weights only (``…adapter.down.weight`` etc.)."""
-        return {k: v.detach().contiguous() for k, v in self.state_dict().items() if is_adapter_parameter(k)}
+    def adapter_state_dict(self, state_dict: dict | None = None) -> dict:
+        """The adapters' weights only (``…adapter.down.weight`` etc.), of ``state_dict`` (default: the model's)."""
+        weights = self.state_dict() if state_dict is None else state_dict
+        return {k: v.detach().contiguous() for k, v in weights.items() if is_adapter_parameter(k)}
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
-        """The whole model (loadable with ``trust_remote_code=True``), and ``adapters.safetensors`` beside it."""
+        """The whole model (loadable with ``trust_remote_code=True``), and ``adapters.safetensors`` beside it (both
+        from ``state_dict=`` when given: weights ZeRO-3 gathered from every rank)."""
         super().save_pretrained(save_directory, *args, **kwargs)
         metadata = {"adapters": json.dumps(self.config.adapter_settings()), "hidden_size": str(self.config.hidden_size)}
-        save_file(self.adapter_state_dict(), str(Path(save_directory) / ADAPTER_WEIGHTS), metadata=metadata)
+        save_file(self.adapter_state_dict(kwargs.get("state_dict")), str(Path(save_directory) / ADAPTER_WEIGHTS),
+                  metadata=metadata)
 
 
 BertAdapterConfig.register_for_auto_class()

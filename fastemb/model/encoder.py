@@ -142,14 +142,19 @@ class Encoder(nn.Module):
         return cls.load(path or m["base"], pooling=m.get("pooling"), normalize=m.get("normalize"),
                         max_length=m.get("max_length"), synonyms=m.get("synonyms"))
 
-    def save(self, path: str | os.PathLike, model_card: str | None = None) -> None:
-        """Write the sentence-transformers folder format (safetensors weights)."""
+    def save(self, path: str | os.PathLike, model_card: str | None = None,
+             weights: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Write the sentence-transformers folder format (safetensors weights).
+
+        ``weights``: the transformer's state dict to write instead of its own parameters (a ZeRO-3 run's, gathered
+        from every rank: its parameters here are partitions)."""
         import sentence_transformers
         import transformers
 
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        self.transformer.save_pretrained(out, safe_serialization=True)
+        self.transformer.save_pretrained(out, safe_serialization=True, state_dict=None if weights is None else
+                                         dict(weights))
         self.tokenizer.save_pretrained(out)
         modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
@@ -213,10 +218,11 @@ class Encoder(nn.Module):
         order = np.argsort(lengths)[::-1]
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         started, done = time.time(), 0
+        device = next(self.parameters()).device  # a GPU replica's or training worker's encoder
         for start in range(0, len(texts), batch_size):
             idx = order[start:start + batch_size]
             tok = self.tokenize([texts[i] for i in idx], max_length)
-            out[idx] = self(tok["input_ids"], tok["attention_mask"]).float().cpu().numpy()
+            out[idx] = self(tok["input_ids"].to(device), tok["attention_mask"].to(device)).float().cpu().numpy()
             done += len(idx)
             if show_progress and (start // batch_size) % 20 == 0:
                 logger.info(f"encode {done}/{len(texts)} texts, {done / (time.time() - started):.0f}/s")

@@ -39,9 +39,9 @@ logger = logging.getLogger(__name__)
 class ArmModel:
     """One arm's model behind the A/B router: an ``Embedder`` (batched forward passes + search backend)."""
 
-    def __init__(self, arm: dict, arm_name: str, batching: dict):
+    def __init__(self, arm: dict, arm_name: str, batching: dict, precision: str = "auto"):
         configure_logging()  # see Ingress.__init__
-        self.core = Embedder(arm, arm_name, batching)
+        self.core = Embedder(arm, arm_name, batching, precision)
 
     def reconfigure(self, cfg: dict) -> None:
         self.core.reconfigure(cfg)
@@ -130,7 +130,7 @@ class Ingress:
         self.local: Embedder | None = None
         if production is None:
             self.local = Embedder(self.arms["production"].model_dump(mode="json"), "production",
-                                  self.spec.batching.model_dump())
+                                  self.spec.batching.model_dump(), self.spec.replica.precision)
             self.backends = {"production": _LocalArm(self.local)}
         else:
             self.backends = {"production": _RemoteArm(production)}

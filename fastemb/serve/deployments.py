@@ -113,7 +113,8 @@ def build_app(args: dict):
     if spec.fused:
         return router.options(name="production", **opts["production"]).bind(spec_dict)
     batching = spec.batching.model_dump()
-    arms = {name: ArmModel.options(name=name, **opts[name]).bind(arm.model_dump(mode="json"), name, batching)
+    arms = {name: ArmModel.options(name=name, **opts[name]).bind(arm.model_dump(mode="json"), name, batching,
+                                                                 spec.replica.precision)
             for name, arm in spec.arms().items()}
     return router.options(name="Ingress", **opts["Ingress"]).bind(spec_dict, arms["production"],
                                                                  arms.get("candidate"))

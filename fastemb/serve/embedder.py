@@ -102,17 +102,20 @@ def _has_gpu() -> bool:
 class Embedder:
     """The serving model of one arm; ``model`` is replaced as a whole when the registry's production changes."""
 
-    def __init__(self, arm: dict, arm_name: str, batching: dict):
+    def __init__(self, arm: dict, arm_name: str, batching: dict, precision: str = "auto"):
         import torch
         from ray.serve.metrics import Counter, Gauge, Histogram
+
+        from fastemb.accelerator import inference_precision
 
         self.spec = ArmSpec.model_validate(arm)
         self.arm_name = arm_name
         threads = _threads()
         torch.set_num_threads(threads)
         self.device = "cuda" if _has_gpu() else "cpu"
+        self.precision = inference_precision(precision, self.device)  # replica.precision: fp16 on a GPU by default
         version, path = resolve(self.spec)
-        self.model: LoadedModel = load(self.spec, version, path, self.device, threads)
+        self.model: LoadedModel = load(self.spec, version, path, self.device, threads, self.precision)
         self.swaps = 0
         self._max_items = int(batching["max_batch_size"])
         self.reconfigure(batching)
@@ -130,7 +133,7 @@ class Embedder:
         self.watcher = None
         if self.spec.registry and not self.spec.version:
             self.watcher = RegistryWatcher(self.spec, lambda: self.model.version, self._swap, self.device,
-                                           self.spec.registry_poll_s, threads).start()
+                                           self.spec.registry_poll_s, threads, self.precision).start()
 
     def _swap(self, model: LoadedModel) -> None:
         """Serve ``model`` from now on; inputs already tokenised keep the model they were tokenised for."""
@@ -239,7 +242,8 @@ class Embedder:
         return {"arm": self.arm_name, "version": m.version, "path": m.path, "dim": m.dim,
                 "max_length": m.max_length, "normalize": m.normalize,
                 "index_size": getattr(m.backend, "size", None), "device": m.device,
-                "inference_backend": m.forward.name, "swaps": self.swaps,
+                "inference_backend": m.forward.name, "precision": getattr(m.forward, "precision", "fp32"),
+                "swaps": self.swaps,
                 "registry": self.spec.registry, "follows_production": self.watcher is not None}
 
     def check_health(self) -> None:

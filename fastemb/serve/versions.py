@@ -78,15 +78,15 @@ def _label(model: str) -> str:
     return p.parent.name if p.name == "model" else p.name
 
 
-def load(arm, version: str, path: str, device: str = "cpu", threads: int = 1) -> LoadedModel:
+def load(arm, version: str, path: str, device: str = "cpu", threads: int = 1, precision: str = "fp32") -> LoadedModel:
     """Load ``path`` with its forward pass on ``arm.backend`` (an ONNX export made or found in the cache, run with
-    ``threads``), and build the arm's search backend with that model."""
+    ``threads``; or torch on ``device`` in ``precision``), and build the arm's search backend with that model."""
     from fastemb.model.encoder import Encoder
     from fastemb.model.onnx_backend import load_forward
     from fastemb.serve.backends import make_backend
 
     encoder = Encoder.load(path, max_length=arm.max_length).eval().to(device)
-    forward = load_forward(encoder, path, arm.backend, threads, device)
+    forward = load_forward(encoder, path, arm.backend, threads, device, precision=precision)
     backend = make_backend(arm, lambda texts: encoder.encode(texts, batch_size=64))
     return LoadedModel(version, path, encoder, backend, forward, device)
 
@@ -105,9 +105,9 @@ class RegistryWatcher:
     keeps serving)."""
 
     def __init__(self, arm, current: Callable[[], str], swap: Callable[[LoadedModel], None], device: str = "cpu",
-                 poll_s: float = 2.0, threads: int = 1):
+                 poll_s: float = 2.0, threads: int = 1, precision: str = "fp32"):
         self.arm, self.current, self.swap, self.device, self.poll_s = arm, current, swap, device, poll_s
-        self.threads = threads
+        self.threads, self.precision = threads, precision
         self.failed: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fastemb-registry-watcher", daemon=True)
@@ -126,7 +126,7 @@ class RegistryWatcher:
             return False
         try:
             version, path = resolve(self.arm.model_copy(update={"version": wanted}))
-            model = load(self.arm, version, path, self.device, self.threads)
+            model = load(self.arm, version, path, self.device, self.threads, self.precision)
         except Exception as err:  # noqa: BLE001 - keep serving the old version
             logger.error("could not load registry version %s: %r (still serving %s)", wanted, err, self.current())
             self.failed = wanted

@@ -52,6 +52,9 @@ class IndexSpec(Section):
         "finer codes (sqfp16, sq8); or disk: with fp16 vectors in refine_vectors.f16 next to the index, memory-mapped "
         "at search (2·d bytes per vector on disk, none in memory)")
     train_size: int = Field(100_000, gt=0, description="vectors sampled to train the quantizer/compressor")
+    train_on_gpu: bool = Field(False, description="the training task asks Ray for a GPU and runs the IVF coarse "
+                               "quantizer's k-means there; needs the faiss-gpu wheel on that node (README: GPUs; with "
+                               "faiss-cpu it trains on CPU and says so); the index file is the same")
     add_tasks: int | None = Field(None, gt=0, description="parallel add tasks (default: CPUs of the cluster)")
     nprobe: int = Field(16, gt=0)
     ef_search: int = Field(64, gt=0)

@@ -126,10 +126,31 @@ class EmbedSpec(Section):
     """The Ray Data embedding stage (a pool of encoder actors)."""
     num_actors: int = Field(2, ge=1, le=4096)
     threads_per_actor: int = Field(1, ge=1, le=256)
+    num_gpus: float = Field(0.0, ge=0, le=64, description="GPUs per encoder actor (fractional: actors share a GPU); "
+                            "> 0 runs torch on the GPU in embed.precision (fastemb/accelerator.py)")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="forward-pass dtype: auto = fp16 on a GPU, fp32 on CPU; fp16/bf16 need num_gpus > 0")
     batch_rows: int = Field(1024, gt=0, description="rows per map_batches call (sorted by length inside)")
-    max_batch_tokens: int = Field(1024, gt=0, description="padded tokens per forward pass (length bucketing; ~1k keeps CPU activations in cache)")
+    max_batch_tokens: int | None = Field(None, gt=0, description="padded tokens per forward pass (length bucketing); "
+                                         "default: 1024 on CPU (activations stay in cache), on a GPU what half of "
+                                         "the actor's share of its memory holds, at most 65,536")
     rows_per_unit: int = Field(200_000, gt=0, description="input rows per reusable unit of embedding shards")
     output: str | None = output_path(None, description="embedding shards folder (default: <run>/embeddings); reused")
     backend: Literal["torch", "onnx", "auto"] = Field(
         "auto", description="forward-pass engine: onnx = ONNX Runtime (exported once per model, cached; vectors equal "
         "torch's within 1e-5; ~2x torch per CPU thread); auto = onnx on CPU, torch on GPU")
+
+    def pool_options(self) -> dict:
+        """The encoder pool's settings, as keyword arguments of ``fastemb.index.embed.embed_corpus`` and
+        ``embed_text_list``."""
+        return self.model_dump(include={"num_actors", "threads_per_actor", "batch_rows", "max_batch_tokens", "backend",
+                                        "num_gpus", "precision"})
+
+    @model_validator(mode="after")
+    def _gpu_settings(self) -> "EmbedSpec":
+        if self.num_gpus == 0 and self.precision in ("fp16", "bf16"):
+            raise ValueError(f"precision: {self.precision} needs a GPU (num_gpus > 0); on CPU use fp32 or auto")
+        if self.num_gpus > 0 and self.backend == "onnx":
+            raise ValueError("backend: onnx runs on CPU only (onnxruntime's CPU build); with num_gpus > 0 use torch "
+                             "or auto")
+        return self

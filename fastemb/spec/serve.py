@@ -75,11 +75,21 @@ class AutoscalingSpec(Section):
 class ReplicaSpec(Section):
     """Per-replica resources and admission of the model deployments."""
     num_cpus: float = Field(1.0, gt=0)
-    num_gpus: float = Field(0.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (fractional: replicas share a GPU); > 0 runs torch "
+                            "on the GPU in replica.precision")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="forward-pass dtype: auto = fp16 on a GPU, fp32 on CPU; fp16/bf16 need num_gpus > 0")
     max_ongoing_requests: int = Field(64, ge=1, description="requests in a replica at once (>= max_batch_size)")
     max_queued_requests: int = Field(256, ge=-1, description="queued at the caller before 429 (-1: no limit)")
     health_check_period_s: float = Field(10.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
+
+
+    @model_validator(mode="after")
+    def _half_on_gpu(self) -> ReplicaSpec:
+        if self.num_gpus == 0 and self.precision in ("fp16", "bf16"):
+            raise ValueError(f"precision: {self.precision} needs a GPU (num_gpus > 0); on CPU use fp32 or auto")
+        return self
 
 
 class IngressSpec(Section):

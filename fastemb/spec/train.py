@@ -111,9 +111,14 @@ class TrainSpec(Section):
     """Optimisation and distribution (Ray Train workers driving DeepSpeed)."""
     num_workers: int = Field(2, ge=1, le=4096)
     cpus_per_worker: int = Field(1, ge=1)
-    use_gpu: bool = False
-    zero_stage: Literal[0, 1, 2] = 2
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    use_gpu: bool = Field(False, description="a GPU per worker (gpus_per_worker), DeepSpeed's CUDA accelerator and "
+                          "NCCL (fastemb/accelerator.py; an explicit DS_ACCELERATOR in the environment still wins)")
+    gpus_per_worker: float = Field(1.0, gt=0, le=64, description="with use_gpu: GPUs Ray gives each worker; below 1 "
+                                   "the workers share GPUs and talk over gloo (NCCL refuses two ranks on one GPU)")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage; 3 partitions the parameters too and "
+                                            "gathers them on export (larger models across GPUs)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on a GPU that supports it, fp32 elsewhere (CPU, older GPUs)")
     micro_batch_size: int = Field(32, gt=0, description="pairs per worker per step")
     grad_accum: int = Field(1, ge=1)
     epochs: float = Field(1.0, gt=0)

@@ -40,14 +40,28 @@ def save_and_report(engine, state: TrainState, rank: int) -> None:
         ray.train.report({"step": state.step, **state.dev}, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def report_final(student, state: TrainState, rank: int) -> None:
-    """Rank 0 exports ``student`` (``model/``) and the history into the final checkpoint; all ranks report."""
+def gathered_weights(engine, student) -> dict | None:
+    """The full transformer weights of ``student`` from a ZeRO-3 ``engine``, whose ranks each hold a slice of every
+    parameter: every rank must call this (DeepSpeed gathers one layer at a time into rank 0's CPU memory, in the
+    training dtype); rank 0 gets the state dict, the others None."""
+    full = engine._zero3_consolidated_16bit_state_dict()  # what engine.save_16bit_model writes, as a dict
+    if full is None:
+        return None
+    prefix = next(name for name, module in engine.module.named_modules() if module is student.transformer) + "."
+    return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
+
+
+def report_final(student, state: TrainState, rank: int, zero3_engine=None) -> None:
+    """Rank 0 exports ``student`` (``model/``) and the history into the final checkpoint; all ranks report.
+
+    ``zero3_engine``: the ZeRO-3 engine whose partitioned parameters every rank gathers for the export first."""
     import ray.train
 
+    weights = gathered_weights(zero3_engine, student) if zero3_engine is not None else None
     with tempfile.TemporaryDirectory(prefix="fastemb-final-") as d:
         checkpoint = None
         if rank == 0:
-            student.save(Path(d) / "model")
+            student.save(Path(d) / "model", weights=weights)
             (Path(d) / HISTORY_FILE).write_text(json.dumps(state.history))
             checkpoint = ray.train.Checkpoint.from_directory(d)
         ray.train.report({"step": state.step, "finished": True, **state.dev}, checkpoint=checkpoint)

@@ -1,14 +1,17 @@
 """DeepSpeed engine configuration built from a ``TrainSpec``."""
 from __future__ import annotations
 
+from fastemb.accelerator import Accelerator
 from fastemb.spec import TrainSpec
 
 
-def deepspeed_config(train: TrainSpec) -> dict:
+def deepspeed_config(train: TrainSpec, precision: str, accelerator: Accelerator | None = None) -> dict:
     """ZeRO stage, precision, micro-batch, accumulation and clipping as a DeepSpeed config dict.
 
-    The optimizer and LR schedule are passed to ``deepspeed.initialize`` as torch objects, so no
-    fused/CPU-Adam op has to be compiled; ZeRO therefore needs ``zero_allow_untested_optimizer``."""
+    ``precision``: ``train.precision`` resolved for the worker's device (``fastemb.accelerator.training_precision``);
+    ``accelerator``: where the worker trains. The optimizer and LR schedule are passed to ``deepspeed.initialize`` as
+    torch objects, so no fused/CPU-Adam op has to be compiled; ZeRO therefore needs ``zero_allow_untested_optimizer``.
+    ZeRO-3 gathers the full 16-bit (fp32 when training in fp32) weights when the model is exported."""
     cfg: dict = {
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
         "gradient_accumulation_steps": train.grad_accum,
@@ -19,9 +22,14 @@ def deepspeed_config(train: TrainSpec) -> dict:
         "zero_optimization": {"stage": train.zero_stage, "overlap_comm": False, "contiguous_gradients": True,
                               "reduce_bucket_size": 5e7, "allgather_bucket_size": 5e7},
     }
-    if train.precision == "bf16":
+    zero = cfg["zero_optimization"]
+    if train.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if accelerator is not None and accelerator.on_gpu and accelerator.backend == "gloo":
+        zero["reduce_scatter"] = False  # ranks sharing a GPU talk over gloo, whose CUDA collectives are all-reduces
+    if precision == "bf16":
         cfg["bf16"] = {"enabled": True}
-    elif train.precision == "fp16":
+    elif precision == "fp16":
         cfg["fp16"] = {"enabled": True, "initial_scale_power": 12}
     return cfg
 

@@ -1,11 +1,13 @@
 """The per-worker training loop handed to Ray Train's ``TorchTrainer``.
 
-Each worker builds the encoder, wraps it in a DeepSpeed engine (Ray has already created the
-process group: gloo on CPU, NCCL on GPU), streams its shard of the pairs from Ray Data, and
+Each worker first applies the accelerator the spec picks (``fastemb.accelerator``: DeepSpeed's CUDA accelerator with
+``train.use_gpu``, its CPU one otherwise), builds the encoder, wraps it in a DeepSpeed engine (Ray has already created
+the process group: gloo on CPU, NCCL on GPU), streams its shard of the pairs from Ray Data, and
 optimises InfoNCE with negatives gathered from every worker. Every ``checkpoint_every`` steps each
 rank saves its DeepSpeed shard and all ranks call ``ray.train.report`` with it; after a failure
 Ray restarts the workers and the loop resumes from the last checkpoint. At the end rank 0 puts the
-consolidated model (sentence-transformers format) into the final checkpoint. ``model.keep_layers`` /
+consolidated model (sentence-transformers format) into the final checkpoint; under ZeRO-3, whose parameters are
+partitioned across the ranks, every rank evaluates and the export gathers them first. ``model.keep_layers`` /
 ``model.num_layers`` make the student from a subset of the base's layers; with a ``distill`` section the loss is
 ``fastemb.train.distill.DistillObjective`` (InfoNCE plus the distillation terms) and only the student is exported.
 With ``tasks`` each micro-batch comes from one task drawn by weight (``fastemb.train.tasks``); with
@@ -18,7 +20,6 @@ Ray Train are ``fastemb.train.checkpointing``.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -28,7 +29,16 @@ from fastemb.train.state import LossWindow, TrainState
 logger = logging.getLogger(__name__)
 
 
-def _build_engine(spec, total_steps: int):
+def _build_engine(spec, total_steps: int, accelerator=None, device_index: int | None = None):
+    """The DeepSpeed engine of this worker on ``accelerator`` (``fastemb.accelerator.Accelerator``; default: the one
+    the spec picks, applied here); ``device_index``: the CUDA device Ray Train gave this worker (workers sharing a GPU
+    share its index)."""
+    from types import SimpleNamespace
+
+    from fastemb.accelerator import apply_accelerator, training_precision
+
+    t = spec.train
+    accelerator = accelerator or apply_accelerator(t.use_gpu, t.gpus_per_worker, t.num_workers)
     import deepspeed
     import torch
 
@@ -39,7 +49,7 @@ def _build_engine(spec, total_steps: int):
     from fastemb.train.param_groups import param_groups
     from fastemb.train.schedule import warmup_decay
 
-    m, t = spec.model, spec.train
+    m = spec.model
     encoder = Encoder.from_spec(m)
     layers = student_layers(encoder.transformer, m.keep_layers, m.num_layers)
     if layers is not None:
@@ -56,10 +66,18 @@ def _build_engine(spec, total_steps: int):
     optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr)  # trainable parameters only
     scheduler = warmup_decay(optimizer, total_steps, t.warmup_ratio, t.schedule)
     preload_cpu_comm_op()
+    precision = training_precision(t.precision, accelerator.device)
+    # DeepSpeed takes its device from LOCAL_RANK unless told; Ray Train's device is the right one for shared GPUs
+    args = SimpleNamespace(device_rank=device_index) if device_index is not None else None
     with hidden_prints():  # DeepSpeed prints "... shm_comm_op built successfully" on every rank
-        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                               config=deepspeed_config(t))
+        engine, _, _, _ = deepspeed.initialize(args=args, model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                               config=deepspeed_config(t, precision, accelerator))
     return engine
+
+
+def _partitioned(engine) -> bool:
+    """ZeRO-3: each rank holds a slice of every parameter, so every forward pass needs all ranks."""
+    return bool(engine.zero_optimization_partition_weights())
 
 
 def _student(engine):
@@ -112,14 +130,17 @@ class Worker:
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point; ``config`` holds the job spec and the step plan made by the driver."""
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from fastemb.accelerator import apply_accelerator
+    from fastemb.spec import TrainJob
+
+    spec = TrainJob.model_validate(config["spec"])
+    t = spec.train
+    accelerator = apply_accelerator(t.use_gpu, t.gpus_per_worker, t.num_workers)  # before DeepSpeed is imported
     import ray.train
     import torch
 
-    from fastemb.spec import TrainJob
     from fastemb.train.checkpointing import report_final, report_if_finished, save_and_report
 
-    spec = TrainJob.model_validate(config["spec"])
     torch.set_num_threads(spec.train.cpus_per_worker)
     torch.manual_seed(spec.train.seed)
     ctx = ray.train.get_context()
@@ -127,7 +148,7 @@ def train_loop_per_worker(config: dict) -> None:
     if checkpoint and report_if_finished(checkpoint, ctx.get_world_rank()):
         return  # the run had already finished: nothing to train, its export was reported again
 
-    w, state = _start(spec, config, ctx.get_world_rank(), ctx.get_world_size(), checkpoint)
+    w, state = _start(spec, config, ctx.get_world_rank(), ctx.get_world_size(), checkpoint, accelerator)
     while state.step < w.total_steps:
         loss = _optimizer_step(w, state)
         _log_progress(w, state, loss.item())
@@ -137,10 +158,10 @@ def train_loop_per_worker(config: dict) -> None:
             _evaluate(w, state)
         if w.checkpoint_due(state.step):
             save_and_report(w.engine, state, w.rank)
-    report_final(_student(w.engine), state, w.rank)
+    report_final(_student(w.engine), state, w.rank, w.engine if _partitioned(w.engine) else None)
 
 
-def _start(spec, config: dict, rank: int, world: int, checkpoint) -> tuple[Worker, TrainState]:
+def _start(spec, config: dict, rank: int, world: int, checkpoint, accelerator) -> tuple[Worker, TrainState]:
     """Build the engine, each task's objective and stream and the negative pools; resume from ``checkpoint``."""
     import ray.train
 
@@ -149,7 +170,12 @@ def _start(spec, config: dict, rank: int, world: int, checkpoint) -> tuple[Worke
     from fastemb.train.tasks import job_tasks, micro_batches_done, task_objective, task_schedule, task_stream
 
     t, total_steps = spec.train, config["total_steps"]
-    engine = _build_engine(spec, total_steps)
+    device_index = None
+    if accelerator.on_gpu:
+        import ray.train.torch
+
+        device_index = ray.train.torch.get_device().index
+    engine = _build_engine(spec, total_steps, accelerator, device_index)
     teacher = None
     if spec.distill:
         from fastemb.train.distill import load_online_teacher
@@ -158,7 +184,7 @@ def _start(spec, config: dict, rank: int, world: int, checkpoint) -> tuple[Worke
     tasks = job_tasks(spec)  # one task (``train``) unless the job has a tasks section
     objectives = [task_objective(spec, task, engine.module, teacher) for task in tasks]
     schedule = task_schedule([task.weight for task in tasks], total_steps * t.grad_accum, t.seed)
-    state = _resume(engine, checkpoint, rank) if checkpoint else _fresh_state(engine, rank)
+    state = _resume(engine, checkpoint, rank) if checkpoint else _fresh_state(engine, rank, accelerator)
     pools = load_pools(spec, tasks, state.negative_pools)
     _refresh_pools(engine, pools, [key for key, pool in pools.items() if pool.needs_mining], state, rank)
     done = micro_batches_done(schedule, state.micro, len(tasks))
@@ -182,9 +208,17 @@ def _resume(engine, checkpoint, rank: int) -> TrainState:
     return state
 
 
-def _fresh_state(engine, rank: int) -> TrainState:
-    """A new run's state; its history starts with the model's adaptation (``model.new_tokens`` / ``adapters``)."""
+def _fresh_state(engine, rank: int, accelerator) -> TrainState:
+    """A new run's state; its history starts with the engine's settings (device, backend, precision, ZeRO stage) and
+    the model's adaptation (``model.new_tokens`` / ``adapters``)."""
     state = TrainState()
+    if rank == 0:
+        settings = {"accelerator": accelerator.device, "backend": accelerator.backend,
+                    "accelerator_source": accelerator.source, "device": str(engine.device),
+                    "precision": _engine_precision(engine), "zero_stage": int(engine.zero_optimization_stage())}
+        state.history.append({"step": 0, "event": "engine", **settings})
+        logger.info("DeepSpeed on {device} ({backend}, DS_ACCELERATOR {accelerator} from the {accelerator_source}), "
+                    "{precision}, ZeRO-{zero_stage}".format(**settings))
     adaptation = getattr(_student(engine), "adaptation", None)
     if adaptation and rank == 0:
         from fastemb.model.domain import describe_adaptation
@@ -192,6 +226,11 @@ def _fresh_state(engine, rank: int) -> TrainState:
         state.history.append({"step": 0, "event": "domain", **adaptation})
         logger.info(describe_adaptation(adaptation))
     return state
+
+
+def _engine_precision(engine) -> str:
+    """The precision the engine trains in."""
+    return "bf16" if engine.bfloat16_enabled() else "fp16" if engine.fp16_enabled() else "fp32"
 
 
 def _refresh_pools(engine, pools: dict, keys: list[str], state: TrainState, rank: int) -> None:
@@ -250,8 +289,11 @@ def _log_progress(w: Worker, state: TrainState, loss: float) -> None:
 
 
 def _evaluate(w: Worker, state: TrainState) -> None:
-    """Dev evaluation on rank 0 (the other ranks' dev metrics are empty)."""
-    state.dev = _dev_eval(w.engine, w.spec, w.dev_compression) if w.rank == 0 else {}
+    """Dev evaluation on rank 0 (the other ranks' dev metrics are empty); under ZeRO-3 every rank runs the same forward
+    passes, which gather the partitioned parameters."""
+    evaluates = w.rank == 0 or _partitioned(w.engine)
+    dev = _dev_eval(w.engine, w.spec, w.dev_compression) if evaluates else {}
+    state.dev = dev if w.rank == 0 else {}
     if w.rank == 0:
         state.history.append({"step": state.step, **state.dev})
         logger.info(f"step {state.step}: " + ", ".join(f"{name} {value:.4f}" for name, value in state.dev.items()))

@@ -149,7 +149,7 @@ class NegativePool:
         new_rows = np.empty((len(mine), k), dtype=np.int64)
         acc = Counter()
         for a, cand, _, picked in select_for_queries(
-                exact_index(pool), qv, self.corpus_hashes, [set(text_hashes(self.positives[i]).tolist()) for i in mine],
+                exact_index(pool, cfg.top_k), qv, self.corpus_hashes, [set(text_hashes(self.positives[i]).tolist()) for i in mine],
                 [text_hash(self.queries[i]) for i in mine], positive_scores, NegativeRules.from_spec(cfg, k),
                 cfg.top_k, cfg.query_chunk, skipped, rng):
             chosen = [int(cand[r]) for r in picked]

@@ -62,8 +62,14 @@ def pairs_fingerprint(pairs: list[dict]) -> str:
 
 
 def _cache_key(spec: TrainJob, pairs: list[dict]) -> dict:
-    return {"teacher": teacher_model(spec), "pairs": pairs_fingerprint(pairs), "n_pairs": len(pairs),
-            "embeddings": needs_teacher_embeddings(spec)}
+    from fastemb.accelerator import pool_precision
+
+    key = {"teacher": teacher_model(spec), "pairs": pairs_fingerprint(pairs), "n_pairs": len(pairs),
+           "embeddings": needs_teacher_embeddings(spec)}
+    e = spec.distill.embed
+    if pool_precision(e.precision, e.num_gpus) != "fp32":  # GPU actors' half-precision vectors: stored apart
+        key["precision"] = pool_precision(e.precision, e.num_gpus)
+    return key
 
 
 def score_pairs(pairs: list[dict], vectors: np.ndarray, row: dict[str, int], with_embeddings: bool) -> pa.Table:
@@ -105,9 +111,7 @@ def compute_teacher_outputs(spec: TrainJob, pairs: list[dict], subdir: str = TEA
     logger.info(f"embedding {len(texts)} distinct texts with the teacher {d.teacher} (Ray Data, "
                 f"{d.embed.num_actors} actors)")
     t0 = time.time()
-    vectors, skipped = embed_text_list(texts, teacher_model(spec), num_actors=d.embed.num_actors,
-                                       threads_per_actor=d.embed.threads_per_actor, batch_rows=d.embed.batch_rows,
-                                       max_batch_tokens=d.embed.max_batch_tokens, backend=d.embed.backend)
+    vectors, skipped = embed_text_list(texts, teacher_model(spec), **d.embed.pool_options())
     if skipped:
         raise TeacherOutputError(f"the teacher skipped {sum(skipped.values())} training texts "
                                  f"({dict(skipped)}); clean the pairs or drop those rows")

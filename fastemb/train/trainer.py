@@ -46,13 +46,35 @@ def plan_steps(spec: TrainJob, n_pairs: int | dict[str, int]) -> dict:
             "micro_steps_per_task_epoch": per_task}
 
 
+def worker_resources(spec: TrainJob) -> dict[str, float]:
+    """What each Ray Train worker asks Ray for: ``train.cpus_per_worker`` CPUs, and ``train.gpus_per_worker`` GPUs
+    with ``train.use_gpu``."""
+    t = spec.train
+    return {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if t.use_gpu else {})}
+
+
+def scaling_and_backend(spec: TrainJob):
+    """Ray Train's ``ScalingConfig`` and ``TorchConfig`` for the job: its workers' resources, and the process-group
+    backend of the accelerator the spec picks (``fastemb.accelerator``; the driver warns here when an explicit
+    ``DS_ACCELERATOR`` overrides it)."""
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchConfig
+
+    from fastemb.accelerator import resolve_accelerator
+
+    t = spec.train
+    accelerator = resolve_accelerator(t.use_gpu, t.gpus_per_worker, t.num_workers)
+    return (ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=worker_resources(spec)),
+            TorchConfig(backend=accelerator.backend))
+
+
 def make_trainer(spec: TrainJob, pairs: list[dict] | dict[str, list[dict]], plan: dict,
                  callbacks: list | None = None):
     """A ``TorchTrainer`` running :func:`train_loop_per_worker` over ``pairs`` (per task: Ray Dataset name → rows,
     each a Ray Dataset sharded per worker; a list is the single task ``train``), with checkpointing, failure retries
     and resumption under ``{storage_path}/{name}``. A task with a negative pool also gets its pairs unsplit."""
     import ray.data
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from fastemb.logs import ray_train_logging
@@ -75,11 +97,11 @@ def make_trainer(spec: TrainJob, pairs: list[dict] | dict[str, list[dict]], plan
                 columns, schema=pa.schema([("query", pa.string()), ("positive", pa.string()),
                                            ("negatives", pa.list_(pa.string()))])))
     storage_path, storage_fs = ray_storage(spec.storage_path)  # checkpoints go straight to an object store
+    scaling, backend = scaling_and_backend(spec)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec.model_dump(), **plan},
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+        scaling_config=scaling, torch_config=backend,
         run_config=RunConfig(name=spec.name, storage_path=storage_path, storage_filesystem=storage_fs,
                              failure_config=FailureConfig(max_failures=t.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks,

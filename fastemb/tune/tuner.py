@@ -30,10 +30,13 @@ def default_point(spec: TuneJob) -> dict:
             "micro_batch_size": spec.train.micro_batch_size, "pq_bytes": max(spec.space.pq_bytes)}
 
 
-def concurrent_trials(spec: TuneJob, cluster_cpus: float) -> int:
-    """Trials that fit side by side without starving each other's training workers."""
-    per_trial = spec.train.num_workers * spec.train.cpus_per_worker
-    fit = max(int(cluster_cpus // per_trial), 1)
+def concurrent_trials(spec: TuneJob, cluster_cpus: float, cluster_gpus: float = 0.0) -> int:
+    """Trials that fit side by side without starving each other's training workers (CPUs, and GPUs with
+    ``train.use_gpu``)."""
+    t = spec.train
+    fit = max(int(cluster_cpus // (t.num_workers * t.cpus_per_worker)), 1)
+    if t.use_gpu:
+        fit = min(fit, max(int(cluster_gpus // (t.num_workers * t.gpus_per_worker)), 1))
     return min(fit, spec.tune.max_concurrent_trials or fit, spec.tune.num_samples)
 
 
@@ -62,7 +65,7 @@ def build_tuner(spec: TuneJob):
                               reduction_factor=t.reduction_factor) \
         if t.scheduler == "asha" else None
     first = [default_point(spec)] if t.include_default else None
-    concurrency = concurrent_trials(spec, ray.cluster_resources()["CPU"])
+    concurrency = concurrent_trials(spec, ray.cluster_resources()["CPU"], ray.cluster_resources().get("GPU", 0))
     # Tune applies max_concurrent_trials to Searchers only; the random generator takes it itself
     search_alg = OptunaSearch(seed=spec.train.seed, points_to_evaluate=first) if t.search == "optuna" else \
         BasicVariantGenerator(random_state=spec.train.seed, points_to_evaluate=first, max_concurrent=concurrency)
