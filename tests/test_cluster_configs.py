@@ -65,27 +65,89 @@ def test_raycluster_manifest():
     assert policy["spec"]["ingress"][0]["from"], "network policy must restrict ingress to the cluster's pods"
 
 
-def test_rayjob_manifest_runs_the_train_spec():
-    job = _kind(_load_all(CLUSTER / "kuberay" / "rayjob.yaml"), "RayJob")
+def _cpu(quantity: str | int) -> float:
+    """A Kubernetes CPU quantity ("8", "500m") in CPUs."""
+    q = str(quantity)
+    return int(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+
+def _group_offers(group: dict) -> dict[str, float]:
+    """What one pod of a KubeRay worker group offers Ray: its container's CPU and GPU limits."""
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    return {"CPU": _cpu(limits["cpu"]), "GPU": float(limits.get("nvidia.com/gpu", 0))}
+
+
+def _fits(ask: dict[str, float], offer: dict[str, float]) -> bool:
+    return all(offer.get(k, 0) >= v for k, v in ask.items())
+
+
+def _check_rayjob(path: Path):
+    """A RayJob running the shipped train spec: the entrypoint's spec is valid, every training worker's request fits a
+    pod of its cluster and the cluster has enough of them; returns the spec the job runs."""
+    from fastemb import logs
+    from fastemb.accelerator import stage_requests
+    from fastemb.spec import load_spec
+
+    job = _kind(_load_all(path), "RayJob")
     assert job["apiVersion"] == "ray.io/v1"
     spec = job["spec"]
     args = shlex.split(spec["entrypoint"])
     assert args[:4] == ["python", "-m", "fastemb.cli", "train"] and args[4].endswith("jobs/contrastive.yaml")
     assert "ray.address=auto" in args and any(a.startswith("storage_path=/mnt/fastemb") for a in args)
-    # The spec with these overrides is a valid fastemb spec.
-    from fastemb.spec import load_spec
-
-    load_spec(ROOT / "jobs" / "contrastive.yaml", [a for a in args[5:]])
+    train = load_spec(ROOT / "jobs" / "contrastive.yaml", [a for a in args[5:]])  # a valid fastemb spec
     env = yaml.safe_load(spec["runtimeEnvYAML"])
-    assert env["env_vars"]["DS_ACCELERATOR"] == "cpu"
-    from fastemb import logs
-
+    assert "DS_ACCELERATOR" not in env["env_vars"], "the spec picks the accelerator (fastemb/accelerator.py)"
     assert env["worker_process_setup_hook"] == logs.SETUP_HOOK  # job-level: Ray runs it in every worker of the job
     assert spec["submissionMode"] in {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"}
     assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] >= 0
-    _check_ray_cluster_spec(spec["rayClusterSpec"], "rayjob.yaml")
-    workers = sum(g["replicas"] for g in spec["rayClusterSpec"]["workerGroupSpecs"])
-    assert workers >= load_spec(ROOT / "jobs" / "contrastive.yaml").train.num_workers
+    _check_ray_cluster_spec(spec["rayClusterSpec"], path.name)
+    ask = stage_requests(train)["train"]
+    fitting = sum(g["replicas"] for g in spec["rayClusterSpec"]["workerGroupSpecs"]
+                  if _fits(ask["per_worker"], _group_offers(g)))
+    assert fitting >= ask["workers"], f"{path.name}: {ask['workers']} workers need {ask['per_worker']} each"
+    return train
+
+
+def test_rayjob_manifest_runs_the_train_spec():
+    assert not _check_rayjob(CLUSTER / "kuberay" / "rayjob.yaml").train.use_gpu
+
+
+def test_gpu_rayjob_runs_the_same_spec_on_gpus():
+    from fastemb.accelerator import stage_requests
+
+    train = _check_rayjob(CLUSTER / "kuberay" / "rayjob-gpu.yaml")
+    ask = stage_requests(train)["train"]
+    assert train.train.use_gpu and ask["per_worker"]["GPU"] >= 1
+    assert (ask["accelerator"], ask["backend"]) == ("cuda", "nccl")
+
+
+def _gpu_stage_requests() -> dict[str, dict[str, float]]:
+    """One resource request per GPU stage, from the shipped specs with their GPU switch on."""
+    from fastemb.accelerator import stage_requests
+    from fastemb.spec import load_spec, parse_spec
+
+    jobs = ROOT / "jobs"
+    return {"train workers": stage_requests(load_spec(jobs / "contrastive.yaml", ["train.use_gpu=true"]))
+            ["train"]["per_worker"],
+            "encoder actors": stage_requests(load_spec(jobs / "index.yaml", ["embed.num_gpus=1"]))
+            ["embed"]["per_actor"],
+            "serve replicas": stage_requests(parse_spec({"job": "serve", "replica": {"num_gpus": 1, "num_cpus": 2}}))
+            ["replica"]["per_replica"]}
+
+
+@pytest.mark.parametrize("path, kind, spec_key", [("raycluster.yaml", "RayCluster", "spec"),
+                                                  ("rayservice.yaml", "RayService", "rayClusterConfig")])
+def test_kuberay_gpu_groups_fit_the_gpu_stages(path, kind, spec_key):
+    """Each GPU stage's request (GPU > 0) fits one pod of an autoscaled GPU worker group; CPU groups offer no GPU."""
+    cluster = _kind(_load_all(CLUSTER / "kuberay" / path), kind)["spec"]
+    groups = cluster[spec_key]["workerGroupSpecs"] if spec_key != "spec" else cluster["workerGroupSpecs"]
+    gpu = [g for g in groups if _group_offers(g)["GPU"] > 0]
+    assert gpu and all(g["maxReplicas"] > g["minReplicas"] for g in gpu), f"{path}: no autoscaled GPU group"
+    for stage, ask in _gpu_stage_requests().items():
+        assert ask.get("GPU", 0) > 0, stage
+        assert any(_fits(ask, _group_offers(g)) for g in gpu), f"{path}: no GPU group fits the {stage}' {ask}"
+    for text in (CLUSTER / "kuberay").glob("*.yaml"):  # the spec picks the accelerator: no pod or job pins one
+        assert "DS_ACCELERATOR" not in yaml.safe_dump(_load_all(text)), text.name
 
 
 def test_rayservice_manifest_serve_config():
@@ -130,6 +192,15 @@ def test_launcher_yaml():
     cpu = [n for n, t in workers.items() if n not in gpu]
     assert gpu and cpu, "needs a CPU and a GPU worker type"
     assert sum(t["max_workers"] for t in workers.values()) >= cfg["max_workers"] > 0
+    # The GPU types declare their GPUs (the autoscaler plans with them) and each GPU stage's request fits one of them.
+    assert all(workers[n]["resources"].get("GPU", 0) >= 1 for n in gpu)
+    assert all(not workers[n]["resources"].get("GPU") for n in cpu)
+    for stage, ask in _gpu_stage_requests().items():
+        assert any(_fits(ask, workers[n]["resources"]) for n in gpu), f"no GPU node type fits the {stage}' {ask}"
+    # Ray's own schema for launcher configs (an unknown or misplaced key fails here).
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(yaml.safe_load((CLUSTER / "aws.yaml").read_text())))
 
     # Token auth: the token file reaches every node, every ray start runs with RAY_AUTH_MODE=token.
     assert any(k.endswith(".ray/auth_token") for k in cfg["file_mounts"])
@@ -178,8 +249,8 @@ def test_runtime_env_package_contents(tmp_path):
 
 
 @pytest.mark.parametrize("path", ["cluster/aws.yaml", "cluster/kuberay/raycluster.yaml",
-                                  "cluster/kuberay/rayjob.yaml", "cluster/kuberay/rayservice.yaml",
-                                  "runtime_env.yaml"])
+                                  "cluster/kuberay/rayjob.yaml", "cluster/kuberay/rayjob-gpu.yaml",
+                                  "cluster/kuberay/rayservice.yaml", "runtime_env.yaml"])
 def test_no_secret_values_committed(path):
     text = (ROOT / path).read_text()
     assert not re.search(r"\b[0-9a-f]{64}\b", text), "looks like a token"
