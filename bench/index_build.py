@@ -2,13 +2,15 @@
 
 (a) ``embed``: WordNet definitions embedded by fastemb's Ray Data job (encoder actors, length bucketing) and by
     ``SentenceTransformer.encode`` (same model, same total threads, batch 128): docs/s and the ratio, plus the
-    cosine agreement of the two sets of vectors.
+    cosine agreement of the two sets of vectors. ``--gpu-actors N``: on this machine's GPU instead, fastemb's N
+    encoder actors sharing it (``embed.num_gpus`` 1/N, fp16, token budget sized for the GPU) against
+    ``SentenceTransformer.encode`` of the half-precision model (batch 512) on the same GPU (bench/gpu.sh).
 (b) ``ivfpq``: N vectors of dimension 384 drawn from a Gaussian fitted (mean and covariance) to real MiniLM
     embeddings of WordNet definitions, then L2-normalised; an IVF-PQ index built by fastemb's sharded build
     (train task, parallel add tasks, merge task) vs one faiss process with the same factory string and the same
     number of threads: wall time, recall@10 against exact search, and peak memory of each.
 
-    python bench/index_build.py embed [--n 117659] [--threads 2]
+    python bench/index_build.py embed [--n 117659] [--threads 2] [--gpu-actors 2]
     python bench/index_build.py ivfpq [--n 1000000] [--threads 2]
     python bench/index_build.py quality [--model all-MiniLM-L6-v2|<tuned folder>] [--threads 2]
 
@@ -45,50 +47,60 @@ MODEL = {"base": "all-MiniLM-L6-v2", "pooling": None, "normalize": None, "max_le
 MAX_BATCH_TOKENS = 1024
 
 
-def _st_encode(texts: list[str], threads: int, q) -> None:
-    """The peer, in its own process so that its threads and memory are its own."""
+def _st_encode(texts: list[str], threads: int, q, gpu: bool = False) -> None:
+    """The peer, in its own process so that its threads and memory are its own (on the GPU: fp16, batch 512)."""
     import torch
     from sentence_transformers import SentenceTransformer
 
     from fastemb.model.encoder import default_model_path
 
     torch.set_num_threads(threads)
-    model = SentenceTransformer(default_model_path(), device="cpu")
+    model = SentenceTransformer(default_model_path(), device="cuda" if gpu else "cpu")
+    if gpu:
+        model.half()
     model.max_seq_length = MODEL["max_length"]
+    if gpu:  # CUDA kernels and the allocator warmed up, as fastemb's actors are by the time they embed
+        model.encode(texts[:2048], batch_size=512)
+        torch.cuda.synchronize()
     t = time.perf_counter()
-    emb = model.encode(texts, batch_size=128, convert_to_numpy=True, normalize_embeddings=True)
-    q.put((time.perf_counter() - t, emb, peak_rss_mb()))
+    emb = model.encode(texts, batch_size=512 if gpu else 128, convert_to_numpy=True, normalize_embeddings=True)
+    q.put((time.perf_counter() - t, emb.astype(np.float32), peak_rss_mb()))
 
 
-def _st_round(texts: list[str], threads: int) -> tuple[float, np.ndarray, float]:
+def _st_round(texts: list[str], threads: int, gpu: bool = False) -> tuple[float, np.ndarray, float]:
     """One timed ``SentenceTransformer.encode`` of ``texts`` in a fresh process (model load not timed)."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_st_encode, args=(texts, threads, q))
+    p = ctx.Process(target=_st_encode, args=(texts, threads, q, gpu))
     p.start()
     out = q.get()
     p.join()
     return out
 
 
-def _fe_round(table: pa.Table, tmp: str, threads: int) -> tuple[float, pa.Table, float]:
-    """One timed fastemb Ray Data embedding job of ``table`` (actor start included); (wall, id+vector, RSS)."""
+def _fe_round(table: pa.Table, tmp: str, threads: int, gpu_actors: int = 0) -> tuple[float, pa.Table, float]:
+    """One timed fastemb Ray Data embedding job of ``table`` (actor start included); (wall, id+vector, RSS). With
+    ``gpu_actors``: that many actors sharing the GPU (fp16, the GPU-sized token budget), the threads split among
+    them."""
     from fastemb.index.corpus import scan_corpus
     from fastemb.index.embed import embed_corpus, shard_files
 
     pq.write_table(table, f"{tmp}/corpus.parquet")
+    pool = {"num_actors": threads, "threads_per_actor": 1, "max_batch_tokens": MAX_BATCH_TOKENS}
+    if gpu_actors:
+        pool = {"num_actors": gpu_actors, "threads_per_actor": max(1, threads // gpu_actors),
+                "num_gpus": 1 / gpu_actors, "batch_rows": 8192}
     t = time.perf_counter()
-    emb = embed_corpus(scan_corpus(f"{tmp}/corpus.parquet"), f"{tmp}/emb", MODEL, num_actors=threads,
-                       threads_per_actor=1, max_batch_tokens=MAX_BATCH_TOKENS, rows_per_unit=10**9)
+    emb = embed_corpus(scan_corpus(f"{tmp}/corpus.parquet"), f"{tmp}/emb", MODEL, rows_per_unit=10**9, **pool)
     wall = time.perf_counter() - t
     shards = pa.concat_tables([pq.read_table(f, columns=["id", "vector"]) for f in shard_files(emb["shard_dirs"])])
     return wall, shards, emb["worker_peak_rss_mb"]
 
 
-def bench_embed(n: int | None, threads: int, rounds: int = 2) -> None:
+def bench_embed(n: int | None, threads: int, rounds: int = 2, gpu_actors: int = 0) -> None:
     """The corpus is cut into ``rounds`` slices; each slice is embedded by both systems back to back, the order
     alternating between rounds (ABBA…), so that load drift on a shared machine hits both alike. fastemb pays its
-    actor start once per round."""
+    actor start once per round. ``gpu_actors``: both on the GPU (see the module docstring)."""
     import ray
 
     from fastemb.index.shards import vectors_of
@@ -104,12 +116,13 @@ def bench_embed(n: int | None, threads: int, rounds: int = 2) -> None:
         part = table.slice(lo, hi - lo)
         texts = part.column("text").to_pylist()
         with tempfile.TemporaryDirectory() as tmp:
+            gpu = gpu_actors > 0
             if r % 2 == 0:
-                st = _st_round(texts, threads)
-                fe = _fe_round(part, tmp, threads)
+                st = _st_round(texts, threads, gpu)
+                fe = _fe_round(part, tmp, threads, gpu_actors)
             else:
-                fe = _fe_round(part, tmp, threads)
-                st = _st_round(texts, threads)
+                fe = _fe_round(part, tmp, threads, gpu_actors)
+                st = _st_round(texts, threads, gpu)
         st_s, fe_s = st_s + st[0], fe_s + fe[0]
         st_rss, fe_rss = max(st_rss, st[2]), max(fe_rss, fe[2])
         pos = {d: i for i, d in enumerate(part.column("id").to_pylist())}
@@ -125,6 +138,14 @@ def bench_embed(n: int | None, threads: int, rounds: int = 2) -> None:
               f"\n**The rounds disagree ({min(ratios):.2f}× to {max(ratios):.2f}×): the shared machine's load changed "
               "during the run, so the total ratio is indicative only.**\n")
     fe_rate, st_rate = n_docs / fe_s, n_docs / st_s
+    if gpu_actors:
+        import torch
+
+        body = _gpu_embed_report(n_docs, n, threads, rounds, gpu_actors, per_round, st_s, fe_s, cos, spread,
+                                 torch.cuda.get_device_name())
+        print(body)
+        write_section("index_build (a): corpus embedding throughput on GPU (issue 23)", body)
+        return
     body = f"""Corpus: {n_docs:,} WordNet definitions{'' if not n else ' (first N of 117,659)'}; model all-MiniLM-L6-v2,
 max_length 64; {threads} threads in total for each system. The corpus is run in {rounds} slices, both systems back to
 back on each slice, order alternating (rounds: {'; '.join(per_round)}).
@@ -139,6 +160,23 @@ Vectors agree: cosine between the two systems' embeddings min {cos.min():.5f}, m
 {spread}"""
     print(body)
     write_section("index_build (a): corpus embedding throughput", body)
+
+
+def _gpu_embed_report(n_docs: int, n: int | None, threads: int, rounds: int, gpu_actors: int, per_round: list[str],
+                      st_s: float, fe_s: float, cos: np.ndarray, spread: str, gpu_name: str) -> str:
+    fe_rate, st_rate = n_docs / fe_s, n_docs / st_s
+    return f"""Corpus: {n_docs:,} WordNet definitions{'' if not n else ' (first N of 117,659)'}; model all-MiniLM-L6-v2,
+max_length 64, on one {gpu_name}, fp16 on both sides; {threads} CPU threads for each system. The corpus is run in
+{rounds} slices, both systems back to back on each slice, order alternating (rounds: {'; '.join(per_round)}).
+
+| system | wall (s) | docs/s |
+|---|---|---|
+| `SentenceTransformer.encode` (`.half()` on the GPU, batch 512; model load and a warm-up batch not timed) | {st_s:.1f} | {st_rate:.0f} |
+| fastemb Ray Data job ({gpu_actors} encoder actors × {1 / gpu_actors:g} GPU, fp16, length buckets under the GPU-sized token budget; incl. actor start and parquet write) | {fe_s:.1f} | {fe_rate:.0f} |
+
+**Ratio fastemb / sentence-transformers: {fe_rate / st_rate:.2f}×.**
+Vectors agree: cosine between the two systems' embeddings min {cos.min():.5f}, mean {cos.mean():.6f}.
+{spread}"""
 
 
 def synthetic_vectors(n: int, out_dir: Path, shard_rows: int = 100_000, seed: int = 0) -> tuple[list[str], np.ndarray]:
@@ -460,10 +498,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2, help="embed: slices; ivfpq: builds of each system; run in alternating order")
     ap.add_argument("--nlist", type=int, default=None, help="ivfpq: IVF lists (default ~4*sqrt(N))")
+    ap.add_argument("--gpu-actors", type=int, default=0, help="embed: N encoder actors sharing this machine's GPU "
+                    "against SentenceTransformer.encode on it (fp16 both)")
     a = ap.parse_args()
     configure_logging()
     if a.which == "embed":
-        bench_embed(a.n, a.threads, a.rounds)
+        bench_embed(a.n, a.threads, a.rounds, a.gpu_actors)
     elif a.which == "quality":
         bench_quality(a.model, a.threads)
     else:

@@ -17,6 +17,10 @@ Infinity runs from its own venv; (re)create it with (the torch pin first, or pip
 
 Without it that column is skipped and the report says so. ``--variant NAME:K=V,K=V`` adds a fastemb server
 started with extra environment variables (e.g. Ray Serve flags), measured like the others.
+
+``--device cuda`` serves on this machine's GPU instead (bench/gpu.sh): fastemb's replica with ``replica.num_gpus``
+(torch in fp16), the plain server's ``SentenceTransformer`` in ``.half()`` on the GPU, Infinity with ``--device cuda``
+(where its venv exists); its section is "serve (GPU)".
 """
 from __future__ import annotations
 
@@ -39,8 +43,8 @@ from fastemb.ray_env import free_port  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------- plain server
-def plain_server(model_path: str, port: int, threads: int) -> None:
-    """The baseline: FastAPI + SentenceTransformer.encode per request (no cross-request batching)."""
+def plain_server(model_path: str, port: int, threads: int, device: str = "cpu") -> None:
+    """The baseline: FastAPI + SentenceTransformer.encode per request (no cross-request batching); fp16 on a GPU."""
     import torch
     import uvicorn
     from fastapi import FastAPI
@@ -48,7 +52,9 @@ def plain_server(model_path: str, port: int, threads: int) -> None:
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(threads)
-    model = SentenceTransformer(model_path, device="cpu")
+    model = SentenceTransformer(model_path, device=device)
+    if device != "cpu":
+        model.half()
     app = FastAPI()
 
     @app.post("/v1/embeddings")
@@ -66,9 +72,10 @@ def plain_server(model_path: str, port: int, threads: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------- fastemb server
-def fastemb_server(model_path: str, port: int, threads: int, batch: int, proxy: str) -> None:
-    """fastemb's service as shipped (jobs/serve.yaml defaults), one replica of ``threads`` CPUs, until killed;
-    ``proxy`` is its ``ingress.proxy`` (Serve's Python proxy or the HAProxy ingress)."""
+def fastemb_server(model_path: str, port: int, threads: int, batch: int, proxy: str, device: str = "cpu") -> None:
+    """fastemb's service as shipped (jobs/serve.yaml defaults), one replica of ``threads`` CPUs (and the GPU with
+    ``device`` cuda: ``replica.num_gpus: 1``, fp16), until killed; ``proxy`` is its ``ingress.proxy`` (Serve's Python
+    proxy or the HAProxy ingress)."""
     from fastemb.serve.job import start
     from fastemb.spec import parse_spec
 
@@ -76,7 +83,7 @@ def fastemb_server(model_path: str, port: int, threads: int, batch: int, proxy: 
                        "production": {"model": model_path},
                        "batching": {"max_batch_size": batch},
                        "autoscaling": {"min_replicas": 1, "max_replicas": 1},
-                       "replica": {"num_cpus": threads},
+                       "replica": {"num_cpus": threads, "num_gpus": 1 if device != "cpu" else 0},
                        "limits": {"max_inflight_requests": 4096}, "ingress": {"proxy": proxy},
                        "feedback_dir": tempfile.mkdtemp(prefix="fastemb-bench-ab-")})
     start(spec)
@@ -204,30 +211,30 @@ def _env(threads: int) -> dict:
 
 
 def fastemb_process(name: str, model_path: str, threads: int, batch: int, extra_env: dict,
-                    proxy: str = "ray") -> ProcessServer:
+                    proxy: str = "ray", device: str = "cpu") -> ProcessServer:
     port = free_port()
     cmd = [sys.executable, __file__, "--fastemb-server", "--port", str(port), "--model", model_path,
-           "--threads", str(threads), "--batch-size", str(batch), "--proxy", proxy]
+           "--threads", str(threads), "--batch-size", str(batch), "--proxy", proxy, "--device", device]
     env = {**_env(threads), "RAY_USAGE_STATS_ENABLED": "0", **extra_env}
     return ProcessServer(name, cmd, port, f"http://127.0.0.1:{port}/healthz",
                          f"http://127.0.0.1:{port}/v1/embeddings", "fastemb", env)
 
 
-def infinity_process(python: str, model_path: str, threads: int, batch: int) -> ProcessServer:
+def infinity_process(python: str, model_path: str, threads: int, batch: int, device: str = "cpu") -> ProcessServer:
     port = free_port()
     exe = str(Path(python).parent / "infinity_emb")
     cmd = [exe, "v2", "--model-id", model_path, "--served-model-name", "minilm", "--port", str(port),
-           "--host", "127.0.0.1", "--engine", "torch", "--device", "cpu", "--batch-size", str(batch),
-           "--url-prefix", "/v1", "--no-bettertransformer"]
+           "--host", "127.0.0.1", "--engine", "torch", "--device", device, "--batch-size", str(batch),
+           "--url-prefix", "/v1", "--no-bettertransformer"] + (["--dtype", "float16"] if device != "cpu" else [])
     env = {**_env(threads), "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
     return ProcessServer("Infinity", cmd, port, f"http://127.0.0.1:{port}/health",
                          f"http://127.0.0.1:{port}/v1/embeddings", "minilm", env)
 
 
-def plain_process(model_path: str, threads: int) -> ProcessServer:
+def plain_process(model_path: str, threads: int, device: str = "cpu") -> ProcessServer:
     port = free_port()
     cmd = [sys.executable, __file__, "--plain-server", "--port", str(port), "--model", model_path,
-           "--threads", str(threads)]
+           "--threads", str(threads), "--device", device]
     return ProcessServer("FastAPI+ST", cmd, port, f"http://127.0.0.1:{port}/health",
                          f"http://127.0.0.1:{port}/v1/embeddings", "minilm", _env(threads))
 
@@ -271,16 +278,18 @@ def main() -> int:
     ap.add_argument("--servers", default="fastemb,fastemb-haproxy,infinity,plain")
     ap.add_argument("--variant", action="append", default=[], help="NAME:K=V,... extra fastemb server with env")
     ap.add_argument("--no-write", action="store_true", help="print the report, leave bench/RESULTS.md alone")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: every server on this machine's "
+                    "GPU in fp16 (see the docstring)")
     args = ap.parse_args()
 
     from fastemb.model.encoder import resolve_model_path
 
     model_path = resolve_model_path(args.model or "all-MiniLM-L6-v2")
     if args.plain_server:
-        plain_server(model_path, args.port, args.threads)
+        plain_server(model_path, args.port, args.threads, args.device)
         return 0
     if args.fastemb_server:
-        fastemb_server(model_path, args.port, args.threads, args.batch_size, args.proxy)
+        fastemb_server(model_path, args.port, args.threads, args.batch_size, args.proxy, args.device)
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
@@ -294,20 +303,22 @@ def main() -> int:
 
     servers, skipped = [], []
     wanted = args.servers.split(",")
+    dev = args.device
     if "fastemb" in wanted:
-        servers.append(fastemb_process(FASTEMB, model_path, args.threads, args.batch_size, {}))
+        servers.append(fastemb_process(FASTEMB, model_path, args.threads, args.batch_size, {}, device=dev))
     if "fastemb-haproxy" in wanted:
-        servers.append(fastemb_process(FASTEMB_HAPROXY, model_path, args.threads, args.batch_size, {}, "haproxy"))
+        servers.append(fastemb_process(FASTEMB_HAPROXY, model_path, args.threads, args.batch_size, {}, "haproxy",
+                                       dev))
     for v in args.variant:
         name, env = parse_variant(v)
-        servers.append(fastemb_process(name, model_path, args.threads, args.batch_size, env))
+        servers.append(fastemb_process(name, model_path, args.threads, args.batch_size, env, device=dev))
     if "infinity" in wanted:
         if Path(args.infinity_python).exists() and shutil.which(str(Path(args.infinity_python).parent / "infinity_emb")):
-            servers.append(infinity_process(args.infinity_python, model_path, args.threads, args.batch_size))
+            servers.append(infinity_process(args.infinity_python, model_path, args.threads, args.batch_size, dev))
         else:
             skipped.append(f"Infinity: no venv at {args.infinity_python} (see this script's docstring)")
     if "plain" in wanted:
-        servers.append(plain_process(model_path, args.threads))
+        servers.append(plain_process(model_path, args.threads, dev))
 
     diffs: dict[str, float] = {}
     live = []
@@ -347,13 +358,14 @@ def main() -> int:
     if results and not args.no_write:
         from bench.results import write_section
 
-        write_section("serve", body)
+        write_section("serve (GPU)" if args.device == "cuda" else "serve", body)
     return 0
 
 
 def report(results: dict, diffs: dict, skipped: list[str], args) -> str:
     names = list(results)
-    lines = [f"Model all-MiniLM-L6-v2 (same folder for every server), CPU, {args.threads} thread(s) per server, "
+    where = "CPU," if args.device == "cpu" else f"one GPU ({_gpu_name()}), fp16 on every server,"
+    lines = [f"Model all-MiniLM-L6-v2 (same folder for every server), {where} {args.threads} thread(s) per server, "
              f"{args.per_request} text(s) per request, closed loop. All servers up at once; each cell measured for "
              f"{args.seconds:.0f} s per server in {args.rounds} slices alternating between servers (order rotated "
              "each round, 1 s warm-up per slice). The host is shared with other jobs: compare the ratios.", ""]
@@ -385,6 +397,12 @@ def report(results: dict, diffs: dict, skipped: list[str], args) -> str:
     if skipped:
         lines += ["", "Not measured: " + "; ".join(skipped)]
     return "\n".join(lines)
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device seen by the driver"
 
 
 if __name__ == "__main__":
