@@ -6,7 +6,8 @@ brings) for the target's Python (3.12, x86-64 manylinux), drops what the target 
 file with one package name a line; default: ``IMAGE_PACKAGES`` below, the CUDA image of the GPU machines lent so far),
 downloads the rest, builds DeepSpeed's wheel (PyPI has only its source), and cuts everything into carry folders
 ``.whl-1/``, ``.whl-2/``, ... of at most ``--folder-mib`` each (a larger wheel is split into ``NAME.whl.part-00``,
-``-01``, ... which bench/gpu.sh joins again). The folders are added to ``.git/info/exclude``.
+``-01``, ... which bench/gpu.sh joins again). ``.gitignore`` ignores the folders, so each travels only in a call
+that names it in ``carry`` (and ``fastemb submit`` never uploads them).
 
 Each folder travels in one call to the GPU machine (the working tree plus one folder must stay under the call's size
 limit); a folder left by an earlier call of the same warm machine stays there, so the last call finds them all and
@@ -131,12 +132,6 @@ def main() -> int:
         subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(dl), DEEPSPEED],
                        check=True, env={**os.environ, "DS_BUILD_OPS": "0"})
         folders = carry_folders(sorted(dl.glob("*.whl")), ROOT, args.folder_mib * 2**20)
-    exclude = Path(subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-path", "info/exclude"],
-                                  cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip())
-    exclude.parent.mkdir(parents=True, exist_ok=True)
-    if "/.whl-*/" not in (exclude.read_text(errors="ignore") if exclude.exists() else ""):
-        with exclude.open("a") as f:
-            f.write("/.whl-*/\n")  # ignored, so each travels only when a call names it in carry
     print("carry folders: " + ", ".join(f"{f.name} ({sum(p.stat().st_size for p in f.iterdir()) / 2**20:.0f} MiB)"
                                          for f in folders))
     print("Device calls, back to back (the machine stays warm 30 s after each):")
