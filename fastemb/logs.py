@@ -42,7 +42,9 @@ QUIET_LOGGERS = {
 # Deprecation warnings raised by a library's own call, not by ours: (message regex, category, what calls it).
 QUIET_WARNINGS = [
     (r"`torch\.distributed\.all_gather_into_tensor` is deprecated", FutureWarning,
-     "DeepSpeed ZeRO-1/2's optimizer step (deepspeed/runtime/utils.py all_gather_dp_groups)"),
+     "DeepSpeed ZeRO-1/2's optimizer step (deepspeed/runtime/utils.py all_gather_dp_groups), ZeRO-3's parameter gather"),
+    (r"`torch\.distributed\.reduce_scatter_tensor` is deprecated", FutureWarning,
+     "DeepSpeed ZeRO-3's gradient reduction (deepspeed/comm/torch.py reduce_scatter_fn)"),
     (r"`ExecutionOptions\.exclude_resources` is deprecated", DeprecationWarning,
      "Ray Train's DataConfig.default_ingest_options, in its DatasetManager actor"),
 ]

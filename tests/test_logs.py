@@ -131,8 +131,9 @@ logs.configure()
 import faiss  # its loader logs one line per CPU variant it tries
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[1], rank=0, world_size=1)
 import torch
-with warnings.catch_warnings(record=True) as caught:  # the deprecated collective DeepSpeed's ZeRO step calls
+with warnings.catch_warnings(record=True) as caught:  # the deprecated collectives DeepSpeed's ZeRO steps call
     dist.all_gather_into_tensor(torch.zeros(2), torch.ones(2))
+    dist.reduce_scatter_tensor(torch.zeros(2), torch.ones(2))
 dist.destroy_process_group()
 print(json.dumps({"warnings": [str(w.message) for w in caught], "env": {k: os.environ.get(k) for k in
                   ("RAY_DATA_LOG_LEVEL", "HF_HUB_DISABLE_PROGRESS_BARS")}}))
@@ -151,10 +152,10 @@ def test_library_chatter_hidden_unless_debug(level):
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     faiss_lines = [line for line in p.stderr.splitlines() if line.startswith("faiss.loader")]
-    deprecated = [w for w in out["warnings"] if "all_gather_into_tensor" in w]
+    deprecated = [w for w in out["warnings"] if "all_gather_into_tensor" in w or "reduce_scatter_tensor" in w]
     if level == "DEBUG":
-        assert faiss_lines and deprecated and out["env"] == {"RAY_DATA_LOG_LEVEL": None,
-                                                             "HF_HUB_DISABLE_PROGRESS_BARS": None}
+        assert faiss_lines and len(deprecated) == 2 and out["env"] == {"RAY_DATA_LOG_LEVEL": None,
+                                                                       "HF_HUB_DISABLE_PROGRESS_BARS": None}
     else:
         assert not faiss_lines and not deprecated, p.stderr[-3000:]
         assert out["env"] == {"RAY_DATA_LOG_LEVEL": "WARNING", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
