@@ -40,14 +40,15 @@ def save_and_report(engine, state: TrainState, rank: int) -> None:
         ray.train.report({"step": state.step, **state.dev}, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def report_final(student, state: TrainState, rank: int) -> None:
-    """Rank 0 exports ``student`` (``model/``) and the history into the final checkpoint; all ranks report."""
+def report_final(student, state: TrainState, rank: int, max_seq_length: int) -> None:
+    """Rank 0 exports ``student`` (``model/``, running at ``max_seq_length`` tokens per text) and the history into
+    the final checkpoint; all ranks report."""
     import ray.train
 
     with tempfile.TemporaryDirectory(prefix="fastemb-final-") as d:
         checkpoint = None
         if rank == 0:
-            student.save(Path(d) / "model")
+            student.save(Path(d) / "model", max_seq_length=max_seq_length)
             (Path(d) / HISTORY_FILE).write_text(json.dumps(state.history))
             checkpoint = ray.train.Checkpoint.from_directory(d)
         ray.train.report({"step": state.step, "finished": True, **state.dev}, checkpoint=checkpoint)

@@ -5,7 +5,8 @@ process group: gloo on CPU, NCCL on GPU), streams its shard of the pairs from Ra
 optimises InfoNCE with negatives gathered from every worker. Every ``checkpoint_every`` steps each
 rank saves its DeepSpeed shard and all ranks call ``ray.train.report`` with it; after a failure
 Ray restarts the workers and the loop resumes from the last checkpoint. At the end rank 0 puts the
-consolidated model (sentence-transformers format) into the final checkpoint. ``model.keep_layers`` /
+consolidated model (sentence-transformers format, at its inference length: fastemb/train/export.py) into the final
+checkpoint; dev evaluations run at the training length (``model.max_length``). ``model.keep_layers`` /
 ``model.num_layers`` make the student from a subset of the base's layers; with a ``distill`` section the loss is
 ``fastemb.train.distill.DistillObjective`` (InfoNCE plus the distillation terms) and only the student is exported.
 With ``tasks`` each micro-batch comes from one task drawn by weight (``fastemb.train.tasks``); with
@@ -118,6 +119,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from fastemb.spec import TrainJob
     from fastemb.train.checkpointing import report_final, report_if_finished, save_and_report
+    from fastemb.train.export import export_length
 
     spec = TrainJob.model_validate(config["spec"])
     torch.set_num_threads(spec.train.cpus_per_worker)
@@ -137,7 +139,7 @@ def train_loop_per_worker(config: dict) -> None:
             _evaluate(w, state)
         if w.checkpoint_due(state.step):
             save_and_report(w.engine, state, w.rank)
-    report_final(_student(w.engine), state, w.rank)
+    report_final(_student(w.engine), state, w.rank, export_length(spec))
 
 
 def _start(spec, config: dict, rank: int, world: int, checkpoint) -> tuple[Worker, TrainState]:
