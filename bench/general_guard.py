@@ -156,7 +156,7 @@ def body(args, spec: TrainJob, report: dict, rows: dict, fe_seconds: float, st_s
     grid = ", ".join(f"{r['weight']:g}: {r['in_domain']:.4f} / {r['general']:.4f}" for r in merge.get("grid", []))
     sets = ("subsets: 300 WordNet test queries against 2,000 definitions, 150 general queries against 600 "
             "descriptions" if args.quick else "full test splits: 2,000 WordNet queries against 20,000 definitions, "
-            "600 general queries against 3,000 descriptions")
+            "1,000 general queries against 2,000 descriptions")
     return f"""
 Training: jobs/demo.yaml's recipe on {args.pairs} WordNet pairs (seed {t.seed}), all-MiniLM-L6-v2, {t.epochs:g}
 epoch, lr {t.lr:g}, warm-up {t.warmup_ratio:g}, {t.schedule} schedule, temperature {spec.loss.temperature:g}.

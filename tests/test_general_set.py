@@ -17,7 +17,7 @@ STATUS = Path("/var/lib/dpkg/status")
 
 
 def test_the_shipped_general_set_loads_with_its_notice():
-    for split, (n_queries, n_corpus) in {"test": (600, 3000), "dev": (200, 1000)}.items():
+    for split, (n_queries, n_corpus) in {"test": (1000, 2000), "dev": (300, 600)}.items():
         ev = load_eval_set("debian-descriptions", split)
         assert (len(ev.queries), len(ev.corpus)) == (n_queries, n_corpus)
         assert all(len(r) == 1 for r in ev.relevant) and sum(ev.report["corpus"]["skipped"].values()) == 0

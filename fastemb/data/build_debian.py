@@ -11,8 +11,9 @@ Selection (the same lists give the same set): the packages of one suite's ``main
 description has 300–2,000 characters; one package per source package (the one named like the source, else the
 shortest name), so no two texts are the same upstream blurb; synopses shared by several sources are dropped (a
 query has one answer), and so are long descriptions whose first 200 characters repeat another's. Sources are
-shuffled with a fixed seed and split: test 600 queries against 3,000 texts, dev 200 against 1,000; the other texts
-of a split are descriptions of sources used nowhere else.
+shuffled with a fixed seed and split: test 1,000 queries against 2,000 texts, dev 300 against 600; the other texts
+of a split are descriptions of sources used nowhere else (queries are cheap to embed, long texts are not: many
+queries keep the figures steady, a small corpus keeps an evaluation short).
 
 License: each description is part of its package's Debian packaging and is distributed under that package's license
 (every package in Debian main meets the Debian Free Software Guidelines, which allow redistribution); every row keeps
@@ -44,7 +45,7 @@ import pyarrow.parquet as pq
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "datasets" / "debian-descriptions"
 NOTICE = "LICENSE-Debian-descriptions.txt"
-SIZES = {"test": (600, 3000), "dev": (200, 1000)}  # split → (queries, corpus texts)
+SIZES = {"test": (1000, 2000), "dev": (300, 600)}  # split → (queries, corpus texts)
 APT_HELPER = "/usr/lib/apt/apt-helper"
 _OPENERS = {".gz": gzip.decompress, ".xz": lzma.decompress, ".bz2": bz2.decompress}
 

@@ -6,7 +6,7 @@ Format (a folder): ``{split}_queries.parquet`` with ``id``, ``text``, ``relevant
 - ``wordnet``: 2,000 test queries against 20,000 definitions and 500 dev queries against 5,000, all from synsets
   that are not in the training split (fastemb/data/build_wordnet.py);
 - ``debian-descriptions``: the general-domain set, Debian package one-line descriptions against long descriptions,
-  600 test queries against 3,000 and 200 dev queries against 1,000 (fastemb/data/build_debian.py).
+  1,000 test queries against 2,000 and 300 dev queries against 600 (fastemb/data/build_debian.py).
 """
 from __future__ import annotations
 

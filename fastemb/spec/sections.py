@@ -91,7 +91,7 @@ class EvalSetSpec(Section):
 class GeneralEvalSpec(EvalSetSpec):
     """A general-domain evaluation set scored for the base and the tuned model in every report: what training costs
     outside its domain. The shipped one (``debian-descriptions``, fastemb/data/build_debian.py): Debian package
-    one-line descriptions searched against 3,000 long descriptions."""
+    one-line descriptions searched against 2,000 long descriptions."""
     eval: str = input_path("debian-descriptions", description="'debian-descriptions' (shipped), 'wordnet', or a "
                            "folder with {dev,test}_{queries,corpus}.parquet (the data.eval format)")
     tolerance: float = Field(0.005, ge=0, le=1, description="general nDCG@10 may fall this much below the base's: "
