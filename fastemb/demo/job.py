@@ -82,8 +82,10 @@ def wait_for_cpus(needed: float, timeout: float = 180) -> None:
         time.sleep(1)
 
 
-def stage_registry(spec: DemoJob, run_dir: Path, trained: str, winner: dict | None) -> dict:
-    """Register the trained model and the Tune winner (dev metrics) and let the gate pick production."""
+def stage_registry(spec: DemoJob, run_dir: Path, trained: str, winner: dict | None, merge: dict | None = None
+                   ) -> dict:
+    """Register the trained model (with how it was merged) and the Tune winner (dev metrics) and let the gate pick
+    production."""
     registry = Registry(str(run_dir / "registry"))
     metric = spec.promote_metric
 
@@ -94,7 +96,7 @@ def stage_registry(spec: DemoJob, run_dir: Path, trained: str, winner: dict | No
         return {f"dev_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
 
     out = {"registry": str(run_dir / "registry")}
-    v1 = registry.register(trained, dev(trained), {"stage": "train", "job": spec.train.name})
+    v1 = registry.register(trained, dev(trained), {"stage": "train", "job": spec.train.name, "merge": merge})
     registry.promote(v1, metric, force=True)
     out["trained"] = {"version": v1, metric: registry.show(v1)["metrics"][metric]}
     if winner:
@@ -209,7 +211,8 @@ def run_demo(spec: DemoJob) -> dict:
     tuned = timed("tune", run_tune, tune_spec)
     summary["tune"] = {"trials": tuned["trials"], "winner": tuned["winner"], "default": tuned["default"],
                        "dev_corpus": tune_spec.data.dev_corpus}
-    registry = timed("registry", stage_registry, spec, run_dir, report["model_dir"], tuned["winner"])
+    registry = timed("registry", stage_registry, spec, run_dir, report["model_dir"], tuned["winner"],
+                     report["merge"])
     summary["registry"] = registry
     index_spec = _under(spec.index, run_dir, "index")
     index_spec = index_spec.model_copy(update={"model": index_spec.model.model_copy(
