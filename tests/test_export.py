@@ -34,14 +34,15 @@ def _swapped_vocabulary(src: str, out: Path) -> str:
 
 @pytest.fixture(scope="module")
 def other_model(tmp_path_factory, minilm_path) -> str:
-    """A second model of MiniLM's architecture and tokenizer: its weights moved by seeded noise."""
+    """A second model of MiniLM's architecture and tokenizer: its weights moved by seeded noise; it runs at 64 tokens
+    per text (a merge runs at its first model's length: short texts keep the merge job's test fast)."""
     enc = Encoder.load(minilm_path)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in enc.transformer.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.02 * p.std().clamp(min=1e-3))
     out = tmp_path_factory.mktemp("other") / "model"
-    enc.save(out)
+    enc.save(out, max_seq_length=64)
     return str(out)
 
 
@@ -186,9 +187,9 @@ def test_continual_general_gate_keeps_production(tmp_path, minilm_path, other_mo
 
 @pytest.fixture(scope="module")
 def small_sets(tmp_path_factory) -> tuple[str, str]:
-    """8 real queries per split against 30 texts: WordNet (in-domain) and Debian descriptions (general)."""
+    """6 real queries per split against 16 texts: WordNet (in-domain) and Debian descriptions (general)."""
     from fastemb.data.eval_sets import write_subset
 
     root = tmp_path_factory.mktemp("small_sets")
-    return (write_subset("wordnet", root / "wordnet", 8, 22),
-            write_subset("debian-descriptions", root / "debian", 8, 22))
+    return (write_subset("wordnet", root / "wordnet", 6, 10),
+            write_subset("debian-descriptions", root / "debian", 6, 10))
