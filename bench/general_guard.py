@@ -91,8 +91,8 @@ def score(model: Encoder, sets: dict) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="512 pairs, test subsets (300 WordNet queries against "
-                    "2,000 definitions; 150 general queries against 600 descriptions), a 3-weight grid")
+    ap.add_argument("--quick", action="store_true", help="512 pairs, subsets (per split 200 WordNet queries "
+                    "against 1,000 definitions, 100 general queries against 400 descriptions), a 3-weight grid")
     ap.add_argument("--pairs", type=int, default=None, help="training pairs (default: the demo's 4,000; quick 512)")
     ap.add_argument("--grid", type=float, nargs="*", default=None, help="merge weights (default: the spec's)")
     ap.add_argument("--threads", type=int, default=2)
@@ -105,8 +105,8 @@ def main() -> None:
     args.out.mkdir(parents=True)
     in_domain, general = "wordnet", "debian-descriptions"
     if args.quick:
-        in_domain = write_subset("wordnet", args.out / "sets" / "wordnet", 300, 1700)
-        general = write_subset("debian-descriptions", args.out / "sets" / "general", 150, 450)
+        in_domain = write_subset("wordnet", args.out / "sets" / "wordnet", 200, 800)
+        general = write_subset("debian-descriptions", args.out / "sets" / "general", 100, 300)
     spec = train_spec(args, in_domain, general)
 
     from fastemb.ray_env import init_ray
@@ -154,7 +154,7 @@ def body(args, spec: TrainJob, report: dict, rows: dict, fe_seconds: float, st_s
     kept = gain_kept(rows["merged"][0]["in_domain"], rows["unmerged"][0]["in_domain"], base["in_domain"])
     within = {k: rows[k][0]["general"] >= base["general"] - TOLERANCE for k in ("unmerged", "merged")}
     grid = ", ".join(f"{r['weight']:g}: {r['in_domain']:.4f} / {r['general']:.4f}" for r in merge.get("grid", []))
-    sets = ("subsets: 300 WordNet test queries against 2,000 definitions, 150 general queries against 600 "
+    sets = ("subsets: 200 WordNet test queries against 1,000 definitions, 100 general queries against 400 "
             "descriptions" if args.quick else "full test splits: 2,000 WordNet queries against 20,000 definitions, "
             "1,000 general queries against 2,000 descriptions")
     return f"""

@@ -33,6 +33,8 @@ def test_demo_runs_every_stage_and_serves_the_production_model(ray_local, tmp_pa
     assert len(summary["tune"]["trials"]) == 2 and summary["tune"]["default"] is not None
     registry = Registry(str(run_dir / "registry"))
     assert registry.state()["production"] == summary["registry"]["production"]
+    trained = registry.show(summary["registry"]["trained"]["version"])
+    assert trained["config"]["merge"]["weight"] == summary["train"]["merge"]["weight"]  # how it was merged
     assert summary["index"]["counts"]["documents_indexed"] == 300
     exact = summary["index"]["evaluation"]["results"][0]
     assert exact["recall@10"] == 1.0 and exact["ndcg@10"] > 0.3
