@@ -193,3 +193,30 @@ def small_sets(tmp_path_factory) -> tuple[str, str]:
     root = tmp_path_factory.mktemp("small_sets")
     return (write_subset("wordnet", root / "wordnet", 6, 10),
             write_subset("debian-descriptions", root / "debian", 6, 10))
+
+
+def test_tune_registers_its_winner_only_within_the_general_tolerance(tmp_path, minilm_path, small_sets):
+    """With general.gate, the Tune winner is registered (recording how the trials were merged) when its general test
+    nDCG@10 stays within the tolerance of the base's, and not registered when it falls below."""
+    from fastemb.registry import Registry
+    from fastemb.tune.job import register_winner
+    from fastemb.tune.tuner import METRIC
+
+    broken = Encoder.load(minilm_path)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # weights moved far enough to lose most of what the base retrieves
+        for p in broken.transformer.encoder.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * p.std().clamp(min=1e-3))
+    broken.save(tmp_path / "broken")
+    spec = parse_spec({"job": "tune", "name": "t", "storage_path": str(tmp_path), "export": {"merge": {"weight": 0.7}},
+                       "general": {"eval": small_sets[1], "gate": True, "tolerance": 0.0},
+                       "tune": {"registry": str(tmp_path / "registry")}})
+    winner = {METRIC: 0.5, "dev_ndcg@10": 0.6, "bytes_per_vector": 48, "compression_x": 32, "temperature": 0.05,
+              "lr": 1e-4, "micro_batch_size": 16, "pq_bytes": 48, "trial_id": "t1"}
+    refused = register_winner(spec, {**winner, "model_dir": str(tmp_path / "broken")})
+    assert refused["registered"] is None and not refused["general_gate"]["passed"]
+    kept = register_winner(spec, {**winner, "model_dir": minilm_path})  # the base itself: within a tolerance of 0
+    assert kept["general_gate"]["passed"] and kept["registered"]
+    meta = Registry(str(tmp_path / "registry")).show(kept["registered"])
+    assert meta["config"]["merge"]["weight"] == 0.7
+    assert meta["metrics"]["general_ndcg@10"] == kept["general_gate"]["tuned"]
