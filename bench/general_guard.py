@@ -74,8 +74,8 @@ def run_sentence_transformers(spec: TrainJob, threads: int, out_dir: Path) -> tu
         learning_rate=t.lr, num_train_epochs=t.epochs, warmup_ratio=t.warmup_ratio, lr_scheduler_type=t.schedule,
         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, save_strategy="no", report_to="none",
         logging_steps=50, use_cpu=True, seed=t.seed, dataloader_drop_last=True)
-    trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=data,
-                                         loss=losses.MultipleNegativesRankingLoss(model, scale=1 / spec.loss.temperature))
+    loss = losses.MultipleNegativesRankingLoss(model, scale=1 / spec.loss.temperature)
+    trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=data, loss=loss)
     t0 = time.time()
     trainer.train()
     seconds = time.time() - t0
@@ -184,8 +184,8 @@ Merge (WiSE-FT, θ = w·θ_trained + (1 − w)·θ_base): weight **{w:g}**, chos
   ({rows['merged'][0]['general'] - base['general']:+.4f}) — {"met" if any(within.values()) else "NOT MET"}.
 - The merge keeps **{_pct(kept)}** of the unmerged in-domain test gain (target ≥ 90 %) —
   {"met" if kept is not None and kept >= 0.9 else "NOT MET"}.
-- fastemb (merged) minus sentence-transformers: in-domain {rows['merged'][0]['in_domain'] - rows['st'][0]['in_domain']:+.4f},
-  general {rows['merged'][0]['general'] - rows['st'][0]['general']:+.4f}; unmerged minus sentence-transformers:
+- fastemb (merged) minus sentence-transformers: in-domain
+  {rows['merged'][0]['in_domain'] - rows['st'][0]['in_domain']:+.4f}, general {rows['merged'][0]['general'] - rows['st'][0]['general']:+.4f}; unmerged minus sentence-transformers:
   in-domain {rows['unmerged'][0]['in_domain'] - rows['st'][0]['in_domain']:+.4f}, general
   {rows['unmerged'][0]['general'] - rows['st'][0]['general']:+.4f}.
 """

@@ -167,7 +167,8 @@ def test_continual_general_gate_keeps_production(tmp_path, minilm_path, other_mo
 
     registry = Registry(str(tmp_path / "registry"))
     registry.promote(registry.register(minilm_path, {"ndcg@10": 0.5}, {"seed": True}))
-    spec = parse_spec({"name": "c", "storage_path": str(tmp_path), "continual": {"registry": str(tmp_path / "registry")},
+    spec = parse_spec({"name": "c", "storage_path": str(tmp_path),
+                       "continual": {"registry": str(tmp_path / "registry")},
                        "general": {"gate": True, "tolerance": 0.005}})
     shutil.copytree(other_model, spec.run_dir / "model")
     general = {"eval": "debian-descriptions", "base": {"ndcg@10": 0.80}, "tuned": {"ndcg@10": 0.79},

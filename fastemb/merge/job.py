@@ -124,5 +124,6 @@ def cli_summary(report: dict) -> dict:
     m = report["merge"]
     return {"model_dir": report["model_dir"], "weights": [x["weight"] for x in m["models"]],
             "chosen_by": m["chosen_by"],
-            "test_ndcg@10": {name: {k: v[METRIC] for k, v in scores.items()} for name, scores in report["test"].items()},
+            "test_ndcg@10": {name: {k: v[METRIC] for k, v in scores.items()}
+                             for name, scores in report["test"].items()},
             **({"registered": report["registry"]["version"]} if "registry" in report else {})}
