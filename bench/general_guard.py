@@ -129,6 +129,7 @@ def main() -> None:
         "merged": ({"in_domain": report["tuned"]["ndcg@10"], "general": report["general"]["tuned"]["ndcg@10"]},
                    report["lengths"]["export"]),
     }
+    (args.out / "fastemb_rows.json").write_text(json.dumps(rows, indent=2))  # kept if the peer's run is cut short
     st_path, st_seconds, st_length = run_sentence_transformers(spec, args.threads, args.out / "st")
     rows["st"] = (score(Encoder.load(st_path), sets), st_length)
     write_section(SECTION, body(args, spec, report, rows, fe_seconds, st_seconds))
