@@ -1,13 +1,10 @@
 """Shared fixtures and the test tiers: one local Ray per test session, small real data made from the shipped
-WordNet set."""
+WordNet and Debian-descriptions sets."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,6 +17,8 @@ os.environ.setdefault(*SERVE_TEST_API_KEY)
 for _k, _v in {"AWS_ACCESS_KEY_ID": "fastemb-test", "AWS_SECRET_ACCESS_KEY": "fastemb-test",
                "AWS_DEFAULT_REGION": "us-east-1"}.items():
     os.environ.setdefault(_k, _v)
+from fastemb.data.eval_sets import write_subset  # noqa: E402
+
 # Ray Serve reads these when its processes start; `fastemb serve` sets them before it starts Ray, so the serve tests
 # that run on the session's Ray get the same Serve as a user does.
 from fastemb.serve.deployments import SERVE_FAST_PATH_ENV  # noqa: E402
@@ -129,16 +128,13 @@ def ray_local(_ray_session):
 @pytest.fixture(scope="session")
 def tiny_eval(tmp_path_factory) -> str:
     """A small real evaluation folder: 40 WordNet queries per split against 300 definitions."""
-    out = tmp_path_factory.mktemp("tiny_eval")
-    for split in ("dev", "test"):
-        corpus = pq.read_table(WORDNET / f"{split}_corpus.parquet")
-        queries = pq.read_table(WORDNET / f"{split}_queries.parquet").slice(0, 40)
-        wanted = pa.array([ids[0] for ids in queries.column("relevant_ids").to_pylist()])
-        relevant = corpus.filter(pc.is_in(corpus["id"], value_set=wanted))
-        others = corpus.filter(pc.invert(pc.is_in(corpus["id"], value_set=wanted))).slice(0, 260)
-        pq.write_table(pa.concat_tables([relevant, others]), out / f"{split}_corpus.parquet")
-        pq.write_table(queries, out / f"{split}_queries.parquet")
-    return str(out)
+    return write_subset("wordnet", tmp_path_factory.mktemp("tiny_eval"), 40, 260)
+
+
+@pytest.fixture(scope="session")
+def tiny_general(tmp_path_factory) -> str:
+    """A small real general-domain folder: 30 Debian package synopses per split against 150 long descriptions."""
+    return write_subset("debian-descriptions", tmp_path_factory.mktemp("tiny_general"), 30, 120)
 
 
 @pytest.fixture(scope="session")

@@ -181,7 +181,8 @@ def faulted_job(cluster, shared, tmp_path_factory, tiny_eval):
     storage = tmp_path_factory.mktemp("shared")
     run = storage / "rs"
     spec = ["jobs/contrastive.yaml", "name=rs", f"storage_path={storage}", "data.max_pairs=512",
-            f"data.eval={tiny_eval}", "train.micro_batch_size=16", "train.checkpoint_every=2", "train.num_workers=2",
+            f"data.eval={tiny_eval}", "general=null",
+            "train.micro_batch_size=16", "train.checkpoint_every=2", "train.num_workers=2",
             "train.max_failures=2", "--shared", shared]
     env = cluster["env"]
     first = _fastemb("submit", *spec, env=env)

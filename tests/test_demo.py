@@ -10,14 +10,15 @@ from fastemb.spec import load_spec
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_demo_runs_every_stage_and_serves_the_production_model(ray_local, tmp_path, tiny_eval):
+def test_demo_runs_every_stage_and_serves_the_production_model(ray_local, tmp_path, tiny_eval, tiny_general):
     from fastemb.demo.job import run_demo
 
     small_train = {"max_length": 32}
     spec = load_spec(ROOT / "jobs" / "demo.yaml", [
         f"storage_path={tmp_path}", "ray.num_cpus=2",
         f"train.model.max_length={small_train['max_length']}", "train.data.max_pairs=128",
-        f"train.data.eval={tiny_eval}", "train.train.micro_batch_size=16",
+        f"train.data.eval={tiny_eval}", "train.train.micro_batch_size=16", f"train.general.eval={tiny_general}",
+        "train.export.merge.grid=[0.5, 1.0]",
         f"tune.model.max_length={small_train['max_length']}", "tune.data.max_pairs=64",
         f"tune.data.eval={tiny_eval}", "tune.train.micro_batch_size=16", "tune.space.micro_batch_size=[16]",
         "tune.train.eval_every=2", "tune.tune.num_samples=2",
@@ -27,10 +28,13 @@ def test_demo_runs_every_stage_and_serves_the_production_model(ray_local, tmp_pa
     summary = run_demo(spec)
 
     run_dir = tmp_path / "demo"
-    assert summary["train"]["tuned"]["queries"] == 40
+    assert summary["train"]["tuned"]["queries"] == 40 and summary["train"]["lengths"]["export"] == 256
+    assert summary["train"]["general"]["tuned"]["queries"] == 30 and summary["train"]["merge"]["weight"] in (0.5, 1.0)
     assert len(summary["tune"]["trials"]) == 2 and summary["tune"]["default"] is not None
     registry = Registry(str(run_dir / "registry"))
     assert registry.state()["production"] == summary["registry"]["production"]
+    trained = registry.show(summary["registry"]["trained"]["version"])
+    assert trained["config"]["merge"]["weight"] == summary["train"]["merge"]["weight"]  # how it was merged
     assert summary["index"]["counts"]["documents_indexed"] == 300
     exact = summary["index"]["evaluation"]["results"][0]
     assert exact["recall@10"] == 1.0 and exact["ndcg@10"] > 0.3
@@ -38,6 +42,7 @@ def test_demo_runs_every_stage_and_serves_the_production_model(ray_local, tmp_pa
     assert served["query"] == "a large wild cat of Africa" and len(served["hits"]) == 3
     assert summary["serve"]["embedding_dim"] == 384
     table = (run_dir / "summary.md").read_text()
-    for stage in ("base model", "contrastive training", "Tune search", "registry", "index", "serve", "total"):
+    for stage in ("base model", "contrastive training", "merge with the base", "general set", "Tune search",
+                  "registry", "index", "serve", "total"):
         assert f"| {stage} |" in table
     assert json.loads((run_dir / "summary.json").read_text())["seconds"]["total"] > 0

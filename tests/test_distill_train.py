@@ -133,7 +133,7 @@ def test_distillation_steps_end_to_end(ray_local, tmp_path, tiny_eval, pairs_wit
 
     spec = parse_spec({
         "name": "distill", "storage_path": str(tmp_path), "model": {"keep_layers": [0, 3], "max_length": 32},
-        "data": {"train": pairs_with_negatives, "eval": tiny_eval},
+        "data": {"train": pairs_with_negatives, "eval": tiny_eval}, "general": None,
         "loss": {"hard_negatives": 2},
         "distill": {"teacher": minilm_path, "infonce_weight": 0.5, "kl": {"weight": 1.0, "temperature": 0.05},
                     "embedding_mse": {"weight": 10.0, "project": True}, "hidden_state": {"weight": 1.0},

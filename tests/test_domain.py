@@ -194,6 +194,7 @@ def test_adapter_run_trains_adapters_and_new_rows_only(ray_local, tmp_path, tiny
                        "model": {"max_length": 64, "new_tokens": terms,
                                  "adapters": {"size": 16, "layers": [3, 4, 5]}},
                        "data": {"max_pairs": 256, "eval": tiny_eval},   # one epoch: 8 steps, every pair seen
+                       "general": None,
                        "train": {"micro_batch_size": 16, "num_workers": 2, "epochs": 1, "lr": 1e-3,
                                  "warmup_ratio": 0.0, "log_every": 1, "eval_every": 1000, "checkpoint_every": 100}})
     report = run_train(spec)
@@ -231,6 +232,7 @@ def test_simcse_raw_text_run_lowers_the_loss_and_exports(ray_local, tmp_path, ti
     spec = parse_spec({"name": "simcse", "storage_path": str(tmp_path),
                        "model": {"max_length": 32},
                        "data": {"format": "raw", "train": "wordnet", "max_pairs": 1024, "eval": tiny_eval},
+                       "general": None,
                        "loss": {"temperature": 0.2},
                        "train": {"micro_batch_size": 32, "num_workers": 2, "max_steps": 16, "lr": 1e-4,
                                  "warmup_ratio": 0.0, "log_every": 1, "eval_every": 1000, "checkpoint_every": 100}})

@@ -230,7 +230,7 @@ def test_mine_job_rescored_by_a_teacher_on_ray(ray_local, tmp_path, minilm_path,
     report = run_mine(spec)
     rows = pq.read_table(tmp_path / "r" / "pairs.parquet").to_pylist()
     assert len(rows) == 64 and "[fastemb mine] rescored with" in capsys.readouterr().err
-    enc = Encoder.load(minilm_path, pooling="cls", max_length=64)
+    enc = Encoder.load(minilm_path, pooling="cls")  # the spec leaves the length to the model: the folder's own
     texts = list(dict.fromkeys(t for r in rows for t in (r["query"], r["positive"], *r["negatives"])))
     vec = dict(zip(texts, normalize_rows(enc.encode(texts))))
     for r in rows:

@@ -115,7 +115,7 @@ def test_three_task_run_with_a_refreshed_negative_pool_and_a_distillation_task(r
 
     spec = parse_spec({
         "name": "multi", "storage_path": str(tmp_path), "model": {"max_length": 32},
-        "data": {"eval": tiny_eval},
+        "data": {"eval": tiny_eval}, "general": None,
         "tasks": [{"name": "pairs", "data": "wordnet", "max_pairs": 256, "weight": 2, "loss": {"hard_negatives": 1}},
                   {"name": "defs", "kind": "simcse", "data": "wordnet", "max_pairs": 128, "weight": 1,
                    "loss": {"temperature": 0.1}},

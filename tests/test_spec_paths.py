@@ -18,15 +18,18 @@ from fastemb.submit import build_submission
 
 # What an optional section needs besides the field under test to be valid (a list section gets one item).
 SECTION_NEEDS = {"distill": {"kl": {}}, "tasks.*": {"name": "t"}}
-JOB_NEEDS = {"search": {"queries": ["q"], "index_dir": "an-index"}}  # required fields
+JOB_NEEDS = {"search": {"queries": ["q"], "index_dir": "an-index"},  # required fields
+             "merge": {"models": [{"path": "tuned"}, {"path": "base"}]}}
 # Sections a job type refuses whatever they hold (their fields can never reach a job of that type).
 REFUSED_SECTIONS = {"tune": ("distill.", "tasks."), "demo": ("tune.distill.", "tune.tasks.")}
 # The fields issue 14 found unhandled by `fastemb submit`: they must stay declared (a floor, not the list used).
-MUST_BE_HANDLED = {"train": {"distill.teacher", "tasks.0.data", "continual.registry", "model.new_tokens"},
+MUST_BE_HANDLED = {"train": {"distill.teacher", "tasks.0.data", "continual.registry", "model.new_tokens",
+                             "general.eval"},
                    "tune": {"tune.registry"},
                    "serve": {"production.model", "production.index_dir", "production.corpus", "production.registry",
                              "candidate.model", "candidate.index_dir", "candidate.corpus", "candidate.registry"},
-                   "demo": {"train.distill.teacher", "serve.production.index_dir", "index.corpus.path"}}
+                   "demo": {"train.distill.teacher", "serve.production.index_dir", "index.corpus.path"},
+                   "merge": {"models.0.path", "data.eval", "general.eval", "registry"}}
 
 
 def _raw_setting(job: str, field: str, value: str) -> dict:
@@ -36,7 +39,7 @@ def _raw_setting(job: str, field: str, value: str) -> dict:
     for i in range(1, len(parts)):
         prefix = ".".join(parts[:i])
         concrete = prefix.replace(LIST_ITEM, "0")
-        if parts[i] == LIST_ITEM:
+        if parts[i] == LIST_ITEM and not isinstance(get_dotted(raw, concrete), list):  # JOB_NEEDS may give one
             raw = set_dotted(raw, concrete, [{}])
         for section, needs in SECTION_NEEDS.items():
             if prefix == section or prefix.endswith("." + section):

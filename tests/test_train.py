@@ -7,6 +7,9 @@ faults of one run (a module fixture):
    workers SIGKILLed, its local Ray shut down); running the same job again (a new driver: a fresh Ray, the same name
    and storage_path) resumes it from that checkpoint, runs to the end and exports a model that sentence-transformers
    loads with the same embeddings; running the finished job once more returns its result.
+
+The run trains at 32 tokens per text and exports at the base's 256, merged with the base (``export.merge``), with
+a general-domain set in its report: one run checks the faithful export, the general metrics and the merge too.
 """
 from __future__ import annotations
 
@@ -28,12 +31,13 @@ from fastemb.train.job import run_train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def small_spec(tmp_path, tiny_eval, name, **train):
+def small_spec(tmp_path, tiny_eval, name, general: str | None = None, export: dict | None = None, **train):
     cfg = {"micro_batch_size": 16, "num_workers": 2, "zero_stage": 2, "checkpoint_every": 3, "log_every": 1,
            "eval_every": 1000, "lr": 5e-5, **train}
     return parse_spec({"name": name, "storage_path": str(tmp_path),
                        "model": {"max_length": 32},
                        "data": {"max_pairs": 512, "eval": tiny_eval},
+                       "general": {"eval": general} if general else None, "export": export or {},
                        "train": cfg})
 
 
@@ -57,15 +61,17 @@ def _wait_for(pred, what: str, thread: threading.Thread, timeout_s: float = 600)
 
 
 @pytest.fixture(scope="module")
-def faulted_run(ray_local, tmp_path_factory, tiny_eval):
-    """The run through both faults; returns what each test checks. The driver side dies as a crashed driver node
-    would: its Train controller and workers are SIGKILLed and its (local) Ray goes down with them."""
+def faulted_run(ray_local, tmp_path_factory, tiny_eval, tiny_general):
+    """The run through both faults (trained at 32 tokens per text, exported merged with the base, scored on a general
+    set too); returns what each test checks. The driver side dies as a crashed driver node would: its Train
+    controller and workers are SIGKILLed and its (local) Ray goes down with them."""
     import ray
 
     from fastemb.ray_env import init_ray
 
     tmp_path = tmp_path_factory.mktemp("faults")
-    spec = small_spec(tmp_path, tiny_eval, "faults", max_failures=2)
+    spec = small_spec(tmp_path, tiny_eval, "faults", general=tiny_general, export={"merge": {"grid": [0.5, 1.0]}},
+                      max_failures=2)
     run_dir = tmp_path / "faults"
     checkpoints = lambda: {p.name for p in run_dir.glob("checkpoint_*") if p.is_dir()}  # noqa: E731
     workers_before, controllers_before = _live_actors("RayTrainWorker"), _live_actors("TrainController")
@@ -99,7 +105,10 @@ def faulted_run(ray_local, tmp_path_factory, tiny_eval):
     init_ray(num_cpus=2)
     rerun = run_train(spec)
     again = run_train(spec)  # the finished job once more
-    return {"first": outcome, "killed_worker": workers[-1], "rerun": rerun, "again": again, "run_dir": run_dir}
+    return {"first": outcome, "killed_worker": workers[-1], "rerun": rerun, "again": again, "run_dir": run_dir,
+            "spec": spec}
+
+
 @pytest.mark.faults
 def test_sigkilled_worker_resumes_from_checkpoint_and_exports(faulted_run):
     with pytest.raises(ProcessLookupError):
@@ -133,3 +142,37 @@ def test_rerunning_a_job_with_the_same_name_resumes_it(faulted_run):
     again = faulted_run["again"]
     assert again["plan"] == report["plan"] and Path(again["model_dir"]).is_dir()
     assert abs(again["tuned"]["ndcg@10"] - report["tuned"]["ndcg@10"]) < 1e-9
+
+
+def test_the_export_runs_at_the_bases_length_and_the_report_measures_it_there(faulted_run, tiny_eval, tiny_general,
+                                                                             minilm_path):
+    """Trained at 32 tokens per text, the exported model (merged or not) runs at the base's 256; the report's base,
+    tuned and general test metrics are those of the models as they run, and how the model was merged is recorded."""
+    import torch
+
+    from fastemb.data.eval_sets import load_eval_set
+    from fastemb.eval.retrieval import evaluate
+    from fastemb.merge.select import choose_weight
+    from fastemb.train.job import cli_summary
+
+    report, run_dir = faulted_run["rerun"], faulted_run["run_dir"]
+    assert report["lengths"]["train"] == 32 and report["lengths"]["export"] == report["lengths"]["base"] == 256
+    for folder in ("model", "model_unmerged"):
+        assert SentenceTransformer(str(run_dir / folder), device="cpu").max_seq_length == 256
+    exported, base = Encoder.load(str(run_dir / "model")), Encoder.load(minilm_path)
+    assert exported.max_length == base.max_length == 256
+    for name, eval_dir, section in (("in-domain", tiny_eval, report), ("general", tiny_general, report["general"])):
+        test = load_eval_set(eval_dir, "test")
+        for model, key in ((base, "base"), (exported, "tuned")):
+            assert section[key]["ndcg@10"] == pytest.approx(evaluate(model, test)["ndcg@10"], abs=1e-6), (name, key)
+    assert report["general"]["eval"] == tiny_general and report["general"]["gate"]["tolerance"] == 0.005
+    merge = report["merge"]
+    assert merge["weight"] == choose_weight(merge["grid"], merge["base_dev"], 0.005)["weight"]
+    assert {r["weight"] for r in merge["grid"]} == {0.5, 1.0} and merge["max_seq_length"] == 256
+    w, unmerged = merge["weight"], Encoder.load(str(run_dir / "model_unmerged"))
+    parts = (unmerged.transformer.state_dict(), base.transformer.state_dict())
+    for name, value in exported.transformer.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, w * parts[0][name] + (1 - w) * parts[1][name], atol=1e-6), name
+    assert faulted_run["again"]["merge"]["weight"] == w  # the finished job, run again, merges the same way
+    assert cli_summary(report)["max_seq_length"] == 256 and cli_summary(report)["merge_weight"] == w

@@ -1,19 +1,28 @@
 """Evaluation sets: queries with their relevant ids, searched against a corpus.
 
 Format (a folder): ``{split}_queries.parquet`` with ``id``, ``text``, ``relevant_ids: list[str]`` and
-``{split}_corpus.parquet`` with ``id``, ``text``. The shipped WordNet set (``eval: wordnet``) has
-2,000 test queries against 20,000 definitions and 500 dev queries against 5,000, all from synsets
-that are not in the training split.
+``{split}_corpus.parquet`` with ``id``, ``text``. Shipped sets (``SHIPPED``), named by alias:
+
+- ``wordnet``: 2,000 test queries against 20,000 definitions and 500 dev queries against 5,000, all from synsets
+  that are not in the training split (fastemb/data/build_wordnet.py);
+- ``debian-descriptions``: the general-domain set, Debian package one-line descriptions against long descriptions,
+  1,000 test queries against 2,000 and 300 dev queries against 600 (fastemb/data/build_debian.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fastemb.data.pairs import WORDNET_DIR, DataError, RowReport
 from fastemb.data.text import bad_text_reason
+
+DEBIAN_DIR = WORDNET_DIR.parent / "debian-descriptions"
+SHIPPED = {"wordnet": WORDNET_DIR, "debian-descriptions": DEBIAN_DIR}  # alias → folder
+COLUMNS = {"queries": ["id", "text", "relevant_ids"], "corpus": ["id", "text"]}  # required, per file kind
 
 
 @dataclass
@@ -26,14 +35,36 @@ class EvalSet:
     report: dict
 
 
-def _read(path: Path, columns: list[str]) -> list[dict]:
+def eval_dir_path(eval_dir: str) -> Path:
+    """The folder of an evaluation set: a shipped alias (``SHIPPED``) or a path."""
+    return SHIPPED[eval_dir] if eval_dir in SHIPPED else Path(eval_dir).expanduser()
+
+
+def _missing(path: Path, kind: str) -> str | None:
+    """What is wrong with one file of a set (reading only its schema), or None."""
     if not path.exists():
-        raise DataError(f"{path}: evaluation file not found")
-    table = pq.read_table(path)
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; found {table.column_names}")
-    return table.select(columns).to_pylist()
+        return f"{path}: evaluation file not found"
+    names = pq.read_schema(path).names
+    missing = [c for c in COLUMNS[kind] if c not in names]
+    return f"{path}: missing column(s) {missing}; found {names} (needs {COLUMNS[kind]})" if missing else None
+
+
+def check_eval_set(eval_dir: str, splits: tuple[str, ...], field: str) -> None:
+    """Fail before any work when a split's files are missing or lack a required column; the error names the spec
+    ``field`` that gave the set (e.g. ``general.eval``)."""
+    base = eval_dir_path(eval_dir)
+    for split in splits:
+        for kind in COLUMNS:
+            problem = _missing(base / f"{split}_{kind}.parquet", kind)
+            if problem:
+                raise DataError(f"{field}: {problem}")
+
+
+def _read(path: Path, kind: str) -> list[dict]:
+    problem = _missing(path, kind)
+    if problem:
+        raise DataError(problem)
+    return pq.read_table(path, columns=COLUMNS[kind]).to_pylist()
 
 
 def load_eval_set(eval_dir: str, split: str, max_queries: int | None = None,
@@ -42,10 +73,10 @@ def load_eval_set(eval_dir: str, split: str, max_queries: int | None = None,
 
     ``max_corpus``: keep every relevant text of the kept queries plus the first others, up to this many
     texts (a cheaper, easier proxy for frequent evaluations such as the dev metric of Tune trials)."""
-    base = WORDNET_DIR if eval_dir == "wordnet" else Path(eval_dir).expanduser()
+    base = eval_dir_path(eval_dir)
     corpus_rep, query_rep = RowReport(), RowReport()
     corpus_ids, corpus, seen = [], [], set()
-    for row in _read(base / f"{split}_corpus.parquet", ["id", "text"]):
+    for row in _read(base / f"{split}_corpus.parquet", "corpus"):
         corpus_rep.read += 1
         reason = bad_text_reason(row["text"]) or ("duplicate id" if row["id"] in seen else None)
         if reason:
@@ -55,7 +86,7 @@ def load_eval_set(eval_dir: str, split: str, max_queries: int | None = None,
         corpus_ids.append(str(row["id"]))
         corpus.append(row["text"])
     qids, queries, relevant = [], [], []
-    for row in _read(base / f"{split}_queries.parquet", ["id", "text", "relevant_ids"]):
+    for row in _read(base / f"{split}_queries.parquet", "queries"):
         query_rep.read += 1
         rel = {str(r) for r in (row["relevant_ids"] or []) if str(r) in seen}
         reason = bad_text_reason(row["text"]) or (None if rel else "no relevant id in the corpus")
@@ -78,3 +109,20 @@ def load_eval_set(eval_dir: str, split: str, max_queries: int | None = None,
         raise DataError(f"{base} ({split}): no usable queries or corpus texts")
     return EvalSet(qids, queries, relevant, corpus_ids, corpus,
                    {"corpus": corpus_rep.as_dict(), "queries": query_rep.as_dict()})
+
+
+def write_subset(eval_dir: str, out: Path, n_queries: int, n_others: int, splits: tuple[str, ...] = ("dev", "test")
+                 ) -> str:
+    """A smaller evaluation folder cut from a set (real queries and texts, for tests and quick benchmarks): per split,
+    its first ``n_queries`` queries against the first relevant text of each plus ``n_others`` other texts."""
+    src = eval_dir_path(eval_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        corpus = pq.read_table(src / f"{split}_corpus.parquet", columns=COLUMNS["corpus"])
+        queries = pq.read_table(src / f"{split}_queries.parquet", columns=COLUMNS["queries"]).slice(0, n_queries)
+        wanted = pa.array([ids[0] for ids in queries.column("relevant_ids").to_pylist()], pa.string())
+        relevant = corpus.filter(pc.is_in(corpus["id"], value_set=wanted))
+        others = corpus.filter(pc.invert(pc.is_in(corpus["id"], value_set=wanted))).slice(0, n_others)
+        pq.write_table(pa.concat_tables([relevant, others]), out / f"{split}_corpus.parquet")
+        pq.write_table(queries, out / f"{split}_queries.parquet")
+    return str(out)

@@ -1,6 +1,7 @@
 """``fastemb demo``: the whole pipeline on an embedded local Ray with the shipped WordNet dataset.
 
-1. base eval + contrastive training (Ray Train + DeepSpeed) + tuned eval   (``fastemb train``)
+1. base eval + contrastive training (Ray Train + DeepSpeed) + merge with the base + tuned eval, in-domain and on
+   the general set, at the exported length   (``fastemb train``)
 2. a small hyperparameter search (Ray Tune, ASHA, compressed objective)   (``fastemb tune``)
 3. registry: both models scored on the dev set; the trained model becomes production, the Tune winner
    is promoted over it only if it scores at least as well (the registry's gate)
@@ -23,6 +24,7 @@ from fastemb.registry import Registry, RegistryError
 from fastemb.spec import DemoJob, RunJob, Section
 from fastemb.spec.base import is_uri
 from fastemb.spec.paths import path_values, set_dotted
+from fastemb.train.export import at_export_length
 
 logger = logging.getLogger(__name__)
 
@@ -80,17 +82,21 @@ def wait_for_cpus(needed: float, timeout: float = 180) -> None:
         time.sleep(1)
 
 
-def stage_registry(spec: DemoJob, run_dir: Path, trained: str, winner: dict | None) -> dict:
-    """Register the trained model and the Tune winner (dev metrics) and let the gate pick production."""
+def stage_registry(spec: DemoJob, run_dir: Path, trained: str, winner: dict | None, merge: dict | None = None
+                   ) -> dict:
+    """Register the trained model (with how it was merged) and the Tune winner (dev metrics) and let the gate pick
+    production."""
     registry = Registry(str(run_dir / "registry"))
     metric = spec.promote_metric
 
+    at_export = at_export_length(spec.train)  # both models as they will run
+
     def dev(model: str) -> dict:
-        metrics = evaluate_model(spec.train.model, spec.train.data, "dev", path=model)
+        metrics = evaluate_model(at_export, spec.train.data, "dev", path=model)
         return {f"dev_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
 
     out = {"registry": str(run_dir / "registry")}
-    v1 = registry.register(trained, dev(trained), {"stage": "train", "job": spec.train.name})
+    v1 = registry.register(trained, dev(trained), {"stage": "train", "job": spec.train.name, "merge": merge})
     registry.promote(v1, metric, force=True)
     out["trained"] = {"version": v1, metric: registry.show(v1)["metrics"][metric]}
     if winner:
@@ -138,9 +144,19 @@ def stage_serve(spec: DemoJob, run_dir: Path, model: str, index_dir: str) -> dic
 def summary_table(s: dict) -> str:
     """The final table: one row per stage."""
     base, tuned = s["train"]["base"], s["train"]["tuned"]
-    rows = [("base model", "test nDCG@10 (exact)", f"{base['ndcg@10']:.4f}", ""),
-            ("contrastive training", "test nDCG@10 (exact)", f"{tuned['ndcg@10']:.4f} "
+    length = s["train"]["lengths"]["export"]
+    rows = [("base model", f"test nDCG@10 (exact, {length} tokens)", f"{base['ndcg@10']:.4f}", ""),
+            ("contrastive training", f"test nDCG@10 (exact, {length} tokens)", f"{tuned['ndcg@10']:.4f} "
              f"({tuned['ndcg@10'] - base['ndcg@10']:+.4f})", f"{s['seconds']['train']:.0f}")]
+    merge, general = s["train"].get("merge"), s["train"].get("general")
+    if merge:
+        kept = merge.get("dev_gain_kept")
+        rows.append(("merge with the base", "weight of the trained model (WiSE-FT)", f"{merge['weight']:g}"
+                     + (f"; keeps {kept:.0%} of the in-domain dev gain" if kept is not None else ""), ""))
+    if general:
+        g = general
+        rows.append(("general set", f"{g['eval']}: test nDCG@10, base → trained",
+                     f"{g['base']['ndcg@10']:.4f} → {g['tuned']['ndcg@10']:.4f} ({g['delta']['ndcg@10']:+.4f})", ""))
     t = s["tune"]
     w = t.get("winner")
     subset = t.get("dev_corpus")
@@ -188,13 +204,15 @@ def run_demo(spec: DemoJob) -> dict:
 
     train_spec = _under(spec.train, run_dir, "train")
     report = timed("train", run_train, train_spec)
-    summary["train"] = {k: report[k] for k in ("base", "tuned", "delta", "model_dir", "train_seconds")}
+    summary["train"] = {k: report[k] for k in ("base", "tuned", "delta", "general", "merge", "lengths", "model_dir",
+                                               "train_seconds")}
     tune_spec = _under(spec.tune, run_dir, "tune").model_copy(
         update={"tune": spec.tune.tune.model_copy(update={"registry": None})})
     tuned = timed("tune", run_tune, tune_spec)
     summary["tune"] = {"trials": tuned["trials"], "winner": tuned["winner"], "default": tuned["default"],
                        "dev_corpus": tune_spec.data.dev_corpus}
-    registry = timed("registry", stage_registry, spec, run_dir, report["model_dir"], tuned["winner"])
+    registry = timed("registry", stage_registry, spec, run_dir, report["model_dir"], tuned["winner"],
+                     report["merge"])
     summary["registry"] = registry
     index_spec = _under(spec.index, run_dir, "index")
     index_spec = index_spec.model_copy(update={"model": index_spec.model.model_copy(

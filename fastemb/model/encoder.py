@@ -31,6 +31,7 @@ register_auto_classes()  # folders with adapters (fastemb/model/adapters.py) loa
 
 logger = logging.getLogger(__name__)
 Pooling = Literal["mean", "cls"]
+DEFAULT_MAX_LENGTH = 256  # tokens per text of a folder whose sentence_bert_config.json does not say
 
 _POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token"}
 
@@ -97,11 +98,17 @@ def _read_st_layout(path: Path) -> tuple[str, Pooling, bool, int | None]:
     return transformer_dir, pooling, normalize, max_len
 
 
+def inference_length(name_or_path: str) -> int:
+    """The tokens per text a model folder (or alias) runs with: its ``sentence_bert_config.json`` max_seq_length,
+    else ``DEFAULT_MAX_LENGTH`` (what :meth:`Encoder.load` uses when no length is given)."""
+    return _read_st_layout(Path(resolve_model_path(name_or_path)))[3] or DEFAULT_MAX_LENGTH
+
+
 class Encoder(nn.Module):
     """Transformer + pooling (+ L2 normalisation) producing one vector per text."""
 
     def __init__(self, transformer: nn.Module, tokenizer, pooling: Pooling = "mean",
-                 normalize: bool = True, max_length: int = 256):
+                 normalize: bool = True, max_length: int = DEFAULT_MAX_LENGTH):
         super().__init__()
         if pooling not in _POOLING_KEYS:
             raise ValueError(f"pooling must be one of {sorted(_POOLING_KEYS)}, got {pooling!r}")
@@ -129,7 +136,7 @@ class Encoder(nn.Module):
                                     synonyms or path)
         return cls(transformer, tokenizer, pooling or st_pooling,
                    st_norm if normalize is None else normalize,
-                   max_length or st_max or 256)
+                   max_length or st_max or DEFAULT_MAX_LENGTH)
 
     @classmethod
     def from_spec(cls, model: ModelSpec | Mapping[str, Any], path: str | None = None) -> "Encoder":
@@ -142,12 +149,13 @@ class Encoder(nn.Module):
         return cls.load(path or m["base"], pooling=m.get("pooling"), normalize=m.get("normalize"),
                         max_length=m.get("max_length"), synonyms=m.get("synonyms"))
 
-    def save(self, path: str | os.PathLike, model_card: str | None = None,
+    def save(self, path: str | os.PathLike, model_card: str | None = None, max_seq_length: int | None = None,
              weights: Mapping[str, torch.Tensor] | None = None) -> None:
         """Write the sentence-transformers folder format (safetensors weights).
 
-        ``weights``: the transformer's state dict to write instead of its own parameters (a ZeRO-3 run's, gathered
-        from every rank: its parameters here are partitions)."""
+        ``max_seq_length``: the tokens per text the saved model runs with (``sentence_bert_config.json``; default:
+        this encoder's ``max_length``). ``weights``: the transformer's state dict to write instead of its own
+        parameters (a ZeRO-3 run's, gathered from every rank: its parameters here are partitions)."""
         import sentence_transformers
         import transformers
 
@@ -164,7 +172,7 @@ class Encoder(nn.Module):
             (out / "2_Normalize").mkdir(exist_ok=True)
         (out / "modules.json").write_text(json.dumps(modules, indent=2))
         (out / "sentence_bert_config.json").write_text(
-            json.dumps({"max_seq_length": self.max_length, "do_lower_case": False}, indent=2))
+            json.dumps({"max_seq_length": max_seq_length or self.max_length, "do_lower_case": False}, indent=2))
         (out / "1_Pooling").mkdir(exist_ok=True)
         pool_cfg = {"word_embedding_dimension": self.dim, "pooling_mode_cls_token": self.pooling == "cls",
                     "pooling_mode_mean_tokens": self.pooling == "mean", "pooling_mode_max_tokens": False,

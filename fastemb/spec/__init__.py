@@ -2,7 +2,7 @@
 
 Modules: ``base`` (section and run-job base classes, ``SpecError``, path markers), ``sections`` (sections shared by
 several job types), one module per job type (``train``, ``eval``, ``index``, ``search``, ``tune``, ``serve``,
-``mine``, ``demo``), ``jobs`` (the table of job types, overrides, ``parse_spec`` / ``load_spec``) and ``paths``
+``mine``, ``demo``, ``merge``), ``jobs`` (the table of job types, overrides, ``parse_spec`` / ``load_spec``) and ``paths``
 (the walk over declared path fields). Nothing here imports a stage: rules that belong to a stage live in it.
 """
 from fastemb.spec.base import (URI_STORAGE_JOBS, RayRunSpec, RunJob, Section, SpecError, input_path, not_path,
@@ -11,21 +11,23 @@ from fastemb.spec.demo import DemoJob
 from fastemb.spec.eval import EvalJob
 from fastemb.spec.index import ChunkingSpec, CompressSpec, CorpusSpec, IndexEvalSpec, IndexJob, IndexSpec
 from fastemb.spec.jobs import JOB_TYPES, apply_overrides, load_spec, parse_spec
+from fastemb.spec.merge import MergeInput, MergeJob
 from fastemb.spec.mine import MineJob, MinePairsSpec, MiningSpec
 from fastemb.spec.search import SearchJob
-from fastemb.spec.sections import (AdapterSpec, DataSpec, EmbedSpec, LossSpec, ModelSpec, NegativeRulesSpec,
-                                   StudentModelSpec)
+from fastemb.spec.sections import (AdapterSpec, DataSpec, EmbedSpec, EvalSetSpec, GeneralEvalSpec, LossSpec,
+                                   MergeSpec, ModelSpec, NegativeRulesSpec, StudentModelSpec)
 from fastemb.spec.serve import (ABSpec, ArmSpec, AutoscalingSpec, BatchingSpec, IngressSpec, LimitsSpec, ReplicaSpec,
                                 ServeJob)
-from fastemb.spec.train import (AttentionTerm, ContinualSpec, DistillSpec, EmbeddingMSETerm, HiddenStateTerm, KLTerm,
-                                MarginMSETerm, NegativePoolSpec, TaskSpec, TrainJob, TrainSpec)
+from fastemb.spec.train import (AttentionTerm, ContinualSpec, DistillSpec, EmbeddingMSETerm, ExportSpec, HiddenStateTerm,
+                                KLTerm, MarginMSETerm, NegativePoolSpec, TaskSpec, TrainJob, TrainSpec)
 from fastemb.spec.tune import SearchSpace, TuneJob, TuneSpec
 
 __all__ = [
     "ABSpec", "AdapterSpec", "ArmSpec", "AttentionTerm", "AutoscalingSpec", "BatchingSpec", "ChunkingSpec",
     "CompressSpec", "ContinualSpec", "CorpusSpec", "DataSpec", "DemoJob", "DistillSpec", "EmbedSpec",
-    "EmbeddingMSETerm", "EvalJob", "HiddenStateTerm", "IndexEvalSpec", "IndexJob", "IndexSpec", "IngressSpec",
-    "JOB_TYPES", "KLTerm", "LimitsSpec", "LossSpec", "MarginMSETerm", "MineJob", "MinePairsSpec", "MiningSpec",
+    "EmbeddingMSETerm", "EvalJob", "EvalSetSpec", "ExportSpec", "GeneralEvalSpec", "HiddenStateTerm", "IndexEvalSpec",
+    "IndexJob", "IndexSpec", "IngressSpec", "JOB_TYPES", "KLTerm", "LimitsSpec", "LossSpec", "MarginMSETerm",
+    "MergeInput", "MergeJob", "MergeSpec", "MineJob", "MinePairsSpec", "MiningSpec",
     "ModelSpec", "NegativePoolSpec", "NegativeRulesSpec", "RayRunSpec", "ReplicaSpec", "RunJob", "SearchJob",
     "SearchSpace", "Section", "ServeJob", "SpecError", "StudentModelSpec", "TaskSpec", "TrainJob", "TrainSpec",
     "TuneJob", "TuneSpec", "URI_STORAGE_JOBS", "apply_overrides", "input_path", "load_spec", "not_path",

@@ -17,6 +17,7 @@ from fastemb.spec.base import Section, SpecError
 from fastemb.spec.demo import DemoJob
 from fastemb.spec.eval import EvalJob
 from fastemb.spec.index import IndexJob
+from fastemb.spec.merge import MergeJob
 from fastemb.spec.mine import MineJob
 from fastemb.spec.paths import set_dotted
 from fastemb.spec.search import SearchJob
@@ -26,7 +27,8 @@ from fastemb.spec.tune import TuneJob
 
 # job name -> schema (the CLI's spec sub-commands, in this order)
 JOB_TYPES: dict[str, type[Section]] = {"train": TrainJob, "eval": EvalJob, "index": IndexJob, "search": SearchJob,
-                                       "tune": TuneJob, "serve": ServeJob, "mine": MineJob, "demo": DemoJob}
+                                       "tune": TuneJob, "serve": ServeJob, "mine": MineJob, "demo": DemoJob,
+                                       "merge": MergeJob}
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -20,7 +20,8 @@ class ModelSpec(Section):
     base: str = input_path("all-MiniLM-L6-v2", description="alias or local folder (sentence-transformers or HF)")
     pooling: Literal["mean", "cls"] | None = Field(None, description="default: the model's own")
     normalize: bool | None = Field(None, description="L2-normalise embeddings; default: the model's own")
-    max_length: int = Field(64, gt=0, le=8192, description="tokens per text")
+    max_length: int | None = Field(None, gt=0, le=8192, description="tokens per text; default: the model's own "
+                                   "(sentence_bert_config.json max_seq_length, e.g. 256 for all-MiniLM-L6-v2)")
     synonyms: str | None = input_path(None, description="synonym dictionary (.tsv/.json/.yaml, variant -> canonical) "
                                                         "applied before tokenising; saved into the exported model")
 
@@ -44,6 +45,9 @@ class AdapterSpec(Section):
 
 class StudentModelSpec(ModelSpec):
     """The model a training job tunes; optionally a smaller student made by keeping some of the base's layers."""
+    max_length: int = Field(64, gt=0, le=8192, description="tokens per text in training and its dev evaluations "
+                            "(a speed knob): the exported model keeps the base's own length unless "
+                            "export.max_seq_length says otherwise")
     keep_layers: list[int] | None = Field(None, min_length=1, description="keep these transformer layers of the "
                                           "base (0-based, BERT-like models), e.g. [0, 2, 4]")
     num_layers: int | None = Field(None, gt=0, description="keep this many evenly spaced layers (first and last included)")
@@ -73,7 +77,53 @@ class StudentModelSpec(ModelSpec):
         return self
 
 
-class DataSpec(Section):
+class EvalSetSpec(Section):
+    """An evaluation set (a folder with ``{dev,test}_{queries,corpus}.parquet``, fastemb/data/eval_sets.py) and how
+    much of it is used."""
+    eval: str = input_path("wordnet", description="'wordnet' or a folder with {dev,test}_{queries,corpus}.parquet")
+    test_queries: int | None = Field(None, gt=0, description="limit test queries (default: all)")
+    dev_queries: int | None = Field(None, gt=0, description="limit dev queries (dev evaluations during training, the "
+                                                           "merge weight's selection)")
+    dev_corpus: int | None = Field(None, gt=0, description="limit the dev corpus to the relevant texts plus others, "
+                                                          "this many in all (cheaper dev evaluations)")
+
+
+class GeneralEvalSpec(EvalSetSpec):
+    """A general-domain evaluation set scored for the base and the tuned model in every report: what training costs
+    outside its domain. The shipped one (``debian-descriptions``, fastemb/data/build_debian.py): Debian package
+    one-line descriptions searched against 2,000 long descriptions."""
+    eval: str = input_path("debian-descriptions", description="'debian-descriptions' (shipped), 'wordnet', or a "
+                           "folder with {dev,test}_{queries,corpus}.parquet (the data.eval format)")
+    tolerance: float = Field(0.005, ge=0, le=1, description="general nDCG@10 may fall this much below the base's: "
+                             "the bound of the merge weight's selection and of the gate")
+    gate: bool = Field(False, description="registration refuses a model whose general test nDCG@10 is below the "
+                       "base's minus tolerance (continual: not promoted; tune.registry: not registered)")
+
+
+def weights_in_unit_interval(v: list[float]) -> list[float]:
+    """Merge weights: each in [0, 1]; returned sorted, without repeats."""
+    bad = [w for w in v if not 0 <= w <= 1]
+    if bad:
+        raise ValueError(f"every weight must lie in [0, 1], got {bad}")
+    return sorted(set(v))
+
+
+class MergeSpec(Section):
+    """Weight-space merging of the tuned model with its base (WiSE-FT, Wortsman et al. 2022):
+    θ = w·θ_tuned + (1 − w)·θ_base, with ``w`` fixed or chosen on the in-domain and general dev sets
+    (fastemb/merge/select.py states the rule)."""
+    weight: float | None = Field(None, ge=0, le=1, description="the tuned model's weight w (1: unmerged, 0: the "
+                                 "base); default: chosen from grid")
+    grid: list[float] = Field([0.5, 0.6, 0.7, 0.8, 0.9, 1.0], min_length=1,
+                              description="weights tried when weight is not given (each in [0, 1])")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v: list[float]) -> list[float]:
+        return weights_in_unit_interval(v)
+
+
+class DataSpec(EvalSetSpec):
     """Training pairs and the evaluation sets."""
     train: str = input_path("wordnet", description="'wordnet' (shipped) or a pairs file/folder (parquet or jsonl); "
                                                    "with format raw: 'wordnet' (the definitions) or a text "
@@ -83,11 +133,6 @@ class DataSpec(Section):
     text_column: str = Field("text", min_length=1, description="format raw (and simcse tasks): the column "
                                                                 "holding the texts")
     max_pairs: int | None = Field(None, gt=0, description="use at most this many pairs (raw: texts; seeded sample)")
-    eval: str = input_path("wordnet", description="'wordnet' or a folder with {dev,test}_{queries,corpus}.parquet")
-    test_queries: int | None = Field(None, gt=0, description="limit test queries (default: all)")
-    dev_queries: int | None = Field(None, gt=0, description="limit dev queries used during training")
-    dev_corpus: int | None = Field(None, gt=0, description="limit the dev corpus to the relevant texts plus others, "
-                                                          "this many in all (cheaper dev evaluations)")
 
 
 class LossSpec(Section):

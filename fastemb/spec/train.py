@@ -7,7 +7,8 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from fastemb.spec.base import RunJob, Section, input_path, output_path
-from fastemb.spec.sections import DataSpec, EmbedSpec, LossSpec, NegativeRulesSpec, StudentModelSpec
+from fastemb.spec.sections import (DataSpec, EmbedSpec, GeneralEvalSpec, LossSpec, MergeSpec, NegativeRulesSpec,
+                                   StudentModelSpec)
 
 
 class NegativePoolSpec(NegativeRulesSpec):
@@ -156,6 +157,15 @@ class ContinualSpec(Section):
     min_gain: float = Field(0.0, description="required improvement over production (auto)")
 
 
+class ExportSpec(Section):
+    """What the exported model (``{run}/model``) runs with, and an optional merge with the base."""
+    max_seq_length: int | None = Field(None, gt=0, le=8192, description="tokens per text of the exported model "
+                                       "(sentence_bert_config.json); default: the base's own (256 for "
+                                       "all-MiniLM-L6-v2), whatever model.max_length trained with")
+    merge: MergeSpec | None = Field(None, description="interpolate the tuned weights with the base's (WiSE-FT); "
+                                    "the unmerged model stays in {run}/model_unmerged (fastemb/merge/)")
+
+
 class TrainJob(RunJob):
     """``fastemb train``: contrastive fine-tuning with evaluation before and after."""
     job: Literal["train"] = "train"
@@ -170,6 +180,9 @@ class TrainJob(RunJob):
                                          "comes from one task, drawn by weight (fastemb/train/tasks.py)")
     negatives_pool: NegativePoolSpec | None = Field(None, description="refresh the hard negatives with the current "
                                                     "model during training (fastemb/train/negative_pool.py)")
+    export: ExportSpec = ExportSpec()
+    general: GeneralEvalSpec | None = Field(GeneralEvalSpec(), description="a general-domain set scored for the "
+                                            "base and the tuned model in the report; null: none")
 
     @model_validator(mode="after")
     def _distill_needs_candidates(self) -> TrainJob:
@@ -194,6 +207,23 @@ class TrainJob(RunJob):
     def _tasks_and_pool(self) -> TrainJob:
         _check_tasks(self)
         _check_negatives_pool(self)
+        return self
+
+    @model_validator(mode="after")
+    def _mergeable(self) -> TrainJob:
+        merge = self.export.merge
+        if merge is None:
+            return self
+        m = self.model
+        unlike = {"model.keep_layers": m.keep_layers, "model.num_layers": m.num_layers, "model.adapters": m.adapters,
+                  "model.new_tokens": m.new_tokens}  # each gives the tuned model another shape
+        given = [field for field, value in unlike.items() if value]
+        if given:
+            raise ValueError(f"export.merge: with {given[0]} the tuned model's architecture or tokenizer differs from "
+                             "the base's, so their weights cannot be interpolated; remove one of the two")
+        if merge.weight is None and self.general is None:
+            raise ValueError("export.merge: choosing the weight needs the general set (general.eval); set "
+                             "export.merge.weight or keep the general section")
         return self
 
 

@@ -51,8 +51,9 @@ def gathered_weights(engine, student) -> dict | None:
     return {k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}
 
 
-def report_final(student, state: TrainState, rank: int, zero3_engine=None) -> None:
-    """Rank 0 exports ``student`` (``model/``) and the history into the final checkpoint; all ranks report.
+def report_final(student, state: TrainState, rank: int, max_seq_length: int,
+                 zero3_engine=None) -> None:
+    """Rank 0 exports ``student`` (``model/``, running at ``max_seq_length`` tokens per text) and the history into the final checkpoint; all ranks report.
 
     ``zero3_engine``: the ZeRO-3 engine whose partitioned parameters every rank gathers for the export first."""
     import ray.train
@@ -61,7 +62,7 @@ def report_final(student, state: TrainState, rank: int, zero3_engine=None) -> No
     with tempfile.TemporaryDirectory(prefix="fastemb-final-") as d:
         checkpoint = None
         if rank == 0:
-            student.save(Path(d) / "model", weights=weights)
+            student.save(Path(d) / "model", max_seq_length=max_seq_length, weights=weights)
             (Path(d) / HISTORY_FILE).write_text(json.dumps(state.history))
             checkpoint = ray.train.Checkpoint.from_directory(d)
         ray.train.report({"step": state.step, "finished": True, **state.dev}, checkpoint=checkpoint)

@@ -1,8 +1,11 @@
 """``fastemb train``: evaluate the base model, train with Ray Train + DeepSpeed, export, evaluate again.
 
-Writes to ``{storage_path}/{name}/``: ``model/`` (sentence-transformers format), ``report.json``
-(base and tuned test metrics and their delta, data report, timings, spec) and ``training_curve.png``.
-Re-running a job with the same name resumes it from its last checkpoint (Ray Train V2).
+Writes to ``{storage_path}/{name}/``: ``model/`` (sentence-transformers format), ``report.json`` and
+``training_curve.png``. The report holds the in-domain test metrics of the base and the tuned model and their delta
+(``base``, ``tuned``, ``delta``) and the same on the general-domain set (``general``), all measured at the exported
+model's length (``lengths``: the training length, a speed knob, also runs the dev evaluations during training);
+with ``export.merge`` how the exported model was merged with the base (``merge``); the data report, timings and
+the spec. Re-running a job with the same name resumes it from its last checkpoint (Ray Train V2).
 """
 from __future__ import annotations
 
@@ -10,29 +13,73 @@ import json
 import logging
 import time
 
+from fastemb.data.eval_sets import check_eval_set
+from fastemb.eval.general import general_section
 from fastemb.eval.retrieval import evaluate_model
+from fastemb.model.encoder import inference_length
 from fastemb.plots import training_curve
 from fastemb.ray_env import init_ray
-from fastemb.spec import TrainJob
+from fastemb.spec import EvalSetSpec, StudentModelSpec, TrainJob
 from fastemb.storage import is_uri, pull, push
+from fastemb.train.export import at_export_length, merge_export
 from fastemb.train.tasks import job_tasks, load_task_pairs
 from fastemb.train.trainer import export_checkpoint, finished_checkpoint, fit_and_export, make_trainer, plan_steps
 
 logger = logging.getLogger(__name__)
 
 
-def _base_metrics(spec: TrainJob) -> dict:
-    """Base-model test metrics, cached in the run folder so a resumed run does not redo them."""
-    cache = spec.run_dir / "base_metrics.json"
-    key = {"model": spec.model.model_dump(), "eval": spec.data.eval, "test_queries": spec.data.test_queries}
+def _check_eval_sets(spec: TrainJob) -> None:
+    """Fail before any work when an evaluation set lacks a file or a column (the error names its field)."""
+    check_eval_set(spec.data.eval, ("dev", "test"), "data.eval")
+    if spec.general:
+        merge = spec.export.merge
+        check_eval_set(spec.general.eval, ("dev", "test") if merge and merge.weight is None else ("test",),
+                       "general.eval")
+
+
+def _base_metrics(spec: TrainJob, model: StudentModelSpec, data: EvalSetSpec, cache_name: str) -> dict:
+    """Base-model test metrics on ``data`` (with ``model``'s settings), cached in the run folder so a resumed run
+    does not redo them."""
+    cache = spec.run_dir / cache_name
+    key = {"model": model.model_dump(), "eval": data.eval, "test_queries": data.test_queries}
     if cache.exists():
         cached = json.loads(cache.read_text())
         if cached.get("key") == key:
             return cached["metrics"]
-    logger.info(f"evaluating the base model {spec.model.base} on the test split")
-    metrics = evaluate_model(spec.model, spec.data)
+    logger.info(f"evaluating the base model {model.base} on the test split of {data.eval} "
+                f"({model.max_length} tokens per text)")
+    metrics = evaluate_model(model, data)
     cache.write_text(json.dumps({"key": key, "metrics": metrics}, indent=2))
     return metrics
+
+
+def _evaluate_base(spec: TrainJob) -> tuple[StudentModelSpec, dict, dict | None]:
+    """The model section at the export length, and the base's in-domain and general test metrics with it."""
+    _check_eval_sets(spec)
+    model = at_export_length(spec)  # how every consumer runs the exported model: its test metrics use it too
+    base = _base_metrics(spec, model, spec.data, "base_metrics.json")
+    general = _base_metrics(spec, model, spec.general, "base_general_metrics.json") if spec.general else None
+    logger.info(f"base test nDCG@10 {base['ndcg@10']:.4f}" + (f"; general {general['ndcg@10']:.4f}" if general else ""))
+    return model, base, general
+
+
+def _evaluate_export(spec: TrainJob, model: StudentModelSpec, model_dir, base: dict, general_base: dict | None
+                     ) -> dict:
+    """Merge the exported model with the base when ``export.merge`` asks, then score it at the export length: the
+    report's ``base``, ``tuned``, ``delta``, ``general``, ``merge`` and ``lengths``."""
+    merge = merge_export(spec, model_dir) if spec.export.merge else None
+    logger.info(f"exported {model_dir}; evaluating it on the test split")
+    tuned = evaluate_model(model, spec.data, path=str(model_dir))
+    general = None
+    if spec.general:
+        general = general_section(spec.general.eval, general_base,
+                                  evaluate_model(model, spec.general, path=str(model_dir)), spec.general.tolerance)
+    delta = {k: tuned[k] - base[k] for k in base if isinstance(base[k], (int, float))}
+    return {"base": base, "tuned": tuned, "delta": delta, "general": general, "merge": merge,
+            "lengths": {"train": spec.model.max_length, "export": model.max_length,
+                        "base": inference_length(spec.model.base),
+                        "note": "dev evaluations during training run at the training length; the base, tuned and "
+                                "general test metrics at the export length"}}
 
 
 def _teacher_outputs(spec: TrainJob, tasks: list, pairs: dict) -> dict | None:
@@ -76,9 +123,7 @@ def run_train(spec: TrainJob) -> dict:
     if is_uri(spec.storage_path):
         fetched = pull(spec.storage_path, spec.name, run_dir)
         logger.info(f"outputs go to {spec.output_location} (staged in {run_dir}; {fetched} earlier entries fetched)")
-    base = _base_metrics(spec)
-    logger.info(f"base test nDCG@10 {base['ndcg@10']:.4f}")
-
+    model, base, general_base = _evaluate_base(spec)
     teacher_info = _teacher_outputs(spec, tasks, pairs)  # stored in the run folder: reused by a rerun
     finished = finished_checkpoint(spec)
     t_train = time.time()
@@ -93,12 +138,10 @@ def run_train(spec: TrainJob) -> dict:
                     f"{plan['total_steps']} steps")
         model_dir, history = fit_and_export(trainer, spec)
     train_s = time.time() - t_train
-    logger.info(f"exported {model_dir}; evaluating it on the test split")
-    tuned = evaluate_model(spec.model, spec.data, path=str(model_dir))
-    delta = {k: tuned[k] - base[k] for k in base if isinstance(base[k], (int, float))}
+    scores = _evaluate_export(spec, model, model_dir, base, general_base)
     report = {
         "name": spec.name, "model_dir": str(model_dir), "output": spec.output_location, "base_model": spec.model.base,
-        "base": base, "tuned": tuned, "delta": delta,
+        **scores,
         "train_seconds": train_s, "total_seconds": time.time() - t0, "plan": plan,
         "pairs": data_reports["train"].as_dict() if not spec.tasks else {k: r.as_dict() for k, r in data_reports.items()},
         "history": history, "spec": spec.model_dump(),
@@ -110,21 +153,30 @@ def run_train(spec: TrainJob) -> dict:
     if start:
         from fastemb.train.continual import register_and_gate
 
-        report["continual"] = register_and_gate(spec, start, base, tuned,
-                                                lambda m: evaluate_model(spec.model, spec.data, path=m))
+        report["continual"] = register_and_gate(spec, start, scores, lambda m: evaluate_model(model, spec.data, path=m))
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     training_curve(history, run_dir / "training_curve.png", f"fastemb train: {spec.name}")
     if is_uri(spec.storage_path):
         push(run_dir, spec.storage_path, spec.name)
-    logger.info(f"test nDCG@10 {base['ndcg@10']:.4f} → {tuned['ndcg@10']:.4f} "
-                f"({delta['ndcg@10']:+.4f}); report: {run_dir / 'report.json'}")
+    general = scores["general"]
+    logger.info(f"test nDCG@10 {base['ndcg@10']:.4f} → {scores['tuned']['ndcg@10']:.4f} "
+                f"({scores['delta']['ndcg@10']:+.4f})"
+                + (f"; general {general['base']['ndcg@10']:.4f} → {general['tuned']['ndcg@10']:.4f} "
+                   f"({general['delta']['ndcg@10']:+.4f})" if general else "")
+                + f"; report: {run_dir / 'report.json'}")
     return report
 
 
 def cli_summary(report: dict) -> dict:
-    """What ``fastemb train`` prints: base and tuned test nDCG@10, the model folder (and the registry outcome)."""
+    """What ``fastemb train`` prints: base and tuned test nDCG@10 in-domain and general, the model folder, its
+    length (and the merge weight, the registry outcome)."""
     out = {"base_ndcg@10": report["base"]["ndcg@10"], "tuned_ndcg@10": report["tuned"]["ndcg@10"],
-           "delta": report["delta"]["ndcg@10"], "model_dir": report["model_dir"]}
+           "delta": report["delta"]["ndcg@10"], "model_dir": report["model_dir"],
+           "max_seq_length": report["lengths"]["export"]}
+    if report.get("general"):
+        out["general_ndcg@10"] = {k: report["general"][k]["ndcg@10"] for k in ("base", "tuned")}
+    if report.get("merge"):
+        out["merge_weight"] = report["merge"]["weight"]
     if "continual" in report:
         out["continual"] = {k: report["continual"][k] for k in ("candidate", "outcome", "production_after")}
     return out

@@ -6,7 +6,8 @@ the process group: gloo on CPU, NCCL on GPU), streams its shard of the pairs fro
 optimises InfoNCE with negatives gathered from every worker. Every ``checkpoint_every`` steps each
 rank saves its DeepSpeed shard and all ranks call ``ray.train.report`` with it; after a failure
 Ray restarts the workers and the loop resumes from the last checkpoint. At the end rank 0 puts the
-consolidated model (sentence-transformers format) into the final checkpoint; under ZeRO-3, whose parameters are
+consolidated model (sentence-transformers format, at its inference length: fastemb/train/export.py) into the final
+checkpoint; dev evaluations run at the training length (``model.max_length``). Under ZeRO-3, whose parameters are
 partitioned across the ranks, every rank evaluates and the export gathers them first. ``model.keep_layers`` /
 ``model.num_layers`` make the student from a subset of the base's layers; with a ``distill`` section the loss is
 ``fastemb.train.distill.DistillObjective`` (InfoNCE plus the distillation terms) and only the student is exported.
@@ -140,6 +141,7 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
 
     from fastemb.train.checkpointing import report_final, report_if_finished, save_and_report
+    from fastemb.train.export import export_length
 
     torch.set_num_threads(spec.train.cpus_per_worker)
     torch.manual_seed(spec.train.seed)
@@ -158,7 +160,8 @@ def train_loop_per_worker(config: dict) -> None:
             _evaluate(w, state)
         if w.checkpoint_due(state.step):
             save_and_report(w.engine, state, w.rank)
-    report_final(_student(w.engine), state, w.rank, w.engine if _partitioned(w.engine) else None)
+    report_final(_student(w.engine), state, w.rank, export_length(spec),
+                 w.engine if _partitioned(w.engine) else None)
 
 
 def _start(spec, config: dict, rank: int, world: int, checkpoint, accelerator) -> tuple[Worker, TrainState]:

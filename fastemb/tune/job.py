@@ -27,15 +27,40 @@ def run_tune(spec: TuneJob) -> dict:
     summary = summarize(results, spec)
     winner = summary["winner"]
     if winner and spec.tune.registry:
-        from fastemb.registry import Registry
-
-        metrics = {k: winner[k] for k in (METRIC, "dev_ndcg@10", "bytes_per_vector", "compression_x")}
-        params = {k: winner[k] for k in ("temperature", "lr", "micro_batch_size", "pq_bytes")}
-        summary["registered"] = Registry(spec.tune.registry).register(
-            winner["model_dir"], metrics, {"tune": spec.name, "trial": winner["trial_id"], **params})
-        logger.info(f"winner registered as {summary['registered']} in {spec.tune.registry}")
+        summary.update(register_winner(spec, winner))
     (spec.run_dir / "tune_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def register_winner(spec: TuneJob, winner: dict) -> dict:
+    """Register the winner in ``tune.registry`` with its dev metrics and parameters (and how the trials' exports
+    were merged); with ``general.gate`` only when its general test nDCG@10 stays within ``general.tolerance`` of the
+    base's (both at the exported length)."""
+    from fastemb.registry import Registry
+
+    out: dict = {"registered": None}
+    metrics = {k: winner[k] for k in (METRIC, "dev_ndcg@10", "bytes_per_vector", "compression_x")}
+    if spec.general and spec.general.gate:
+        from fastemb.eval.general import general_gate
+        from fastemb.eval.retrieval import evaluate_model
+        from fastemb.train.export import at_export_length
+
+        model = at_export_length(spec)
+        gate = general_gate(evaluate_model(model, spec.general), evaluate_model(model, spec.general,
+                                                                                path=winner["model_dir"]),
+                            spec.general.tolerance)
+        out["general_gate"] = gate
+        metrics["general_ndcg@10"] = gate["tuned"]
+        if not gate["passed"]:
+            logger.warning(f"winner not registered: general nDCG@10 {gate['tuned']:.4f} < the base's "
+                           f"{gate['base']:.4f} − tolerance {gate['tolerance']:g} (general.gate)")
+            return out
+    params = {k: winner[k] for k in ("temperature", "lr", "micro_batch_size", "pq_bytes")}
+    merge = spec.export.merge.model_dump() if spec.export.merge else None
+    out["registered"] = Registry(spec.tune.registry).register(
+        winner["model_dir"], metrics, {"tune": spec.name, "trial": winner["trial_id"], **params, "merge": merge})
+    logger.info(f"winner registered as {out['registered']} in {spec.tune.registry}")
+    return out
 
 
 def cli_summary(summary: dict) -> dict:

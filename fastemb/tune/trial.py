@@ -38,4 +38,8 @@ def run_trial(config: dict, tune_spec: dict) -> None:
     plan = plan_steps(spec, len(pairs))
     plan["dev_compression"] = {"pq_bytes": config["pq_bytes"], "opq": tune_spec.tune.opq}
     trainer = make_trainer(spec, pairs, plan, callbacks=[TuneReportCallback()])
-    fit_and_export(trainer, spec)
+    model_dir, _ = fit_and_export(trainer, spec)
+    if spec.export.merge:  # the trial's export is what the winner registers: merged as the spec says
+        from fastemb.train.export import merge_export
+
+        merge_export(spec, model_dir)
