@@ -7,8 +7,8 @@ The job runs ``python -m fastemb.cli <job> <spec> <overrides> ray.address=auto``
 that ``runtime_env.yaml`` uploads, so the same spec runs unchanged locally (``fastemb train spec``) and
 on a cluster. Every path field the schema declares is handled (fastemb/submit_paths.py): relative outputs
 (``storage_path``, ``output``, ...) are pinned to absolute paths, which on a real cluster must name a
-filesystem every node mounts at the same path (NFS/EFS/Filestore), or use an object-store URI (``s3://``,
-``gs://``); local inputs are uploaded with the working_dir, pinned on the shared ``storage_path``, or refused
+filesystem every node mounts at the same path (NFS/EFS/Filestore), or use an object-store URI (``s3://``);
+local inputs are uploaded with the working_dir, pinned on the shared ``storage_path``, or refused
 with the fix. ``--dry-run`` prints the decision for each path field.
 
 Auth: the token comes from ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (Ray's

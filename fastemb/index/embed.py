@@ -16,6 +16,11 @@ for actor pools), so an actor whose process dies is restarted and its unfinished
 only published (``.tmp`` renamed) once all of its rows were written, and a crash of the whole job leaves the
 finished units for the rerun. ``tests/test_index_faults.py`` SIGKILLs an actor mid-build and checks the ids.
 
+Test hook (off by default): when the environment variable ``FASTEMB_TEST_HOLD_FILE`` names a file as
+``embed_corpus`` starts, an actor that has embedded a batch holds it while that file exists, before returning it (so
+before its unit can be published), after writing ``<file>.<pid>.held`` (the unit's folder). The fault tests kill a
+held actor: its unit is then provably unfinished. Unset, the cost is one ``None`` test per batch.
+
 ``on_this_node``: the unit folders are local to the driver's node (a staging folder, fastemb/storage.py), so the
 shard writes run there; the encoder actors still run anywhere, and those on other nodes skip the peak-memory file.
 """
@@ -40,6 +45,7 @@ from fastemb.index.chunking import chunk_token_ids
 from fastemb.index.corpus import CorpusScan, clean_texts, plan_units
 
 logger = logging.getLogger(__name__)
+HOLD_ENV = "FASTEMB_TEST_HOLD_FILE"  # the test hook above
 
 
 def peak_rss_mb() -> float:
@@ -74,7 +80,8 @@ class EmbedActor:
     """Ray Data callable class: a pyarrow batch of (id, text) rows → embedding-shard rows."""
 
     def __init__(self, model: dict, id_column: str, text_column: str, max_batch_tokens: int = 1024,
-                 threads: int = 1, chunking: dict | None = None, rss_dir: str | None = None, backend: str = "auto"):
+                 threads: int = 1, chunking: dict | None = None, rss_dir: str | None = None, backend: str = "auto",
+                 hold_file: str | None = None):
         import torch
 
         from fastemb.model.encoder import Encoder
@@ -86,6 +93,7 @@ class EmbedActor:
         self.tok = self.encoder.tokenizer
         self.id_column, self.text_column = id_column, text_column
         self.max_batch_tokens, self.chunking, self.rss_dir = max_batch_tokens, chunking, rss_dir
+        self.hold_file = hold_file
 
     def _sequences(self, texts: list[str]) -> list[tuple[int, int, list[int]]]:
         if not texts:  # a batch of bad rows only
@@ -127,10 +135,21 @@ class EmbedActor:
             flat[has] = vectors[np.array([v for v in vec_rows if v >= 0])]
         vec = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim, mask=pa.array(~has))
         self._report_rss()
+        if self.hold_file is not None:
+            self._hold()
         return pa.table({"id": pa.array(rows_id, pa.string()), "chunk": pa.array(rows_chunk, pa.int32()),
                          "text": pa.array(rows_text, pa.string()),
                          "thash": pa.array(text_hashes([t or "" for t in rows_text]), pa.int64()),
                          "skip": pa.array(rows_skip, pa.string()), "vector": vec})
+
+    def _hold(self) -> None:
+        """The test hook (module docstring): wait, the batch unreturned, while the hold file exists."""
+        if not os.path.exists(self.hold_file):
+            return
+        unit = str(Path(self.rss_dir).parent) if self.rss_dir else None
+        Path(f"{self.hold_file}.{os.getpid()}.held").write_text(json.dumps({"pid": os.getpid(), "unit": unit}))
+        while os.path.exists(self.hold_file):
+            time.sleep(0.05)
 
     def _report_rss(self) -> None:
         if self.rss_dir and os.path.isdir(self.rss_dir):  # absent on another node than the driver's
@@ -199,7 +218,8 @@ def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_colum
                             fn_constructor_kwargs={"model": model, "id_column": id_column,
                                                    "text_column": text_column, "threads": threads_per_actor,
                                                    "max_batch_tokens": max_batch_tokens, "chunking": chunking,
-                                                   "rss_dir": str(rss_dir), "backend": backend})
+                                                   "rss_dir": str(rss_dir), "backend": backend,
+                                                   "hold_file": os.environ.get(HOLD_ENV)})
         ds.write_parquet(str(tmp), ray_remote_args={"num_cpus": 0, **(this_node() if on_this_node else {})})
         rss = [float(p.read_text()) for p in rss_dir.glob("*.rss")]
         shutil.rmtree(rss_dir)
