@@ -76,3 +76,35 @@ def ratio_verdict(ratios: Sequence[float], our_name: str, their_name: str) -> st
         return f"no winner: the ratio {m:.2f}× ± {s:.2f} over {len(ratios)} rounds includes 1"
     return (f"{our_name if m > 1 else their_name} wins: the ratio {m:.2f}× ± {s:.2f} over {len(ratios)} rounds "
             "excludes 1")
+
+
+# ------------------------------------------------------------------------------- reusing earlier runs
+def code_fingerprint(root: Path | None = None) -> str:
+    """A hash of fastemb's code (every ``fastemb/**/*.py`` and ``jobs/*.yaml``, paths and bytes): a benchmark reuses
+    an earlier run only when it was made by the same code."""
+    import hashlib
+
+    root = root or Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted([*root.glob("fastemb/**/*.py"), *root.glob("jobs/*.yaml")]):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def reusable(run_dir: Path, spec: dict, code: str) -> bool:
+    """True when ``run_dir`` holds a finished run (``report.json``) whose recorded spec and code fingerprint
+    (``bench_run.json``, written by :func:`record_run`) equal ``spec`` and ``code``."""
+    meta, report = Path(run_dir) / "bench_run.json", Path(run_dir) / "report.json"
+    if not (meta.exists() and report.exists()):
+        return False
+    import json
+
+    recorded = json.loads(meta.read_text())
+    return recorded.get("code") == code and recorded.get("spec") == json.loads(json.dumps(spec, default=str))
+
+
+def record_run(run_dir: Path, spec: dict, code: str) -> None:
+    """Record the spec and code fingerprint a finished run was made with (read by :func:`reusable`)."""
+    import json
+
+    Path(run_dir, "bench_run.json").write_text(json.dumps({"spec": spec, "code": code}, default=str, indent=1))

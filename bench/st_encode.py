@@ -1,13 +1,14 @@
 """The sentence-transformers peer of ``bench/index_build.py embed``: one timed ``SentenceTransformer.encode`` of a
-parquet file's texts in a fresh process (model load not timed), run by any Python that has sentence-transformers:
+JSON file's texts (a list of strings) in a fresh process (model load not timed), run by any Python that has
+sentence-transformers:
 the project's venv for ``--backend torch``, a venv with its ONNX extra for ``--backend onnx`` (see
-bench/index_build.py). Only sentence-transformers, numpy and pyarrow are imported, so it runs outside fastemb's venv.
+bench/index_build.py). Only sentence-transformers and numpy are imported, so it runs outside fastemb's venv.
 
 ``--batches FILE`` (JSON lists of row indices, e.g. cut by fastemb's token-budget bucketing) encodes each list as one
 batch, in that order; without it ``encode`` batches ``--batch-size`` rows itself (it sorts by length first).
 Writes ``--out``: an ``.npy`` of the vectors in row order, and ``<out>.json`` with the seconds and peak RSS.
 
-    python bench/st_encode.py --model DIR --texts in.parquet --backend onnx --threads 2 --batches b.json --out v.npy
+    python bench/st_encode.py --model DIR --texts in.json --backend onnx --threads 2 --batches b.json --out v.npy
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import resource
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
 
 
 def load_model(path: str, backend: str, threads: int, max_length: int):
@@ -40,7 +40,7 @@ def load_model(path: str, backend: str, threads: int, max_length: int):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
-    ap.add_argument("--texts", required=True, help="parquet file with a text column")
+    ap.add_argument("--texts", required=True, help="JSON file: a list of texts")
     ap.add_argument("--backend", choices=["torch", "onnx"], default="torch")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-length", type=int, default=64)
@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
-    texts = pq.read_table(args.texts, columns=["text"]).column("text").to_pylist()
+    texts = json.loads(open(args.texts).read())
     model = load_model(args.model, args.backend, args.threads, args.max_length)
     model.encode(texts[:64], batch_size=32)  # warm-up (first-call allocations), not timed
     batches = json.loads(open(args.batches).read()) if args.batches else None
