@@ -8,22 +8,28 @@ one embedded local Ray, every model scored on the WordNet test split (2,000 quer
 3. ``fastemb mine`` with the tuned teacher: ``--negatives`` hard negatives per pair, with the teacher's scores;
    the rows that got all their negatives are the students' pairs;
 4. the student all-MiniLM-L6-v2 trained contrastively on them (InfoNCE: in-batch + the mined negatives);
-5. the same student, pairs, steps, batch, learning rate and seed, distilled from the tuned teacher
+5. the same student, pairs, steps, batch and learning rate, distilled from the tuned teacher
    (KL over the positive, the mined negatives and the other queries' positives, plus the InfoNCE term).
+
+Steps 4 and 5 run once per seed of ``--seeds`` (at least 3): the table gives each arm's mean ± std over the seeds,
+and one arm "wins" only when the difference of the means exceeds the spread (``bench.results.verdict``).
 
 Part B: a 3-layer student (layers 0, 3, 5 of a tuned 6-layer model: part A's distilled student, or ``--six``)
 distilled from that model
 on ``--small-pairs`` WordNet train pairs (embedding MSE onto the teacher's vectors of the queries and positives;
 optionally KL over in-batch candidates, InfoNCE, hidden states of the kept layers); its test nDCG@10 as a share of
 the 6-layer model's, and encode speed of both through the same encoder code, interleaved rounds on the same
-definitions and threads (median docs/s; the ratio is the figure). The embedding MSE alone works best here: in a
-one-process pilot on the dev split (lr 5e-4), adding KL + InfoNCE (weight 1 each) lowered the student's nDCG@10 after
-150 steps from 0.450 to 0.424 (its vectors drift from the teacher's: cosine 0.73 vs 0.87), and after 300 steps
-lr 5e-4 gave 0.454, lr 2e-4 0.457.
+definitions and threads (median docs/s; the ratio is the figure). The recipe is chosen on the **dev** split, never on
+test: ``bench/distill_pilot.py`` trains each candidate recipe and scores it on dev, and ``--pilot`` hands its choice
+to part B, which then reports test once.
 
-Figures go to bench/RESULTS.md. ``--resume`` reuses the steps whose report is already in ``--out``.
+Figures go to bench/RESULTS.md. ``--resume`` reuses a step only when ``--out`` holds its finished report made from
+the same spec and the same code (``bench_run.json``: the validated spec and ``bench.results.code_fingerprint``);
+otherwise the step runs again.
 
-    .venv/bin/python bench/distill.py [--pairs 6000] [--negatives 3] [--small-pairs 92659] [--part a|b|both]
+    .venv/bin/python bench/distill.py [--pairs 6000] [--negatives 3] [--seeds 42,43,44] [--part a|b|both]
+    .venv/bin/python bench/distill_pilot.py --six runs/<6-layer>/report.json       # writes bench/out/distill_pilot.json
+    .venv/bin/python bench/distill.py --part b --six runs/<6-layer>/report.json --pilot bench/out/distill_pilot.json
 """
 from __future__ import annotations
 
@@ -39,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.results import write_section  # noqa: E402
+from bench.results import code_fingerprint, record_run, reusable, spread, verdict, write_section  # noqa: E402
 from fastemb.logs import configure as configure_logging  # noqa: E402
 from fastemb.spec import load_spec  # noqa: E402
 
@@ -57,16 +63,21 @@ def common_train(out: Path, pairs: str, seed: int = 42) -> list[str]:
 
 
 def train(name: str, job: str, overrides: list[str], out: Path, resume: bool) -> dict:
-    """Run one ``fastemb train`` job (or reuse its report with ``--resume``); report + wall seconds."""
+    """Run one ``fastemb train`` job, or with ``--resume`` reuse its report when it was made from the same spec by the
+    same code (``bench.results.reusable``); its report."""
     from fastemb.train.job import run_train
 
-    done = out / name / "report.json"
-    if resume and done.exists():
-        log.info(f"reusing {done}")
-        return json.loads(done.read_text())
     spec = load_spec(ROOT / "jobs" / job, [f"name={name}", *overrides], "train")
+    recipe, code = spec.model_dump(mode="json"), code_fingerprint()
+    if resume and reusable(out / name, recipe, code):
+        log.info(f"reusing {out / name / 'report.json'} (same spec, same code)")
+        return json.loads((out / name / "report.json").read_text())
+    if resume and (out / name / "report.json").exists():
+        log.info(f"not reusing {out / name}: its spec or code differs (or was not recorded); training again")
     log.info(f"training {name}")
-    return run_train(spec)
+    report = run_train(spec)
+    record_run(out / name, recipe, code)
+    return report
 
 
 def sample_pairs(out: Path, n: int) -> str:
@@ -96,25 +107,31 @@ def part_a(args, out: Path) -> dict:
         f"model.base={TEACHER}", f"train.lr={args.teacher_lr}", *common_train(out, pairs)], out, args.resume)
     teacher_dir = teacher["model_dir"]
 
-    mine_report = out / "mine" / "mine_report.json"
-    if args.resume and mine_report.exists():
-        mined = json.loads(mine_report.read_text())
+    mine_spec = load_spec(ROOT / "jobs" / "mine.yaml", [
+        "name=mine", f"storage_path={out}", f"model.base={teacher_dir}", f"data.train={pairs}",
+        "data.max_pairs=null", f"mining.num_negatives={args.negatives}", "mining.write_scores=true"], "mine")
+    recipe, code = mine_spec.model_dump(mode="json"), code_fingerprint()
+    if args.resume and (out / "mine" / "mine_report.json").exists() and reusable(out / "mine", recipe, code):
+        mined = json.loads((out / "mine" / "mine_report.json").read_text())
     else:
-        mined = run_mine(load_spec(ROOT / "jobs" / "mine.yaml", [
-            "name=mine", f"storage_path={out}", f"model.base={teacher_dir}", f"data.train={pairs}",
-            "data.max_pairs=null", f"mining.num_negatives={args.negatives}", "mining.write_scores=true"], "mine"))
+        mined = run_mine(mine_spec)
+        (out / "mine" / "report.json").write_text(json.dumps(mined, default=str))
+        record_run(out / "mine", recipe, code)
     table = pq.read_table(out / "mine" / "pairs.parquet")
     table = table.filter(pc.greater_equal(pc.list_value_length(table["negatives"]), args.negatives))
     full = str(out / "pairs_mined_full.parquet")
     pq.write_table(table, full)
     mined["pairs_used"] = table.num_rows
 
-    student = [f"model.base={STUDENT}", f"loss.hard_negatives={args.negatives}", f"train.lr={args.student_lr}",
-               *common_train(out, full)]
-    runs = {"contrastive": train("student-contrastive", "contrastive.yaml", student, out, args.resume),
-            "distilled": train("student-distilled", "distill.yaml", [
-                *student, f"distill.teacher={teacher_dir}"], out, args.resume)}
-    steps = {k: r["plan"]["total_steps"] for k, r in runs.items()}
+    runs: dict[str, list[dict]] = {"contrastive": [], "distilled": []}
+    for seed in args.seeds:
+        student = [f"model.base={STUDENT}", f"loss.hard_negatives={args.negatives}", f"train.lr={args.student_lr}",
+                   *common_train(out, full, seed)]
+        runs["contrastive"].append(train(f"student-contrastive-s{seed}", "contrastive.yaml", student, out,
+                                         args.resume))
+        runs["distilled"].append(train(f"student-distilled-s{seed}", "distill.yaml", [
+            *student, f"distill.teacher={teacher_dir}"], out, args.resume))
+    steps = {r["name"]: r["plan"]["total_steps"] for arm in runs.values() for r in arm}
     assert len(set(steps.values())) == 1, f"the student runs differ in steps: {steps}"
     return {"teacher": teacher, "mined": mined, "runs": runs}
 
@@ -172,20 +189,25 @@ def part_b(args, out: Path, six: dict) -> dict:
     return {"small": small, "speed": speed}
 
 
+def _arm_row(label: str, arm: list[dict]) -> str:
+    """A table row of one student arm: each metric's mean ± std over the seeds."""
+    cells = [spread([r["tuned"][k] for r in arm], 4).split(" (")[0] for k in ("ndcg@10", "mrr@10", "recall@10")]
+    return f"| {label} | {' | '.join(cells)} | {statistics.fmean(r['train_seconds'] for r in arm):.0f} |"
+
+
 def report_a(args, a: dict) -> str:
     t, m, runs = a["teacher"], a["mined"], a["runs"]
-    c, d = runs["contrastive"], runs["distilled"]
+    c, d = runs["contrastive"][0], runs["distilled"][0]
     rows = [("teacher all-mpnet-base-v2, zero-shot", t["base"], None),
             (f"teacher all-mpnet-base-v2, tuned on the {args.pairs} pairs", t["tuned"], t["train_seconds"]),
-            ("student all-MiniLM-L6-v2, zero-shot", c["base"], None),
-            ("student, contrastive (InfoNCE, in-batch + mined negatives)", c["tuned"], c["train_seconds"]),
-            ("student, distilled from the tuned teacher (KL + InfoNCE)", d["tuned"], d["train_seconds"])]
+            ("student all-MiniLM-L6-v2, zero-shot", c["base"], None)]
     lines = [f"Pairs: a seeded sample of {args.pairs} WordNet train pairs. Teacher: all-mpnet-base-v2 tuned on them "
              f"(InfoNCE, in-batch negatives, 1 epoch, 2 workers x 32, lr {args.teacher_lr:g}, "
              f"{t['plan']['total_steps']} steps). Mining with the tuned teacher: {m['negatives_written']} negatives "
              f"written, skipped candidates {json.dumps(m['skipped'])}; the {m['pairs_used']} pairs with all "
              f"{args.negatives} negatives are the students' pairs. Both students: the same "
-             f"{c['plan']['total_steps']} optimizer steps (1 epoch, 2 workers x 32, lr {args.student_lr:g}, seed 42), "
+             f"{c['plan']['total_steps']} optimizer steps (1 epoch, 2 workers x 32, lr {args.student_lr:g}), once per seed "
+             f"({', '.join(map(str, args.seeds))}; students' rows: mean ± std over the seeds), "
              f"InfoNCE over in-batch + {args.negatives} mined negatives; the distilled one adds the KL term over "
              "the teacher's scores (stored once by the Ray Data teacher stage, "
              f"{(d.get('teacher_outputs') or {}).get('embed_s', float('nan')):.0f} s). "
@@ -194,11 +216,25 @@ def report_a(args, a: dict) -> str:
     for label, mt, secs in rows:
         lines.append(f"| {label} | {mt['ndcg@10']:.4f} | {mt['mrr@10']:.4f} | {mt['recall@10']:.4f} | "
                      f"{'–' if secs is None else f'{secs:.0f}'} |")
-    gain = d["tuned"]["ndcg@10"] - c["tuned"]["ndcg@10"]
-    lines += ["", f"**Distilled minus contrastive: {gain:+.4f} test nDCG@10** at the same pairs and student budget "
-              f"({'distillation wins' if gain > 0 else 'contrastive wins'}); the tuned teacher scores "
-              f"{t['tuned']['ndcg@10']:.4f} (zero-shot {t['base']['ndcg@10']:.4f})."]
+    lines += [_arm_row("student, contrastive (InfoNCE, in-batch + mined negatives)", runs["contrastive"]),
+              _arm_row("student, distilled from the tuned teacher (KL + InfoNCE)", runs["distilled"])]
+    ours, theirs = ([r["tuned"]["ndcg@10"] for r in runs[k]] for k in ("distilled", "contrastive"))
+    gain = statistics.fmean(ours) - statistics.fmean(theirs)
+    lines += ["", f"Test nDCG@10 per seed: distilled {spread(ours)}; contrastive {spread(theirs)}.", "",
+              f"**Distilled minus contrastive: {gain:+.4f} test nDCG@10 (mean over {len(ours)} seeds)** at the same "
+              f"pairs and student budget; {verdict(ours, theirs, 'distillation', 'contrastive training')}. The tuned "
+              f"teacher scores {t['tuned']['ndcg@10']:.4f} (zero-shot {t['base']['ndcg@10']:.4f})."]
     return "\n".join(lines)
+
+
+RECIPE_ARGS = ("small_lr", "mse_weight", "hidden_weight", "kl", "infonce_weight")
+
+
+def apply_pilot(args, pilot: dict) -> None:
+    """Take part B's recipe from bench/distill_pilot.py's output: the candidate with the best dev nDCG@10."""
+    for key in RECIPE_ARGS:
+        setattr(args, key, pilot["chosen"]["recipe"][key])
+    args.pilot_summary = pilot
 
 
 def report_b(args, six: dict, b: dict) -> str:
@@ -212,7 +248,7 @@ def report_b(args, six: dict, b: dict) -> str:
              f"{small_recipe(args)[1]}, {args.small_epochs:g} epoch(s), 2 workers x 32, "
              f"lr {args.small_lr:g}, {small['plan']['total_steps']} steps, {small['train_seconds']:.0f} s. "
              f"Encode speed: fastemb's encoder, {args.speed_docs} test definitions, batch 128, max length 64, "
-             f"2 threads, {args.speed_rounds} interleaved rounds each (median).", "",
+             f"2 threads, {args.speed_rounds} interleaved rounds each (median). {pilot_words(args)}", "",
              "| model | test nDCG@10 | MRR@10 | recall@10 | encode docs/s (rounds) |", "|---|---|---|---|---|",
              f"| 6 layers (tuned) | {six['tuned']['ndcg@10']:.4f} | {six['tuned']['mrr@10']:.4f} | "
              f"{six['tuned']['recall@10']:.4f} | {speed['6 layers']['median']:.0f} ({rounds('6 layers')}) |",
@@ -223,10 +259,22 @@ def report_b(args, six: dict, b: dict) -> str:
     return "\n".join(lines)
 
 
+def pilot_words(args) -> str:
+    """How the recipe was chosen: on dev by the pilot (its candidates' dev scores), or not chosen (the defaults)."""
+    pilot = getattr(args, "pilot_summary", None)
+    if not pilot:
+        return "Recipe: the script's defaults, not chosen by a dev pilot (run bench/distill_pilot.py, pass --pilot)."
+    scores = "; ".join(f"{c['label']}: {c['dev_ndcg@10']:.4f}" for c in pilot["candidates"])
+    return (f"Recipe chosen on the dev split by bench/distill_pilot.py ({pilot['steps']} steps each; dev nDCG@10 "
+            f"{scores}); test is scored once, here.")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=6000, help="WordNet train pairs for the teacher and students")
     ap.add_argument("--negatives", type=int, default=3)
+    ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[42, 43, 44],
+                    help="part A: the students' seeds, comma-separated (at least 3)")
     ap.add_argument("--teacher-lr", type=float, default=5e-5)
     ap.add_argument("--student-lr", type=float, default=1e-4)
     ap.add_argument("--small-pairs", type=int, default=92659, help="pairs for the 3-layer student (default: all)")
@@ -239,11 +287,16 @@ def main() -> int:
     ap.add_argument("--speed-docs", type=int, default=5000)
     ap.add_argument("--speed-rounds", type=int, default=3)
     ap.add_argument("--six", help="report.json of the tuned 6-layer model for part B (default: part A's distilled "
-                                  "student)")
+                                  "student of the first seed)")
+    ap.add_argument("--pilot", help="part B: the recipe chosen on dev by bench/distill_pilot.py (its JSON output)")
     ap.add_argument("--part", choices=["a", "b", "both"], default="both")
     ap.add_argument("--resume", action="store_true", help="reuse the steps already done in --out")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "distill"))
     args = ap.parse_args()
+    if args.part in ("a", "both") and len(args.seeds) < 3:
+        ap.error("--seeds: part A needs at least 3 seeds per arm")
+    if args.pilot:
+        apply_pilot(args, json.loads(Path(args.pilot).read_text()))
     configure_logging()
     from fastemb.ray_env import init_ray
 
@@ -258,7 +311,7 @@ def main() -> int:
         print(body)
         write_section("distillation: distilled vs contrastive student", body)
     if args.part in ("b", "both"):
-        six = json.loads(Path(args.six or out / "student-distilled" / "report.json").read_text())
+        six = json.loads(Path(args.six or out / f"student-distilled-s{args.seeds[0]}" / "report.json").read_text())
         b = part_b(args, out, six)
         body = report_b(args, six, b)
         print(body)

@@ -1,16 +1,17 @@
 """Index-build benchmarks, fastemb side by side with its peer in the same run; figures go to bench/RESULTS.md.
 
-(a) ``embed``: WordNet definitions embedded by fastemb's Ray Data job (encoder actors, length bucketing) and by
-    ``SentenceTransformer.encode`` (same model, same total threads, batch 128): docs/s and the ratio, plus the
-    cosine agreement of the two sets of vectors. ``--gpu-actors N``: on this machine's GPU instead, fastemb's N
-    encoder actors sharing it (``embed.num_gpus`` 1/N, fp16, token budget sized for the GPU) against
-    ``SentenceTransformer.encode`` of the half-precision model (batch 512) on the same GPU (bench/gpu.sh).
+(a) ``embed``: WordNet definitions embedded by fastemb's Ray Data job (encoder actors, ONNX Runtime, length
+    bucketing) and by ``SentenceTransformer.encode`` (same model, same total threads) twice: as shipped (torch,
+    batch 128) and at its best (its ONNX backend on token-budget-sorted batches, through bench/st_encode.py in a
+    venv that has it, ``--st-onnx-python``, default the Infinity venv of bench/serve.py, which holds
+    sentence-transformers 3.4 with onnxruntime and optimum). The first ratio is pipeline + engine + batching, the
+    second the pipeline alone; each with its spread over the rounds, plus the vectors' cosine agreement.
 (b) ``ivfpq``: N vectors of dimension 384 drawn from a Gaussian fitted (mean and covariance) to real MiniLM
     embeddings of WordNet definitions, then L2-normalised; an IVF-PQ index built by fastemb's sharded build
     (train task, parallel add tasks, merge task) vs one faiss process with the same factory string and the same
     number of threads: wall time, recall@10 against exact search, and peak memory of each.
 
-    python bench/index_build.py embed [--n 117659] [--threads 2] [--gpu-actors 2]
+    python bench/index_build.py embed [--n 117659] [--threads 2] [--rounds 3] [--quick]
     python bench/index_build.py ivfpq [--n 1000000] [--threads 2]
     python bench/index_build.py quality [--model all-MiniLM-L6-v2|<tuned folder>] [--threads 2]
 
@@ -37,7 +38,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.results import write_section  # noqa: E402
+from bench.results import ratio_verdict, spread, write_section  # noqa: E402
 from fastemb.data.pairs import WORDNET_DIR  # noqa: E402
 from fastemb.index.embed import peak_rss_mb  # noqa: E402
 from fastemb.logs import configure as configure_logging  # noqa: E402
@@ -47,60 +48,61 @@ MODEL = {"base": "all-MiniLM-L6-v2", "pooling": None, "normalize": None, "max_le
 MAX_BATCH_TOKENS = 1024
 
 
-def _st_encode(texts: list[str], threads: int, q, gpu: bool = False) -> None:
-    """The peer, in its own process so that its threads and memory are its own (on the GPU: fp16, batch 512)."""
-    import torch
-    from sentence_transformers import SentenceTransformer
+ST_ENCODE = Path(__file__).resolve().parent / "st_encode.py"
+ST_ONNX_PYTHON = "/tmp/fe-venv-infinity/bin/python"  # a venv with sentence-transformers and its ONNX backend
+
+
+def token_budget_batches(texts: list[str]) -> list[list[int]]:
+    """The peer at its best: rows sorted by token length and cut into batches of ≤ MAX_BATCH_TOKENS padded tokens,
+    with fastemb's own bucketing (fastemb.index.embed.bucket_batches) over the model tokenizer's lengths."""
+    from fastemb.index.embed import bucket_batches
+    from fastemb.model.encoder import Encoder
+
+    tok = Encoder.load(MODEL["base"]).tokenizer
+    lengths = [min(len(ids), MODEL["max_length"]) for ids in tok(texts, truncation=False)["input_ids"]]
+    return [idx.tolist() for idx in bucket_batches(lengths, MAX_BATCH_TOKENS)]
+
+
+def _st_round(texts: list[str], threads: int, python: str, backend: str, batches: list[list[int]] | None,
+              tmp: str) -> tuple[float, np.ndarray, float]:
+    """One timed ``SentenceTransformer.encode`` of ``texts`` in a fresh process of ``python`` (bench/st_encode.py;
+    model load not timed): (seconds, vectors in row order, peak RSS)."""
+    import json
+    import subprocess
 
     from fastemb.model.encoder import default_model_path
 
-    torch.set_num_threads(threads)
-    model = SentenceTransformer(default_model_path(), device="cuda" if gpu else "cpu")
-    if gpu:
-        model.half()
-    model.max_seq_length = MODEL["max_length"]
-    if gpu:  # CUDA kernels and the allocator warmed up, as fastemb's actors are by the time they embed
-        model.encode(texts[:2048], batch_size=512)
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    emb = model.encode(texts, batch_size=512 if gpu else 128, convert_to_numpy=True, normalize_embeddings=True)
-    q.put((time.perf_counter() - t, emb.astype(np.float32), peak_rss_mb()))
+    Path(tmp, "texts.json").write_text(json.dumps(texts))
+    cmd = [python, str(ST_ENCODE), "--model", default_model_path(), "--texts", f"{tmp}/texts.json",
+           "--backend", backend, "--threads", str(threads), "--max-length", str(MODEL["max_length"]),
+           "--out", f"{tmp}/st-{backend}.npy"]
+    if batches is not None:
+        Path(tmp, "batches.json").write_text(json.dumps(batches))
+        cmd += ["--batches", f"{tmp}/batches.json"]
+    subprocess.run(cmd, check=True, cwd=tmp, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    info = json.loads(Path(f"{tmp}/st-{backend}.npy.json").read_text())
+    return info["seconds"], np.load(f"{tmp}/st-{backend}.npy"), info["peak_rss_mb"]
 
 
-def _st_round(texts: list[str], threads: int, gpu: bool = False) -> tuple[float, np.ndarray, float]:
-    """One timed ``SentenceTransformer.encode`` of ``texts`` in a fresh process (model load not timed)."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_st_encode, args=(texts, threads, q, gpu))
-    p.start()
-    out = q.get()
-    p.join()
-    return out
-
-
-def _fe_round(table: pa.Table, tmp: str, threads: int, gpu_actors: int = 0) -> tuple[float, pa.Table, float]:
-    """One timed fastemb Ray Data embedding job of ``table`` (actor start included); (wall, id+vector, RSS). With
-    ``gpu_actors``: that many actors sharing the GPU (fp16, the GPU-sized token budget), the threads split among
-    them."""
+def _fe_round(table: pa.Table, tmp: str, threads: int) -> tuple[float, pa.Table, float]:
+    """One timed fastemb Ray Data embedding job of ``table`` (actor start included); (wall, id+vector, RSS)."""
     from fastemb.index.corpus import scan_corpus
     from fastemb.index.embed import embed_corpus, shard_files
 
     pq.write_table(table, f"{tmp}/corpus.parquet")
-    pool = {"num_actors": threads, "threads_per_actor": 1, "max_batch_tokens": MAX_BATCH_TOKENS}
-    if gpu_actors:
-        pool = {"num_actors": gpu_actors, "threads_per_actor": max(1, threads // gpu_actors),
-                "num_gpus": 1 / gpu_actors, "batch_rows": 8192}
     t = time.perf_counter()
-    emb = embed_corpus(scan_corpus(f"{tmp}/corpus.parquet"), f"{tmp}/emb", MODEL, rows_per_unit=10**9, **pool)
+    emb = embed_corpus(scan_corpus(f"{tmp}/corpus.parquet"), f"{tmp}/emb", MODEL, num_actors=threads,
+                       threads_per_actor=1, max_batch_tokens=MAX_BATCH_TOKENS, rows_per_unit=10**9)
     wall = time.perf_counter() - t
     shards = pa.concat_tables([pq.read_table(f, columns=["id", "vector"]) for f in shard_files(emb["shard_dirs"])])
     return wall, shards, emb["worker_peak_rss_mb"]
 
 
-def bench_embed(n: int | None, threads: int, rounds: int = 2, gpu_actors: int = 0) -> None:
-    """The corpus is cut into ``rounds`` slices; each slice is embedded by both systems back to back, the order
-    alternating between rounds (ABBA…), so that load drift on a shared machine hits both alike. fastemb pays its
-    actor start once per round. ``gpu_actors``: both on the GPU (see the module docstring)."""
+def bench_embed(n: int | None, threads: int, rounds: int = 2, st_onnx_python: str = ST_ONNX_PYTHON) -> None:
+    """The corpus is cut into ``rounds`` slices; each slice is embedded by every side back to back, the order rotating
+    between rounds, so that load drift on a shared machine hits all alike. fastemb pays its actor start once per
+    round. Sides: fastemb; ``SentenceTransformer.encode`` as shipped (torch, batch 128); and, where ``st_onnx_python``
+    exists, the peer at its best (its ONNX backend, token-budget-sorted batches)."""
     import ray
 
     from fastemb.index.shards import vectors_of
@@ -108,75 +110,81 @@ def bench_embed(n: int | None, threads: int, rounds: int = 2, gpu_actors: int = 
 
     table = pq.read_table(WORDNET_DIR / "all_definitions.parquet")
     table = table.slice(0, n) if n else table
+    peers = {"st-torch": (sys.executable, "torch", False)}
+    if Path(st_onnx_python).exists():
+        peers["st-onnx"] = (st_onnx_python, "onnx", True)
+    else:
+        log.warning(f"{st_onnx_python} not found: no sentence-transformers ONNX row (see bench/serve.py for the venv)")
     init_ray(num_cpus=threads)
-    st_s = fe_s = st_rss = fe_rss = 0.0
-    cos, per_round = [], []
+    sides = ["fastemb", *peers]
+    secs = {k: [] for k in sides}
+    rss = {k: 0.0 for k in sides}
+    cos, orders = {k: [] for k in peers}, []
     bounds = np.linspace(0, table.num_rows, rounds + 1).astype(int)
     for r, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
         part = table.slice(lo, hi - lo)
         texts = part.column("text").to_pylist()
+        order = sides[r % len(sides):] + sides[:r % len(sides)]
+        orders.append(" → ".join(order))
+        out = {}
         with tempfile.TemporaryDirectory() as tmp:
-            gpu = gpu_actors > 0
-            if r % 2 == 0:
-                st = _st_round(texts, threads, gpu)
-                fe = _fe_round(part, tmp, threads, gpu_actors)
-            else:
-                fe = _fe_round(part, tmp, threads, gpu_actors)
-                st = _st_round(texts, threads, gpu)
-        st_s, fe_s = st_s + st[0], fe_s + fe[0]
-        st_rss, fe_rss = max(st_rss, st[2]), max(fe_rss, fe[2])
+            for side in order:
+                if side == "fastemb":
+                    out[side] = _fe_round(part, tmp, threads)
+                else:
+                    python, backend, budget = peers[side]
+                    out[side] = _st_round(texts, threads, python, backend,
+                                          token_budget_batches(texts) if budget else None, tmp)
+        for side in sides:
+            secs[side].append(out[side][0])
+            rss[side] = max(rss[side], out[side][2])
+        fe = out["fastemb"][1]
         pos = {d: i for i, d in enumerate(part.column("id").to_pylist())}
-        cos.append(np.sum(vectors_of(fe[1]) * st[1][[pos[d] for d in fe[1].column("id").to_pylist()]], axis=1))
-        per_round.append(f"{'ST→fastemb' if r % 2 == 0 else 'fastemb→ST'} {len(texts):,} docs: ST {st[0]:.1f}s, "
-                         f"fastemb {fe[0]:.1f}s ({st[0] / fe[0]:.2f}×)")
-        print(per_round[-1], flush=True)
+        rows = [pos[d] for d in fe.column("id").to_pylist()]
+        for side in peers:
+            cos[side].append(np.sum(vectors_of(fe) * out[side][1][rows], axis=1))
+        print(f"round {r + 1} ({orders[-1]}, {len(texts):,} docs): "
+              + ", ".join(f"{k} {out[k][0]:.1f}s" for k in sides), flush=True)
     ray.shutdown()
-    cos = np.concatenate(cos)
     n_docs = table.num_rows
-    ratios = [float(r.split("(")[-1].rstrip("×)")) for r in per_round]
-    spread = ("" if max(ratios) <= 1.25 * min(ratios) else
-              f"\n**The rounds disagree ({min(ratios):.2f}× to {max(ratios):.2f}×): the shared machine's load changed "
-              "during the run, so the total ratio is indicative only.**\n")
-    fe_rate, st_rate = n_docs / fe_s, n_docs / st_s
-    if gpu_actors:
-        import torch
-
-        body = _gpu_embed_report(n_docs, n, threads, rounds, gpu_actors, per_round, st_s, fe_s, cos, spread,
-                                 torch.cuda.get_device_name())
-        print(body)
-        write_section("index_build (a): corpus embedding throughput on GPU (issue 23)", body)
-        return
+    rate = {k: n_docs / sum(v) for k, v in secs.items()}
+    ratios = {k: [p / f for f, p in zip(secs["fastemb"], secs[k])] for k in peers}  # same docs: docs/s ratio
+    names = {"st-torch": "`SentenceTransformer.encode`, as shipped",
+             "st-onnx": "`SentenceTransformer.encode`, at its best"}
+    engines = {"st-torch": ("torch fp32", "batch 128 rows (encode sorts by length)", f"{threads} torch threads, one process"),
+               "st-onnx": ("ONNX Runtime fp32 (its `backend=\"onnx\"`, optimum export)",
+                           f"length-sorted batches of ≤ {MAX_BATCH_TOKENS} padded tokens (fastemb's bucketing)",
+                           f"{threads} intra-op threads, one process")}
+    rows = [f"| fastemb Ray Data job (incl. actor start and parquet write) | ONNX Runtime fp32 (backend auto) | "
+            f"length buckets of ≤ {MAX_BATCH_TOKENS} padded tokens | {threads} actors × 1 thread | "
+            f"{sum(secs['fastemb']):.1f} | {rate['fastemb']:.0f} | {rss['fastemb']:.0f} (per actor) | – |"]
+    for k in peers:
+        eng, batch, thr = engines[k]
+        rows.append(f"| {names[k]} (model load not timed) | {eng} | {batch} | {thr} | {sum(secs[k]):.1f} | "
+                    f"{rate[k]:.0f} | {rss[k]:.0f} (process) | {spread(ratios[k], 2, 'rounds')} |")
+    headline = [f"**fastemb / sentence-transformers as shipped: {rate['fastemb'] / rate['st-torch']:.2f}×**: the "
+                "pipeline, the engine (ONNX vs torch) and the batching together; "
+                + ratio_verdict(ratios["st-torch"], "fastemb", "sentence-transformers") + "."]
+    if "st-onnx" in peers:
+        headline.append(f"**fastemb / sentence-transformers at its best: {rate['fastemb'] / rate['st-onnx']:.2f}×**: "
+                        "the Ray Data pipeline alone (same engine, same token-budget batches, same threads); "
+                        + ratio_verdict(ratios["st-onnx"], "fastemb", "sentence-transformers (ONNX)") + ".")
+    agree = "; ".join(f"{k}: min {np.concatenate(c).min():.5f}, mean {np.concatenate(c).mean():.6f}"
+                      for k, c in cos.items())
     body = f"""Corpus: {n_docs:,} WordNet definitions{'' if not n else ' (first N of 117,659)'}; model all-MiniLM-L6-v2,
-max_length 64; {threads} threads in total for each system. The corpus is run in {rounds} slices, both systems back to
-back on each slice, order alternating (rounds: {'; '.join(per_round)}).
+max_length 64; {threads} threads in total for each side. The corpus is run in {rounds} slices, every side back to
+back on each slice, order rotating (rounds: {'; '.join(orders)}). Ratio column: fastemb's docs/s over the peer's,
+per round, mean ± std.
 
-| system | wall (s) | docs/s | peak RSS (MiB) |
-|---|---|---|---|
-| `SentenceTransformer.encode` (batch 128, {threads} torch threads; model load not timed) | {st_s:.1f} | {st_rate:.0f} | {st_rss:.0f} (process) |
-| fastemb Ray Data job ({threads} actors × 1 thread, buckets of ≤ {MAX_BATCH_TOKENS} padded tokens; incl. actor start and parquet write) | {fe_s:.1f} | {fe_rate:.0f} | {fe_rss:.0f} (per actor) |
+| system | engine | batch policy | threads | wall (s) | docs/s | peak RSS (MiB) | ratio per round |
+|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
 
-**Ratio fastemb / sentence-transformers: {fe_rate / st_rate:.2f}×** (target ≥ 1.5×).
-Vectors agree: cosine between the two systems' embeddings min {cos.min():.5f}, mean {cos.mean():.6f}.
-{spread}"""
+{chr(10).join(headline)}
+Vectors agree (cosine between fastemb's and each peer's embeddings): {agree}.
+"""
     print(body)
     write_section("index_build (a): corpus embedding throughput", body)
-
-
-def _gpu_embed_report(n_docs: int, n: int | None, threads: int, rounds: int, gpu_actors: int, per_round: list[str],
-                      st_s: float, fe_s: float, cos: np.ndarray, spread: str, gpu_name: str) -> str:
-    fe_rate, st_rate = n_docs / fe_s, n_docs / st_s
-    return f"""Corpus: {n_docs:,} WordNet definitions{'' if not n else ' (first N of 117,659)'}; model all-MiniLM-L6-v2,
-max_length 64, on one {gpu_name}, fp16 on both sides; {threads} CPU threads for each system. The corpus is run in
-{rounds} slices, both systems back to back on each slice, order alternating (rounds: {'; '.join(per_round)}).
-
-| system | wall (s) | docs/s |
-|---|---|---|
-| `SentenceTransformer.encode` (`.half()` on the GPU, batch 512; model load and a warm-up batch not timed) | {st_s:.1f} | {st_rate:.0f} |
-| fastemb Ray Data job ({gpu_actors} encoder actors × {1 / gpu_actors:g} GPU, fp16, length buckets under the GPU-sized token budget; incl. actor start and parquet write) | {fe_s:.1f} | {fe_rate:.0f} |
-
-**Ratio fastemb / sentence-transformers: {fe_rate / st_rate:.2f}×.**
-Vectors agree: cosine between the two systems' embeddings min {cos.min():.5f}, mean {cos.mean():.6f}.
-{spread}"""
 
 
 def synthetic_vectors(n: int, out_dir: Path, shard_rows: int = 100_000, seed: int = 0) -> tuple[list[str], np.ndarray]:
@@ -498,12 +506,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2, help="embed: slices; ivfpq: builds of each system; run in alternating order")
     ap.add_argument("--nlist", type=int, default=None, help="ivfpq: IVF lists (default ~4*sqrt(N))")
-    ap.add_argument("--gpu-actors", type=int, default=0, help="embed: N encoder actors sharing this machine's GPU "
-                    "against SentenceTransformer.encode on it (fp16 both)")
+    ap.add_argument("--st-onnx-python", default=ST_ONNX_PYTHON,
+                    help="embed: a Python with sentence-transformers and its ONNX backend (the peer at its best)")
+    ap.add_argument("--quick", action="store_true", help="embed: 2,000 documents, 3 rounds: a smoke run")
     a = ap.parse_args()
     configure_logging()
     if a.which == "embed":
-        bench_embed(a.n, a.threads, a.rounds, a.gpu_actors)
+        if a.quick:
+            a.n, a.rounds = 2000, 3
+        bench_embed(a.n, a.threads, a.rounds, a.st_onnx_python)
     elif a.which == "quality":
         bench_quality(a.model, a.threads)
     else:

@@ -1,33 +1,49 @@
-"""Online serving benchmark: fastemb (Ray Serve) vs Infinity vs a plain FastAPI + sentence-transformers server.
+"""Online serving benchmark: fastemb (Ray Serve) vs Infinity vs a plain FastAPI + sentence-transformers server, each
+side on each engine it offers on CPU, so that the serving stack and the inference engine show apart.
 
-All servers serve the same model folder on CPU with the same thread count and are driven by the same closed-loop
-load generator (N concurrent clients, each sending its next request as soon as the previous one returns) at several
-concurrency levels, with short texts (WordNet definitions) and long texts (~200 tokens). Every server runs in its own
-process tree, all started up front; each (texts, concurrency) cell is measured in ``--rounds`` slices that alternate
-between the servers (order rotated every round), so load from other users of a shared machine hits every server
-alike and the ratios stay meaningful. Figures go to bench/RESULTS.md through ``bench.results.write_section``.
+All servers serve the same model (all-MiniLM-L6-v2) on CPU with the same thread count and are driven by the same
+closed-loop load generator (N concurrent clients, each sending its next request as soon as the previous one returns)
+at several concurrency levels, with short texts (WordNet definitions) and long texts (~200 tokens). Every server runs
+in its own process tree, all started up front; each (texts, concurrency) cell is measured in ``--rounds`` slices that
+alternate between the servers (order rotated every round), so load from other users of a shared machine hits every
+server alike; each ratio is computed per round, and its spread over the rounds is printed next to it.
+
+Servers (``--servers``, default all):
+
+- ``fastemb``, ``fastemb-haproxy``: fastemb's service as shipped (``backend: auto`` = ONNX Runtime fp32 on CPU), behind
+  Serve's Python proxy or the HAProxy ingress; ``fastemb-torch``, ``fastemb-haproxy-torch``: the same with
+  ``backend: torch``;
+- ``infinity-int8``: Infinity's optimum engine (ONNX Runtime) on an int8 dynamically quantised export, which its CPU
+  path prefers (its fastest CPU engine here); ``infinity-onnx``: the same engine on an fp32 export, graph-optimised
+  (optimum -O2); ``infinity-torch``: Infinity's torch engine (sentence-transformers);
+- ``plain``: FastAPI + ``SentenceTransformer.encode`` (torch), one request at a time.
+
+The ratio table pairs servers that differ in one thing (the stack at the same engine, the engine in the same stack, the
+ingress), and each side at its best; the headline sentence says which is which.
 
     .venv/bin/python bench/serve.py [--seconds 12] [--rounds 3] [--levels 1,8,32] [--long-levels 1,8]
+    .venv/bin/python bench/serve.py --quick      # 2 s per cell, concurrency 1 and 8, short texts: a smoke run
 
 Infinity runs from its own venv; (re)create it with (the torch pin first, or pip pulls a CUDA build)::
 
     python3 -m venv /tmp/fe-venv-infinity
     /tmp/fe-venv-infinity/bin/pip install torch==2.13.0
-    /tmp/fe-venv-infinity/bin/pip install 'infinity-emb[server,torch]'
+    /tmp/fe-venv-infinity/bin/pip install 'infinity-emb[server,torch,optimum]==0.0.78'
 
-Without it that column is skipped and the report says so. ``--variant NAME:K=V,K=V`` adds a fastemb server
-started with extra environment variables (e.g. Ray Serve flags), measured like the others.
-
-``--device cuda`` serves on this machine's GPU instead (bench/gpu.sh): fastemb's replica with ``replica.num_gpus``
-(torch in fp16), the plain server's ``SentenceTransformer`` in ``.half()`` on the GPU, Infinity with ``--device cuda``
-(where its venv exists); its section is "serve (GPU)".
+(``optimum`` is the extra of its ONNX engine: optimum 2.1 + optimum-onnx, onnxruntime.) This script exports the model
+to ONNX with that venv's ``optimum-cli`` (``--library-name transformers``: plain last_hidden_state outputs, which
+Infinity pools itself), optimises the fp32 graph (``-O2``) and quantises an int8 copy (AVX512-VNNI or AVX2 per this
+CPU), once, into ``bench/out/serve_onnx/``. Two workarounds for infinity-emb 0.0.78 with optimum 2.x, neither slowing
+it: Infinity starts in the model folder with ``--model-id ./`` (it hands optimum an absolute ONNX file name, which
+optimum 2 refuses), and with ``--onnx-disable-optimize`` (its own optimisation pass calls an optimum 1 API; the fp32
+folder is optimised beforehand instead). Without the venv the Infinity columns are skipped and the report says so.
+``--variant NAME:K=V,K=V`` adds a fastemb server started with extra environment variables, measured like the others.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,8 +59,8 @@ from fastemb.ray_env import free_port  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------- plain server
-def plain_server(model_path: str, port: int, threads: int, device: str = "cpu") -> None:
-    """The baseline: FastAPI + SentenceTransformer.encode per request (no cross-request batching); fp16 on a GPU."""
+def plain_server(model_path: str, port: int, threads: int) -> None:
+    """The baseline: FastAPI + SentenceTransformer.encode per request (no cross-request batching)."""
     import torch
     import uvicorn
     from fastapi import FastAPI
@@ -52,9 +68,7 @@ def plain_server(model_path: str, port: int, threads: int, device: str = "cpu") 
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(threads)
-    model = SentenceTransformer(model_path, device=device)
-    if device != "cpu":
-        model.half()
+    model = SentenceTransformer(model_path, device="cpu")
     app = FastAPI()
 
     @app.post("/v1/embeddings")
@@ -72,18 +86,17 @@ def plain_server(model_path: str, port: int, threads: int, device: str = "cpu") 
 
 
 # ------------------------------------------------------------------------------------------- fastemb server
-def fastemb_server(model_path: str, port: int, threads: int, batch: int, proxy: str, device: str = "cpu") -> None:
-    """fastemb's service as shipped (jobs/serve.yaml defaults), one replica of ``threads`` CPUs (and the GPU with
-    ``device`` cuda: ``replica.num_gpus: 1``, fp16), until killed; ``proxy`` is its ``ingress.proxy`` (Serve's Python
-    proxy or the HAProxy ingress)."""
+def fastemb_server(model_path: str, port: int, threads: int, batch: int, proxy: str, backend: str) -> None:
+    """fastemb's service as shipped (jobs/serve.yaml defaults), one replica of ``threads`` CPUs, until killed;
+    ``proxy`` is its ``ingress.proxy`` (Serve's Python proxy or the HAProxy ingress), ``backend`` its engine."""
     from fastemb.serve.job import start
     from fastemb.spec import parse_spec
 
     spec = parse_spec({"job": "serve", "port": port, "blocking": False, "ray": {"num_cpus": threads + 1},
-                       "production": {"model": model_path},
+                       "production": {"model": model_path, "backend": backend},
                        "batching": {"max_batch_size": batch},
                        "autoscaling": {"min_replicas": 1, "max_replicas": 1},
-                       "replica": {"num_cpus": threads, "num_gpus": 1 if device != "cpu" else 0},
+                       "replica": {"num_cpus": threads},
                        "limits": {"max_inflight_requests": 4096}, "ingress": {"proxy": proxy},
                        "feedback_dir": tempfile.mkdtemp(prefix="fastemb-bench-ab-")})
     start(spec)
@@ -137,7 +150,7 @@ async def closed_loop(url: str, model: str, texts: list[str], concurrency: int, 
 
 
 def summarize(slices: list[dict], per_request: int) -> dict:
-    """Throughput and latency percentiles over the slices of one server in one cell."""
+    """Throughput and latency percentiles over the slices of one server in one cell, and texts/s of each slice."""
     lat = np.array([x for s in slices for x in s["latencies"]]) * 1000
     elapsed = sum(s["elapsed"] for s in slices)
     n = len(lat)
@@ -145,7 +158,8 @@ def summarize(slices: list[dict], per_request: int) -> dict:
         lat = np.array([np.nan])
     return {"requests": n, "errors": sum(s["errors"] for s in slices), "rps": n / elapsed,
             "texts_per_s": n * per_request / elapsed, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99))}
+            "p99_ms": float(np.percentile(lat, 99)),
+            "rounds": [len(s["latencies"]) * per_request / s["elapsed"] for s in slices]}
 
 
 def check_vectors(url: str, model: str, texts: list[str], reference: np.ndarray) -> float:
@@ -176,17 +190,20 @@ def wait_http(url: str, timeout_s: float = 300, proc: subprocess.Popen | None = 
 
 # ------------------------------------------------------------------------------------------- servers
 class ProcessServer:
-    """A server in its own process group (so stopping it stops everything it started, Ray included)."""
+    """A server in its own process group (so stopping it stops everything it started, Ray included); ``stack``,
+    ``engine`` and ``batching`` say what it runs, for the report."""
 
-    def __init__(self, name: str, cmd: list[str], port: int, health: str, url: str, model: str, env: dict):
+    def __init__(self, name: str, cmd: list[str], port: int, health: str, url: str, model: str, env: dict, *,
+                 stack: str, engine: str, batching: str, cwd: str | None = None):
         self.name, self.cmd, self.port, self.health, self.url, self.model, self.env = name, cmd, port, health, \
             url, model, env
+        self.stack, self.engine, self.batching, self.cwd = stack, engine, batching, cwd
 
     def start(self) -> "ProcessServer":
         slug = "".join(c if c.isalnum() else "_" for c in self.name.lower())
         log = open(ROOT / "bench" / "out" / f"serve_{slug}.log", "w")
         self.proc = subprocess.Popen(self.cmd, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, cwd=self.cwd)
         return self
 
     def wait_ready(self) -> None:
@@ -210,38 +227,87 @@ def _env(threads: int) -> dict:
             "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
+FASTEMB_ENGINES = {"onnx": "ONNX Runtime fp32 (fastemb's export; backend auto)", "torch": "torch fp32 (backend torch)"}
+
+
 def fastemb_process(name: str, model_path: str, threads: int, batch: int, extra_env: dict,
-                    proxy: str = "ray", device: str = "cpu") -> ProcessServer:
+                    proxy: str = "ray", backend: str = "onnx") -> ProcessServer:
     port = free_port()
     cmd = [sys.executable, __file__, "--fastemb-server", "--port", str(port), "--model", model_path,
-           "--threads", str(threads), "--batch-size", str(batch), "--proxy", proxy, "--device", device]
+           "--threads", str(threads), "--batch-size", str(batch), "--proxy", proxy, "--backend", backend]
     env = {**_env(threads), "RAY_USAGE_STATS_ENABLED": "0", **extra_env}
+    stack = "Ray Serve, " + ("HAProxy ingress" if proxy == "haproxy" else "Serve's Python proxy")
     return ProcessServer(name, cmd, port, f"http://127.0.0.1:{port}/healthz",
-                         f"http://127.0.0.1:{port}/v1/embeddings", "fastemb", env)
+                         f"http://127.0.0.1:{port}/v1/embeddings", "fastemb", env, stack=stack,
+                         engine=FASTEMB_ENGINES[backend],
+                         batching=f"@serve.batch: ≤ {batch} items and ≤ 8192 padded tokens per forward pass, "
+                                  "length-sorted, no wait")
 
 
-def infinity_process(python: str, model_path: str, threads: int, batch: int, device: str = "cpu") -> ProcessServer:
+INFINITY_ENGINES = {"int8": "ONNX Runtime int8 (optimum engine, dynamic quantisation)",
+                    "onnx": "ONNX Runtime fp32 (optimum engine, -O2 graph)", "torch": "torch fp32 (sentence-transformers)"}
+
+
+def infinity_process(python: str, model_path: str, threads: int, batch: int, engine: str,
+                     onnx_dirs: dict[str, str]) -> ProcessServer:
+    """Infinity on ``engine``: ``torch`` serves ``model_path``; ``int8``/``onnx`` serve that ONNX folder with its
+    optimum engine, started in the folder (``--model-id ./``, see the module docstring)."""
     port = free_port()
     exe = str(Path(python).parent / "infinity_emb")
-    cmd = [exe, "v2", "--model-id", model_path, "--served-model-name", "minilm", "--port", str(port),
-           "--host", "127.0.0.1", "--engine", "torch", "--device", device, "--batch-size", str(batch),
-           "--url-prefix", "/v1", "--no-bettertransformer"] + (["--dtype", "float16"] if device != "cpu" else [])
-    env = {**_env(threads), "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
-    return ProcessServer("Infinity", cmd, port, f"http://127.0.0.1:{port}/health",
-                         f"http://127.0.0.1:{port}/v1/embeddings", "minilm", env)
+    common = ["--served-model-name", "minilm", "--port", str(port), "--host", "127.0.0.1", "--device", "cpu",
+              "--batch-size", str(batch), "--url-prefix", "/v1", "--pooling-method", "mean"]
+    if engine == "torch":
+        cmd, cwd = [exe, "v2", "--model-id", model_path, "--engine", "torch", "--no-bettertransformer", *common], None
+    else:
+        cmd, cwd = [exe, "v2", "--model-id", "./", "--engine", "optimum", "--onnx-disable-optimize", *common], \
+            onnx_dirs[engine]
+    env = {**_env(threads), "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1",
+           "HF_HOME": str(ROOT / "bench" / "out" / "serve_infinity_hf")}
+    return ProcessServer(f"Infinity ({engine})", cmd, port, f"http://127.0.0.1:{port}/health",
+                         f"http://127.0.0.1:{port}/v1/embeddings", "minilm", env, stack="Infinity (FastAPI, uvicorn)",
+                         engine=INFINITY_ENGINES[engine], batching=f"its batch queue: ≤ {batch} items per forward pass",
+                         cwd=cwd)
 
 
-def plain_process(model_path: str, threads: int, device: str = "cpu") -> ProcessServer:
+def prepare_infinity_onnx(python: str, model_path: str, out: Path) -> dict[str, str]:
+    """The model exported to ONNX with the Infinity venv's optimum: {"onnx": fp32 -O2 folder, "int8": quantised
+    folder}; made once (a folder with its ONNX file is reused)."""
+    cli = str(Path(python).parent / "optimum-cli")
+    plain, fp32, int8 = out / "export", out / "fp32-O2", out / "int8"
+    flags = open("/proc/cpuinfo").read() if Path("/proc/cpuinfo").exists() else ""
+    isa = "--avx512_vnni" if "avx512_vnni" in flags else "--avx2"
+    steps = [(plain / "model.onnx", [cli, "export", "onnx", "--model", model_path, "--task", "feature-extraction",
+                                     "--library-name", "transformers", str(plain)]),
+             (fp32 / "model_optimized.onnx", [cli, "onnxruntime", "optimize", "--onnx_model", str(plain), "-O2",
+                                              "-o", str(fp32)]),
+             (int8 / "model_quantized.onnx", [cli, "onnxruntime", "quantize", "--onnx_model", str(plain), isa,
+                                              "-o", str(int8)])]
+    for made, cmd in steps:
+        if not made.exists():
+            print(f"  preparing {made.relative_to(out)} with optimum ({isa[2:] if 'quantize' in cmd else 'fp32'})",
+                  flush=True)
+            subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, **_env(2)})
+    return {"onnx": str(fp32), "int8": str(int8)}
+
+
+def plain_process(model_path: str, threads: int) -> ProcessServer:
     port = free_port()
     cmd = [sys.executable, __file__, "--plain-server", "--port", str(port), "--model", model_path,
-           "--threads", str(threads), "--device", device]
+           "--threads", str(threads)]
     return ProcessServer("FastAPI+ST", cmd, port, f"http://127.0.0.1:{port}/health",
-                         f"http://127.0.0.1:{port}/v1/embeddings", "minilm", _env(threads))
+                         f"http://127.0.0.1:{port}/v1/embeddings", "minilm", _env(threads),
+                         stack="FastAPI + uvicorn, one request at a time", engine="torch fp32 (sentence-transformers)",
+                         batching="none across requests (encode batch 32 within one)")
 
 
 # ------------------------------------------------------------------------------------------- main
-FASTEMB = "fastemb (Ray Serve)"
-FASTEMB_HAPROXY = "fastemb (Serve + HAProxy ingress)"
+SERVERS = "fastemb,fastemb-haproxy,fastemb-torch,fastemb-haproxy-torch,infinity-int8,infinity-onnx,infinity-torch,plain"
+# engine families: servers whose family matches run the same computation, so their ratio is the stack's alone
+FAMILY = {"ONNX Runtime fp32": "ONNX Runtime fp32", "ONNX Runtime int8": "ONNX Runtime int8", "torch fp32": "torch fp32"}
+
+
+def family(server: ProcessServer) -> str:
+    return next(f for k, f in FAMILY.items() if server.engine.startswith(k))
 
 
 def workloads() -> dict[str, list[str]]:
@@ -260,6 +326,39 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return f"fastemb[{name}]", env
 
 
+def build_servers(args, model_path: str, skipped: list[str]) -> list[ProcessServer]:
+    """The servers ``--servers`` names (an Infinity one only where its venv is), in a fixed order."""
+    wanted = args.servers.split(",")
+    servers = []
+    for key, proxy, backend in (("fastemb", "ray", "onnx"), ("fastemb-haproxy", "haproxy", "onnx"),
+                                ("fastemb-torch", "ray", "torch"), ("fastemb-haproxy-torch", "haproxy", "torch")):
+        if key in wanted:
+            name = f"fastemb ({'HAProxy' if proxy == 'haproxy' else 'Serve'}, {'ONNX' if backend == 'onnx' else 'torch'})"
+            servers.append(fastemb_process(name, model_path, args.threads, args.batch_size, {}, proxy, backend))
+    for v in args.variant:
+        name, env = parse_variant(v)
+        servers.append(fastemb_process(name, model_path, args.threads, args.batch_size, env))
+    engines = [e for e in ("int8", "onnx", "torch") if f"infinity-{e}" in wanted]
+    if engines:
+        exe = Path(args.infinity_python).parent / "infinity_emb"
+        if not (Path(args.infinity_python).exists() and exe.exists()):
+            skipped.append(f"Infinity: no venv at {args.infinity_python} (see this script's docstring)")
+            engines = []
+        onnx_dirs = {}
+        if set(engines) - {"torch"}:
+            try:
+                onnx_dirs = prepare_infinity_onnx(args.infinity_python, model_path, ROOT / "bench" / "out" / "serve_onnx")
+            except subprocess.CalledProcessError as err:
+                skipped.append(f"Infinity ONNX export failed: {(err.stderr or '')[-300:]}")
+                engines = [e for e in engines if e == "torch"]
+        for e in engines:
+            servers.append(infinity_process(args.infinity_python, model_path, args.threads, args.batch_size, e,
+                                            onnx_dirs))
+    if "plain" in wanted:
+        servers.append(plain_process(model_path, args.threads))
+    return servers
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
@@ -275,21 +374,23 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32, help="server batch size (fastemb and Infinity)")
     ap.add_argument("--infinity-python", default=os.environ.get("INFINITY_PYTHON", "/tmp/fe-venv-infinity/bin/python"))
     ap.add_argument("--proxy", default="ray", help=argparse.SUPPRESS)
-    ap.add_argument("--servers", default="fastemb,fastemb-haproxy,infinity,plain")
+    ap.add_argument("--backend", default="onnx", help=argparse.SUPPRESS)
+    ap.add_argument("--servers", default=SERVERS, help=f"comma-separated subset of {SERVERS}")
     ap.add_argument("--variant", action="append", default=[], help="NAME:K=V,... extra fastemb server with env")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 4 s per cell in 2 rounds, short texts at 1 and 8")
     ap.add_argument("--no-write", action="store_true", help="print the report, leave bench/RESULTS.md alone")
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: every server on this machine's "
-                    "GPU in fp16 (see the docstring)")
     args = ap.parse_args()
+    if args.quick:
+        args.seconds, args.rounds, args.levels, args.long_levels = 4.0, 2, "1,8", ""
 
     from fastemb.model.encoder import resolve_model_path
 
     model_path = resolve_model_path(args.model or "all-MiniLM-L6-v2")
     if args.plain_server:
-        plain_server(model_path, args.port, args.threads, args.device)
+        plain_server(model_path, args.port, args.threads)
         return 0
     if args.fastemb_server:
-        fastemb_server(model_path, args.port, args.threads, args.batch_size, args.proxy, args.device)
+        fastemb_server(model_path, args.port, args.threads, args.batch_size, args.proxy, args.backend)
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
@@ -301,25 +402,8 @@ def main() -> int:
     levels = {"short": [int(x) for x in args.levels.split(",") if x],
               "long": [int(x) for x in args.long_levels.split(",") if x]}
 
-    servers, skipped = [], []
-    wanted = args.servers.split(",")
-    dev = args.device
-    if "fastemb" in wanted:
-        servers.append(fastemb_process(FASTEMB, model_path, args.threads, args.batch_size, {}, device=dev))
-    if "fastemb-haproxy" in wanted:
-        servers.append(fastemb_process(FASTEMB_HAPROXY, model_path, args.threads, args.batch_size, {}, "haproxy",
-                                       dev))
-    for v in args.variant:
-        name, env = parse_variant(v)
-        servers.append(fastemb_process(name, model_path, args.threads, args.batch_size, env, device=dev))
-    if "infinity" in wanted:
-        if Path(args.infinity_python).exists() and shutil.which(str(Path(args.infinity_python).parent / "infinity_emb")):
-            servers.append(infinity_process(args.infinity_python, model_path, args.threads, args.batch_size, dev))
-        else:
-            skipped.append(f"Infinity: no venv at {args.infinity_python} (see this script's docstring)")
-    if "plain" in wanted:
-        servers.append(plain_process(model_path, args.threads, dev))
-
+    skipped: list[str] = []
+    servers = build_servers(args, model_path, skipped)
     diffs: dict[str, float] = {}
     live = []
     try:
@@ -346,63 +430,92 @@ def main() -> int:
                             srv.url, srv.model, texts[kind], c, slice_s, args.per_request, offset=r * 104729)))
                 for srv in live:
                     res = results[srv.name][(kind, c)] = summarize(slices[srv.name], args.per_request)
-                    print(f"  {srv.name:22s} {kind:5s} c={c:3d}: {res['texts_per_s']:7.1f} texts/s  p50 "
+                    print(f"  {srv.name:26s} {kind:5s} c={c:3d}: {res['texts_per_s']:7.1f} texts/s  p50 "
                           f"{res['p50_ms']:7.1f} ms  p99 {res['p99_ms']:7.1f} ms  errors {res['errors']}", flush=True)
     finally:
         for srv in servers:
             if hasattr(srv, "proc"):
                 srv.stop()
 
-    body = report(results, diffs, skipped, args)
+    body = report(results, diffs, skipped, live, args)
     print(body)
     if results and not args.no_write:
         from bench.results import write_section
 
-        write_section("serve (GPU)" if args.device == "cuda" else "serve", body)
+        write_section("serve", body)
     return 0
 
 
-def report(results: dict, diffs: dict, skipped: list[str], args) -> str:
+def comparisons(live: list[ProcessServer]) -> list[tuple[ProcessServer, ProcessServer, str]]:
+    """(fastemb server, other server, what their ratio isolates): pairs that differ in one thing (the stack at the
+    same engine, the engine or the ingress within fastemb), and fastemb against each peer on a different engine."""
+    out = []
+    for i, a in enumerate(live):
+        if not a.name.startswith("fastemb"):
+            continue
+        for b in live[i + 1:]:
+            same_engine = family(a) == family(b)
+            if b.name.startswith("fastemb"):
+                if same_engine and a.stack != b.stack:
+                    out.append((a, b, f"ingress ({family(a)} both)"))
+                elif not same_engine and a.stack == b.stack:
+                    out.append((a, b, f"engine ({a.stack.split(', ')[1]} both)"))
+            elif same_engine:
+                out.append((a, b, f"serving stack ({family(a)} both)"))
+            elif family(a) == "ONNX Runtime fp32":
+                out.append((a, b, f"stack + engine ({family(a)} vs {family(b)})"))
+    return out
+
+
+def report(results: dict, diffs: dict, skipped: list[str], live: list[ProcessServer], args) -> str:
+    from bench.results import mean_std, ratio_verdict
+
     names = list(results)
-    where = "CPU," if args.device == "cpu" else f"one GPU ({_gpu_name()}), fp16 on every server,"
-    lines = [f"Model all-MiniLM-L6-v2 (same folder for every server), {where} {args.threads} thread(s) per server, "
-             f"{args.per_request} text(s) per request, closed loop. All servers up at once; each cell measured for "
-             f"{args.seconds:.0f} s per server in {args.rounds} slices alternating between servers (order rotated "
-             "each round, 1 s warm-up per slice). The host is shared with other jobs: compare the ratios.", ""]
-    lines.append("| server | texts | concurrency | texts/s | p50 ms | p99 ms | errors |")
-    lines.append("|---|---|---|---|---|---|---|")
+    lines = [f"Model all-MiniLM-L6-v2 (same weights for every server), CPU, {args.threads} thread(s) per server "
+             f"(OMP_NUM_THREADS; fastemb's replica and ONNX session use the replica's CPUs), {args.per_request} "
+             f"text(s) per request, closed loop. All servers up at once; each cell measured for {args.seconds:g} s per "
+             f"server in {args.rounds} slices alternating between servers (order rotated each round, 1 s warm-up per "
+             "slice). The host is shared with other jobs: compare the ratios, each computed per round (mean ± std over "
+             "the rounds).", "",
+             "| server | stack | engine | batch policy | threads | max abs diff vs sentence-transformers |",
+             "|---|---|---|---|---|---|"]
+    for srv in live:
+        lines.append(f"| {srv.name} | {srv.stack} | {srv.engine} | {srv.batching} | {args.threads} | "
+                     f"{diffs.get(srv.name, float('nan')):.1e} |")
+    lines += ["", "| server | texts | concurrency | texts/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|"]
     for n in names:
         for (kind, c), r in results[n].items():
             lines.append(f"| {n} | {kind} | {c} | {r['texts_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
                          f"| {r['errors']} |")
-    ours = [n for n in names if n.startswith("fastemb")]
-    if ours:
-        lines += ["", "Ratios (fastemb / peer): throughput (above 1 = fastemb faster), and p99 latency (below 1 = "
-                  "fastemb faster).", "", "| fastemb | peer | texts | concurrency | throughput ratio | p99 ratio |",
-                  "|---|---|---|---|---|---|"]
-        for o in ours:
-            for n in names:
-                if n.startswith("fastemb") and (n == o or o != FASTEMB):
-                    continue  # each fastemb server vs the peers; the default one also vs the other fastemb ones
-                for key, r in results[n].items():
-                    f = results[o].get(key)
-                    if f:
-                        lines.append(f"| {o} | {n} | {key[0]} | {key[1]} | "
-                                     f"{f['texts_per_s'] / max(r['texts_per_s'], 1e-9):.2f} | "
-                                     f"{f['p99_ms'] / max(r['p99_ms'], 1e-9):.2f} |")
-    lines += ["", "Max |vector - SentenceTransformer.encode| per server: "
-              + ", ".join(f"{n}: {d:.1e}" for n, d in diffs.items())]
+    pairs = [(a, b, what) for a, b, what in comparisons(live) if a.name in results and b.name in results]
+    by_what: dict[str, list[float]] = {}
+    if pairs:
+        lines += ["", "Ratios A / B: throughput (above 1 = A faster; per round, mean ± std, and who wins: only where "
+                  "the rounds' spread excludes 1), and p99 latency (below 1 = A faster). *Isolates*: the one thing "
+                  "that differs between A and B.", "",
+                  "| A | B | isolates | texts | concurrency | throughput ratio | verdict | p99 ratio |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for a, b, what in pairs:
+            for key, rb in results[b.name].items():
+                ra = results[a.name].get(key)
+                if not ra:
+                    continue
+                ratios = [x / max(y, 1e-9) for x, y in zip(ra["rounds"], rb["rounds"])]
+                m, s = mean_std(ratios)
+                by_what.setdefault(what, []).append(m)
+                lines.append(f"| {a.name} | {b.name} | {what} | {key[0]} | {key[1]} | {m:.2f} ± {s:.2f} | "
+                             f"{ratio_verdict(ratios, 'A', 'B').split(':')[0]} | "
+                             f"{ra['p99_ms'] / max(rb['p99_ms'], 1e-9):.2f} |")
+    if by_what:
+        lines += ["", "**What the throughput ratios isolate** (range of the cells' mean ratios A / B): "
+                  + "; ".join(f"{what}: {min(v):.2f}–{max(v):.2f}×" for what, v in by_what.items())
+                  + ". Same-engine rows measure the serving stack alone; engine rows measure the engine within "
+                  "fastemb's stack; stack + engine rows compare each side on its own fastest engine."]
     if args.variant:
         lines += ["", "Variants (fastemb with extra environment): " + "; ".join(args.variant)]
     if skipped:
         lines += ["", "Not measured: " + "; ".join(skipped)]
     return "\n".join(lines)
-
-
-def _gpu_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device seen by the driver"
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def data_fingerprint(paths: list[str]) -> str:
 
 @dataclass
 class Registry:
-    """A registry rooted at ``root`` (local folder or ``s3://``/``gs://``/... URI)."""
+    """A registry rooted at ``root`` (local folder or a pyarrow filesystem URI such as ``s3://``)."""
     root: str
 
     def __post_init__(self):

@@ -1,4 +1,4 @@
-"""Run outputs on a local/shared path or in an object store (any pyarrow filesystem URI: ``s3://``, ``gs://``, ...).
+"""Run outputs on a local/shared path or in an object store (a pyarrow filesystem URI; ``s3://`` is the one tested).
 
 A job whose ``storage_path`` is a URI works in a local staging folder (``run_dir``) that mirrors
 ``{storage_path}/{name}``: :func:`pull` fetches the job's own files before it starts (cached base metrics, teacher

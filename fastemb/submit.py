@@ -7,9 +7,9 @@ The job runs ``python -m fastemb.cli <job> <spec> <overrides> ray.address=auto``
 that ``runtime_env.yaml`` uploads, so the same spec runs unchanged locally (``fastemb train spec``) and
 on a cluster. Every path field the schema declares is handled (fastemb/submit_paths.py): relative outputs
 (``storage_path``, ``output``, ...) are pinned to absolute paths, which on a real cluster must name a
-filesystem every node mounts at the same path (NFS/EFS/Filestore), or use an object-store URI (``s3://``,
-``gs://``); local inputs are uploaded with the working_dir, pinned on the shared ``storage_path``, or refused
-with the fix. ``--dry-run`` prints the decision for each path field and what each compute stage asks the cluster for
+filesystem every node mounts at the same path (NFS/EFS/Filestore), or use an object-store URI
+(``s3://``); local inputs are uploaded with the working_dir, pinned on the shared ``storage_path``, or refused with
+the fix. ``--dry-run`` prints the decision for each path field and what each compute stage asks the cluster for
 (``fastemb.accelerator.stage_requests``: CPUs and GPUs per training worker, encoder actor and Serve replica, and the
 accelerator, backend and precision the spec picks).
 

@@ -139,7 +139,7 @@ def _decide(kind: str, value: str, uploads: UploadRules, storage_path: str | Non
         if here.is_absolute():
             return "kept", value, "absolute: must be a filesystem every node mounts at this path"
         return "pinned", os.path.abspath(here), ("relative output pinned to an absolute path: it must be storage "
-                                                 "every node mounts at this path, or use an s3:// / gs:// URI")
+                                                 "every node mounts at this path, or use an s3:// URI")
     if not here.exists():
         return "kept", value, "not found here: an alias, a shipped data set or a path on the cluster, left as it is"
     path = here.resolve()
@@ -167,6 +167,6 @@ def refusal_message(refused: list[PathDecision], storage_path: str | None, runti
     where = f"under storage_path ({storage_path})" if storage_path and not is_uri(storage_path) else \
         "under a storage_path"
     fixes = (f"put it {where} or in another folder every node mounts at the same path (declare that folder with "
-             f"--shared DIR), or use an object-store URI (s3://, gs://); or keep it inside the working_dir and "
+             f"--shared DIR), or use an object-store URI (s3://); or keep it inside the working_dir and "
              f"un-exclude it (runtime_env {runtime_env_name} excludes, .gitignore, .rayignore)")
     return "\n  ".join(["path fields that would not reach the cluster:", *lines, f"fix: {fixes}"])

@@ -59,6 +59,34 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=lambda item: rank[item.nodeid])  # stable: file order within a tier
 
 
+# Skips: only the gpu tier may skip (where there is no CUDA). The session ends with one line listing every skipped
+# test; with FASTEMB_ONLY_GPU_SKIPS=1 (.ci/run sets it) a skipped test of another tier fails the run.
+ONLY_GPU_SKIPS_ENV = "FASTEMB_ONLY_GPU_SKIPS"
+
+
+def _skips(config) -> tuple[list[str], list[str]]:
+    """(gpu-tier, other) node ids of the session's skipped tests."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    reports = [r for r in (reporter.stats.get("skipped", []) if reporter else []) if getattr(r, "nodeid", "")]
+    gpu = [r.nodeid for r in reports if "gpu" in r.keywords]
+    return gpu, [r.nodeid for r in reports if "gpu" not in r.keywords]
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if os.environ.get(ONLY_GPU_SKIPS_ENV) == "1" and _skips(session.config)[1] and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    gpu, other = _skips(config)
+    terminalreporter.write_line(f"skipped tests: {len(gpu) + len(other)} ({len(gpu)} gpu)"
+                                + "".join(f"\n  {n}" for n in gpu + other))
+    if other:
+        enforced = os.environ.get(ONLY_GPU_SKIPS_ENV) == "1"
+        terminalreporter.write_line(f"{'error' if enforced else 'warning'}: {len(other)} skipped test(s) outside "
+                                    "the gpu tier: " + ", ".join(other), red=enforced, yellow=not enforced)
+
+
 @pytest.fixture(autouse=True)
 def unit_guard(request):
     """A unit test must not start Ray: it would be slow, and it would belong to the ray tier."""

@@ -1,6 +1,7 @@
-"""Shared by the index fault tests: an encoder-actor killer for a running ``fastemb index`` build."""
+"""Shared by the index fault tests: a killer of an encoder actor held mid-unit by embed.py's test hook."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -10,8 +11,11 @@ from typing import Callable
 
 import pyarrow.parquet as pq
 
+from fastemb.index.embed import HOLD_ENV
+
 WORDNET = Path(__file__).resolve().parents[1] / "fastemb" / "datasets" / "wordnet"
 N_ROWS = 600
+__all__ = ["HOLD_ENV", "N_ROWS", "HeldActorKiller", "actor_restarts", "write_fault_corpus"]
 
 
 def write_fault_corpus(root: Path) -> dict:
@@ -23,8 +27,8 @@ def write_fault_corpus(root: Path) -> dict:
     return {"path": str(root), "ids": defs.column("id").to_pylist()}
 
 
-def _encoder_actor_pids() -> dict[int, str]:
-    """pid → actor id of the live Ray Data map workers (the encoder actor pool)."""
+def _encoder_actors() -> dict[int, str]:
+    """pid → actor id of the session Ray's live Ray Data map workers (the encoder actor pool)."""
     import ray
     from ray.util.state import list_actors
 
@@ -33,35 +37,64 @@ def _encoder_actor_pids() -> dict[int, str]:
     return {a.pid: a.actor_id for a in actors if "MapWorker" in a.class_name and a.pid}
 
 
-class ActorKiller(threading.Thread):
-    """Waits until an encoder actor has embedded at least one batch (its peak-memory file exists in the unit's
-    temporary folder), then SIGKILLs that actor's worker process once, while the unit is still unfinished."""
+def actor_restarts(actor_id: str) -> int:
+    """How many times Ray restarted the session Ray's actor ``actor_id`` (its state, alive or dead)."""
+    import ray
+    from ray.util.state import get_actor
 
-    def __init__(self, emb_dir: Path, timeout_s: float = 300,
-                 live_pids: Callable[[], dict[int, str]] | None = None):
+    return get_actor(actor_id, address=ray.get_runtime_context().gcs_address).num_restarts
+
+
+class HeldActorKiller(threading.Thread):
+    """Kills an encoder actor while its unit is provably unfinished, through embed.py's test hook.
+
+    Started before the build, with the build's ``FASTEMB_TEST_HOLD_FILE`` set to ``hold_file``: it creates the file,
+    so every actor holds the first batch it has embedded, unreturned, after writing ``<hold_file>.<pid>.held``. It
+    then SIGKILLs the first held actor that is a live encoder actor, records whether its unit was still unpublished
+    at that moment (no final unit folder, no ``_SUCCESS``: a held batch is one the unit still waits for), and removes
+    the hold file so that the build goes on. The test then asks Ray whether that actor was restarted."""
+
+    def __init__(self, hold_file: Path, timeout_s: float = 300,
+                 live_actors: Callable[[], dict[int, str]] | None = None):
         super().__init__(daemon=True)
-        self.emb_dir, self.timeout_s = emb_dir, timeout_s
-        self.live_pids = live_pids or _encoder_actor_pids  # pid -> actor id of the live encoder actors
+        self.hold_file, self.timeout_s = Path(hold_file), timeout_s
+        self.live_actors = live_actors or _encoder_actors  # pid -> actor id of the live encoder actors
         self.killed_pid: int | None = None
+        self.killed_actor: str | None = None
         self.unit_unfinished_at_kill = False
         self.error: str | None = None
+        self.hold_file.write_text("hold")
 
     def run(self) -> None:
         try:
-            self._watch_and_kill()
+            self._kill_a_held_actor()
         except Exception as err:  # reported by the test, not lost in the thread
             self.error = repr(err)
+        finally:
+            self.hold_file.unlink(missing_ok=True)  # release the other actors (and the restarted one)
 
-    def _watch_and_kill(self) -> None:
+    def _held(self) -> dict[int, Path | None]:
+        held = {}
+        for marker in self.hold_file.parent.glob(f"{self.hold_file.name}.*.held"):
+            info = json.loads(marker.read_text() or "{}")
+            if "pid" in info:
+                held[int(info["pid"])] = Path(info["unit"]) if info.get("unit") else None
+        return held
+
+    def _kill_a_held_actor(self) -> None:
         deadline = time.time() + self.timeout_s
         while time.time() < deadline:
-            busy = {int(p.stem): p.parents[1] for p in self.emb_dir.glob("unit-*.tmp/_rss/*.rss")}
-            live = self.live_pids() if busy else {}
-            for pid, unit_tmp in busy.items():
-                if pid in live:
-                    os.kill(pid, signal.SIGKILL)
-                    self.killed_pid = pid
-                    self.unit_unfinished_at_kill = not (unit_tmp / "_SUCCESS").exists()
-                    return
+            held = self._held()
+            live = self.live_actors() if held else {}
+            for pid, unit_tmp in held.items():
+                if pid not in live:
+                    continue
+                final = unit_tmp.with_name(unit_tmp.name.removesuffix(".tmp")) if unit_tmp else None
+                self.unit_unfinished_at_kill = bool(final and unit_tmp.name.endswith(".tmp") and unit_tmp.is_dir()
+                                                    and not final.exists()
+                                                    and not (unit_tmp / "_SUCCESS").exists())
+                os.kill(pid, signal.SIGKILL)
+                self.killed_pid, self.killed_actor = pid, live[pid]
+                return
             time.sleep(0.2)
-        self.error = "no encoder actor was seen working before the timeout"
+        self.error = "no encoder actor was seen holding a batch before the timeout"

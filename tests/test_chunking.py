@@ -42,9 +42,9 @@ def test_aggregate_max_and_mean():
     assert [d for d, _ in aggregate_doc_scores(ids, scores, "mean", k=2)] == ["b", "c"]
 
 
-@pytest.mark.skipif(not shutil.which("groff") or not Path("/usr/share/man/man2").is_dir(),
-                    reason="needs Debian manpages-dev and groff")
 def test_man_pages_are_chunked_and_searched_as_documents(ray_local, tmp_path):
+    assert shutil.which("groff") and Path("/usr/share/man/man2").is_dir(), \
+        "this test needs Debian's man pages and groff: apt-get install manpages manpages-dev groff-base (.ci/run does)"
     from fastemb.data.manpages import load_manpages
     from fastemb.index.job import run_index
     from fastemb.index.searcher import Searcher

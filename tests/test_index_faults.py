@@ -1,6 +1,7 @@
-"""Fault tolerance of ``fastemb index``: an encoder actor process is SIGKILLed mid-build (a real Ray Data
-``_MapWorker`` found through Ray's state API), the build goes on (actor restarted, its tasks retried) and the
-final index still holds exactly one entry per valid input row: no lost and no duplicated documents."""
+"""Fault tolerance of ``fastemb index``: an encoder actor process (a real Ray Data ``_MapWorker`` found through Ray's
+state API) is SIGKILLed while it holds an embedded batch of its unit unreturned (embed.py's test hook), so the unit is
+provably unfinished; Ray restarts the actor (its restart count in Ray's state), its batch runs again, and the final
+index still holds exactly one entry per valid input row: no lost and no duplicated documents."""
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ import pytest
 
 from fastemb.index.job import run_index
 from fastemb.spec import parse_spec
-from index_helpers import N_ROWS, ActorKiller, write_fault_corpus
+from index_helpers import HOLD_ENV, N_ROWS, HeldActorKiller, actor_restarts, write_fault_corpus
 
 
 @pytest.fixture(scope="module")
@@ -20,19 +21,21 @@ def corpus(tmp_path_factory) -> dict:
 
 
 @pytest.mark.faults
-def test_killed_encoder_actor_loses_and_duplicates_nothing(ray_local, corpus, tmp_path):
+def test_killed_encoder_actor_loses_and_duplicates_nothing(ray_local, corpus, tmp_path, monkeypatch):
     spec = parse_spec({"job": "index", "name": "fault", "storage_path": str(tmp_path),
                        "corpus": {"path": corpus["path"]}, "model": {"max_length": 64}, "ray": {"num_cpus": 2},
                        "embed": {"num_actors": 2, "batch_rows": 32, "rows_per_unit": 10**6},
                        "index": {"type": "ivf_flat", "nlist": 8, "add_tasks": 2}})
-    killer = ActorKiller(spec.run_dir / "embeddings")
+    killer = HeldActorKiller(tmp_path / "hold")
+    monkeypatch.setenv(HOLD_ENV, str(killer.hold_file))
     killer.start()
     manifest = run_index(spec)
     killer.join(timeout=5)
-    assert killer.error is None and killer.killed_pid is not None
-    assert killer.unit_unfinished_at_kill                       # the kill happened mid-build
+    assert killer.error is None and killer.killed_pid is not None, killer.error
+    assert killer.unit_unfinished_at_kill                       # killed holding a batch of an unpublished unit
     with pytest.raises(ProcessLookupError):
         os.kill(killer.killed_pid, 0)                          # the process really is gone
+    assert actor_restarts(killer.killed_actor) >= 1             # and Ray restarted that actor
     ids = pq.read_table(spec.run_dir / "ids.parquet").column("id").to_pylist()
     assert len(ids) == len(set(ids)) == N_ROWS                 # no duplicated entry
     assert set(ids) == set(corpus["ids"])                      # no lost document

