@@ -5,7 +5,8 @@ from fastemb.spec import TrainSpec
 
 
 def deepspeed_config(train: TrainSpec) -> dict:
-    """ZeRO stage, precision, micro-batch, accumulation and clipping as a DeepSpeed config dict.
+    """ZeRO stage, precision, micro-batch, accumulation and clipping as a DeepSpeed config dict (with the cached
+    loss, unmanaged accumulation: fastemb/train/grad_cache.py).
 
     The optimizer and LR schedule are passed to ``deepspeed.initialize`` as torch objects, so no
     fused/CPU-Adam op has to be compiled; ZeRO therefore needs ``zero_allow_untested_optimizer``."""
@@ -19,6 +20,8 @@ def deepspeed_config(train: TrainSpec) -> dict:
         "zero_optimization": {"stage": train.zero_stage, "overlap_comm": False, "contiguous_gradients": True,
                               "reduce_bucket_size": 5e7, "allgather_bucket_size": 5e7},
     }
+    if train.cached:  # the cached loss backpropagates chunk by chunk; the loop's step is the boundary
+        cfg["managed_gradient_accumulation"] = False
     if train.precision == "bf16":
         cfg["bf16"] = {"enabled": True}
     elif train.precision == "fp16":
