@@ -67,12 +67,13 @@ def _loss_spec(k: int, matryoshka: bool) -> LossSpec:
                     matryoshka_weights=[1.0, 0.5, 2.0] if matryoshka else None)
 
 
-@pytest.mark.parametrize("k, matryoshka", [(0, False), (2, True)])
-def test_cached_gradients_equal_the_uncached_loss(minilm_path, k, matryoshka):
-    """No dropout: chunks of 3 texts, then the loss on the whole batch, give the full-batch gradient."""
+@pytest.mark.parametrize("k, matryoshka, block_rows", [(0, False, None), (2, True, 4)])
+def test_cached_gradients_equal_the_uncached_loss(minilm_path, k, matryoshka, block_rows):
+    """No dropout: chunks of 3 texts, then the loss on the whole batch (its terms one by one, its rows in blocks),
+    give the full-batch gradient."""
     rows = _rows(10, k)
     model = tiny_encoder(minilm_path)
-    objective = Contrastive(model, _loss_spec(k, matryoshka))
+    objective = Contrastive(model, _loss_spec(k, matryoshka), block_rows)
     loss, _ = objective(rows, _ids(rows, k))
     loss.backward()
     full = _grads(model)
@@ -158,7 +159,8 @@ def _deepspeed_worker(rank: int, world: int, port: int, tokenizer_path: str, out
         with hidden_prints():
             engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
                                               config=deepspeed_config(spec))
-        objective = Contrastive(engine.module, _loss_spec(k, True).model_copy(update={"gather_across_workers": True}))
+        objective = Contrastive(engine.module, _loss_spec(k, True).model_copy(update={"gather_across_workers": True}),
+                                block_rows=4)  # as the loop builds it: the score matrix 4 query rows at a time
         for rows in global_batches:
             mine = rows[rank * per_rank:(rank + 1) * per_rank]
             cached_backward(engine.module.embed, objective.columns(mine),
@@ -171,8 +173,9 @@ def _deepspeed_worker(rank: int, world: int, port: int, tokenizer_path: str, out
 
 
 def test_cached_loss_through_deepspeed_zero_stages_on_two_gloo_processes(minilm_path):
-    """2 ranks gathering negatives across workers, hard negatives, false-negative masks, the Matryoshka loss,
-    gradient accumulation 2: every ZeRO stage's update equals the uncached gradient of the global batch."""
+    """2 ranks gathering negatives across workers, hard negatives, false-negative masks, the Matryoshka loss, scores
+    in blocks of rows, gradient accumulation 2: every ZeRO stage's update equals the uncached gradient of the global
+    batch."""
     with mp.Manager() as manager:
         out = manager.dict()
         mp.spawn(_deepspeed_worker, args=(2, _free_port(), minilm_path, out), nprocs=2, join=True)

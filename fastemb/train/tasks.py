@@ -124,8 +124,8 @@ class Contrastive:
     and ``k`` hard negatives per query. Called, it embeds the columns and returns ``(loss, {})``; the cached loss
     (``fastemb.train.grad_cache``) uses its parts: ``columns``, ``student.embed`` and ``loss_terms``."""
 
-    def __init__(self, student, loss: LossSpec):
-        self.student, self.k, self.loss = student, loss.hard_negatives, contrastive_loss(loss)
+    def __init__(self, student, loss: LossSpec, block_rows: int | None = None):
+        self.student, self.k, self.loss = student, loss.hard_negatives, contrastive_loss(loss, block_rows)
 
     def columns(self, batch: list[dict]) -> list[list[str]]:
         """The texts to embed: queries, positives and (with k > 0) the k negatives of each row, flattened."""
@@ -151,12 +151,13 @@ class Contrastive:
         return self.loss_of([self.student.embed(texts) for texts in self.columns(batch)], ids), {}
 
 
-def contrastive_loss(lo: LossSpec):
+def contrastive_loss(lo: LossSpec, block_rows: int | None = None):
     """The loss module a ``loss`` section describes: InfoNCE, wrapped by the Matryoshka loss when it has
-    ``matryoshka_dims``."""
+    ``matryoshka_dims``; ``block_rows``: score that many query rows at a time (the cached loss's big batches)."""
     from fastemb.losses import InfoNCELoss, MatryoshkaLoss
 
-    infonce = InfoNCELoss(lo.temperature, lo.similarity, lo.gather_across_workers, lo.mask_false_negatives)
+    infonce = InfoNCELoss(lo.temperature, lo.similarity, lo.gather_across_workers, lo.mask_false_negatives,
+                          block_rows)
     return MatryoshkaLoss(infonce, lo.matryoshka_dims, lo.matryoshka_weights) if lo.matryoshka_dims else infonce
 
 
@@ -168,4 +169,5 @@ def task_objective(spec: TrainJob, task: Task, module, teacher) -> Objective:
         from fastemb.train.distill import DistillObjective
 
         return DistillObjective(spec.model_copy(update={"loss": lo}), module, contrastive_loss(lo), teacher)
-    return Contrastive(getattr(module, "student", module), lo)
+    block_rows = spec.train.cache_mini_batch if spec.train.cached else None  # as the cached loss embeds
+    return Contrastive(getattr(module, "student", module), lo, block_rows)
