@@ -12,7 +12,8 @@ from __future__ import annotations
 from fastemb.spec import TrainJob, TuneJob
 
 # search axis → the training-job field it sets; the compression axes (pq_bytes, matryoshka_dim) set the objective.
-# A merge-weight axis would be one more line: "merge_weight": ("export", "merge", "weight").
+# A merge-weight axis (issue 15's WiSE-FT merge, once export.merge exists) is one more line here,
+# "merge_weight": ("export", "merge", "weight"), plus its choice list in SearchSpace and param_space.
 AXES: dict[str, tuple[str, ...]] = {
     "temperature": ("loss", "temperature"),
     "lr": ("train", "lr"),
@@ -44,7 +45,9 @@ def trial_spec(tune_spec: TuneJob, params: dict, trial_id: str, width: int) -> T
         if axis in params:
             *sections, field = path
             target = raw
-            for section in sections:
+            for section in sections:  # an optional section left unset (e.g. export.merge) is created
+                if target.get(section) is None:
+                    target[section] = {}
                 target = target[section]
             target[field] = params[axis]
     dim = params.get("matryoshka_dim")
