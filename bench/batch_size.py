@@ -11,7 +11,7 @@ training process's peak resident memory (``ru_maxrss``); targets: the best large
 4096's memory is at most 1.3× batch 64's.
 
     python bench/batch_size.py              # full: 92,659 pairs, 1 epoch, batches 64,512,4096, mini-batch 32 (~6 h)
-    python bench/batch_size.py --quick      # a trial of the script: 1,024 pairs, batches 16,64,256 (~5 min)
+    python bench/batch_size.py --quick      # a trial of the script: 512 pairs, batches 16 and 128 (~6 min)
 """
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "batch_size"))
     args = ap.parse_args()
     if args.quick:
-        args.pairs, args.batches, args.mini_batch = 1024, "16,64,256", 8
+        args.pairs, args.batches, args.mini_batch = 512, "16,128", 8
         args.eval = eval_subset(Path(args.out) / "eval", 100, 1000)
     args.batches = [int(b) for b in args.batches.split(",")]
     Path(args.out).mkdir(parents=True, exist_ok=True)
