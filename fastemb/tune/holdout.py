@@ -14,8 +14,8 @@ import logging
 from pathlib import Path
 
 from fastemb.spec import TuneJob
-from fastemb.tune.tuner import default_point, load_search_pairs
-from fastemb.tune.trial import trial_compression, trial_spec
+from fastemb.tune.trial import load_search_pairs, trial_compression, trial_spec
+from fastemb.tune.tuner import default_point
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ from fastemb.ray_env import init_ray
 from fastemb.spec import TuneJob
 from fastemb.spec.paths import absolute_inputs
 from fastemb.tune.results import PARAMS, summarize
-from fastemb.tune.tuner import METRIC, build_tuner, check_search, load_search_pairs
+from fastemb.tune.trial import load_search_pairs
+from fastemb.tune.tuner import METRIC, build_tuner, check_search
 
 logger = logging.getLogger(__name__)
 

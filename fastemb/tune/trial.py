@@ -67,6 +67,15 @@ def trial_compression(tune_spec: TuneJob, params: dict) -> dict:
     return out
 
 
+def load_search_pairs(spec: TuneJob) -> list[dict]:
+    """The training pairs of every trial: rows with as many negatives as the largest choice of
+    ``space.hard_negatives`` (or ``loss.hard_negatives``), so that trials differing in negatives see the same rows."""
+    from fastemb.data.pairs import load_pairs
+
+    k = max(spec.space.hard_negatives or [spec.loss.hard_negatives])
+    return load_pairs(spec.data.train, spec.data.max_pairs, k, spec.train.seed)[0]
+
+
 def run_trial(config: dict, tune_spec: dict) -> None:
     """Tune function trainable: ``config`` holds the sampled params, ``tune_spec`` the serialised job."""
     import ray.tune
@@ -74,7 +83,6 @@ def run_trial(config: dict, tune_spec: dict) -> None:
 
     from fastemb.model.encoder import model_width
     from fastemb.train.trainer import fit_and_export, make_trainer, plan_steps
-    from fastemb.tune.tuner import load_search_pairs
 
     tune_spec = TuneJob.model_validate(tune_spec)
     spec = trial_spec(tune_spec, config, ray.tune.get_context().get_trial_id(), model_width(tune_spec.model.base))

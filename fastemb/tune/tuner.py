@@ -1,6 +1,6 @@
-"""The Ray Tune side of ``fastemb tune``: the search space, the spec's own configuration as a trial, the pairs every
-trial trains on, ASHA's grace period, how many trials run side by side, and the ``Tuner`` (Optuna or random search,
-ASHA), restored when an earlier search left one.
+"""The Ray Tune side of ``fastemb tune``: the search space, the spec's own configuration as a trial, ASHA's grace
+period, how many trials run side by side, and the ``Tuner`` (Optuna or random search, ASHA), restored when an earlier
+search left one.
 
 The objective (``METRIC``) is dev nDCG@10 measured through the compressed code (Matryoshka truncation, then OPQ/PQ).
 """
@@ -40,15 +40,6 @@ def default_point(spec: TuneJob) -> dict:
         point["matryoshka_dim"] = None
     point["pq_bytes"] = max(spec.space.pq_bytes)
     return point
-
-
-def load_search_pairs(spec: TuneJob) -> list[dict]:
-    """The training pairs of every trial: rows with as many negatives as the largest choice of
-    ``space.hard_negatives`` (or ``loss.hard_negatives``), so that trials differing in negatives see the same rows."""
-    from fastemb.data.pairs import load_pairs
-
-    k = max(spec.space.hard_negatives or [spec.loss.hard_negatives])
-    return load_pairs(spec.data.train, spec.data.max_pairs, k, spec.train.seed)[0]
 
 
 def check_search(spec: TuneJob) -> None:
