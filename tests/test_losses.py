@@ -82,6 +82,21 @@ def test_duplicate_texts_are_masked_as_false_negatives():
     assert not torch.allclose(loss, unmasked)
 
 
+@pytest.mark.parametrize("block", [1, 3, 7])
+def test_scoring_query_rows_in_blocks_gives_the_same_loss_and_gradients(block):
+    """block_rows: the score matrix a block of rows at a time (checkpointed); masking and hard negatives included."""
+    q, p, n = _leaves(8, 6, seed=13), _leaves(8, 6, seed=14), _leaves(8, 2, 6, seed=15)
+    ids = {"query_ids": torch.tensor([1, 2, 3, 4, 5, 6, 1, 8]), "doc_ids": torch.tensor([20, 21, 22, 23, 21, 25, 26, 27]),
+           "negative_ids": torch.tensor([[20, 40], [41, 42], [43, 44], [45, 46], [47, 48], [49, 50], [51, 52], [53, 54]])}
+    whole = InfoNCELoss(0.05, gather_across_workers=False)(q, p, n, **ids)
+    blocked = InfoNCELoss(0.05, gather_across_workers=False, block_rows=block)(q, p, n, **ids)
+    assert torch.allclose(whole, blocked, atol=1e-10)
+    for a, b in zip(torch.autograd.grad(whole, (q, p, n)), torch.autograd.grad(blocked, (q, p, n))):
+        assert torch.allclose(a, b, atol=1e-10)
+    with pytest.raises(ValueError, match="block_rows"):
+        InfoNCELoss(0.05, block_rows=0)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

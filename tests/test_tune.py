@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +40,95 @@ def test_concurrency_is_derived_from_cluster_resources():
                                                "gpus_per_worker": 0.5}, "tune": {"num_samples": 8}})
     assert concurrent_trials(gpu, 16, 2) == 2  # 1 GPU per trial: the GPUs, not the CPUs, bound it
     assert concurrent_trials(gpu, 16, 0) == 1
+
+
+def test_asha_judges_no_trial_before_its_warmup_ends():
+    """The grace period is the first dev evaluation at or after the warm-up of the batch size with the longest one
+    (in evaluations); an explicit grace period below it is refused, naming the field."""
+    from fastemb.spec import SpecError
+    from fastemb.tune.tuner import asha_grace, first_report_after_warmup
+
+    spec = parse_spec({"job": "tune", "train": {"warmup_ratio": 0.3, "eval_every": 2, "micro_batch_size": 32,
+                                                "num_workers": 1}, "space": {"micro_batch_size": [16, 32, 64]}})
+    plans = first_report_after_warmup(spec, 2000)  # batch 16: 125 steps, warm-up 37: evaluation 19 (step 38)
+    assert {b: p["warmup_steps"] for b, p in plans.items()} == {16: 37, 32: 18, 64: 9}
+    for p in plans.values():
+        first = p["first_report"]
+        assert p["eval_steps"][first - 1] >= p["warmup_steps"] > p["eval_steps"][first - 2]
+    assert asha_grace(spec, 2000) == (19, 63)  # max_t: batch 16's 63 evaluations
+    with pytest.raises(SpecError, match=r"tune\.grace_period: 4 would judge trials before their learning-rate "
+                                        r"warm-up ends \(batch 16: warm-up 37 of 125 steps.*use at least 19"):
+        asha_grace(spec.model_copy(update={"tune": spec.tune.model_copy(update={"grace_period": 4})}), 2000)
+    default_evals = parse_spec({"job": "tune", "train": {"num_workers": 1}})  # 4 evaluations, warm-up 10 %
+    assert asha_grace(default_evals, 2000)[0] == 1
+
+
+def test_search_axes_make_the_trial_job_and_its_compression():
+    """Sampled values land in the trial's training job (AXES); a Matryoshka dimension trains the nested dimensions
+    and truncates the objective's vectors before PQ; the default trial is the spec's own configuration."""
+    from fastemb.tune.trial import nested_dims, trial_compression, trial_spec
+    from fastemb.tune.tuner import default_point, param_space
+
+    spec = parse_spec({"job": "tune", "train": {"cache_mini_batch": 32, "micro_batch_size": 32},
+                       "space": {"micro_batch_size": [32, 256], "hard_negatives": [0, 3], "matryoshka_dim": [None, 64],
+                                 "pq_bytes": [32, 96]}})
+    assert default_point(spec) == {"temperature": 0.05, "lr": 5e-5, "micro_batch_size": 32, "hard_negatives": 0,
+                                   "matryoshka_dim": None, "pq_bytes": 96}
+    assert list(param_space(spec)) == ["temperature", "lr", "micro_batch_size", "hard_negatives", "matryoshka_dim",
+                                       "pq_bytes"]
+    params = {"temperature": 0.02, "lr": 1e-4, "micro_batch_size": 256, "hard_negatives": 3, "matryoshka_dim": 64,
+              "pq_bytes": 32}
+    trial = trial_spec(spec, params, "abc", width=384)
+    assert (trial.loss.temperature, trial.train.lr, trial.train.micro_batch_size, trial.loss.hard_negatives) == \
+        (0.02, 1e-4, 256, 3)
+    assert trial.train.cached and trial.loss.matryoshka_dims == [64, 128, 256, 384] == nested_dims(64, 384)
+    assert trial_compression(spec, params) == {"pq_bytes": 32, "opq": True, "method": "matryoshka", "dim": 64}
+    untruncated = trial_spec(spec, default_point(spec), "def", width=384)
+    assert untruncated.loss.matryoshka_dims is None and not untruncated.train.cached
+    assert trial_compression(spec, default_point(spec)) == {"pq_bytes": 96, "opq": True}
+
+
+@pytest.mark.parametrize("space, train, words", [
+    ({"matryoshka_dim": [128]}, {}, "lies outside space.matryoshka_dim"),
+    ({"micro_batch_size": [32, 16]}, {"cache_mini_batch": 32}, "space.micro_batch_size: 16 is smaller than "
+                                                               "train.cache_mini_batch 32"),
+    ({"hard_negatives": [1, 3]}, {}, "loss.hard_negatives: 0 is the default trial"),
+    ({"hard_negatives": [0, 65]}, {}, "space.hard_negatives"),
+])
+def test_bad_search_spaces_name_the_field(space, train, words):
+    from fastemb.spec import SpecError
+
+    with pytest.raises(SpecError, match=re.escape(words)):
+        parse_spec({"job": "tune", "space": space, "train": train})
+
+
+def test_matryoshka_axis_wider_than_the_model_is_refused():
+    from fastemb.spec import SpecError
+    from fastemb.tune.tuner import check_search
+
+    check_search(parse_spec({"job": "tune", "space": {"matryoshka_dim": [None, 384]}}))
+    with pytest.raises(SpecError, match=r"space\.matryoshka_dim: 512 is larger than the model's width 384"):
+        check_search(parse_spec({"job": "tune", "space": {"matryoshka_dim": [None, 512]}}))
+
+
+def test_test_split_verdict_gives_the_default_its_better_setting(tmp_path, tiny_eval, minilm_path):
+    """Winner and default are the same (base) model: at the winner's 128-d truncation the default is also scored at
+    full width in at most the winner's bytes, which does better for a model not trained to be truncated, so the
+    gain reported is negative (the conservative figure)."""
+    from fastemb.tune.holdout import winner_vs_default
+
+    spec = parse_spec({"job": "tune", "storage_path": str(tmp_path), "model": {"base": minilm_path, "max_length": 16},
+                       "data": {"eval": tiny_eval, "test_queries": 20}, "space": {"matryoshka_dim": [None, 128]}})
+    winner = {"trial_id": "w", "model_dir": minilm_path, "matryoshka_dim": 128, "pq_bytes": 64}
+    out = winner_vs_default(spec, winner, {"trial_id": "d", "model_dir": minilm_path})
+    assert out["winner"]["setting"] == {"pq_bytes": 64, "opq": True, "method": "matryoshka", "dim": 128}
+    assert out["winner"]["bytes_per_vector"] == 64 and out["winner"]["compression_x"] == 24
+    by = out["default"]["by_setting"]
+    assert by["winner's setting"]["ndcg@10"] == pytest.approx(out["winner"]["ndcg@10"])  # the same model
+    assert by["full width"]["bytes_per_vector"] <= 64
+    assert out["default"]["ndcg@10"] == max(r["ndcg@10"] for r in by.values())
+    assert out["gain_ndcg@10"] == pytest.approx(out["winner"]["ndcg@10"] - out["default"]["ndcg@10"])
+    assert out["default"]["setting_name"] == "full width" and out["gain_ndcg@10"] < 0
 
 
 def _finished_trials(exp: Path) -> dict[str, int]:

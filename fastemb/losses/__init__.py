@@ -5,6 +5,7 @@ from fastemb.losses.embedding_mse import EmbeddingMSELoss
 from fastemb.losses.hidden_state import HiddenStateDistillLoss
 from fastemb.losses.infonce import InfoNCELoss
 from fastemb.losses.margin_mse import MarginMSELoss
+from fastemb.losses.matryoshka import MatryoshkaLoss
 
 __all__ = ["AttentionDistillLoss", "DistillKLLoss", "EmbeddingMSELoss", "HiddenStateDistillLoss", "InfoNCELoss",
-           "MarginMSELoss"]
+           "MarginMSELoss", "MatryoshkaLoss"]

@@ -13,6 +13,10 @@ the concatenated global batch, whatever the worker count.
 Candidates that are not the query's positive but have the same text as it, or whose query has the
 same text as this query, are false negatives and are masked out (they share a text hash).
 
+With ``block_rows`` a batch larger than it is scored a block of query rows at a time, each block under activation
+checkpointing: the (B × N) score matrix is never held whole, only a (block × N) one, in the forward and the backward
+pass (the cached loss's big batches, fastemb/train/grad_cache.py). The value and gradients are the same.
+
 References: van den Oord et al., "Representation Learning with Contrastive Predictive Coding"
 (2018, InfoNCE); Chen et al., "A Simple Framework for Contrastive Learning" (SimCLR, 2020,
 temperature); Karpukhin et al., "Dense Passage Retrieval" (DPR, 2020, in-batch and hard negatives);
@@ -33,16 +37,20 @@ class InfoNCELoss(nn.Module):
     """Contrastive loss over (query, positive[, hard negatives]) embeddings; see module docstring."""
 
     def __init__(self, temperature: float = 0.05, similarity: Literal["cosine", "dot"] = "cosine",
-                 gather_across_workers: bool = True, mask_false_negatives: bool = True):
+                 gather_across_workers: bool = True, mask_false_negatives: bool = True,
+                 block_rows: int | None = None):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if similarity not in ("cosine", "dot"):
             raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
+        if block_rows is not None and block_rows < 1:
+            raise ValueError(f"block_rows must be >= 1, got {block_rows}")
         self.temperature = temperature
         self.similarity = similarity
         self.gather = gather_across_workers
         self.mask_false_negatives = mask_false_negatives
+        self.block_rows = block_rows
 
     def forward(self, query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor | None = None,
                 query_ids: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None,
@@ -69,14 +77,34 @@ class InfoNCELoss(nn.Module):
 
         if self.similarity == "cosine":
             query, docs = F.normalize(query, dim=-1), F.normalize(docs, dim=-1)
-        scores = query @ docs.T / self.temperature                # (B, N)
         target = torch.arange(batch, device=query.device) + rank * batch
+        masking = self.mask_false_negatives and cand_ids is not None and doc_ids is not None
+        mask_ids = (cand_ids, owner_qids if query_ids is not None else None, n_positive_cols) if masking else None
+        if self.block_rows is None or batch <= self.block_rows:
+            return self._rows_loss(query, docs, target, doc_ids, query_ids, mask_ids, "mean")
+        from torch.utils.checkpoint import checkpoint
 
-        if self.mask_false_negatives and cand_ids is not None and doc_ids is not None:
+        total = query.new_zeros(())
+        for start in range(0, batch, self.block_rows):
+            rows = slice(start, start + self.block_rows)
+            total = total + checkpoint(self._rows_loss, query[rows], docs, target[rows],
+                                       doc_ids[rows] if doc_ids is not None else None,
+                                       query_ids[rows] if query_ids is not None else None, mask_ids, "sum",
+                                       use_reentrant=False)
+        return total / batch
+
+    def _rows_loss(self, query: torch.Tensor, docs: torch.Tensor, target: torch.Tensor,
+                   doc_ids: torch.Tensor | None, query_ids: torch.Tensor | None, mask_ids: tuple | None,
+                   reduction: str) -> torch.Tensor:
+        """Cross-entropy of some query rows against every candidate, false negatives masked (``mask_ids``: the
+        candidates' text hashes, the gathered queries' hashes or None, and the number of positive columns)."""
+        scores = query @ docs.T / self.temperature                # (rows, N)
+        if mask_ids is not None:
+            cand_ids, owner_qids, n_positive_cols = mask_ids
             false_neg = cand_ids.unsqueeze(0) == doc_ids.unsqueeze(1)     # same text as my positive
-            if owner_qids is not None and query_ids is not None:          # positive of a copy of my query
+            if owner_qids is not None:                                    # positive of a copy of my query
                 same_query = owner_qids.unsqueeze(0) == query_ids.unsqueeze(1)
                 false_neg[:, :n_positive_cols] |= same_query
-            false_neg[torch.arange(batch), target] = False
+            false_neg[torch.arange(len(target)), target] = False
             scores = scores.masked_fill(false_neg, torch.finfo(scores.dtype).min)
-        return F.cross_entropy(scores, target)
+        return F.cross_entropy(scores, target, reduction=reduction)

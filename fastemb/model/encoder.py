@@ -68,6 +68,19 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(path)
 
 
+def hf_config(name_or_path: str):
+    """The Hugging Face config of a model folder or alias (no weights loaded)."""
+    from transformers import AutoConfig
+
+    path = Path(resolve_model_path(name_or_path))
+    return AutoConfig.from_pretrained(path / _read_st_layout(path)[0], local_files_only=True)
+
+
+def model_width(name_or_path: str) -> int:
+    """The embedding width of a model folder or alias (its transformer's hidden size; no weights loaded)."""
+    return int(hf_config(name_or_path).hidden_size)
+
+
 def _read_st_layout(path: Path) -> tuple[str, Pooling, bool, int | None]:
     """(transformer subfolder, pooling, normalize, max_seq_length) of a model folder."""
     modules_file = path / "modules.json"

@@ -142,6 +142,33 @@ class LossSpec(Section):
     gather_across_workers: bool = True
     mask_false_negatives: bool = True
     hard_negatives: int = Field(0, ge=0, le=64, description="hard negatives per query taken from the pairs")
+    matryoshka_dims: list[int] | None = Field(None, min_length=1, description="Matryoshka loss (fastemb/losses/"
+                                              "matryoshka.py): InfoNCE on each of these nested prefixes of the "
+                                              "embedding, increasing, at most the model's width, e.g. [64, 128, "
+                                              "256, 384]; include the width to train the full vector too")
+    matryoshka_weights: list[float] | None = Field(None, min_length=1, description="one weight per "
+                                                   "matryoshka_dims entry (default: 1 each)")
+
+    @field_validator("matryoshka_dims")
+    @classmethod
+    def _nested(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (v[0] <= 0 or any(a >= b for a, b in zip(v, v[1:]))):
+            raise ValueError(f"expected increasing dimensions > 0 (e.g. [64, 128, 256, 384]), got {v}")
+        return v
+
+    @field_validator("matryoshka_weights")
+    @classmethod
+    def _positive_weights(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and any(w <= 0 for w in v):
+            raise ValueError(f"expected weights > 0, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> "LossSpec":
+        w, d = self.matryoshka_weights, self.matryoshka_dims
+        if w is not None and (d is None or len(w) != len(d)):
+            raise ValueError(f"loss.matryoshka_weights: one weight per loss.matryoshka_dims entry ({d}), got {w}")
+        return self
 
 
 class NegativeRulesSpec(Section):

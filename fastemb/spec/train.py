@@ -120,7 +120,12 @@ class TrainSpec(Section):
                                             "gathers them on export (larger models across GPUs)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on a GPU that supports it, fp32 elsewhere (CPU, older GPUs)")
-    micro_batch_size: int = Field(32, gt=0, description="pairs per worker per step")
+    micro_batch_size: int = Field(32, gt=0, description="pairs per worker per step: the loss's batch (its in-batch "
+                                  "negatives), also with cache_mini_batch")
+    cache_mini_batch: int | None = Field(None, gt=0, description="cached loss (GradCache, fastemb/train/"
+                                         "grad_cache.py): embed this many texts per forward/backward pass, so "
+                                         "memory is set by it while the loss still sees the whole micro-batch; "
+                                         "at most micro_batch_size")
     grad_accum: int = Field(1, ge=1)
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
@@ -143,6 +148,19 @@ class TrainSpec(Section):
             raise ValueError("train.precision: fp16 needs a GPU (use_gpu: true); on CPU use fp32 or bf16")
         return self
 
+    @property
+    def cached(self) -> bool:
+        """Whether the cached loss runs: a cached mini-batch smaller than the batch (equal: one chunk, which is plain
+        training, so it trains uncached)."""
+        return self.cache_mini_batch is not None and self.cache_mini_batch < self.micro_batch_size
+
+    @model_validator(mode="after")
+    def _cache_fits_batch(self) -> "TrainSpec":
+        if self.cache_mini_batch is not None and self.cache_mini_batch > self.micro_batch_size:
+            raise ValueError(f"train.cache_mini_batch: {self.cache_mini_batch} is larger than the batch it caches "
+                             f"(train.micro_batch_size {self.micro_batch_size}); use at most {self.micro_batch_size}"
+                             ", or raise micro_batch_size")
+        return self
 
 
 class ContinualSpec(Section):
@@ -190,6 +208,13 @@ class TrainJob(RunJob):
         if d is None or self.tasks:
             return self
         _check_distill_candidates(d, self.loss.hard_negatives, "loss.hard_negatives")
+        return self
+
+    @model_validator(mode="after")
+    def _cache_without_distill(self) -> TrainJob:
+        if self.train.cache_mini_batch is not None and self.distill is not None:
+            raise ValueError("train.cache_mini_batch: the cached loss is for contrastive objectives; not with "
+                             "distill (its per-token and teacher terms need the whole graph); remove one of them")
         return self
 
     @model_validator(mode="after")

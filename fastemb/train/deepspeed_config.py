@@ -6,7 +6,8 @@ from fastemb.spec import TrainSpec
 
 
 def deepspeed_config(train: TrainSpec, precision: str, accelerator: Accelerator | None = None) -> dict:
-    """ZeRO stage, precision, micro-batch, accumulation and clipping as a DeepSpeed config dict.
+    """ZeRO stage, precision, micro-batch, accumulation and clipping as a DeepSpeed config dict (with the cached
+    loss, unmanaged accumulation: fastemb/train/grad_cache.py).
 
     ``precision``: ``train.precision`` resolved for the worker's device (``fastemb.accelerator.training_precision``);
     ``accelerator``: where the worker trains. The optimizer and LR schedule are passed to ``deepspeed.initialize`` as
@@ -27,6 +28,8 @@ def deepspeed_config(train: TrainSpec, precision: str, accelerator: Accelerator 
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     if accelerator is not None and accelerator.on_gpu and accelerator.backend == "gloo":
         zero["reduce_scatter"] = False  # ranks sharing a GPU talk over gloo, whose CUDA collectives are all-reduces
+    if train.cached:  # the cached loss backpropagates chunk by chunk; the loop's step is the boundary
+        cfg["managed_gradient_accumulation"] = False
     if precision == "bf16":
         cfg["bf16"] = {"enabled": True}
     elif precision == "fp16":

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastemb.losses import InfoNCELoss
 from fastemb.losses.attention_distill import run_with_last_attention
 from fastemb.model.encoder import Encoder, _read_st_layout, resolve_model_path
 from fastemb.spec import SpecError, TrainJob
@@ -86,9 +85,10 @@ def _stack(batch: list[dict], column: str, device) -> torch.Tensor:
 
 
 class DistillObjective:
-    """The weighted sum of InfoNCE and the configured distillation terms for one micro-batch."""
+    """The weighted sum of InfoNCE (``infonce``: the loss section's, Matryoshka-wrapped when it says so) and the
+    configured distillation terms for one micro-batch."""
 
-    def __init__(self, spec: TrainJob, model: DistillModel, infonce: InfoNCELoss, teacher: Encoder | None):
+    def __init__(self, spec: TrainJob, model: DistillModel, infonce: nn.Module, teacher: Encoder | None):
         self.spec, self.d, self.model, self.infonce, self.teacher = spec, spec.distill, model, infonce, teacher
         self.k = spec.loss.hard_negatives
         # per-token terms come out of the forward passes, so they are summed (and listed) first

@@ -23,7 +23,6 @@ from __future__ import annotations
 import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,20 +31,12 @@ from torch import nn
 
 from fastemb.losses import AttentionDistillLoss, DistillKLLoss, EmbeddingMSELoss, HiddenStateDistillLoss, MarginMSELoss
 from fastemb.losses.hidden_state import uniform_layer_map
-from fastemb.model.encoder import Encoder, _read_st_layout, resolve_model_path
+from fastemb.model.encoder import Encoder, hf_config
 from fastemb.model.layers import evenly_spaced_layers
 from fastemb.spec import DistillSpec, SpecError, TrainJob
 
 TEACHER_SCORES = "teacher_scores"
 TEACHER_EMBEDDINGS = ("teacher_query", "teacher_positive")
-
-
-def hf_config(name_or_path: str):
-    """The Hugging Face config of a model folder or alias (no weights loaded)."""
-    from transformers import AutoConfig
-
-    path = Path(resolve_model_path(name_or_path))
-    return AutoConfig.from_pretrained(path / _read_st_layout(path)[0], local_files_only=True)
 
 
 @dataclass

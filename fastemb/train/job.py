@@ -22,7 +22,7 @@ from fastemb.ray_env import init_ray
 from fastemb.spec import EvalSetSpec, StudentModelSpec, TrainJob
 from fastemb.storage import is_uri, pull, push
 from fastemb.train.export import at_export_length, merge_export
-from fastemb.train.tasks import job_tasks, load_task_pairs
+from fastemb.train.tasks import check_matryoshka_width, job_tasks, load_task_pairs
 from fastemb.train.trainer import export_checkpoint, finished_checkpoint, fit_and_export, make_trainer, plan_steps
 
 logger = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ def run_train(spec: TrainJob) -> dict:
         of = "" if not spec.tasks else f" (task {task.name}, weight {task.weight:g})"
         logger.info(f"pairs{of}: {data_reports[task.name].summary()}")
     plan = plan_steps(spec, {key: len(rows) for key, rows in pairs.items()})
+    check_matryoshka_width(spec)
     if spec.distill:
         from fastemb.train.distill import check_online_teacher
 
@@ -147,6 +148,7 @@ def run_train(spec: TrainJob) -> dict:
         "history": history, "spec": spec.model_dump(),
         "negative_pool_refreshes": [h for h in history if h.get("event") == "negatives_refresh"],
         "resumes": sum(1 for h in history if h.get("event") == "resumed"),
+        "peak_rss_mib": next((h["peak_rss_mib"] for h in history if h.get("event") == "memory"), None),  # per worker
         "domain": next((h for h in history if h.get("event") == "domain"), None),  # new tokens, adapters
         "teacher_outputs": teacher_info,
     }

@@ -160,6 +160,7 @@ def train_loop_per_worker(config: dict) -> None:
             _evaluate(w, state)
         if w.checkpoint_due(state.step):
             save_and_report(w.engine, state, w.rank)
+    _record_peak_memory(state, w.rank)
     report_final(_student(w.engine), state, w.rank, export_length(spec),
                  w.engine if _partitioned(w.engine) else None)
 
@@ -250,9 +251,12 @@ def _refresh_pools(engine, pools: dict, keys: list[str], state: TrainState, rank
 
 
 def _optimizer_step(w: Worker, state: TrainState):
-    """``train.grad_accum`` micro-batches, then one optimizer step; returns the last micro-batch's loss."""
+    """``train.grad_accum`` micro-batches, then one optimizer step; returns the last micro-batch's loss. With the
+    cached loss the engine runs unmanaged accumulation (fastemb/train/grad_cache.py): its step is called once here."""
     for _ in range(w.spec.train.grad_accum):
         loss = _micro_step(w, state)
+    if w.spec.train.cached:
+        w.engine.step()
     state.step += 1
     state.window.steps += 1
     return loss
@@ -260,7 +264,8 @@ def _optimizer_step(w: Worker, state: TrainState):
 
 def _micro_step(w: Worker, state: TrainState):
     """One micro-batch of its scheduled task: forward, backward, engine step (DeepSpeed steps the optimizer at the
-    accumulation boundary); returns its loss."""
+    accumulation boundary); with ``train.cache_mini_batch`` the cached loss's chunked forwards and backwards instead
+    (``fastemb.train.grad_cache``; the step is ``_optimizer_step``'s). Returns its loss."""
     import torch
 
     from fastemb.train.batching import batch_hashes
@@ -271,10 +276,18 @@ def _micro_step(w: Worker, state: TrainState):
     if task.key in w.pools:
         batch = w.pools[task.key].apply(batch)
     ids = {name: torch.from_numpy(v) for name, v in batch_hashes(batch, task.loss.hard_negatives).items()}
-    loss, terms = w.objectives[index](batch, ids)
+    objective = w.objectives[index]
+    if w.spec.train.cached:
+        from fastemb.train.grad_cache import cached_backward
+
+        loss, terms = cached_backward(objective.student.embed, objective.columns(batch),
+                                      lambda embeddings: objective.loss_terms(embeddings, ids),
+                                      w.spec.train.cache_mini_batch, w.engine.backward), {}
+    else:
+        loss, terms = objective(batch, ids)
+        w.engine.backward(loss)
+        w.engine.step()
     state.window.add_micro_batch(task.name, loss.item(), terms, w.spec.train.grad_accum)
-    w.engine.backward(loss)
-    w.engine.step()
     state.micro += 1
     return loss
 
@@ -289,6 +302,22 @@ def _log_progress(w: Worker, state: TrainState, loss: float) -> None:
         state.history.append({**stats, **state.window.term_means(), **{f"loss_task_{n}": v for n, v in by_task.items()},
                               "lr": w.engine.get_lr()[0], "time": time.time()})
     state.window = LossWindow()
+
+
+def _record_peak_memory(state: TrainState, rank: int) -> None:
+    """Every worker's peak resident memory (MiB, its process's ``ru_maxrss``), gathered into rank 0's history: the
+    report's ``peak_rss_mib``, one entry per rank."""
+    import resource
+
+    import torch.distributed as dist
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peaks = [peak]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        peaks = [None] * dist.get_world_size()
+        dist.all_gather_object(peaks, peak)
+    if rank == 0:
+        state.history.append({"step": state.step, "event": "memory", "peak_rss_mib": peaks})
 
 
 def _evaluate(w: Worker, state: TrainState) -> None:

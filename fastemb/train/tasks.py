@@ -49,6 +49,25 @@ def job_tasks(spec: TrainJob) -> list[Task]:
                  t.distill, t.refresh_negatives) for t in spec.tasks]
 
 
+def check_matryoshka_width(spec: TrainJob) -> None:
+    """Every loss's ``matryoshka_dims`` fit in the model's width (known only from the model: checked before
+    training starts); a ``SpecError`` names the field otherwise."""
+    from fastemb.model.encoder import model_width
+    from fastemb.spec import SpecError
+
+    losses = [("loss", spec.loss)] if not spec.tasks else [
+        (f"tasks.{i}.loss" if "matryoshka_dims" in t.loss else "loss", t.effective_loss(spec.loss))
+        for i, t in enumerate(spec.tasks)]
+    wanted = [(field, lo.matryoshka_dims) for field, lo in losses if lo.matryoshka_dims]
+    if not wanted:
+        return
+    width = model_width(spec.model.base)
+    for field, dims in wanted:
+        if dims[-1] > width:
+            raise SpecError(f"invalid job spec:\n  {field}.matryoshka_dims: {dims[-1]} is larger than the model's "
+                            f"width {width} ({spec.model.base}); use dimensions up to {width}")
+
+
 def uses_pool(spec: TrainJob, task: Task) -> bool:
     """Whether the job's negative pool refreshes this task's hard negatives."""
     return spec.negatives_pool is not None and task.loss.hard_negatives > 0 and task.refresh_negatives
@@ -100,23 +119,55 @@ def micro_batches_done(schedule: np.ndarray, micro: int, n_tasks: int) -> list[i
     return np.bincount(schedule[:micro], minlength=n_tasks).tolist()
 
 
-def task_objective(spec: TrainJob, task: Task, module, teacher) -> Objective:
-    """``(batch, text-hash ids) → (loss, unweighted terms)`` for one task: InfoNCE with the task's loss, or the
-    distillation objective (``fastemb.train.distill``) for a task with ``distill: true``."""
-    from fastemb.losses import InfoNCELoss
+class Contrastive:
+    """InfoNCE (wrapped by the Matryoshka loss with ``loss.matryoshka_dims``) over a micro-batch's queries, positives
+    and ``k`` hard negatives per query. Called, it embeds the columns and returns ``(loss, {})``; the cached loss
+    (``fastemb.train.grad_cache``) uses its parts: ``columns``, ``student.embed`` and ``loss_terms``."""
 
+    def __init__(self, student, loss: LossSpec, block_rows: int | None = None):
+        self.student, self.k, self.loss = student, loss.hard_negatives, contrastive_loss(loss, block_rows)
+
+    def columns(self, batch: list[dict]) -> list[list[str]]:
+        """The texts to embed: queries, positives and (with k > 0) the k negatives of each row, flattened."""
+        out = [[r["query"] for r in batch], [r["positive"] for r in batch]]
+        if self.k:
+            out.append([x for r in batch for x in r["negatives"][:self.k]])
+        return out
+
+    def _inputs(self, embeddings: list) -> tuple:
+        q, p, *negatives = embeddings
+        return q, p, negatives[0].view(len(q), self.k, -1) if negatives else None
+
+    def loss_of(self, embeddings: list, ids: dict):
+        """The loss of the columns' embeddings (in ``columns`` order)."""
+        return self.loss(*self._inputs(embeddings), **ids)
+
+    def loss_terms(self, embeddings: list, ids: dict) -> Iterator:
+        """The loss as terms that sum to it, each computed when taken (the Matryoshka loss: one per dimension)."""
+        terms = getattr(self.loss, "terms", None)
+        return terms(*self._inputs(embeddings), **ids) if terms else iter([self.loss_of(embeddings, ids)])
+
+    def __call__(self, batch: list[dict], ids: dict):
+        return self.loss_of([self.student.embed(texts) for texts in self.columns(batch)], ids), {}
+
+
+def contrastive_loss(lo: LossSpec, block_rows: int | None = None):
+    """The loss module a ``loss`` section describes: InfoNCE, wrapped by the Matryoshka loss when it has
+    ``matryoshka_dims``; ``block_rows``: score that many query rows at a time (the cached loss's big batches)."""
+    from fastemb.losses import InfoNCELoss, MatryoshkaLoss
+
+    infonce = InfoNCELoss(lo.temperature, lo.similarity, lo.gather_across_workers, lo.mask_false_negatives,
+                          block_rows)
+    return MatryoshkaLoss(infonce, lo.matryoshka_dims, lo.matryoshka_weights) if lo.matryoshka_dims else infonce
+
+
+def task_objective(spec: TrainJob, task: Task, module, teacher) -> Objective:
+    """``(batch, text-hash ids) → (loss, unweighted terms)`` for one task: InfoNCE with the task's loss (a
+    ``Contrastive``), or the distillation objective (``fastemb.train.distill``) for a task with ``distill: true``."""
     lo = task.loss
-    infonce = InfoNCELoss(lo.temperature, lo.similarity, lo.gather_across_workers, lo.mask_false_negatives)
     if task.distill:
         from fastemb.train.distill import DistillObjective
 
-        return DistillObjective(spec.model_copy(update={"loss": lo}), module, infonce, teacher)
-    student, k = getattr(module, "student", module), lo.hard_negatives
-
-    def contrastive(batch: list[dict], ids: dict):
-        q = student.embed([r["query"] for r in batch])
-        p = student.embed([r["positive"] for r in batch])
-        n = student.embed([x for r in batch for x in r["negatives"][:k]]).view(len(batch), k, -1) if k else None
-        return infonce(q, p, n, **ids), {}
-
-    return contrastive
+        return DistillObjective(spec.model_copy(update={"loss": lo}), module, contrastive_loss(lo), teacher)
+    block_rows = spec.train.cache_mini_batch if spec.train.cached else None  # as the cached loss embeds
+    return Contrastive(getattr(module, "student", module), lo, block_rows)

@@ -1,8 +1,11 @@
-"""``fastemb tune``: Optuna/random search with ASHA over temperature, batch size, LR and PQ code size.
+"""``fastemb tune``: Optuna/random search with ASHA over temperature, LR, batch size (large ones through the cached
+loss), hard negatives, Matryoshka dimension and PQ code size.
 
-The objective is dev nDCG@10 measured through the compressed (OPQ/PQ) code; the winner is the best
-trial whose compression factor meets ``tune.min_compression``. A search whose driver died is resumed
-with ``Tuner.restore`` by running the same job again (finished trials are kept, not rerun).
+The objective is dev nDCG@10 measured through the compressed code (Matryoshka truncation, then OPQ/PQ); the winner
+is the best finished trial whose compression factor meets ``tune.min_compression``. ASHA judges no trial before its
+learning-rate warm-up has ended. After the search the winner and the default configuration are scored once on the
+test split at the same compression (``fastemb.tune.holdout``). A search whose driver died is resumed with
+``Tuner.restore`` by running the same job again (finished trials are kept, not rerun).
 """
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ import logging
 from fastemb.ray_env import init_ray
 from fastemb.spec import TuneJob
 from fastemb.spec.paths import absolute_inputs
-from fastemb.tune.results import summarize
-from fastemb.tune.tuner import METRIC, build_tuner
+from fastemb.tune.results import PARAMS, summarize
+from fastemb.tune.trial import load_search_pairs
+from fastemb.tune.tuner import METRIC, build_tuner, check_search
 
 logger = logging.getLogger(__name__)
 
@@ -22,10 +26,16 @@ def run_tune(spec: TuneJob) -> dict:
     """Run (or resume) the search; write the trials table, plots and the winner to the run folder."""
     spec = absolute_inputs(spec)  # each trial runs in its own working directory
     init_ray(spec.ray.address, spec.ray.num_cpus, spec.train.cpus_per_worker)
+    check_search(spec)
+    n_pairs = len(load_search_pairs(spec))
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    results = build_tuner(spec).fit()
+    results = build_tuner(spec, n_pairs).fit()
     summary = summarize(results, spec)
     winner = summary["winner"]
+    if winner and spec.tune.compare_on_test:
+        from fastemb.tune.holdout import winner_vs_default
+
+        summary["test"] = winner_vs_default(spec, winner, summary["default"])
     if winner and spec.tune.registry:
         summary.update(register_winner(spec, winner))
     (spec.run_dir / "tune_summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -55,7 +65,7 @@ def register_winner(spec: TuneJob, winner: dict) -> dict:
             logger.warning(f"winner not registered: general nDCG@10 {gate['tuned']:.4f} < the base's "
                            f"{gate['base']:.4f} − tolerance {gate['tolerance']:g} (general.gate)")
             return out
-    params = {k: winner[k] for k in ("temperature", "lr", "micro_batch_size", "pq_bytes")}
+    params = {k: winner[k] for k in PARAMS}
     merge = spec.export.merge.model_dump() if spec.export.merge else None
     out["registered"] = Registry(spec.tune.registry).register(
         winner["model_dir"], metrics, {"tune": spec.name, "trial": winner["trial_id"], **params, "merge": merge})
@@ -65,4 +75,7 @@ def register_winner(spec: TuneJob, winner: dict) -> dict:
 
 def cli_summary(summary: dict) -> dict:
     """What ``fastemb tune`` prints: the winner and the number of trials."""
-    return {"winner": summary["winner"], "trials": len(summary["trials"])}
+    out = {"winner": summary["winner"], "trials": len(summary["trials"])}
+    if summary.get("test"):
+        out["test_gain_ndcg@10"] = summary["test"]["gain_ndcg@10"]
+    return out

@@ -7,7 +7,7 @@ from pathlib import Path
 from fastemb.spec import TuneJob
 from fastemb.tune.tuner import METRIC, default_point
 
-PARAMS = ("temperature", "lr", "micro_batch_size", "pq_bytes")
+PARAMS = ("temperature", "lr", "micro_batch_size", "hard_negatives", "matryoshka_dim", "pq_bytes")  # None: not searched
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ def trial_rows(results, default: dict | None = None) -> list[dict]:
 
 
 def pick_winner(rows: list[dict], min_compression: float) -> dict | None:
-    """Best objective among trials compressing at least ``min_compression``×."""
+    """Best objective among trials compressing at least ``min_compression``× (``summarize`` passes the finished
+    ones: a trial ASHA stopped has no exported model)."""
     ok = [r for r in rows if r[METRIC] is not None and (r["compression_x"] or 0) >= min_compression]
     return max(ok, key=lambda r: r[METRIC]) if ok else None
 
@@ -44,14 +45,16 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def summarize(results, spec: TuneJob) -> dict:
-    """Write ``trials.md`` and ``tune_trials.png``; return the table and the winner."""
+    """Write ``trials.md`` and ``tune_trials.png``; return the table, the winner and the default configuration's
+    trial (each with its ``model_dir``: it exists once the trial has finished)."""
     from fastemb.plots import tune_trials
 
     rows = trial_rows(results, default_point(spec) if spec.tune.include_default else None)
-    winner = pick_winner(rows, spec.tune.min_compression)
+    winner = pick_winner([r for r in rows if r["status"] == "FINISHED"], spec.tune.min_compression)
     default = next((r for r in rows if r["default"]), None)
-    if winner:
-        winner["model_dir"] = str(Path(spec.storage_path) / f"{spec.name}-trial-{winner['trial_id']}" / "model")
+    for row in (winner, default):
+        if row:
+            row["model_dir"] = str(Path(spec.storage_path) / f"{spec.name}-trial-{row['trial_id']}" / "model")
     (spec.run_dir / "trials.md").write_text(markdown_table(rows) + "\n")
     tune_trials(rows, METRIC, spec.run_dir / "tune_trials.png")
     label = (f"{winner['trial_id']} ({METRIC} {winner[METRIC]:.4f}, {winner['compression_x']:.0f}× compression)"
