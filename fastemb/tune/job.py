@@ -65,7 +65,7 @@ def register_winner(spec: TuneJob, winner: dict) -> dict:
             logger.warning(f"winner not registered: general nDCG@10 {gate['tuned']:.4f} < the base's "
                            f"{gate['base']:.4f} − tolerance {gate['tolerance']:g} (general.gate)")
             return out
-    params = {k: winner[k] for k in PARAMS}
+    params = {k: winner.get(k) for k in PARAMS}  # None: not searched
     merge = spec.export.merge.model_dump() if spec.export.merge else None
     out["registered"] = Registry(spec.tune.registry).register(
         winner["model_dir"], metrics, {"tune": spec.name, "trial": winner["trial_id"], **params, "merge": merge})
