@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -130,16 +127,9 @@ def ray_local(_ray_session):
 @pytest.fixture(scope="session")
 def tiny_eval(tmp_path_factory) -> str:
     """A small real evaluation folder: 40 WordNet queries per split against 300 definitions."""
-    out = tmp_path_factory.mktemp("tiny_eval")
-    for split in ("dev", "test"):
-        corpus = pq.read_table(WORDNET / f"{split}_corpus.parquet")
-        queries = pq.read_table(WORDNET / f"{split}_queries.parquet").slice(0, 40)
-        wanted = pa.array([ids[0] for ids in queries.column("relevant_ids").to_pylist()])
-        relevant = corpus.filter(pc.is_in(corpus["id"], value_set=wanted))
-        others = corpus.filter(pc.invert(pc.is_in(corpus["id"], value_set=wanted))).slice(0, 260)
-        pq.write_table(pa.concat_tables([relevant, others]), out / f"{split}_corpus.parquet")
-        pq.write_table(queries, out / f"{split}_queries.parquet")
-    return str(out)
+    from fastemb.data.eval_sets import write_eval_subset
+
+    return str(write_eval_subset(tmp_path_factory.mktemp("tiny_eval"), queries=40, others=260))
 
 
 @pytest.fixture(scope="session")

@@ -78,3 +78,24 @@ def load_eval_set(eval_dir: str, split: str, max_queries: int | None = None,
         raise DataError(f"{base} ({split}): no usable queries or corpus texts")
     return EvalSet(qids, queries, relevant, corpus_ids, corpus,
                    {"corpus": corpus_rep.as_dict(), "queries": query_rep.as_dict()})
+
+
+def write_eval_subset(out: str | Path, queries: int, others: int, source: str = "wordnet",
+                      splits: tuple[str, ...] = ("dev", "test")) -> Path:
+    """A small evaluation folder cut from ``source``: per split, its first ``queries`` queries against the texts
+    relevant to them (each query's first relevant id) plus the first ``others`` other texts (tests, quick benches)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    base = WORDNET_DIR if source == "wordnet" else Path(source).expanduser()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        corpus = pq.read_table(base / f"{split}_corpus.parquet")
+        kept = pq.read_table(base / f"{split}_queries.parquet").slice(0, queries)
+        wanted = pa.array([ids[0] for ids in kept.column("relevant_ids").to_pylist()])
+        relevant = corpus.filter(pc.is_in(corpus["id"], value_set=wanted))
+        rest = corpus.filter(pc.invert(pc.is_in(corpus["id"], value_set=wanted))).slice(0, others)
+        pq.write_table(pa.concat_tables([relevant, rest]), out / f"{split}_corpus.parquet")
+        pq.write_table(kept, out / f"{split}_queries.parquet")
+    return out

@@ -47,10 +47,11 @@ def plan_steps(spec: TrainJob, n_pairs: int | dict[str, int]) -> dict:
 
 
 def make_trainer(spec: TrainJob, pairs: list[dict] | dict[str, list[dict]], plan: dict,
-                 callbacks: list | None = None):
+                 callbacks: list | None = None, tracking: dict | None = None):
     """A ``TorchTrainer`` running :func:`train_loop_per_worker` over ``pairs`` (per task: Ray Dataset name → rows,
     each a Ray Dataset sharded per worker; a list is the single task ``train``), with checkpointing, failure retries
-    and resumption under ``{storage_path}/{name}``. A task with a negative pool also gets its pairs unsplit."""
+    and resumption under ``{storage_path}/{name}``. A task with a negative pool also gets its pairs unsplit.
+    ``tracking``: the MLflow run rank 0 adds its live metrics to (``Tracker.worker_config()``; None: none)."""
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -77,7 +78,7 @@ def make_trainer(spec: TrainJob, pairs: list[dict] | dict[str, list[dict]], plan
     storage_path, storage_fs = ray_storage(spec.storage_path)  # checkpoints go straight to an object store
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec.model_dump(), **plan},
+        train_loop_config={"spec": spec.model_dump(), **plan, "tracking": tracking},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
         run_config=RunConfig(name=spec.name, storage_path=storage_path, storage_filesystem=storage_fs,
