@@ -72,13 +72,56 @@ def test_a_job_run_in_a_local_store_and_its_rerun(store, tmp_path, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+def test_tune_trials_are_child_runs_with_every_report_and_early_stops_marked(store, caplog):
+    """Ray Tune's MLflowLoggerCallback as fastemb runs it, fed real (stub) Tune trials as Tune's driver would."""
+    from ray.tune.experiment import Trial
+
+    from fastemb.tracking.tune import STATUS_TAG, TrialRuns
+    from fastemb.tune.tuner import METRIC
+
+    search = Tracker.start(store, "search")
+    callback = TrialRuns(store, search.run_id, [METRIC, "step"])
+    callback.setup()
+    trials = {name: Trial("run_trial", config={"lr": 1e-4, "pq_bytes": 48}, stub=True, trial_id=name)
+              for name in ("done", "stopped", "broken")}
+    for name, trial in trials.items():
+        callback.log_trial_start(trial)
+        for it in (1, 2):
+            result = {METRIC: 0.25 * it, "step": 10 * it, "training_iteration": it, "note": "x",
+                      "finished": name == "done" and it == 2}
+            trial.update_last_result(result)
+            callback.log_trial_result(it, trial, result)
+    callback.log_trial_end(trials["done"])
+    callback.log_trial_end(trials["stopped"])  # ASHA stopped it: Tune ends it as not failed
+    callback.log_trial_end(trials["broken"], failed=True)
+    client = MlflowClient(store.uri)
+    runs = client.search_runs([client.get_experiment_by_name(store.experiment).experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{search.run_id}'")
+    got = {r.data.tags["trial_name"]: (r.info.status, r.data.tags[STATUS_TAG]) for r in runs}
+    assert got == {"run_trial_done": ("FINISHED", "FINISHED"), "run_trial_stopped": ("KILLED", "STOPPED EARLY"),
+                   "run_trial_broken": ("FAILED", "ERROR")}
+    for r in runs:
+        assert r.data.params == {"lr": "0.0001", "pq_bytes": "48"} and set(r.data.metrics) == {metric_key(METRIC), "step"}
+        assert [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, metric_key(METRIC))] == \
+            [(1, 0.25), (2, 0.5)]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    down = TrialRuns(Target(f"http://127.0.0.1:{free_port()}", "exp"), search.run_id, [METRIC])
+    down.setup()  # a store that is down: one warning, then the callback is off and the search goes on
+    down.log_trial_start(trials["done"])
+    down.log_trial_end(trials["done"])
+    assert down.off and caplog.text.count("the search goes on without tracking its trials") == 1
+
+
 def test_a_store_that_is_down_or_fails_costs_a_warning(tmp_path, caplog):
     down = Target(f"http://127.0.0.1:{free_port()}", "exp")
     t0 = time.time()
     tracker = Tracker.start(down, "job", run_dir=tmp_path)
-    tracker.log_params({"a": 1})
-    tracker.log_metrics({"loss": 1.0}, 1)
-    tracker.finish()
+    (tmp_path / "report.json").write_text("{}")
+    with tracker.running():  # a tracker that is off takes every call and does nothing
+        tracker.log_params({"a": 1})
+        tracker.log_metrics({"loss": 1.0}, 1)
+        tracker.log_record({"code": {"git_commit": "abc"}})
+        tracker.log_artifacts([tmp_path / "report.json", tmp_path])
     assert not tracker.enabled and tracker.info() is None and time.time() - t0 < 10
     assert "unreachable" in caplog.text and not (tmp_path / RUN_FILE).exists()
     caplog.clear()
@@ -102,7 +145,8 @@ def test_a_store_that_is_down_or_fails_costs_a_warning(tmp_path, caplog):
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """`mlflow server` (mlflow-skinny, SQLite store, proxied artifacts) on a free loopback port."""
+    """`mlflow server` (mlflow-skinny, SQLite store, proxied artifacts) on a free loopback port, starting (the run
+    waits for it to answer: meanwhile the session's Ray starts)."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -112,19 +156,7 @@ def mlflow_server(tmp_path_factory):
                              "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                              "--artifacts-destination", str(root / "artifacts")],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(uri + "/health", timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            pass
-        assert proc.poll() is None, f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}"
-        assert time.time() < deadline, "mlflow server did not start"
-        time.sleep(0.5)
-    server = {"uri": uri, "proc": proc}
+    server = {"uri": f"http://127.0.0.1:{port}", "proc": proc, "log": root / "server.log"}
     yield server
     if proc.poll() is None:
         proc.terminate()
@@ -132,16 +164,31 @@ def mlflow_server(tmp_path_factory):
     log.close()
 
 
+def _wait_until_up(server: dict, timeout_s: float = 120) -> None:
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(server["uri"] + "/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        assert server["proc"].poll() is None, f"mlflow server exited: {server['log'].read_text()[-2000:]}"
+        assert time.time() < deadline, "mlflow server did not start"
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
-def tracked_run(ray_local, mlflow_server, tmp_path_factory, tiny_eval):
-    """One tiny training job (2 workers, 2 steps, dev evaluation at each) tracked by the server."""
+def tracked_run(mlflow_server, ray_local, tmp_path_factory, tiny_eval):
+    """One tiny training job (2 workers, 2 steps, a dev evaluation at the end) tracked by the server."""
     from fastemb.train.job import run_train
 
     spec = parse_spec({"name": "tracked", "storage_path": str(tmp_path_factory.mktemp("tracked")),
                        "model": {"max_length": 32}, "data": {"max_pairs": 64, "eval": tiny_eval},
-                       "train": {"num_workers": 2, "micro_batch_size": 16, "log_every": 1, "eval_every": 1,
+                       "train": {"num_workers": 2, "micro_batch_size": 16, "log_every": 1, "eval_every": 2,
                                  "checkpoint_every": 1000},
                        "tracking": {"mlflow": mlflow_server["uri"], "experiment": "fastemb-tests"}})
+    _wait_until_up(mlflow_server)
     return spec, run_train(spec)
 
 
@@ -159,7 +206,7 @@ def test_a_training_run_on_a_real_mlflow_server(tracked_run, mlflow_server):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "pairs_per_s")] == [1, 2]
     dev = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "dev_ndcg_at_10")}
-    assert dev == {h["step"]: h["dev_ndcg@10"] for h in report["history"] if "dev_ndcg@10" in h} and len(dev) == 2
+    assert dev == {h["step"]: h["dev_ndcg@10"] for h in report["history"] if "dev_ndcg@10" in h} and list(dev) == [2]
     assert run.data.metrics["test_ndcg_at_10"] == pytest.approx(report["tuned"]["ndcg@10"])
     assert run.data.metrics["base_test_ndcg_at_10"] == pytest.approx(report["base"]["ndcg@10"])
     # the reproducible record

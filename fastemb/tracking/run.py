@@ -134,10 +134,10 @@ class Tracker:
     def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None:
         """Files and folders that exist (a folder's files keep their layout)."""
         for path in map(Path, paths):
-            upload = self.client.log_artifacts if path.is_dir() else self.client.log_artifact if path.is_file() \
-                else None
-            if upload is not None and self.enabled:
-                self._call(f"uploading {path.name}", lambda up=upload, p=str(path): up(self.run_id, p, artifact_path))
+            if not self.enabled or not path.exists():
+                continue
+            upload = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
+            self._call(f"uploading {path.name}", lambda up=upload, p=str(path): up(self.run_id, p, artifact_path))
 
     def finish(self, status: str = "FINISHED") -> None:
         """End the run with ``status`` (FINISHED, FAILED, KILLED)."""
