@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fastemb.tracking.target import (Target, client_env, flatten_params, metric_key, numeric, resolve_target,
-                                     ui_command, unreachable)
+                                     seed_local_store, ui_command, unreachable)
 
 RUN_FILE = "mlflow_run.json"  # in the run folder: the MLflow run a rerun of the job goes on with
 PARENT_TAG = "mlflow.parentRunId"
@@ -60,6 +60,7 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         target = self.target
+        seed_local_store(target)
         self.client = MlflowClient(target.uri)
         previous = _read_run_file(run_dir, target)
         if previous and _exists(self.client, previous):

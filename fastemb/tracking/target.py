@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import socket
 import urllib.error
 import urllib.request
@@ -15,6 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from fastemb import logs
+from fastemb.model.teachers import cache_root
 from fastemb.spec import TrackingSpec
 from fastemb.spec.base import is_uri
 
@@ -60,6 +62,29 @@ def local_store(folder: Path, experiment: str) -> Target:
     """MLflow's SQLite store in ``folder`` (``mlflow.db``), artifacts in ``folder/mlartifacts``."""
     folder = Path(folder).expanduser().resolve()
     return Target(f"sqlite:///{folder / LOCAL_DB}", experiment, (folder / LOCAL_ARTIFACTS).as_uri())
+
+
+def seed_local_store(target: Target) -> None:
+    """Start a new local store as a copy of an empty one (``$FASTEMB_CACHE/mlflow/empty-<mlflow version>.db``, made
+    once): MLflow builds a new SQLite store by running its schema migrations, seconds for every new run folder. Any
+    failure leaves the store to MLflow."""
+    db = Path(target.uri.removeprefix("sqlite:///")) if target.uri.startswith("sqlite:///") else None
+    if db is None or db.exists():
+        return
+    try:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        template = cache_root() / "mlflow" / f"empty-{mlflow.__version__}.db"
+        if not template.is_file():
+            template.parent.mkdir(parents=True, exist_ok=True)
+            partial = template.with_name(f"{template.name}.{os.getpid()}.partial")
+            MlflowClient(f"sqlite:///{partial}").search_experiments()  # creates the tables
+            os.replace(partial, template)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, db)
+    except Exception as err:  # noqa: BLE001 - a cache that fails costs MLflow's own (slower) store creation
+        logger.debug(f"no copy of an empty MLflow store ({err}); MLflow creates {db}")
 
 
 def ui_command(target: Target) -> str:

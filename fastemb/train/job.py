@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-
 from pathlib import Path
 
+from fastemb.data.pairs import pairs_fingerprint
 from fastemb.eval.retrieval import evaluate_model
 from fastemb.model.card import write_card
 from fastemb.plots import training_curve
@@ -24,7 +24,6 @@ from fastemb.storage import is_uri, pull, push
 from fastemb.tracking.run import Tracker, track_job
 from fastemb.train.card import train_card
 from fastemb.train.tasks import job_tasks, load_task_pairs
-from fastemb.data.pairs import pairs_fingerprint
 from fastemb.train.trainer import export_checkpoint, finished_checkpoint, fit_and_export, make_trainer, plan_steps
 
 logger = logging.getLogger(__name__)

@@ -10,14 +10,13 @@ import json
 import logging
 from pathlib import Path
 
-from fastemb.data.pairs import load_pairs
+from fastemb.data.pairs import load_pairs, pairs_fingerprint
 from fastemb.model.card import CARD_FILE, CardUpdate, key_values, write_card
 from fastemb.ray_env import init_ray
 from fastemb.record import keep_spec, reproducible_record
 from fastemb.spec import SPEC_FILE, TuneJob
 from fastemb.spec.paths import absolute_inputs
 from fastemb.tracking.run import Tracker, track_job
-from fastemb.data.pairs import pairs_fingerprint
 from fastemb.tune.results import summarize
 from fastemb.tune.tuner import METRIC, build_tuner
 
@@ -34,7 +33,8 @@ def run_tune(spec: TuneJob) -> dict:
     tracker = track_job(spec)
     with tracker.running():
         pairs, _ = load_pairs(spec.data.train, spec.data.max_pairs, spec.loss.hard_negatives, spec.train.seed)
-        tracker.log_record(reproducible_record(spec, pairs_fingerprint(pairs)))
+        record = reproducible_record(spec, pairs_fingerprint(pairs))
+        tracker.log_record(record)
         from fastemb.tracking.tune import TrialRuns
 
         callbacks = [TrialRuns(tracker.target, tracker.run_id, [METRIC, "dev_ndcg@10", "bytes_per_vector",
@@ -52,7 +52,7 @@ def run_tune(spec: TuneJob) -> dict:
             summary["registered"] = Registry(spec.tune.registry).register(
                 winner["model_dir"], metrics, {"tune": spec.name, "trial": winner["trial_id"], **params})
             logger.info(f"winner registered as {summary['registered']} in {spec.tune.registry}")
-        summary["mlflow"] = tracker.info()
+        summary["record"], summary["mlflow"] = record, tracker.info()
         (spec.run_dir / "tune_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         _publish(spec, summary, tracker)
     return summary
