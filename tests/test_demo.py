@@ -69,3 +69,4 @@ def _check_tracking(run_dir, summary) -> None:
     exact = summary["index"]["evaluation"]["results"][0]
     assert by_name["index"].data.metrics[metric_key(f"{exact['name']}/recall@10")] == exact["recall@10"]
     assert by_name["demo"].data.metrics["tuned_test_ndcg_at_10"] == summary["train"]["tuned"]["ndcg@10"]
+    assert len({p.parent for p in (run_dir / "tune").rglob("events.out.tfevents.*")}) == 2  # Tune's TensorBoard files
