@@ -92,7 +92,7 @@ def cmd_registry(args) -> int:
             mark = "  production" if v == production else ""
             print(f"{v}  parent={meta['parent']}  metrics={json.dumps(meta['metrics'])}{mark}")
     elif args.action == "show":
-        print(json.dumps(reg.show(args.version), indent=2))
+        print(json.dumps({**reg.show(args.version), "card": reg.card(args.version)}, indent=2))
     elif args.action == "promote":
         print(json.dumps(reg.promote(args.version, args.metric, args.force)))
     else:

@@ -2,7 +2,8 @@
 
 Layout under ``root`` (a local path or any pyarrow filesystem URI)::
 
-    versions/v0001/  model/, compress/ (optional), version.json
+    versions/v0001/  model/ (its model card README.md says which version it is), compress/ (optional),
+                     version.json
     state.json       {"production": "v0003", "history": ["v0001", "v0003"]}
 
 A version is written under a temporary name and renamed into place, and ``state.json`` is replaced
@@ -13,7 +14,6 @@ Rollback returns production to the version promoted before it.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -22,23 +22,12 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from fastemb.errors import FastembError
+from fastemb.model.card import CARD_FILE, CardUpdate, card_summary, key_values, render_card
+from fastemb.record import files_fingerprint
 
 
 class RegistryError(FastembError):
     """A registry operation that cannot be done (unknown version, refused promotion, ...)."""
-
-
-def data_fingerprint(paths: list[str]) -> str:
-    """sha256 over the bytes of the training-data files (in sorted order)."""
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        for f in sorted(Path(p).rglob("*")) if Path(p).is_dir() else [Path(p)]:
-            if f.is_file():
-                h.update(f.name.encode())
-                with open(f, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 20), b""):
-                        h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -125,11 +114,41 @@ class Registry:
             raise RuntimeError("injected crash")
         meta = {"version": version, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 "metrics": metrics, "config": config, "parent": parent,
-                "data_fingerprint": data_fingerprint(data_files) if data_files else None,
+                "data_fingerprint": files_fingerprint(data_files) if data_files else None,
                 "has_compression": bool(compress_dir)}
+        if model_dir:
+            self._extend_card(f"{staging}/model", meta)
         self._write_json_atomic(f"{staging}/version.json", meta)
         self.fs.move(staging, f"{self.base}/versions/{version}")
         return version
+
+    def _extend_card(self, model: str, meta: dict) -> None:
+        """The version's model card (kept, or made when the model has none) with a section on the version."""
+        path = f"{model}/{CARD_FILE}"
+        try:
+            with self.fs.open_input_stream(path) as f:
+                existing = f.read().decode("utf-8")
+        except FileNotFoundError:
+            existing = None
+        rows = {"version": meta["version"], "registry": f"`{self.root}`", "registered": meta["created"],
+                "parent version": meta["parent"],
+                "metrics": ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                     for k, v in meta["metrics"].items() if not isinstance(v, dict)),
+                "training data fingerprint": f"`{meta['data_fingerprint']}`" if meta["data_fingerprint"] else None,
+                "compression artefacts": "yes (`compress/` beside `model/`)" if meta["has_compression"] else None}
+        update = CardUpdate(title=None if existing else f"registry version {meta['version']}",
+                            sections={"registry": key_values("Model registry", rows)})
+        with self.fs.open_output_stream(path) as f:
+            f.write(render_card(existing, update).encode("utf-8"))
+
+    def card(self, version: str) -> dict | None:
+        """The summary of a version's model card (fastemb/model/card.py), or None when it has none."""
+        self.show(version)
+        try:
+            with self.fs.open_input_stream(f"{self.model_path(version)}/{CARD_FILE}") as f:
+                return card_summary(f.read().decode("utf-8"))
+        except FileNotFoundError:
+            return None
 
     def promote(self, version: str, metric: str = "ndcg@10", force: bool = False,
                 baseline: float | None = None) -> dict:

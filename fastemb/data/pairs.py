@@ -16,16 +16,18 @@ bad negatives are removed from their row (and counted). Nothing is dropped silen
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fastemb.data.text import bad_text_reason
+from fastemb.data.text import bad_text_reason, text_hashes
 from fastemb.errors import FastembError
 
 WORDNET_DIR = Path(__file__).resolve().parent.parent / "datasets" / "wordnet"
@@ -137,3 +139,13 @@ def sample_kept(kept: list[dict], report: RowReport, limit: int | None, seed: in
     if not kept:
         raise DataError(f"{empty} ({report.summary()})")
     return kept, report
+
+
+def pairs_fingerprint(pairs: list[dict]) -> str:
+    """Hash of the pairs' texts in order (queries, positives, negatives)."""
+    h = hashlib.sha256()
+    for column in ("query", "positive"):
+        h.update(text_hashes([p[column] for p in pairs]).tobytes())
+    h.update(text_hashes([n for p in pairs for n in p.get("negatives", [])]).tobytes())
+    h.update(np.asarray([len(p.get("negatives", [])) for p in pairs], dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]

@@ -21,9 +21,12 @@ from fastemb.errors import FastembError
 from fastemb.eval.retrieval import evaluate_model
 from fastemb.ray_env import init_ray
 from fastemb.registry import Registry, RegistryError
-from fastemb.spec import DemoJob, RunJob, Section
+from fastemb.record import keep_spec
+from fastemb.spec import SPEC_FILE, DemoJob, RunJob, Section, TrackingSpec
 from fastemb.spec.base import is_uri
 from fastemb.spec.paths import path_values, set_dotted
+from fastemb.tracking.run import track_job
+from fastemb.tracking.target import ui_command
 from fastemb.train.export import at_export_length
 
 logger = logging.getLogger(__name__)
@@ -182,18 +185,49 @@ def summary_table(s: dict) -> str:
 
 
 def run_demo(spec: DemoJob) -> dict:
-    """Run every stage; returns the summary (also written to ``summary.json`` / ``summary.md``)."""
+    """Run every stage; returns the summary (also written to ``summary.json`` / ``summary.md``). With
+    ``tracking.mlflow`` the demo is an MLflow run and every stage's run (train, the Tune search with its trials,
+    index) its child, in one experiment and one store (the demo's)."""
+    t0 = time.time()
+    run_dir = spec.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keep_spec(spec)
+    init_ray(spec.ray.address, spec.ray.num_cpus, spec.train.train.cpus_per_worker)
+    tracker = track_job(spec)
+    with tracker.running(), tracker.as_parent():
+        summary = _stages(spec, run_dir, t0)
+        tracker.log_metrics(demo_metrics(summary))
+        tracker.log_artifacts([run_dir / "summary.md", run_dir / "summary.json", run_dir / SPEC_FILE])
+    if tracker.enabled:
+        logger.info(f"MLflow: the demo's runs are in experiment {tracker.target.experiment!r}; browse them with "
+                    f"{ui_command(tracker.target)}")
+    return summary
+
+
+def stage_tracking(spec: DemoJob) -> TrackingSpec | None:
+    """What every stage tracks to when the demo tracks: the demo's store and experiment (None: the stages' own)."""
+    t = spec.tracking
+    if not t.enabled:
+        return None
+    return TrackingSpec(mlflow=str(spec.run_dir) if t.mlflow is True else t.mlflow,
+                        experiment=t.experiment or spec.name)
+
+
+def _stage(stage: Section, run_dir: Path, name: str, tracking: TrackingSpec | None) -> Section:
+    """A stage's spec placed under the demo's run folder, tracking where the demo tracks."""
+    placed = _under(stage, run_dir, name)
+    return placed.model_copy(update={"tracking": tracking}) if tracking and isinstance(placed, RunJob) else placed
+
+
+def _stages(spec: DemoJob, run_dir: Path, t0: float) -> dict:
     from fastemb.index.job import run_index
     from fastemb.train.job import run_train
     from fastemb.tune.job import run_tune
 
-    t0 = time.time()
-    run_dir = spec.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    init_ray(spec.ray.address, spec.ray.num_cpus, spec.train.train.cpus_per_worker)
     seconds: dict[str, float] = {}
     summary: dict = {"seconds": seconds}
     stages = 4 + (spec.serve is not None)  # train, tune, registry, index (, serve)
+    tracking = stage_tracking(spec)
 
     def timed(name, fn, *args):
         t = time.time()
@@ -202,11 +236,11 @@ def run_demo(spec: DemoJob) -> dict:
         seconds[name] = time.time() - t
         return out
 
-    train_spec = _under(spec.train, run_dir, "train")
+    train_spec = _stage(spec.train, run_dir, "train", tracking)
     report = timed("train", run_train, train_spec)
     summary["train"] = {k: report[k] for k in ("base", "tuned", "delta", "general", "merge", "lengths", "model_dir",
                                                "train_seconds")}
-    tune_spec = _under(spec.tune, run_dir, "tune").model_copy(
+    tune_spec = _stage(spec.tune, run_dir, "tune", tracking).model_copy(
         update={"tune": spec.tune.tune.model_copy(update={"registry": None})})
     tuned = timed("tune", run_tune, tune_spec)
     summary["tune"] = {"trials": tuned["trials"], "winner": tuned["winner"], "default": tuned["default"],
@@ -214,7 +248,7 @@ def run_demo(spec: DemoJob) -> dict:
     registry = timed("registry", stage_registry, spec, run_dir, report["model_dir"], tuned["winner"],
                      report["merge"])
     summary["registry"] = registry
-    index_spec = _under(spec.index, run_dir, "index")
+    index_spec = _stage(spec.index, run_dir, "index", tracking)
     index_spec = index_spec.model_copy(update={"model": index_spec.model.model_copy(
         update={"base": registry["production_model"]})})
     wait_for_cpus(index_spec.embed.num_actors * index_spec.embed.threads_per_actor)
@@ -230,6 +264,18 @@ def run_demo(spec: DemoJob) -> dict:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     logger.info(f"done in {seconds['total'] / 60:.1f} min; summary ({run_dir / 'summary.md'}):\n{table}")
     return summary
+
+
+def demo_metrics(summary: dict) -> dict[str, float]:
+    """The summary's figures as the demo run's metrics."""
+    w = summary["tune"].get("winner") or {}
+    out = {"base_test_ndcg@10": summary["train"]["base"]["ndcg@10"],
+           "tuned_test_ndcg@10": summary["train"]["tuned"]["ndcg@10"],
+           "tune_winner_dev_ndcg@10_compressed": w.get("dev_ndcg@10_compressed"),
+           **{f"seconds_{k}": v for k, v in summary["seconds"].items()}}
+    for r in summary["index"]["evaluation"]["results"]:
+        out[f"index {r['name']}/ndcg@10"] = r["ndcg@10"]
+    return out
 
 
 def cli_summary(summary: dict) -> dict:

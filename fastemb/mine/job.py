@@ -38,7 +38,10 @@ from fastemb.data.pairs import WORDNET_DIR, DataError, load_pairs
 from fastemb.data.text import text_hash, text_hashes
 from fastemb.mine.search import candidate_mask, exact_index, normalize_rows
 from fastemb.mine.select import NegativeRules, Rescore, select_for_queries
-from fastemb.spec import EmbedSpec, MineJob, ModelSpec, SpecError
+from fastemb.record import keep_spec, reproducible_record
+from fastemb.tracking.run import Tracker, track_job
+from fastemb.data.pairs import pairs_fingerprint
+from fastemb.spec import SPEC_FILE, EmbedSpec, MineJob, ModelSpec, SpecError
 
 logger = logging.getLogger(__name__)
 
@@ -207,13 +210,28 @@ def write_pairs(rows: list[dict], path: Path, with_scores: bool) -> None:
 
 
 def run_mine(spec: MineJob) -> dict:
-    """Run the mining job; returns the report (also written to ``<run>/mine_report.json``)."""
+    """Run the mining job; returns the report (also written to ``<run>/mine_report.json``). With
+    ``tracking.mlflow`` the job is an MLflow run: its counts and timings as metrics, the report as an artifact."""
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    keep_spec(spec)
+    tracker = track_job(spec)
+    with tracker.running():
+        report = _mine(spec, tracker)
+        tracker.log_metrics({**{k: v for k, v in report.items() if k in ("pairs", "negatives_written",
+                                                                          "rows_short_of_negatives")},
+                             **{f"seconds_{k}": v for k, v in report["timing_s"].items()}})
+        tracker.log_artifacts([spec.run_dir / "mine_report.json", spec.run_dir / SPEC_FILE])
+    return report
+
+
+def _mine(spec: MineJob, tracker: Tracker) -> dict:
     from fastemb.ray_env import init_ray
 
     started = time.time()
     miner, teacher_model = model_dicts(spec)
     pairs, row_report = load_pairs(spec.data.train, spec.data.max_pairs, seed=spec.mining.seed)
     logger.info(f"pairs: {row_report.summary()}")
+    tracker.log_record(reproducible_record(spec, pairs_fingerprint(pairs)))
     queries = list(dict.fromkeys(p["query"] for p in pairs))
     positives = list(dict.fromkeys(p["positive"] for p in pairs))
     corpus = load_corpus(spec.data.corpus, positives)

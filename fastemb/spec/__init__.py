@@ -5,8 +5,8 @@ several job types), one module per job type (``train``, ``eval``, ``index``, ``s
 ``mine``, ``demo``, ``merge``), ``jobs`` (the table of job types, overrides, ``parse_spec`` / ``load_spec``) and ``paths``
 (the walk over declared path fields). Nothing here imports a stage: rules that belong to a stage live in it.
 """
-from fastemb.spec.base import (URI_STORAGE_JOBS, RayRunSpec, RunJob, Section, SpecError, input_path, not_path,
-                               output_path)
+from fastemb.spec.base import (SPEC_FILE, URI_STORAGE_JOBS, RayRunSpec, RunJob, Section, SpecError, TrackingSpec,
+                               input_path, not_path, output_path)
 from fastemb.spec.demo import DemoJob
 from fastemb.spec.eval import EvalJob
 from fastemb.spec.index import ChunkingSpec, CompressSpec, CorpusSpec, IndexEvalSpec, IndexJob, IndexSpec
@@ -29,7 +29,7 @@ __all__ = [
     "IndexJob", "IndexSpec", "IngressSpec", "JOB_TYPES", "KLTerm", "LimitsSpec", "LossSpec", "MarginMSETerm",
     "MergeInput", "MergeJob", "MergeSpec", "MineJob", "MinePairsSpec", "MiningSpec",
     "ModelSpec", "NegativePoolSpec", "NegativeRulesSpec", "RayRunSpec", "ReplicaSpec", "RunJob", "SearchJob",
-    "SearchSpace", "Section", "ServeJob", "SpecError", "StudentModelSpec", "TaskSpec", "TrainJob", "TrainSpec",
-    "TuneJob", "TuneSpec", "URI_STORAGE_JOBS", "apply_overrides", "input_path", "load_spec", "not_path",
-    "output_path", "parse_spec",
+    "SPEC_FILE", "SearchSpace", "Section", "ServeJob", "SpecError", "StudentModelSpec", "TaskSpec", "TrackingSpec",
+    "TrainJob", "TrainSpec", "TuneJob", "TuneSpec", "URI_STORAGE_JOBS", "apply_overrides", "input_path", "load_spec",
+    "not_path", "output_path", "parse_spec",
 ]

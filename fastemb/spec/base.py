@@ -62,6 +62,39 @@ class RayRunSpec(Section):
     num_cpus: int | None = Field(None, gt=0, description="CPUs for the embedded local Ray (default: all)")
 
 
+# the words that switch ``tracking.mlflow`` on (a local store in the run folder) or off, besides YAML's true / false
+TRACKING_ON, TRACKING_OFF = ("on", "true", "yes", "local"), ("off", "false", "no", "none", "")
+SPEC_FILE = "job.yaml"  # the copy of its resolved spec that every run job keeps in its run folder (fastemb/record.py)
+
+
+class TrackingSpec(Section):
+    """Experiment tracking with MLflow (fastemb/tracking/): the run's parameters, metrics and artifacts."""
+    mlflow: bool | str = output_path(
+        False, description="off (false, the default); on (true): a local store in the run folder "
+        "(<run>/mlflow.db, artifacts in <run>/mlartifacts); a folder: a local store there; or a tracking URI "
+        "(http://host:5000, sqlite:////abs/mlflow.db, databricks). An unreachable server costs a warning, not the job")
+    experiment: str | None = Field(None, min_length=1, description="MLflow experiment (default: the job's name; "
+                                   "the demo's stages log under the demo's)")
+
+    @field_validator("mlflow", mode="before")
+    @classmethod
+    def _switch(cls, v: Any) -> Any:
+        if v is None:
+            return False
+        if isinstance(v, str) and v.strip().lower() in TRACKING_ON + TRACKING_OFF:
+            return v.strip().lower() in TRACKING_ON
+        return v
+
+    @field_validator("mlflow")
+    @classmethod
+    def _absolute_store(cls, v: bool | str) -> bool | str:
+        return v if isinstance(v, bool) or is_uri(v) else os.path.abspath(os.path.expanduser(v))
+
+    @property
+    def enabled(self) -> bool:
+        return self.mlflow is not False
+
+
 URI_STORAGE_JOBS = ("train", "index")  # jobs that stage their run folder for an object-store storage_path
 
 
@@ -71,6 +104,7 @@ class RunJob(Section):
     storage_path: str = output_path("runs", description="output root: a local/shared path, or for train and index "
                                     "jobs an object-store URI (s3://...; see fastemb/storage.py)")
     ray: RayRunSpec = RayRunSpec()
+    tracking: TrackingSpec = TrackingSpec()
 
     @field_validator("storage_path")
     @classmethod

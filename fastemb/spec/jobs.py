@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from fastemb.spec.base import Section, SpecError
+from fastemb.spec.base import SPEC_FILE, Section, SpecError
 from fastemb.spec.demo import DemoJob
 from fastemb.spec.eval import EvalJob
 from fastemb.spec.index import IndexJob
@@ -74,8 +74,15 @@ def parse_spec(raw: dict[str, Any], overrides: list[str] | None = None, job: str
 
 
 def load_spec(path: str | os.PathLike, overrides: list[str] | None = None, job: str | None = None):
-    """Read a YAML job spec from ``path``, apply overrides and validate it."""
+    """Read a YAML job spec from ``path`` (a run folder: the copy of its spec it keeps, ``<run>/job.yaml``), apply
+    overrides and validate it."""
     p = Path(path)
+    if p.is_dir():
+        if not (p / SPEC_FILE).is_file():
+            raise SpecError(f"{str(p)!r} is a folder without a job spec: a run folder keeps the spec it ran as "
+                            f"{SPEC_FILE} (every run job writes it when it starts), and this one has none; give a "
+                            "job spec YAML file (a run's report.json also holds its spec under 'spec')")
+        p = p / SPEC_FILE
     if not p.is_file():
         raise SpecError(f"job spec {str(p)!r} not found")
     try:

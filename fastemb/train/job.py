@@ -1,26 +1,34 @@
 """``fastemb train``: evaluate the base model, train with Ray Train + DeepSpeed, export, evaluate again.
 
-Writes to ``{storage_path}/{name}/``: ``model/`` (sentence-transformers format), ``report.json`` and
-``training_curve.png``. The report holds the in-domain test metrics of the base and the tuned model and their delta
-(``base``, ``tuned``, ``delta``) and the same on the general-domain set (``general``), all measured at the exported
-model's length (``lengths``: the training length, a speed knob, also runs the dev evaluations during training);
-with ``export.merge`` how the exported model was merged with the base (``merge``); the data report, timings and
-the spec. Re-running a job with the same name resumes it from its last checkpoint (Ray Train V2).
+Writes to ``{storage_path}/{name}/``: ``job.yaml`` (the resolved spec: ``fastemb train <run>/job.yaml`` runs it
+again), ``model/`` (sentence-transformers format, with its model card ``README.md``), ``report.json`` and
+``training_curve.png``; with ``tracking.mlflow``, an MLflow run too (fastemb/tracking/). The report holds the
+in-domain test metrics of the base and the tuned model and their delta (``base``, ``tuned``, ``delta``) and the same
+on the general-domain set (``general``), all measured at the exported model's length (``lengths``: the training
+length, a speed knob, also runs the dev evaluations during training); with ``export.merge`` how the exported model was
+merged with the base (``merge``); the data report, timings, the spec and the reproducible record. Re-running a job
+with the same name resumes it from its last checkpoint (Ray Train V2).
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
+from pathlib import Path
 
 from fastemb.data.eval_sets import check_eval_set
+from fastemb.data.pairs import pairs_fingerprint
 from fastemb.eval.general import general_section
 from fastemb.eval.retrieval import evaluate_model
+from fastemb.model.card import write_card
 from fastemb.model.encoder import inference_length
 from fastemb.plots import training_curve
 from fastemb.ray_env import init_ray
-from fastemb.spec import EvalSetSpec, StudentModelSpec, TrainJob
+from fastemb.record import hardware, keep_spec, reproducible_record
+from fastemb.spec import SPEC_FILE, EvalSetSpec, StudentModelSpec, TrainJob
 from fastemb.storage import is_uri, pull, push
+from fastemb.tracking.run import Tracker, track_job
+from fastemb.train.card import train_card
 from fastemb.train.export import at_export_length, merge_export
 from fastemb.train.tasks import check_matryoshka_width, job_tasks, load_task_pairs
 from fastemb.train.trainer import export_checkpoint, finished_checkpoint, fit_and_export, make_trainer, plan_steps
@@ -99,8 +107,29 @@ def _teacher_outputs(spec: TrainJob, tasks: list, pairs: dict) -> dict | None:
 
 
 def run_train(spec: TrainJob) -> dict:
-    """Run a training job end to end; returns the report (also written to ``report.json``)."""
+    """Run a training job end to end; returns the report (also written to ``report.json``).
+
+    The run folder keeps the resolved spec (``job.yaml``); with ``tracking.mlflow`` the job is an MLflow run
+    (parameters: the flattened spec; rank 0's live metrics; the test figures; report, plot and model card as
+    artifacts); the exported model gets its card (``model/README.md``)."""
     t0 = time.time()
+    run_dir = spec.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if is_uri(spec.storage_path):
+        fetched = pull(spec.storage_path, spec.name, run_dir)
+        logger.info(f"outputs go to {spec.output_location} (staged in {run_dir}; {fetched} earlier entries fetched)")
+    keep_spec(spec)
+    tracker = track_job(spec)
+    with tracker.running():
+        report = _train(spec, tracker, t0)
+        _publish(spec, report, tracker)
+    if is_uri(spec.storage_path):
+        push(run_dir, spec.storage_path, spec.name)
+    return report
+
+
+def _train(spec: TrainJob, tracker: Tracker, t0: float) -> dict:
+    """Base evaluation, training (or the result of a run that already finished), export and evaluation; the report."""
     start = None
     if spec.continual:
         from fastemb.train.continual import start_from_registry
@@ -119,11 +148,8 @@ def run_train(spec: TrainJob) -> dict:
         from fastemb.train.distill import check_online_teacher
 
         check_online_teacher(spec)  # fail before any work when per-token terms cannot use this teacher
-    run_dir = spec.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if is_uri(spec.storage_path):
-        fetched = pull(spec.storage_path, spec.name, run_dir)
-        logger.info(f"outputs go to {spec.output_location} (staged in {run_dir}; {fetched} earlier entries fetched)")
+    record = reproducible_record(spec, data_fingerprint(tasks, pairs))
+    tracker.log_record(record)
     model, base, general_base = _evaluate_base(spec)
     teacher_info = _teacher_outputs(spec, tasks, pairs)  # stored in the run folder: reused by a rerun
     finished = finished_checkpoint(spec)
@@ -131,9 +157,11 @@ def run_train(spec: TrainJob) -> dict:
     if finished:  # an earlier run of this job finished: its result, without starting a worker group
         logger.info(f"the run already finished; its exported model is in {finished[1]}")
         model_dir, history = export_checkpoint(*finished, spec)
+        if not tracker.resumed:  # tracking started after the training ran: its history, after the fact
+            tracker.log_history(history)
     else:
         init_ray(spec.ray.address, spec.ray.num_cpus, t.cpus_per_worker)
-        trainer = make_trainer(spec, pairs, plan)
+        trainer = make_trainer(spec, pairs, plan, tracking=tracker.worker_config())
         logger.info(f"{sum(map(len, pairs.values()))} pairs, {t.num_workers} workers × "
                     f"{t.micro_batch_size} (×{t.grad_accum} accumulation), ZeRO-{t.zero_stage}, {t.precision}, "
                     f"{plan['total_steps']} steps")
@@ -142,24 +170,24 @@ def run_train(spec: TrainJob) -> dict:
     scores = _evaluate_export(spec, model, model_dir, base, general_base)
     report = {
         "name": spec.name, "model_dir": str(model_dir), "output": spec.output_location, "base_model": spec.model.base,
-        **scores,
+        **scores, "eval_max_seq_length": model.max_length,
         "train_seconds": train_s, "total_seconds": time.time() - t0, "plan": plan,
         "pairs": data_reports["train"].as_dict() if not spec.tasks else {k: r.as_dict() for k, r in data_reports.items()},
-        "history": history, "spec": spec.model_dump(),
+        "history": history, "spec": spec.model_dump(mode="json"), "record": record, "hardware": hardware(),
         "negative_pool_refreshes": [h for h in history if h.get("event") == "negatives_refresh"],
         "resumes": sum(1 for h in history if h.get("event") == "resumed"),
         "peak_rss_mib": next((h["peak_rss_mib"] for h in history if h.get("event") == "memory"), None),  # per worker
         "domain": next((h for h in history if h.get("event") == "domain"), None),  # new tokens, adapters
-        "teacher_outputs": teacher_info,
+        "teacher_outputs": teacher_info, "mlflow": tracker.info(),
     }
+    report["card"] = str(write_card(model_dir, train_card(spec, report, model_dir)))
     if start:
         from fastemb.train.continual import register_and_gate
 
         report["continual"] = register_and_gate(spec, start, scores, lambda m: evaluate_model(model, spec.data, path=m))
+    run_dir = spec.run_dir
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     training_curve(history, run_dir / "training_curve.png", f"fastemb train: {spec.name}")
-    if is_uri(spec.storage_path):
-        push(run_dir, spec.storage_path, spec.name)
     general = scores["general"]
     logger.info(f"test nDCG@10 {base['ndcg@10']:.4f} → {scores['tuned']['ndcg@10']:.4f} "
                 f"({scores['delta']['ndcg@10']:+.4f})"
@@ -167,6 +195,23 @@ def run_train(spec: TrainJob) -> dict:
                    f"({general['delta']['ndcg@10']:+.4f})" if general else "")
                 + f"; report: {run_dir / 'report.json'}")
     return report
+
+
+def data_fingerprint(tasks: list, pairs: dict) -> str | dict[str, str]:
+    """A fingerprint of the rows each task trains on (its texts in order): one string, or one per task."""
+    prints = {task.name: pairs_fingerprint(pairs[task.key]) for task in tasks}
+    return prints["train"] if list(prints) == ["train"] else prints
+
+
+def _publish(spec: TrainJob, report: dict, tracker: Tracker) -> None:
+    """The run's results in MLflow: test figures (base and tuned), timings, and report, plot, card and spec files."""
+    step = report["plan"]["total_steps"]
+    tracker.log_metrics({f"test_{k}": v for k, v in report["tuned"].items()}, step)
+    tracker.log_metrics({f"base_test_{k}": v for k, v in report["base"].items()}, 0)
+    tracker.log_metrics({"train_seconds": report["train_seconds"], "total_seconds": report["total_seconds"]}, step)
+    run_dir = spec.run_dir
+    tracker.log_artifacts([run_dir / "report.json", run_dir / "training_curve.png", run_dir / SPEC_FILE])
+    tracker.log_artifacts([Path(report["card"])], "model")
 
 
 def cli_summary(report: dict) -> dict:

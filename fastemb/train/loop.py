@@ -119,6 +119,7 @@ class Worker:
     total_steps: int
     eval_steps: set[int]
     dev_compression: dict | None
+    sink: Any = None  # rank 0's MetricSink: live metrics to the driver's MLflow run (fastemb/tracking/sink.py)
 
     def refresh_due(self, step: int) -> bool:
         """Whether the negative pools are mined again after ``step`` (every ``refresh_every``, not after the last)."""
@@ -160,6 +161,8 @@ def train_loop_per_worker(config: dict) -> None:
             _evaluate(w, state)
         if w.checkpoint_due(state.step):
             save_and_report(w.engine, state, w.rank)
+    if w.sink is not None:
+        w.sink.close(timeout_s=5)  # bounded: a store that hangs costs at most this, once
     _record_peak_memory(state, w.rank)
     report_final(_student(w.engine), state, w.rank, export_length(spec),
                  w.engine if _partitioned(w.engine) else None)
@@ -197,8 +200,13 @@ def _start(spec, config: dict, rank: int, world: int, checkpoint, accelerator) -
     progress = ProgressLine(total_steps, t.micro_batch_size * t.grad_accum * world, t.log_every, state.step,
                             verbose=rank == 0)
     engine.train()
+    sink = None
+    if rank == 0 and config.get("tracking"):
+        from fastemb.tracking.sink import MetricSink
+
+        sink = MetricSink(config["tracking"]["uri"], config["tracking"]["run_id"])
     return Worker(spec, rank, engine, tasks, objectives, schedule, pools, streams, progress, total_steps,
-                  set(config["eval_steps"]), config.get("dev_compression")), state
+                  set(config["eval_steps"]), config.get("dev_compression"), sink), state
 
 
 def _resume(engine, checkpoint, rank: int) -> TrainState:
@@ -299,8 +307,11 @@ def _log_progress(w: Worker, state: TrainState, loss: float) -> None:
     if not stats:
         return
     if w.rank == 0:
-        state.history.append({**stats, **state.window.term_means(), **{f"loss_task_{n}": v for n, v in by_task.items()},
-                              "lr": w.engine.get_lr()[0], "time": time.time()})
+        entry = {**stats, **state.window.term_means(), **{f"loss_task_{n}": v for n, v in by_task.items()},
+                 "lr": w.engine.get_lr()[0], "time": time.time()}
+        state.history.append(entry)
+        if w.sink is not None:
+            w.sink.log(entry, state.step, entry["time"])
     state.window = LossWindow()
 
 
@@ -329,4 +340,6 @@ def _evaluate(w: Worker, state: TrainState) -> None:
     if w.rank == 0:
         state.history.append({"step": state.step, **state.dev})
         logger.info(f"step {state.step}: " + ", ".join(f"{name} {value:.4f}" for name, value in state.dev.items()))
+        if w.sink is not None:
+            w.sink.log(state.dev, state.step)
     w.engine.train()

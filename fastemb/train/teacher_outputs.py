@@ -17,7 +17,6 @@ they run the teacher online in the training loop (``fastemb/train/distill.py``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -26,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fastemb.data.text import text_hashes
+from fastemb.data.pairs import pairs_fingerprint
 from fastemb.errors import FastembError
 from fastemb.spec import TrainJob
 from fastemb.train.distill_terms import TEACHER_EMBEDDINGS, TEACHER_SCORES, stored_teacher_columns
@@ -49,16 +48,6 @@ def teacher_model(spec: TrainJob) -> dict:
 def needs_teacher_embeddings(spec: TrainJob) -> bool:
     """Whether some configured term reads the teacher's query/positive embeddings (the scores are always stored)."""
     return any(c in TEACHER_EMBEDDINGS for c in stored_teacher_columns(spec))
-
-
-def pairs_fingerprint(pairs: list[dict]) -> str:
-    """Hash of the pairs' texts in order (queries, positives, negatives)."""
-    h = hashlib.sha256()
-    for field in ("query", "positive"):
-        h.update(text_hashes([p[field] for p in pairs]).tobytes())
-    h.update(text_hashes([n for p in pairs for n in p.get("negatives", [])]).tobytes())
-    h.update(np.asarray([len(p.get("negatives", [])) for p in pairs], dtype=np.int64).tobytes())
-    return h.hexdigest()[:16]
 
 
 def _cache_key(spec: TrainJob, pairs: list[dict]) -> dict:

@@ -69,10 +69,11 @@ def scaling_and_backend(spec: TrainJob):
 
 
 def make_trainer(spec: TrainJob, pairs: list[dict] | dict[str, list[dict]], plan: dict,
-                 callbacks: list | None = None):
+                 callbacks: list | None = None, tracking: dict | None = None):
     """A ``TorchTrainer`` running :func:`train_loop_per_worker` over ``pairs`` (per task: Ray Dataset name → rows,
     each a Ray Dataset sharded per worker; a list is the single task ``train``), with checkpointing, failure retries
-    and resumption under ``{storage_path}/{name}``. A task with a negative pool also gets its pairs unsplit."""
+    and resumption under ``{storage_path}/{name}``. A task with a negative pool also gets its pairs unsplit.
+    ``tracking``: the MLflow run rank 0 adds its live metrics to (``Tracker.worker_config()``; None: none)."""
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
@@ -100,7 +101,7 @@ def make_trainer(spec: TrainJob, pairs: list[dict] | dict[str, list[dict]], plan
     scaling, backend = scaling_and_backend(spec)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec.model_dump(), **plan},
+        train_loop_config={"spec": spec.model_dump(), **plan, "tracking": tracking},
         scaling_config=scaling, torch_config=backend,
         run_config=RunConfig(name=spec.name, storage_path=storage_path, storage_filesystem=storage_fs,
                              failure_config=FailureConfig(max_failures=t.max_failures),

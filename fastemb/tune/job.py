@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
+from fastemb.data.pairs import pairs_fingerprint
+from fastemb.model.card import CARD_FILE, CardUpdate, key_values, write_card
 from fastemb.ray_env import init_ray
-from fastemb.spec import TuneJob
+from fastemb.record import keep_spec, reproducible_record
+from fastemb.spec import SPEC_FILE, TuneJob
 from fastemb.spec.paths import absolute_inputs
+from fastemb.tracking.run import Tracker, track_job
 from fastemb.tune.results import PARAMS, summarize
 from fastemb.tune.trial import load_search_pairs
 from fastemb.tune.tuner import METRIC, build_tuner, check_search
@@ -23,23 +28,66 @@ logger = logging.getLogger(__name__)
 
 
 def run_tune(spec: TuneJob) -> dict:
-    """Run (or resume) the search; write the trials table, plots and the winner to the run folder."""
+    """Run (or resume) the search; write the trials table, plots and the winner to the run folder. With
+    ``tracking.mlflow`` the search is an MLflow run and each trial a child run of it (fastemb/tracking/tune.py)."""
     spec = absolute_inputs(spec)  # each trial runs in its own working directory
     init_ray(spec.ray.address, spec.ray.num_cpus, spec.train.cpus_per_worker)
     check_search(spec)
-    n_pairs = len(load_search_pairs(spec))
     spec.run_dir.mkdir(parents=True, exist_ok=True)
-    results = build_tuner(spec, n_pairs).fit()
-    summary = summarize(results, spec)
-    winner = summary["winner"]
-    if winner and spec.tune.compare_on_test:
-        from fastemb.tune.holdout import winner_vs_default
+    keep_spec(spec)
+    tracker = track_job(spec)
+    with tracker.running():
+        pairs = load_search_pairs(spec)
+        record = reproducible_record(spec, pairs_fingerprint(pairs))
+        tracker.log_record(record)
+        from fastemb.tracking.tune import TrialRuns
 
-        summary["test"] = winner_vs_default(spec, winner, summary["default"])
-    if winner and spec.tune.registry:
-        summary.update(register_winner(spec, winner))
-    (spec.run_dir / "tune_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        callbacks = [TrialRuns(tracker.target, tracker.run_id, [METRIC, "dev_ndcg@10", "bytes_per_vector",
+                                                                 "compression_x", "step"])] if tracker.enabled else []
+        results = build_tuner(spec, len(pairs), callbacks).fit()
+        summary = summarize(results, spec)
+        winner = summary["winner"]
+        if winner:
+            write_card(winner["model_dir"], winner_card(spec, summary))
+        if winner and spec.tune.compare_on_test:
+            from fastemb.tune.holdout import winner_vs_default
+
+            summary["test"] = winner_vs_default(spec, winner, summary["default"])
+        if winner and spec.tune.registry:
+            summary.update(register_winner(spec, winner))
+        summary["record"], summary["mlflow"] = record, tracker.info()
+        (spec.run_dir / "tune_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        _publish(spec, summary, tracker)
     return summary
+
+
+def winner_card(spec: TuneJob, summary: dict) -> CardUpdate:
+    """The Tune winner's card: its trial card plus the search that picked it."""
+    w, default, gain = summary["winner"], summary["default"], summary["winner_vs_default"]
+    rows = {"search": f"`fastemb tune` job `{spec.name}`: {len(summary['trials'])} trials, {spec.tune.search} search, "
+                      f"scheduler {spec.tune.scheduler}",
+            "objective": f"{METRIC} (dev nDCG@10 through an {'OPQ' if spec.tune.opq else 'PQ'} code)",
+            "winner": f"trial `{w['trial_id']}`: {METRIC} {w[METRIC]:.4f} at {w['compression_x']:.0f}× compression "
+                      f"(the best trial compressing at least {spec.tune.min_compression:g}×)",
+            "default configuration": f"{METRIC} {default[METRIC]:.4f}" if default and default[METRIC] is not None
+            else None,
+            "winner − default": f"{gain[METRIC]:+.4f}" if gain else None,
+            "trials table": f"`{spec.run_dir / 'trials.md'}`"}
+    return CardUpdate(tags=["ray-tune"], sections={"tune": key_values("Tune search (winner)", rows)})
+
+
+def _publish(spec: TuneJob, summary: dict, tracker: Tracker) -> None:
+    """The search's results in MLflow: the winner's figures and the search's files."""
+    w = summary["winner"] or {}
+    tracker.log_metrics({"trials": len(summary["trials"]), "errors": summary["errors"],
+                         **{f"winner_{k}": w.get(k) for k in (METRIC, "dev_ndcg@10", "compression_x")},
+                         **{f"winner_minus_default_{k}": v for k, v in (summary["winner_vs_default"] or {}).items()}})
+    if w:
+        tracker.set_tags({"fastemb.winner_trial": w["trial_id"], "fastemb.winner_model": w["model_dir"]})
+    tracker.log_artifacts([spec.run_dir / name for name in ("trials.md", "tune_trials.png", "tune_summary.json",
+                                                            SPEC_FILE)])
+    if w:
+        tracker.log_artifacts([Path(w["model_dir"]) / CARD_FILE], "winner_model")
 
 
 def register_winner(spec: TuneJob, winner: dict) -> dict:

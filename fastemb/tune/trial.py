@@ -5,7 +5,8 @@ dev nDCG@10 after compression at every dev evaluation. The Train run is named af
 restored search resumes a half-finished trial from its last checkpoint.
 
 A sampled configuration becomes a training job through ``AXES`` (search axis → the field it sets) and a compression
-of the objective through ``trial_compression`` (Matryoshka truncation, then PQ).
+of the objective through ``trial_compression`` (Matryoshka truncation, then PQ). The trial's exported model gets a model card with its
+sampled values and dev figures.
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ def trial_spec(tune_spec: TuneJob, params: dict, trial_id: str, width: int) -> T
         raw["loss"]["matryoshka_dims"] = nested_dims(dim, width)
     # every report must carry the objective: checkpoint exactly at the dev evaluations
     raw["train"]["checkpoint_every"] = 10**9
+    raw["tracking"] = {"mlflow": False}  # the search's MLflow callback logs each trial (fastemb/tracking/tune.py)
     return TrainJob.model_validate(raw)
 
 
@@ -81,18 +83,22 @@ def run_trial(config: dict, tune_spec: dict) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from fastemb.model.card import write_card
     from fastemb.model.encoder import model_width
+    from fastemb.train.card import trial_card
     from fastemb.train.trainer import fit_and_export, make_trainer, plan_steps
 
     tune_spec = TuneJob.model_validate(tune_spec)
-    spec = trial_spec(tune_spec, config, ray.tune.get_context().get_trial_id(), model_width(tune_spec.model.base))
+    trial_id = ray.tune.get_context().get_trial_id()
+    spec = trial_spec(tune_spec, config, trial_id, model_width(tune_spec.model.base))
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     pairs = load_search_pairs(tune_spec)  # the same pairs for every trial, whatever its number of negatives
     plan = plan_steps(spec, len(pairs))
     plan["dev_compression"] = trial_compression(tune_spec, config)
     trainer = make_trainer(spec, pairs, plan, callbacks=[TuneReportCallback()])
-    model_dir, _ = fit_and_export(trainer, spec)
+    model_dir, history = fit_and_export(trainer, spec)
     if spec.export.merge:  # the trial's export is what the winner registers: merged as the spec says
         from fastemb.train.export import merge_export
 
         merge_export(spec, model_dir)
+    write_card(model_dir, trial_card(spec, history, config, trial_id))

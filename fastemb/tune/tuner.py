@@ -98,9 +98,10 @@ def concurrent_trials(spec: TuneJob, cluster_cpus: float, cluster_gpus: float = 
     return min(fit, spec.tune.max_concurrent_trials or fit, spec.tune.num_samples)
 
 
-def build_tuner(spec: TuneJob, n_pairs: int):
-    """A new ``Tuner``, or the restored one when ``{storage_path}/{name}`` holds an earlier search; ``n_pairs``: the
-    pairs each trial trains on (ASHA's grace period is derived from the trials' step plans)."""
+def build_tuner(spec: TuneJob, n_pairs: int, callbacks: list | None = None):
+    """A new ``Tuner``, or the restored one when ``{storage_path}/{name}`` holds an earlier search (which keeps the
+    callbacks it was built with). ``n_pairs``: the pairs each trial trains on (ASHA's grace period is derived from the
+    trials' step plans); ``callbacks``: more Tune callbacks (the MLflow trial runs)."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -141,5 +142,6 @@ def build_tuner(spec: TuneJob, n_pairs: int):
                                     max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(name=spec.name, storage_path=spec.storage_path,
                                   failure_config=tune.FailureConfig(max_failures=t.max_failures),
-                                  callbacks=[TrialLines(METRIC, list(space))], verbose=ray_tune_verbosity()),
+                                  callbacks=[TrialLines(METRIC, list(space)), *(callbacks or [])],
+                                  verbose=ray_tune_verbosity()),
     )
