@@ -95,10 +95,10 @@ else
 fi
 step gpu-tests 180 "$PY" -m pytest -m gpu tests/test_gpu.py -q -rs --durations=0 -p no:cacheprovider \
   --junitxml="$LOGS/gpu-tests.xml"
-step train-throughput 140 "$PY" bench/train_throughput.py --gpu --threads "$THREADS" "${TRAIN[@]}"
+step train-throughput 200 "$PY" bench/train_throughput.py --gpu --threads "$THREADS" --rounds 2 "${TRAIN[@]}"
 step embed-throughput 90 "$PY" bench/index_build.py embed --gpu-actors 2 --threads "$THREADS" --rounds 2 "${EMBED[@]}"
 step serve 120 "$PY" bench/serve.py --device cuda --threads 4 --rounds 2 --batch-size 64 \
-  --servers fastemb,infinity,plain "${SERVE[@]}"
+  --servers fastemb,infinity-torch,plain "${SERVE[@]}"
 
 RESULTS=${FASTEMB_BENCH_RESULTS:-$ROOT/bench/RESULTS.md}
 [ -f "$RESULTS" ] && cp "$RESULTS" "$LOGS/RESULTS.md"

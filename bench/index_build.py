@@ -6,12 +6,15 @@
     venv that has it, ``--st-onnx-python``, default the Infinity venv of bench/serve.py, which holds
     sentence-transformers 3.4 with onnxruntime and optimum). The first ratio is pipeline + engine + batching, the
     second the pipeline alone; each with its spread over the rounds, plus the vectors' cosine agreement.
+    ``--gpu-actors N``: on this machine's GPU instead, fastemb's N encoder actors sharing it (``embed.num_gpus``
+    1/N, fp16, token budget sized for the GPU) against ``SentenceTransformer.encode`` of the half-precision model
+    (batch 512) on the same GPU (bench/gpu.sh).
 (b) ``ivfpq``: N vectors of dimension 384 drawn from a Gaussian fitted (mean and covariance) to real MiniLM
     embeddings of WordNet definitions, then L2-normalised; an IVF-PQ index built by fastemb's sharded build
     (train task, parallel add tasks, merge task) vs one faiss process with the same factory string and the same
     number of threads: wall time, recall@10 against exact search, and peak memory of each.
 
-    python bench/index_build.py embed [--n 117659] [--threads 2] [--rounds 3] [--quick]
+    python bench/index_build.py embed [--n 117659] [--threads 2] [--rounds 3] [--quick] [--gpu-actors 2]
     python bench/index_build.py ivfpq [--n 1000000] [--threads 2]
     python bench/index_build.py quality [--model all-MiniLM-L6-v2|<tuned folder>] [--threads 2]
 
@@ -30,6 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +54,35 @@ MAX_BATCH_TOKENS = 1024
 
 ST_ENCODE = Path(__file__).resolve().parent / "st_encode.py"
 ST_ONNX_PYTHON = "/tmp/fe-venv-infinity/bin/python"  # a venv with sentence-transformers and its ONNX backend
+GPU_BATCH = 512  # SentenceTransformer.encode's batch on the GPU
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A ``SentenceTransformer.encode`` side of the embed benchmark: how bench/st_encode.py runs it, its row, and its
+    headline (what fastemb's ratio over it isolates)."""
+    label: str
+    engine: str
+    batching: str
+    headline: str
+    isolates: str
+    verdict_name: str = "sentence-transformers"
+    backend: str = "torch"
+    device: str = "cpu"
+    batch_size: int = 128
+    token_budget: bool = False  # batches cut by fastemb's token-budget bucketing (the peer at its best)
+
+
+ST_TORCH = Peer("`SentenceTransformer.encode`, as shipped", "torch fp32", "batch 128 rows (encode sorts by length)",
+                "as shipped", "the pipeline, the engine (ONNX vs torch) and the batching together")
+ST_ONNX = Peer("`SentenceTransformer.encode`, at its best",
+               "ONNX Runtime fp32 (its `backend=\"onnx\"`, optimum export)",
+               f"length-sorted batches of ≤ {MAX_BATCH_TOKENS} padded tokens (fastemb's bucketing)", "at its best",
+               "the Ray Data pipeline alone (same engine, same token-budget batches, same threads)",
+               "sentence-transformers (ONNX)", backend="onnx", token_budget=True)
+ST_GPU = Peer("`SentenceTransformer.encode` on the GPU", "torch fp16 (`.half()`)",
+              f"batch {GPU_BATCH} rows (encode sorts by length), after an untimed warm-up", "on the GPU",
+              "the pipeline and the batching (torch fp16 on the same GPU both)", device="cuda", batch_size=GPU_BATCH)
 
 
 def token_budget_batches(texts: list[str]) -> list[list[int]]:
@@ -63,8 +96,7 @@ def token_budget_batches(texts: list[str]) -> list[list[int]]:
     return [idx.tolist() for idx in bucket_batches(lengths, MAX_BATCH_TOKENS)]
 
 
-def _st_round(texts: list[str], threads: int, python: str, backend: str, batches: list[list[int]] | None,
-              tmp: str) -> tuple[float, np.ndarray, float]:
+def _st_round(texts: list[str], threads: int, python: str, peer: Peer, tmp: str) -> tuple[float, np.ndarray, float]:
     """One timed ``SentenceTransformer.encode`` of ``texts`` in a fresh process of ``python`` (bench/st_encode.py;
     model load not timed): (seconds, vectors in row order, peak RSS)."""
     import json
@@ -73,36 +105,48 @@ def _st_round(texts: list[str], threads: int, python: str, backend: str, batches
     from fastemb.model.encoder import default_model_path
 
     Path(tmp, "texts.json").write_text(json.dumps(texts))
+    out = f"{tmp}/st-{peer.backend}-{peer.device}.npy"
     cmd = [python, str(ST_ENCODE), "--model", default_model_path(), "--texts", f"{tmp}/texts.json",
-           "--backend", backend, "--threads", str(threads), "--max-length", str(MODEL["max_length"]),
-           "--out", f"{tmp}/st-{backend}.npy"]
-    if batches is not None:
-        Path(tmp, "batches.json").write_text(json.dumps(batches))
+           "--backend", peer.backend, "--device", peer.device, "--batch-size", str(peer.batch_size),
+           "--threads", str(threads), "--max-length", str(MODEL["max_length"]), "--out", out]
+    if peer.token_budget:
+        Path(tmp, "batches.json").write_text(json.dumps(token_budget_batches(texts)))
         cmd += ["--batches", f"{tmp}/batches.json"]
     subprocess.run(cmd, check=True, cwd=tmp, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    info = json.loads(Path(f"{tmp}/st-{backend}.npy.json").read_text())
-    return info["seconds"], np.load(f"{tmp}/st-{backend}.npy"), info["peak_rss_mb"]
+    info = json.loads(Path(f"{out}.json").read_text())
+    return info["seconds"], np.load(out), info["peak_rss_mb"]
 
 
-def _fe_round(table: pa.Table, tmp: str, threads: int) -> tuple[float, pa.Table, float]:
-    """One timed fastemb Ray Data embedding job of ``table`` (actor start included); (wall, id+vector, RSS)."""
+def actor_pool(threads: int, gpu_actors: int = 0) -> dict:
+    """fastemb's actor pool: ``threads`` one-thread CPU actors, or ``gpu_actors`` sharing the GPU (fp16, the
+    GPU-sized token budget) with the threads split among them."""
+    if gpu_actors:
+        return {"num_actors": gpu_actors, "threads_per_actor": max(1, threads // gpu_actors),
+                "num_gpus": 1 / gpu_actors, "batch_rows": 8192}
+    return {"num_actors": threads, "threads_per_actor": 1, "max_batch_tokens": MAX_BATCH_TOKENS}
+
+
+def _fe_round(table: pa.Table, tmp: str, pool: dict) -> tuple[float, pa.Table, float]:
+    """One timed fastemb Ray Data embedding job of ``table`` by the actor ``pool`` (actor start included);
+    (wall, id+vector, RSS)."""
     from fastemb.index.corpus import scan_corpus
     from fastemb.index.embed import embed_corpus, shard_files
 
     pq.write_table(table, f"{tmp}/corpus.parquet")
     t = time.perf_counter()
-    emb = embed_corpus(scan_corpus(f"{tmp}/corpus.parquet"), f"{tmp}/emb", MODEL, num_actors=threads,
-                       threads_per_actor=1, max_batch_tokens=MAX_BATCH_TOKENS, rows_per_unit=10**9)
+    emb = embed_corpus(scan_corpus(f"{tmp}/corpus.parquet"), f"{tmp}/emb", MODEL, rows_per_unit=10**9, **pool)
     wall = time.perf_counter() - t
     shards = pa.concat_tables([pq.read_table(f, columns=["id", "vector"]) for f in shard_files(emb["shard_dirs"])])
     return wall, shards, emb["worker_peak_rss_mb"]
 
 
-def bench_embed(n: int | None, threads: int, rounds: int = 2, st_onnx_python: str = ST_ONNX_PYTHON) -> None:
+def bench_embed(n: int | None, threads: int, rounds: int = 2, st_onnx_python: str = ST_ONNX_PYTHON,
+                gpu_actors: int = 0) -> None:
     """The corpus is cut into ``rounds`` slices; each slice is embedded by every side back to back, the order rotating
     between rounds, so that load drift on a shared machine hits all alike. fastemb pays its actor start once per
     round. Sides: fastemb; ``SentenceTransformer.encode`` as shipped (torch, batch 128); and, where ``st_onnx_python``
-    exists, the peer at its best (its ONNX backend, token-budget-sorted batches)."""
+    exists, the peer at its best (its ONNX backend, token-budget-sorted batches). ``gpu_actors``: fastemb and
+    ``encode`` both on the GPU in fp16 (see the module docstring)."""
     import ray
 
     from fastemb.index.shards import vectors_of
@@ -110,11 +154,16 @@ def bench_embed(n: int | None, threads: int, rounds: int = 2, st_onnx_python: st
 
     table = pq.read_table(WORDNET_DIR / "all_definitions.parquet")
     table = table.slice(0, n) if n else table
-    peers = {"st-torch": (sys.executable, "torch", False)}
-    if Path(st_onnx_python).exists():
-        peers["st-onnx"] = (st_onnx_python, "onnx", True)
+    pool = actor_pool(threads, gpu_actors)
+    if gpu_actors:
+        peers = {"st-gpu": (sys.executable, ST_GPU)}  # its ONNX backend runs on CPU only: no ONNX peer here
     else:
-        log.warning(f"{st_onnx_python} not found: no sentence-transformers ONNX row (see bench/serve.py for the venv)")
+        peers = {"st-torch": (sys.executable, ST_TORCH)}
+        if Path(st_onnx_python).exists():
+            peers["st-onnx"] = (st_onnx_python, ST_ONNX)
+        else:
+            log.warning(f"{st_onnx_python} not found: no sentence-transformers ONNX row (see bench/serve.py for the "
+                        "venv)")
     init_ray(num_cpus=threads)
     sides = ["fastemb", *peers]
     secs = {k: [] for k in sides}
@@ -130,11 +179,9 @@ def bench_embed(n: int | None, threads: int, rounds: int = 2, st_onnx_python: st
         with tempfile.TemporaryDirectory() as tmp:
             for side in order:
                 if side == "fastemb":
-                    out[side] = _fe_round(part, tmp, threads)
+                    out[side] = _fe_round(part, tmp, pool)
                 else:
-                    python, backend, budget = peers[side]
-                    out[side] = _st_round(texts, threads, python, backend,
-                                          token_budget_batches(texts) if budget else None, tmp)
+                    out[side] = _st_round(texts, threads, *peers[side], tmp)
         for side in sides:
             secs[side].append(out[side][0])
             rss[side] = max(rss[side], out[side][2])
@@ -149,30 +196,29 @@ def bench_embed(n: int | None, threads: int, rounds: int = 2, st_onnx_python: st
     n_docs = table.num_rows
     rate = {k: n_docs / sum(v) for k, v in secs.items()}
     ratios = {k: [p / f for f, p in zip(secs["fastemb"], secs[k])] for k in peers}  # same docs: docs/s ratio
-    names = {"st-torch": "`SentenceTransformer.encode`, as shipped",
-             "st-onnx": "`SentenceTransformer.encode`, at its best"}
-    engines = {"st-torch": ("torch fp32", "batch 128 rows (encode sorts by length)", f"{threads} torch threads, one process"),
-               "st-onnx": ("ONNX Runtime fp32 (its `backend=\"onnx\"`, optimum export)",
-                           f"length-sorted batches of ≤ {MAX_BATCH_TOKENS} padded tokens (fastemb's bucketing)",
-                           f"{threads} intra-op threads, one process")}
-    rows = [f"| fastemb Ray Data job (incl. actor start and parquet write) | ONNX Runtime fp32 (backend auto) | "
-            f"length buckets of ≤ {MAX_BATCH_TOKENS} padded tokens | {threads} actors × 1 thread | "
+    if gpu_actors:
+        import torch
+
+        where = f", on one {torch.cuda.get_device_name()}, fp16 on both sides"
+        fe_cells = ("torch fp16 on the GPU (backend auto)", "length buckets under the GPU-sized token budget",
+                    f"{gpu_actors} actors × {1 / gpu_actors:g} GPU, {pool['threads_per_actor']} thread(s) each")
+    else:
+        where = ""
+        fe_cells = ("ONNX Runtime fp32 (backend auto)", f"length buckets of ≤ {MAX_BATCH_TOKENS} padded tokens",
+                    f"{threads} actors × 1 thread")
+    rows = [f"| fastemb Ray Data job (incl. actor start and parquet write) | {' | '.join(fe_cells)} | "
             f"{sum(secs['fastemb']):.1f} | {rate['fastemb']:.0f} | {rss['fastemb']:.0f} (per actor) | – |"]
-    for k in peers:
-        eng, batch, thr = engines[k]
-        rows.append(f"| {names[k]} (model load not timed) | {eng} | {batch} | {thr} | {sum(secs[k]):.1f} | "
-                    f"{rate[k]:.0f} | {rss[k]:.0f} (process) | {spread(ratios[k], 2, 'rounds')} |")
-    headline = [f"**fastemb / sentence-transformers as shipped: {rate['fastemb'] / rate['st-torch']:.2f}×**: the "
-                "pipeline, the engine (ONNX vs torch) and the batching together; "
-                + ratio_verdict(ratios["st-torch"], "fastemb", "sentence-transformers") + "."]
-    if "st-onnx" in peers:
-        headline.append(f"**fastemb / sentence-transformers at its best: {rate['fastemb'] / rate['st-onnx']:.2f}×**: "
-                        "the Ray Data pipeline alone (same engine, same token-budget batches, same threads); "
-                        + ratio_verdict(ratios["st-onnx"], "fastemb", "sentence-transformers (ONNX)") + ".")
+    headline = []
+    for k, (_, peer) in peers.items():
+        thr = f"{threads} {'intra-op' if peer.backend == 'onnx' else 'torch'} threads, one process"
+        rows.append(f"| {peer.label} (model load not timed) | {peer.engine} | {peer.batching} | {thr} | "
+                    f"{sum(secs[k]):.1f} | {rate[k]:.0f} | {rss[k]:.0f} (process) | {spread(ratios[k], 2, 'rounds')} |")
+        headline.append(f"**fastemb / sentence-transformers {peer.headline}: {rate['fastemb'] / rate[k]:.2f}×**: "
+                        f"{peer.isolates}; " + ratio_verdict(ratios[k], "fastemb", peer.verdict_name) + ".")
     agree = "; ".join(f"{k}: min {np.concatenate(c).min():.5f}, mean {np.concatenate(c).mean():.6f}"
                       for k, c in cos.items())
     body = f"""Corpus: {n_docs:,} WordNet definitions{'' if not n else ' (first N of 117,659)'}; model all-MiniLM-L6-v2,
-max_length 64; {threads} threads in total for each side. The corpus is run in {rounds} slices, every side back to
+max_length 64; {threads} threads in total for each side{where}. The corpus is run in {rounds} slices, every side back to
 back on each slice, order rotating (rounds: {'; '.join(orders)}). Ratio column: fastemb's docs/s over the peer's,
 per round, mean ± std.
 
@@ -184,7 +230,8 @@ per round, mean ± std.
 Vectors agree (cosine between fastemb's and each peer's embeddings): {agree}.
 """
     print(body)
-    write_section("index_build (a): corpus embedding throughput", body)
+    write_section("index_build (a): corpus embedding throughput on GPU (issue 23)" if gpu_actors
+                  else "index_build (a): corpus embedding throughput", body)
 
 
 def synthetic_vectors(n: int, out_dir: Path, shard_rows: int = 100_000, seed: int = 0) -> tuple[list[str], np.ndarray]:
@@ -509,12 +556,14 @@ def main() -> None:
     ap.add_argument("--st-onnx-python", default=ST_ONNX_PYTHON,
                     help="embed: a Python with sentence-transformers and its ONNX backend (the peer at its best)")
     ap.add_argument("--quick", action="store_true", help="embed: 2,000 documents, 3 rounds: a smoke run")
+    ap.add_argument("--gpu-actors", type=int, default=0, help="embed: N encoder actors sharing this machine's GPU "
+                    "against SentenceTransformer.encode on it (fp16 both)")
     a = ap.parse_args()
     configure_logging()
     if a.which == "embed":
         if a.quick:
             a.n, a.rounds = 2000, 3
-        bench_embed(a.n, a.threads, a.rounds, a.st_onnx_python)
+        bench_embed(a.n, a.threads, a.rounds, a.st_onnx_python, a.gpu_actors)
     elif a.which == "quality":
         bench_quality(a.model, a.threads)
     else:

@@ -38,6 +38,11 @@ it: Infinity starts in the model folder with ``--model-id ./`` (it hands optimum
 optimum 2 refuses), and with ``--onnx-disable-optimize`` (its own optimisation pass calls an optimum 1 API; the fp32
 folder is optimised beforehand instead). Without the venv the Infinity columns are skipped and the report says so.
 ``--variant NAME:K=V,K=V`` adds a fastemb server started with extra environment variables, measured like the others.
+
+``--device cuda`` serves on this machine's GPU instead (bench/gpu.sh), every server in fp16 on torch (the ONNX engines
+run on CPU only): fastemb's replica with ``replica.num_gpus: 1`` (``backend: auto`` picks torch there; ``fastemb``,
+``fastemb-haproxy``), Infinity's torch engine with ``--device cuda --dtype float16`` (``infinity-torch``) and the plain
+server's ``SentenceTransformer`` in ``.half()`` (``plain``); its section is "serve (GPU)".
 """
 from __future__ import annotations
 
@@ -59,8 +64,8 @@ from fastemb.ray_env import free_port  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------- plain server
-def plain_server(model_path: str, port: int, threads: int) -> None:
-    """The baseline: FastAPI + SentenceTransformer.encode per request (no cross-request batching)."""
+def plain_server(model_path: str, port: int, threads: int, device: str = "cpu") -> None:
+    """The baseline: FastAPI + SentenceTransformer.encode per request (no cross-request batching); fp16 on a GPU."""
     import torch
     import uvicorn
     from fastapi import FastAPI
@@ -68,7 +73,9 @@ def plain_server(model_path: str, port: int, threads: int) -> None:
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(threads)
-    model = SentenceTransformer(model_path, device="cpu")
+    model = SentenceTransformer(model_path, device=device)
+    if device != "cpu":
+        model.half()
     app = FastAPI()
 
     @app.post("/v1/embeddings")
@@ -86,9 +93,11 @@ def plain_server(model_path: str, port: int, threads: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------- fastemb server
-def fastemb_server(model_path: str, port: int, threads: int, batch: int, proxy: str, backend: str) -> None:
-    """fastemb's service as shipped (jobs/serve.yaml defaults), one replica of ``threads`` CPUs, until killed;
-    ``proxy`` is its ``ingress.proxy`` (Serve's Python proxy or the HAProxy ingress), ``backend`` its engine."""
+def fastemb_server(model_path: str, port: int, threads: int, batch: int, proxy: str, backend: str,
+                   device: str = "cpu") -> None:
+    """fastemb's service as shipped (jobs/serve.yaml defaults), one replica of ``threads`` CPUs (and the GPU with
+    ``device`` cuda: ``replica.num_gpus: 1``, fp16), until killed; ``proxy`` is its ``ingress.proxy`` (Serve's Python
+    proxy or the HAProxy ingress), ``backend`` its engine."""
     from fastemb.serve.job import start
     from fastemb.spec import parse_spec
 
@@ -96,7 +105,7 @@ def fastemb_server(model_path: str, port: int, threads: int, batch: int, proxy: 
                        "production": {"model": model_path, "backend": backend},
                        "batching": {"max_batch_size": batch},
                        "autoscaling": {"min_replicas": 1, "max_replicas": 1},
-                       "replica": {"num_cpus": threads},
+                       "replica": {"num_cpus": threads, "num_gpus": 1 if device != "cpu" else 0},
                        "limits": {"max_inflight_requests": 4096}, "ingress": {"proxy": proxy},
                        "feedback_dir": tempfile.mkdtemp(prefix="fastemb-bench-ab-")})
     start(spec)
@@ -227,35 +236,42 @@ def _env(threads: int) -> dict:
             "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-FASTEMB_ENGINES = {"onnx": "ONNX Runtime fp32 (fastemb's export; backend auto)", "torch": "torch fp32 (backend torch)"}
+FASTEMB_ENGINES = {"onnx": "ONNX Runtime fp32 (fastemb's export; backend auto)", "torch": "torch fp32 (backend torch)",
+                   "cuda": "torch fp16 on the GPU (backend auto, replica.num_gpus 1)"}
 
 
 def fastemb_process(name: str, model_path: str, threads: int, batch: int, extra_env: dict,
-                    proxy: str = "ray", backend: str = "onnx") -> ProcessServer:
+                    proxy: str = "ray", backend: str = "onnx", device: str = "cpu") -> ProcessServer:
+    """fastemb's server on ``backend``, or on the GPU with ``device`` cuda (where ``backend: auto`` picks torch)."""
     port = free_port()
+    backend = "auto" if device == "cuda" else backend
     cmd = [sys.executable, __file__, "--fastemb-server", "--port", str(port), "--model", model_path,
-           "--threads", str(threads), "--batch-size", str(batch), "--proxy", proxy, "--backend", backend]
+           "--threads", str(threads), "--batch-size", str(batch), "--proxy", proxy, "--backend", backend,
+           "--device", device]
     env = {**_env(threads), "RAY_USAGE_STATS_ENABLED": "0", **extra_env}
     stack = "Ray Serve, " + ("HAProxy ingress" if proxy == "haproxy" else "Serve's Python proxy")
     return ProcessServer(name, cmd, port, f"http://127.0.0.1:{port}/healthz",
                          f"http://127.0.0.1:{port}/v1/embeddings", "fastemb", env, stack=stack,
-                         engine=FASTEMB_ENGINES[backend],
+                         engine=FASTEMB_ENGINES["cuda" if device == "cuda" else backend],
                          batching=f"@serve.batch: ≤ {batch} items and ≤ 8192 padded tokens per forward pass, "
                                   "length-sorted, no wait")
 
 
 INFINITY_ENGINES = {"int8": "ONNX Runtime int8 (optimum engine, dynamic quantisation)",
-                    "onnx": "ONNX Runtime fp32 (optimum engine, -O2 graph)", "torch": "torch fp32 (sentence-transformers)"}
+                    "onnx": "ONNX Runtime fp32 (optimum engine, -O2 graph)", "torch": "torch fp32 (sentence-transformers)",
+                    "cuda": "torch fp16 on the GPU (sentence-transformers, --dtype float16)"}
 
 
 def infinity_process(python: str, model_path: str, threads: int, batch: int, engine: str,
-                     onnx_dirs: dict[str, str]) -> ProcessServer:
-    """Infinity on ``engine``: ``torch`` serves ``model_path``; ``int8``/``onnx`` serve that ONNX folder with its
-    optimum engine, started in the folder (``--model-id ./``, see the module docstring)."""
+                     onnx_dirs: dict[str, str], device: str = "cpu") -> ProcessServer:
+    """Infinity on ``engine``: ``torch`` serves ``model_path`` (in fp16 on the GPU with ``device`` cuda); ``int8``/
+    ``onnx`` serve that ONNX folder with its optimum engine, started in the folder (``--model-id ./``, see the module
+    docstring)."""
     port = free_port()
     exe = str(Path(python).parent / "infinity_emb")
-    common = ["--served-model-name", "minilm", "--port", str(port), "--host", "127.0.0.1", "--device", "cpu",
-              "--batch-size", str(batch), "--url-prefix", "/v1", "--pooling-method", "mean"]
+    common = ["--served-model-name", "minilm", "--port", str(port), "--host", "127.0.0.1", "--device", device,
+              "--batch-size", str(batch), "--url-prefix", "/v1", "--pooling-method", "mean",
+              *(["--dtype", "float16"] if device == "cuda" else [])]
     if engine == "torch":
         cmd, cwd = [exe, "v2", "--model-id", model_path, "--engine", "torch", "--no-bettertransformer", *common], None
     else:
@@ -265,8 +281,8 @@ def infinity_process(python: str, model_path: str, threads: int, batch: int, eng
            "HF_HOME": str(ROOT / "bench" / "out" / "serve_infinity_hf")}
     return ProcessServer(f"Infinity ({engine})", cmd, port, f"http://127.0.0.1:{port}/health",
                          f"http://127.0.0.1:{port}/v1/embeddings", "minilm", env, stack="Infinity (FastAPI, uvicorn)",
-                         engine=INFINITY_ENGINES[engine], batching=f"its batch queue: ≤ {batch} items per forward pass",
-                         cwd=cwd)
+                         engine=INFINITY_ENGINES["cuda" if device == "cuda" else engine],
+                         batching=f"its batch queue: ≤ {batch} items per forward pass", cwd=cwd)
 
 
 def prepare_infinity_onnx(python: str, model_path: str, out: Path) -> dict[str, str]:
@@ -290,20 +306,24 @@ def prepare_infinity_onnx(python: str, model_path: str, out: Path) -> dict[str, 
     return {"onnx": str(fp32), "int8": str(int8)}
 
 
-def plain_process(model_path: str, threads: int) -> ProcessServer:
+def plain_process(model_path: str, threads: int, device: str = "cpu") -> ProcessServer:
     port = free_port()
     cmd = [sys.executable, __file__, "--plain-server", "--port", str(port), "--model", model_path,
-           "--threads", str(threads)]
+           "--threads", str(threads), "--device", device]
+    engine = "torch fp16 on the GPU (sentence-transformers, `.half()`)" if device == "cuda" else \
+        "torch fp32 (sentence-transformers)"
     return ProcessServer("FastAPI+ST", cmd, port, f"http://127.0.0.1:{port}/health",
                          f"http://127.0.0.1:{port}/v1/embeddings", "minilm", _env(threads),
-                         stack="FastAPI + uvicorn, one request at a time", engine="torch fp32 (sentence-transformers)",
+                         stack="FastAPI + uvicorn, one request at a time", engine=engine,
                          batching="none across requests (encode batch 32 within one)")
 
 
 # ------------------------------------------------------------------------------------------- main
 SERVERS = "fastemb,fastemb-haproxy,fastemb-torch,fastemb-haproxy-torch,infinity-int8,infinity-onnx,infinity-torch,plain"
+GPU_SERVERS = "fastemb,fastemb-haproxy,infinity-torch,plain"  # --device cuda: torch fp16 everywhere
 # engine families: servers whose family matches run the same computation, so their ratio is the stack's alone
-FAMILY = {"ONNX Runtime fp32": "ONNX Runtime fp32", "ONNX Runtime int8": "ONNX Runtime int8", "torch fp32": "torch fp32"}
+FAMILY = {"ONNX Runtime fp32": "ONNX Runtime fp32", "ONNX Runtime int8": "ONNX Runtime int8",
+          "torch fp32": "torch fp32", "torch fp16": "torch fp16"}
 
 
 def family(server: ProcessServer) -> str:
@@ -333,11 +353,13 @@ def build_servers(args, model_path: str, skipped: list[str]) -> list[ProcessServ
     for key, proxy, backend in (("fastemb", "ray", "onnx"), ("fastemb-haproxy", "haproxy", "onnx"),
                                 ("fastemb-torch", "ray", "torch"), ("fastemb-haproxy-torch", "haproxy", "torch")):
         if key in wanted:
-            name = f"fastemb ({'HAProxy' if proxy == 'haproxy' else 'Serve'}, {'ONNX' if backend == 'onnx' else 'torch'})"
-            servers.append(fastemb_process(name, model_path, args.threads, args.batch_size, {}, proxy, backend))
+            engine = "GPU" if args.device == "cuda" else "ONNX" if backend == "onnx" else "torch"
+            name = f"fastemb ({'HAProxy' if proxy == 'haproxy' else 'Serve'}, {engine})"
+            servers.append(fastemb_process(name, model_path, args.threads, args.batch_size, {}, proxy, backend,
+                                           args.device))
     for v in args.variant:
         name, env = parse_variant(v)
-        servers.append(fastemb_process(name, model_path, args.threads, args.batch_size, env))
+        servers.append(fastemb_process(name, model_path, args.threads, args.batch_size, env, device=args.device))
     engines = [e for e in ("int8", "onnx", "torch") if f"infinity-{e}" in wanted]
     if engines:
         exe = Path(args.infinity_python).parent / "infinity_emb"
@@ -353,9 +375,9 @@ def build_servers(args, model_path: str, skipped: list[str]) -> list[ProcessServ
                 engines = [e for e in engines if e == "torch"]
         for e in engines:
             servers.append(infinity_process(args.infinity_python, model_path, args.threads, args.batch_size, e,
-                                            onnx_dirs))
+                                            onnx_dirs, args.device))
     if "plain" in wanted:
-        servers.append(plain_process(model_path, args.threads))
+        servers.append(plain_process(model_path, args.threads, args.device))
     return servers
 
 
@@ -375,11 +397,19 @@ def main() -> int:
     ap.add_argument("--infinity-python", default=os.environ.get("INFINITY_PYTHON", "/tmp/fe-venv-infinity/bin/python"))
     ap.add_argument("--proxy", default="ray", help=argparse.SUPPRESS)
     ap.add_argument("--backend", default="onnx", help=argparse.SUPPRESS)
-    ap.add_argument("--servers", default=SERVERS, help=f"comma-separated subset of {SERVERS}")
+    ap.add_argument("--servers", default=None, help=f"comma-separated subset of {SERVERS} (default: all; with "
+                    f"--device cuda a subset of {GPU_SERVERS}, default those)")
     ap.add_argument("--variant", action="append", default=[], help="NAME:K=V,... extra fastemb server with env")
     ap.add_argument("--quick", action="store_true", help="smoke run: 4 s per cell in 2 rounds, short texts at 1 and 8")
     ap.add_argument("--no-write", action="store_true", help="print the report, leave bench/RESULTS.md alone")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: every server on this machine's "
+                    "GPU in fp16 (see the docstring)")
     args = ap.parse_args()
+    offered = GPU_SERVERS if args.device == "cuda" else SERVERS
+    args.servers = args.servers or offered
+    unknown = sorted(set(args.servers.split(",")) - set(offered.split(",")))
+    if unknown:
+        ap.error(f"--servers: {', '.join(unknown)} not among {offered} (on --device {args.device})")
     if args.quick:
         args.seconds, args.rounds, args.levels, args.long_levels = 4.0, 2, "1,8", ""
 
@@ -387,10 +417,10 @@ def main() -> int:
 
     model_path = resolve_model_path(args.model or "all-MiniLM-L6-v2")
     if args.plain_server:
-        plain_server(model_path, args.port, args.threads)
+        plain_server(model_path, args.port, args.threads, args.device)
         return 0
     if args.fastemb_server:
-        fastemb_server(model_path, args.port, args.threads, args.batch_size, args.proxy, args.backend)
+        fastemb_server(model_path, args.port, args.threads, args.batch_size, args.proxy, args.backend, args.device)
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
@@ -442,7 +472,7 @@ def main() -> int:
     if results and not args.no_write:
         from bench.results import write_section
 
-        write_section("serve", body)
+        write_section("serve (GPU)" if args.device == "cuda" else "serve", body)
     return 0
 
 
@@ -471,7 +501,8 @@ def report(results: dict, diffs: dict, skipped: list[str], live: list[ProcessSer
     from bench.results import mean_std, ratio_verdict
 
     names = list(results)
-    lines = [f"Model all-MiniLM-L6-v2 (same weights for every server), CPU, {args.threads} thread(s) per server "
+    where = "CPU," if args.device == "cpu" else f"one GPU ({_gpu_name()}), fp16 on every server,"
+    lines = [f"Model all-MiniLM-L6-v2 (same weights for every server), {where} {args.threads} thread(s) per server "
              f"(OMP_NUM_THREADS; fastemb's replica and ONNX session use the replica's CPUs), {args.per_request} "
              f"text(s) per request, closed loop. All servers up at once; each cell measured for {args.seconds:g} s per "
              f"server in {args.rounds} slices alternating between servers (order rotated each round, 1 s warm-up per "
@@ -516,6 +547,12 @@ def report(results: dict, diffs: dict, skipped: list[str], live: list[ProcessSer
     if skipped:
         lines += ["", "Not measured: " + "; ".join(skipped)]
     return "\n".join(lines)
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device seen by torch"
 
 
 if __name__ == "__main__":
