@@ -140,6 +140,11 @@ def test_merge_job_chooses_records_and_registers_the_merge(tmp_path, minilm_path
     assert set(report["test"]["general"]) == {"merged", "models.0", "models.1"}
     saved = json.loads((Path(report["model_dir"]).parent / "report.json").read_text())
     assert saved["merge"] == m
+    from fastemb.model.card import read_card
+
+    card = read_card(report["model_dir"])  # the merged model's card: how it was merged, its figures
+    assert "merge" in card.data.tags and f"{m['weight']:.4g}" in card.text
+    assert any(r.metric_type == "cosine_ndcg@10" for r in card.data.eval_results)
     version = report["registry"]["version"]
     meta = Registry(str(tmp_path / "registry")).show(version)
     assert meta["config"]["merge"]["weight"] == m["weight"] and meta["config"]["merge"]["rule"] == m["rule"]

@@ -34,8 +34,9 @@ def test_every_run_job_keeps_its_spec_and_runs_again_from_it(tmp_path):
     for job, job_type in JOB_TYPES.items():
         if not issubclass(job_type, RunJob):
             continue
+        required = {"merge": {"models": [{"path": "all-MiniLM-L6-v2"}, {"path": "all-MiniLM-L6-v2"}]}}
         spec = parse_spec({"job": job, "storage_path": str(tmp_path), "name": f"{job}-run",
-                           "tracking": {"mlflow": "on"}})
+                           "tracking": {"mlflow": "on"}, **required.get(job, {})})
         path = keep_spec(spec)
         assert path == spec.run_dir / "job.yaml"
         same = parse_spec(spec.model_dump(mode="json"))  # (the demo's default stages get absolute paths validated)

@@ -13,13 +13,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 
 from fastemb.data.eval_sets import check_eval_set, load_eval_set
 from fastemb.eval.general import general_gate
 from fastemb.eval.retrieval import evaluate
 from fastemb.merge.select import METRIC, gain_kept, select_weight
 from fastemb.merge.weights import MergeError, check_mergeable, merged_encoder
+from fastemb.model.card import CardUpdate, EvalSet, hub_id, key_values, write_card
 from fastemb.model.encoder import Encoder
+from fastemb.record import keep_spec
 from fastemb.spec import MergeJob
 
 logger = logging.getLogger(__name__)
@@ -90,9 +93,26 @@ def _register(spec: MergeJob, test: dict, facts: dict) -> dict:
     return out
 
 
+def merge_card(spec: MergeJob, facts: dict, test: dict) -> CardUpdate:
+    """The merged model's card: how it was merged, and its test figures against the last model (the base)."""
+    base = f"models.{len(spec.models) - 1}"
+    evaluations = [EvalSet(label=name.replace("_", "-"), dataset=Path(eval_dir).name, split="test",
+                           tuned=test[name]["merged"], base=test[name][base], max_seq_length=facts["max_seq_length"])
+                   for name, eval_dir in (("in_domain", spec.data.eval),
+                                          ("general", spec.general.eval if spec.general else None)) if name in test]
+    rows = {"method": facts["method"], "chosen by": facts["chosen_by"],
+            **{f"models.{i}": f"`{m['path']}` × {m['weight']:.4g}" for i, m in enumerate(facts["models"])},
+            "test gain kept": f"{facts['test_gain_kept']:.1%}" if facts.get("test_gain_kept") is not None else None}
+    return CardUpdate(title=f"{spec.name} (merged)", base_model=[hub_id(m.path) for m in spec.models],
+                      tags=["merge"], evaluations=evaluations,
+                      sections={"merge": key_values("Weight-space merge (fastemb merge)", rows)})
+
+
 def run_merge(spec: MergeJob) -> dict:
-    """Merge, score and (optionally) register; returns the report (also written to ``report.json``)."""
+    """Merge, score and (optionally) register; returns the report (also written to ``report.json``). The run folder
+    keeps the resolved spec (``job.yaml``) and the merged model gets its card (``model/README.md``)."""
     t0 = time.time()
+    keep_spec(spec)
     choosing = spec.fixed_weights is None
     check_eval_set(spec.data.eval, ("dev", "test") if choosing else ("test",), "data.eval")
     if spec.general:
@@ -111,7 +131,8 @@ def run_merge(spec: MergeJob) -> dict:
         facts["test_gain_kept"] = gain_kept(scores["merged"][METRIC], scores["models.0"][METRIC],
                                             scores["models.1"][METRIC])
     report = {"name": spec.name, "model_dir": str(model_dir), "merge": facts, "test": test,
-              "spec": spec.model_dump(), "seconds": time.time() - t0}
+              "spec": spec.model_dump(mode="json"), "seconds": time.time() - t0,
+              "card": str(write_card(model_dir, merge_card(spec, facts, test)))}
     if spec.registry:
         report["registry"] = _register(spec, test, facts)
     (spec.run_dir / "report.json").write_text(json.dumps(report, indent=2))
