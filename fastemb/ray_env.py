@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
@@ -9,6 +10,7 @@ import ray
 from fastemb import logs
 from fastemb.accelerator import ENV as ACCELERATOR_ENV
 
+LOOPBACK = "127.0.0.1"
 _VENV_EXT_DIR = Path(os.environ.get("VIRTUAL_ENV", Path(__file__).resolve().parents[1] / ".venv")) / "torch_extensions"
 
 
@@ -47,8 +49,29 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, threads_pe
         # CPUs of every trial stopped early. Pinning the dashboard port lets the workers name their own cluster.
         port = free_port()
         runtime_env["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-                 runtime_env=runtime_env, log_to_driver=True)
+        with _loopback_node():
+            ray.init(num_cpus=num_cpus, _node_ip_address=LOOPBACK, include_dashboard=True, dashboard_host=LOOPBACK,
+                     dashboard_port=port, runtime_env=runtime_env, log_to_driver=True)
+
+
+@contextmanager
+def _loopback_node():
+    """An embedded Ray is one node of this machine: its address is 127.0.0.1, and Ray then binds the ports it opens
+    to loopback (GCS, raylet and worker gRPC servers, the dashboard agent, the Prometheus exporters of the metrics
+    agent, the dashboard and the autoscaler), where with the machine's address it binds them to all interfaces.
+
+    Ray 2.60 replaces a loopback ``_node_ip_address`` by the machine's address unless it runs as no cluster: its
+    ``ray_constants.ENABLE_RAY_CLUSTER`` (from ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``, read when ray is imported, which
+    is too early to set here). So that switch is off while ``ray.init`` picks the address; it is not an environment
+    variable, so a ``ray start`` node launched later from this process still joins clusters as usual."""
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def free_port() -> int:

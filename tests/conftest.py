@@ -21,9 +21,10 @@ from fastemb.data.eval_sets import write_subset  # noqa: E402
 
 # Ray Serve reads these when its processes start; `fastemb serve` sets them before it starts Ray, so the serve tests
 # that run on the session's Ray get the same Serve as a user does.
-from fastemb.serve.deployments import SERVE_FAST_PATH_ENV  # noqa: E402
+from fastemb.serve.deployments import SERVE_FAST_PATH_ENV, proxy_env  # noqa: E402
+from fastemb.spec import ServeJob  # noqa: E402
 
-for _k, _v in SERVE_FAST_PATH_ENV.items():
+for _k, _v in {**SERVE_FAST_PATH_ENV, **proxy_env(ServeJob())}.items():
     os.environ.setdefault(_k, _v)
 
 WORDNET = Path(__file__).resolve().parents[1] / "fastemb" / "datasets" / "wordnet"

@@ -1,7 +1,9 @@
 """Helpers shared by the serve tests: a free local port and a Ray + Serve app started from a ServeJob."""
 from __future__ import annotations
 
+import json
 import os
+import signal
 import threading
 import time
 
@@ -50,6 +52,46 @@ def stop_service(own_ray: bool = False) -> None:
         ray.shutdown()
     else:
         serve.shutdown()
+
+
+def replica_pids(app: str, deployment: str) -> dict[str, int]:
+    """Live replicas of ``deployment``: actor name -> process id."""
+    from fastemb.serve.job import replica_processes
+
+    return replica_processes(app, deployment)
+
+
+def kill_replica(app: str, deployment: str) -> str:
+    """SIGKILL one live replica's process (a crash, not a shutdown); returns its actor name."""
+    name, pid = sorted(replica_pids(app, deployment).items())[0]
+    os.kill(pid, signal.SIGKILL)
+    return name
+
+
+def ride_out_outage(url: str, body: dict, before: set[str], app: str, deployment: str,
+                    timeout_s: float = 120) -> list[dict]:
+    """After the only replica was killed: requests one after another until one succeeds on a replica whose id is
+    not in ``before`` (the replacement). Returns each request's {status, wait_s, json, retry_after}."""
+    seen: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=30) as client:
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            try:
+                r = client.post(url + "/v1/embeddings", json=body)
+                status, text, retry = r.status_code, r.text, r.headers.get("retry-after")
+            except httpx.HTTPError as err:
+                status, text, retry = f"transport: {type(err).__name__}", "", None
+            try:
+                payload = json.loads(text)
+            except ValueError:
+                payload = None
+            seen.append({"status": status, "wait_s": time.monotonic() - t0, "json": payload is not None,
+                         "retry_after": retry, "code": (payload or {}).get("error", {}).get("code")})
+            if status == 200 and set(replica_pids(app, deployment)) - before:
+                return seen
+            time.sleep(0.2)
+    raise AssertionError(f"no answer from a new replica within {timeout_s}s: {seen[-5:]}")
 
 
 class ClientThreads:

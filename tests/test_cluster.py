@@ -2,7 +2,7 @@
 started once for the module:
 
 - the cluster itself: the Jobs API and the GCS refuse requests without the right token, the dashboard listens on
-  loopback only, and stop ends every process it started;
+  loopback only, no listener answers another host without the token, and stop ends every process it started;
 - an index build submitted with `fastemb submit` survives an encoder actor SIGKILLed while its unit is unfinished
   (held by embed.py's test hook): Ray restarts the actor, and the index loses and duplicates nothing;
 - last (it takes a node away), one submitted training job through two faults: stopped (`fastemb jobs stop`) after
@@ -27,6 +27,7 @@ import pytest
 
 from cluster_helpers import ROOT, group_alive, live_actors, local_cluster, run_script, state_api
 from index_helpers import HOLD_ENV, N_ROWS, HeldActorKiller, write_fault_corpus
+from listeners import listening, open_without_auth, process_groups
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("own_ray")]
 WORKERS = 3  # one more than a 2-worker training job needs, so it can lose a node
@@ -108,6 +109,17 @@ def test_gcs_refuses_a_client_with_a_wrong_token(cluster):
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
     assert p.returncode != 0 and "CONNECTED" not in p.stdout
     assert "InvalidAuthToken" in p.stderr or "Authentication" in p.stderr, p.stderr[-2000:]
+
+
+def test_nothing_answers_other_hosts_without_the_token(cluster):
+    """Every listening socket of the cluster's nodes is on loopback (cluster/local_cluster.py keeps the nodes'
+    address 127.0.0.1, so Ray binds its metrics exporters and agents there too), or, reached from another host,
+    answers nothing without the token."""
+    found = listening(process_groups({n["pgid"] for n in cluster["state"]["nodes"]}))
+    dash_port = int(cluster["state"]["dashboard"].rsplit(":", 1)[1])
+    assert any(x["port"] == dash_port for x in found), found
+    print("listeners:", [(x["name"], x["ip"], x["port"]) for x in found])
+    assert open_without_auth(found) == []
 
 
 def test_fastemb_jobs_cli_needs_the_token(cluster, tmp_path):

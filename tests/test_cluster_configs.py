@@ -2,6 +2,7 @@
 token auth on, no Ray port exposed publicly, shared storage mounted everywhere, pinned Ray version."""
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
 from pathlib import Path
@@ -171,6 +172,16 @@ def test_rayservice_manifest_serve_config():
     expected = serve_config(job)["applications"][0]["deployments"]
     assert [d["name"] for d in app["deployments"]] == [d["name"] for d in expected]
     _check_ray_cluster_spec(spec["rayClusterConfig"], "rayservice.yaml")
+    # every node's Serve proxy runs fastemb's middleware (JSON errors, a bounded wait when no replica runs)
+    rc = spec["rayClusterConfig"]
+    groups = [rc["headGroupSpec"], *rc["workerGroupSpecs"]]
+    for g in groups:
+        env = {e["name"]: e.get("value") for c in g["template"]["spec"]["containers"] for e in c.get("env", [])}
+        module, _, name = env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"].partition(":")
+        assert callable(getattr(importlib.import_module(module), name))
+    policy = _kind(_load_all(CLUSTER / "kuberay" / "rayservice.yaml"), "NetworkPolicy")
+    labels = policy["spec"]["podSelector"]["matchLabels"]
+    assert all(labels.items() <= g["template"]["metadata"]["labels"].items() for g in groups)
 
 
 def test_launcher_yaml():

@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 import yaml
 
+from listeners import listening, open_without_auth, process_tree
 from serve_helpers import free_port, start_service, stop_service
 
 KEY = os.environ["FASTEMB_TEST_API_KEY"]  # set by tests/conftest.py before the session's Ray starts
 H = {"Authorization": f"Bearer {KEY}"}
+JSON = {**H, "content-type": "application/json"}
 LONG = " ".join(f"word{i} of a rather long definition" for i in range(120))  # > 256 tokens
 
 
@@ -136,11 +138,46 @@ def test_ab_split_is_sticky_per_user(service):
     assert r.json()["arm"] == "candidate"
 
 
+def test_token_id_inputs_embed_like_their_text(service, minilm_path):
+    """OpenAI's token-array inputs: ids of the model's tokenizer (without its special tokens) embed as their text."""
+    from transformers import AutoTokenizer
+
+    _, url = service
+    tok = AutoTokenizer.from_pretrained(minilm_path)
+    texts = ["a small domesticated carnivore", "hello"]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    by_text = _post(url, "/v1/embeddings", {"input": texts, "model": "fastemb-production", "encoding_format": "float"})
+    by_ids = _post(url, "/v1/embeddings", {"input": ids, "model": "fastemb-production", "encoding_format": "float"})
+    one = _post(url, "/v1/embeddings", {"input": ids[0], "model": "fastemb-production", "encoding_format": "float"})
+    assert by_text.status_code == by_ids.status_code == one.status_code == 200, (by_ids.text, one.text)
+    want = np.array([d["embedding"] for d in by_text.json()["data"]])
+    np.testing.assert_allclose(np.array([d["embedding"] for d in by_ids.json()["data"]]), want, atol=1e-6)
+    np.testing.assert_allclose(np.array(one.json()["data"][0]["embedding"]), want[0], atol=1e-6)
+    assert by_ids.json()["usage"] == by_text.json()["usage"]
+    long_ids = ids[0] * 60  # > 256 tokens: cut like a text (truncated), or refused with truncate=false
+    assert _post(url, "/v1/embeddings", {"input": [long_ids], "model": "fastemb-production"}).json()["truncated"] == [0]
+    r = _post(url, "/v1/embeddings", {"input": [long_ids], "model": "fastemb-production", "truncate": False})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "input_too_long"
+    r = _post(url, "/v1/embeddings", {"input": [ids[0], [5, len(tok)]], "model": "fastemb-production"})
+    err = r.json()["error"]
+    assert r.status_code == 422 and err["code"] == "invalid_token_ids" and err["param"] == "input.1.1"
+    assert "tokenizer" in err["message"] and str(len(tok) - 1) in err["message"]
+
+
 def test_models_and_health(service):
     _, url = service
-    h = httpx.get(url + "/healthz", timeout=30)
+    h = httpx.get(url + "/healthz", headers=H, timeout=30)
     assert h.status_code == 200 and set(h.json()["arms"]) == {"production", "candidate"}
     assert h.json()["arms"]["production"]["index_size"] == 300
+    # without the key: liveness only, nothing about the models (no versions, no filesystem paths)
+    bare = httpx.get(url + "/healthz", timeout=30)
+    assert bare.status_code == 200 and bare.json() == {"status": "ok"}
+    # the API docs follow the key too
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        r = httpx.get(url + path, timeout=30)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", path
+        assert httpx.get(url + path, headers=H, timeout=30).status_code == 200, path
+    assert "/v1/embeddings" in httpx.get(url + "/openapi.json", headers=H, timeout=30).json()["paths"]
     m = httpx.get(url + "/v1/models", headers=H, timeout=30).json()
     ids = {d["id"] for d in m["data"]}
     assert ids == {"fastemb", "fastemb-production", "fastemb-candidate"}
@@ -161,9 +198,28 @@ def test_api_key_required(service, case):
         assert r.headers["www-authenticate"] == "Bearer"
 
 
+DEEP = b'{"model": "fastemb", "input": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"
+
+
 @pytest.mark.parametrize("body,status,code", [
     (b"{not json", 400, "invalid_json"),
     (b"[1, 2]", 400, "invalid_json"),
+    (b'{"model": "fastemb", "input": "abc\\ud800x"}', 400, "invalid_unicode"),  # a lone surrogate (issue 16)
+    (b'{"model": "fastemb", "input": ["ok", "\\udfff"]}', 400, "invalid_unicode"),
+    (b'{"model": "fastemb\\ud83d", "input": "x"}', 400, "invalid_unicode"),
+    (b'{"model": "fastemb", "input": "x", "dimensions": NaN}', 400, "invalid_json"),
+    (b'{"model": "fastemb", "input": "x", "dimensions": ' + b"9" * 5000 + b"}", 400, "invalid_json"),
+    (DEEP, 400, "invalid_json"),
+    ({"input": "", "model": "fastemb"}, 400, "empty_input"),
+    ({"input": ["x", ""], "model": "fastemb"}, 400, "empty_input"),
+    ({"input": [[]], "model": "fastemb"}, 400, "empty_input"),
+    ({"input": "x", "model": "fastemb", "dimensions": "64"}, 422, "invalid_value"),
+    ({"input": "x", "model": "fastemb", "dimensions": 64.0}, 422, "invalid_value"),
+    ({"input": "x", "model": "fastemb", "truncate": 1}, 422, "invalid_value"),
+    ({"input": [[1, 2], "x"], "model": "fastemb"}, 422, "invalid_value"),
+    ({"input": [[1, True]], "model": "fastemb"}, 422, "invalid_value"),
+    ({"input": [[101, -1]], "model": "fastemb-production"}, 422, "invalid_token_ids"),
+    ({"input": [10**30], "model": "fastemb-production"}, 422, "invalid_token_ids"),
     ({"input": "x"}, 422, "invalid_value"),
     ({"input": 5, "model": "fastemb"}, 422, "invalid_value"),
     ({"input": [], "model": "fastemb"}, 422, "empty_input"),
@@ -178,16 +234,29 @@ def test_api_key_required(service, case):
 def test_bad_requests_get_json_errors(service, body, status, code):
     _, url = service
     kw = {"content": body} if isinstance(body, bytes) else {"json": body}
-    r = httpx.post(url + "/v1/embeddings", headers=H, timeout=30, **kw)
+    r = httpx.post(url + "/v1/embeddings", headers=JSON, timeout=30, **kw)
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["code"] == code and err["message"]
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_json_content_type_required(service, content_type):
+    _, url = service
+    headers = {**H, **({"content-type": content_type} if content_type else {})}
+    r = httpx.post(url + "/v1/embeddings", content=b'{"input": "x", "model": "fastemb"}', headers=headers, timeout=30)
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type", r.text
+
+
 def test_search_limits(service):
     _, url = service
     assert _post(url, "/v1/search", {"query": "x", "k": 21}).json()["error"]["param"] == "k"
+    assert _post(url, "/v1/search", {"query": "x", "k": "5"}).json()["error"]["param"] == "k"
     assert _post(url, "/v1/search", {"query": ["q"] * 65}).status_code == 413
+    r = httpx.post(url + "/v1/search", content=b'{"query": "\\udfff"}', headers=JSON, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "query", r.text
+    r = _post(url, "/v1/search", {"query": [[101, 102]]})  # token ids: /v1/embeddings only
+    assert r.status_code == 422 and "list of strings" in r.json()["error"]["message"]
 
 
 def test_overload_answers_429(service):
@@ -209,15 +278,23 @@ def test_overload_answers_429(service):
 
 
 def test_fuzzed_requests_never_500(service):
+    """Any JSON (and any bytes) gets a JSON answer below 500: text over the whole Unicode range (unpaired surrogates,
+    NUL and other controls), numbers past float and int64 range, deep nesting, token-id arrays."""
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
     _, url = service
-    text = st.text(max_size=40)
-    scalar = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=False, allow_infinity=False), text)
+    char = st.characters(codec=None, exclude_categories=())  # surrogates (Cs) and controls included
+    text = st.one_of(st.text(char, max_size=40), st.sampled_from(["", "\x00", "a\x00b", "\ud800", "x\udfffy",
+                                                                  "\ud83d", "\U0001f600", "\ufeff", "\u202e"]))
+    number = st.one_of(st.integers(), st.integers(-2**40, 2**40), st.sampled_from([2**63, -2**63 - 1, 10**300]),
+                       st.floats(allow_nan=True, allow_infinity=True))
+    scalar = st.one_of(st.none(), st.booleans(), number, text)
     anyjson = st.recursive(scalar, lambda c: st.one_of(st.lists(c, max_size=4),
                                                        st.dictionaries(text, c, max_size=3)), max_leaves=8)
-    inputs = st.one_of(text, st.lists(text, max_size=6), anyjson)
+    token_ids = st.integers(-3, 31_000) | st.sampled_from([30_521, 30_522, 2**31, 2**64, -2**63])
+    tokens = st.one_of(st.lists(token_ids, max_size=12), st.lists(st.lists(token_ids, max_size=12), max_size=4))
+    inputs = st.one_of(text, st.lists(text, max_size=6), tokens, anyjson)
     emb = st.fixed_dictionaries({}, optional={
         "input": inputs, "model": st.one_of(st.sampled_from(["fastemb", "fastemb-candidate"]), anyjson),
         "encoding_format": st.one_of(st.sampled_from(["float", "base64"]), anyjson),
@@ -229,20 +306,24 @@ def test_fuzzed_requests_never_500(service):
                                                  "model": anyjson, "user": anyjson})
     feedback = st.fixed_dictionaries({}, optional={"request_id": st.one_of(text, anyjson),
                                                    "clicked_id": st.one_of(text, anyjson)})
+    closer = {"[": "]", '{"a": ': "}"}
+    deep = st.builds(lambda d, o, key: (f'{{"{key}": ' + o * d + "1" + closer[o] * d + "}").encode(),
+                     st.integers(1, 12_000), st.sampled_from(list(closer)), st.sampled_from(["input", "query"]))
     case = st.one_of(st.tuples(st.just("/v1/embeddings"), emb), st.tuples(st.just("/v1/search"), search),
                      st.tuples(st.just("/v1/feedback"), feedback),
-                     st.tuples(st.sampled_from(["/v1/embeddings", "/v1/search"]), st.binary(max_size=64)))
+                     st.tuples(st.sampled_from(["/v1/embeddings", "/v1/search"]), st.binary(max_size=64) | deep))
     statuses = []
 
-    @settings(max_examples=120, deadline=None, database=None,
+    @settings(max_examples=160, deadline=None, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(case)
     def check(c):
         path, body = c
-        kw = {"content": body} if isinstance(body, bytes) else {"json": body}
-        r = httpx.post(url + path, headers=H, timeout=60, **kw)
+        # json.dumps (ASCII, escapes kept) can carry what httpx's UTF-8 encoder cannot: unpaired surrogates, NaN
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        r = httpx.post(url + path, headers=JSON, content=content, timeout=60)
         statuses.append(r.status_code)
-        assert r.status_code < 500, (path, body, r.text)
+        assert r.status_code < 500, (path, content[:300], r.text)
         payload = r.json()
         if r.status_code >= 400:
             assert payload["error"]["message"] and payload["error"]["code"]
@@ -308,6 +389,15 @@ def test_serve_spec_errors_name_the_field():
     assert parse_spec({"job": "serve"}).fused and not parse_spec({"job": "serve", "candidate": {}}).fused
 
 
+def test_nothing_answers_other_hosts_without_auth(service):
+    """The service (Serve's proxy ingress) and the session's embedded Ray: every listening socket is on loopback,
+    or, reached from another host, answers nothing without credentials (Serve's replica gRPC server: Ray's token)."""
+    found = listening(process_tree())
+    assert any(x["port"] == service[0].port and x["ip"] == "127.0.0.1" for x in found), found
+    print("listeners:", [(x["name"], x["ip"], x["port"]) for x in found])
+    assert open_without_auth(found) == []
+
+
 def test_prometheus_metrics_exported(service):
     """Custom metrics (requests by arm/status, latency histogram, batch size, errors by reason) reach the node's
     Prometheus endpoint (Ray's metrics agent; pushed every few seconds, so wait with a deadline)."""
@@ -330,3 +420,66 @@ def test_prometheus_metrics_exported(service):
     missing = [w for w in wanted if w not in text]
     assert not missing, missing
     assert 'arm="production"' in text and 'reason="invalid_value"' in text
+
+
+def _asgi(app, path: str = "/v1/embeddings") -> tuple[int, dict, bytes]:
+    """One HTTP request through an ASGI app: (status, headers, body)."""
+    import asyncio
+
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app({"type": "http", "path": path, "method": "POST", "headers": []}, receive, send))
+    starts = [m for m in sent if m["type"] == "http.response.start"]
+    assert len(starts) == 1, sent
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return starts[0]["status"], {k.decode(): v.decode() for k, v in starts[0]["headers"]}, body
+
+
+def _responder(status: int, content_type: bytes, body: bytes, headers=()):
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", content_type), *headers]})
+        await send({"type": "http.response.body", "body": body})
+    return app
+
+
+@pytest.mark.parametrize("inner,status,code,retry", [
+    # Serve's proxy for a replica that died holding the request (plain text), a full queue, an unknown route
+    (_responder(500, b"text/plain; charset=utf-8", b"Internal Server Error"), 503, "replica_unavailable", "1"),
+    (_responder(429, b"text/plain", b"too many", [(b"retry-after", b"3")]), 429, "overloaded", "3"),
+    (_responder(408, b"text/plain", b"Request abc timed out after 5s."), 503, "timeout", "1"),
+    (_responder(404, b"text/plain", b"Path '/x' not found."), 404, "not_found", None),
+])
+def test_proxy_middleware_turns_serve_errors_into_json(inner, status, code, retry):
+    from fastemb.serve.proxy import JsonErrors
+
+    got, headers, body = _asgi(JsonErrors(inner))
+    err = json.loads(body)["error"]
+    assert (got, err["code"], headers.get("retry-after")) == (status, code, retry)
+    assert headers["content-type"] == "application/json" and err["message"]
+    assert "Internal Server Error" not in err["message"] and "timed out after" not in err["message"]
+
+
+def test_proxy_middleware_passes_answers_and_catches_failures():
+    from fastemb.serve.proxy import JsonErrors
+
+    ok = _responder(200, b"application/json", b'{"data": []}')
+    assert _asgi(JsonErrors(ok)) == (200, {"content-type": "application/json"}, b'{"data": []}')
+    fastemb_error = _responder(422, b"application/json", b'{"error": {"code": "invalid_value"}}')
+    assert _asgi(JsonErrors(fastemb_error))[2] == b'{"error": {"code": "invalid_value"}}'
+
+    async def raises(scope, receive, send):
+        raise RuntimeError("the proxy failed")
+
+    async def silent(scope, receive, send):
+        return None
+
+    for inner in (raises, silent):  # uvicorn would answer a plain-text 500 (or drop the connection)
+        status, headers, body = _asgi(JsonErrors(inner))
+        assert status == 503 and headers["retry-after"] == "1" and json.loads(body)["error"]["code"]

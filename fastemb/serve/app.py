@@ -24,10 +24,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fastemb.logs import configure as configure_logging
 from fastemb.serve.api import (ApiError, EmbeddingsRequest, FeedbackRequest, SearchRequest, error_response,
-                               read_body)
+                               parse_inputs, read_body)
 from fastemb.serve.embedder import LATENCY_MS_BOUNDS, Embedded, Embedder
 from fastemb.spec import ServeJob
 
@@ -49,6 +50,9 @@ class ArmModel:
     async def embed_texts(self, texts: list[str], truncate: bool) -> Embedded:
         return await self.core.embed_texts(texts, truncate)
 
+    async def embed_token_ids(self, token_lists: list[list[int]], truncate: bool) -> Embedded:
+        return await self.core.embed_token_ids(token_lists, truncate)
+
     async def search_texts(self, texts: list[str], k: int):
         return await self.core.search_texts(texts, k)
 
@@ -60,12 +64,20 @@ class ArmModel:
 
 
 # ----------------------------------------------------------------------------------------------- HTTP API
-app = FastAPI(title="fastemb", description="OpenAI-compatible embeddings and search, served by Ray Serve.")
+# The OpenAPI schema and its pages are routes of the Ingress below, so that they ask for the API key when one is set.
+app = FastAPI(title="fastemb", description="OpenAI-compatible embeddings and search, served by Ray Serve.",
+              docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @app.exception_handler(ApiError)
 async def _api_error(request: Request, err: ApiError):
     return error_response(err.status, err.code, err.message, err.param, err.headers)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, err: StarletteHTTPException):
+    code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+    return error_response(err.status_code, code, str(err.detail), headers=getattr(err, "headers", None))
 
 
 @app.exception_handler(RequestValidationError)
@@ -84,6 +96,9 @@ class _LocalArm:
     async def embed_texts(self, texts: list[str], truncate: bool) -> Embedded:
         return await self.core.embed_texts(texts, truncate)
 
+    async def embed_token_ids(self, token_lists: list[list[int]], truncate: bool) -> Embedded:
+        return await self.core.embed_token_ids(token_lists, truncate)
+
     async def search_texts(self, texts: list[str], k: int):
         return await self.core.search_texts(texts, k)
 
@@ -99,6 +114,9 @@ class _RemoteArm:
 
     async def embed_texts(self, texts: list[str], truncate: bool) -> Embedded:
         return await self.handle.embed_texts.remote(texts, truncate)
+
+    async def embed_token_ids(self, token_lists: list[list[int]], truncate: bool) -> Embedded:
+        return await self.handle.embed_token_ids.remote(token_lists, truncate)
 
     async def search_texts(self, texts: list[str], k: int):
         return await self.handle.search_texts.remote(texts, k)
@@ -186,18 +204,12 @@ class Ingress:
             return self.served_names[model]
         raise ApiError(404, "model_not_found", f"model {model!r} is not served; see GET /v1/models", "model")
 
-    def _texts(self, value, what: str, max_items: int) -> list[str]:
-        texts = [value] if isinstance(value, str) else list(value)
-        if not texts:
-            raise ApiError(422, "empty_input", f"{what} must not be an empty list", what)
-        if len(texts) > max_items:
-            raise ApiError(413, "too_many_inputs", f"{len(texts)} items in {what}; the limit is {max_items}", what)
-        cap = self.spec.limits.max_input_chars
-        for i, t in enumerate(texts):
-            if len(t) > cap:
-                raise ApiError(413, "input_too_large", f"{what}[{i}] has {len(t)} characters; the limit is {cap}",
-                               f"{what}.{i}")
-        return texts
+    def _authorized(self, request: Request) -> bool:
+        try:
+            self._auth(request)
+        except ApiError:
+            return False
+        return True
 
     async def _call(self, route: str, request: Request, work):
         started = time.perf_counter()
@@ -254,11 +266,20 @@ class Ingress:
         async def work():
             started = time.perf_counter()
             req = await read_body(request, EmbeddingsRequest, self.spec.limits.max_body_bytes)
-            texts = self._texts(req.input, "input", self.spec.limits.max_inputs)
+            lim = self.spec.limits
+            texts, token_ids = parse_inputs(req.input, "input", lim.max_inputs, lim.max_input_chars, token_ids=True)
             user = req.user or request.headers.get("x-user-id")
             arm = self._pick_arm(req.model, user)
-            truncate = self.spec.limits.truncate if req.truncate is None else req.truncate
-            res: Embedded = await self.backends[arm].embed_texts(texts, truncate)
+            truncate = lim.truncate if req.truncate is None else req.truncate
+            backend = self.backends[arm]
+            embed = backend.embed_token_ids if token_ids else backend.embed_texts
+            res: Embedded = await embed(texts, truncate)
+            if res.bad_token is not None:
+                i, j, value = res.bad_token
+                shown = str(value) if abs(value) < 10**12 else f"{str(value)[:12]}..."
+                raise ApiError(422, "invalid_token_ids", f"input[{i}][{j}] = {shown} is not a token id of this "
+                               f"model's tokenizer (ids 0..{res.vocab_size - 1}): token-id inputs must be ids of the "
+                               "served model's tokenizer, without its special tokens", f"input.{i}.{j}")
             if res.too_long is not None:
                 raise ApiError(422, "input_too_long", f"input[{res.too_long}] has more than {res.max_length} tokens "
                                "and truncate is false", f"input.{res.too_long}")
@@ -296,7 +317,8 @@ class Ingress:
         async def work():
             started = time.perf_counter()
             req = await read_body(request, SearchRequest, self.spec.limits.max_body_bytes)
-            queries = self._texts(req.query, "query", self.spec.limits.max_queries)
+            lim = self.spec.limits
+            queries, _ = parse_inputs(req.query, "query", lim.max_queries, lim.max_input_chars, token_ids=False)
             if req.k > self.spec.limits.max_k:
                 raise ApiError(422, "k_too_large", f"k={req.k} is over the limit {self.spec.limits.max_k}", "k")
             user = req.user or request.headers.get("x-user-id")
@@ -350,9 +372,36 @@ class Ingress:
         return await self._call("models", request, work)
 
     @app.get("/healthz")
-    async def healthz(self):
+    async def healthz(self, request: Request):
+        """Liveness for anyone; the arms' details (versions, paths, index sizes) only with the API key, when set."""
         try:
             infos = await asyncio.wait_for(asyncio.gather(*[b.info() for b in self.backends.values()]), 10)
         except Exception as err:  # noqa: BLE001
-            return error_response(503, "not_ready", f"model replicas not ready: {type(err).__name__}")
+            return error_response(503, "not_ready", f"model replicas not ready: {type(err).__name__}",
+                                  headers={"Retry-After": "1"})
+        if not self._authorized(request):
+            return {"status": "ok"}
         return {"status": "ok", "arms": {i["arm"]: i for i in infos}}
+
+    # ------------------------------------------------------------------ API docs (with the API key, when set)
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_schema(self, request: Request):
+        self._auth(request)
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(self, request: Request):
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        self._auth(request)
+        return get_swagger_ui_html(openapi_url=self._docs_url("openapi.json"), title=f"{app.title} - API")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(self, request: Request):
+        from fastapi.openapi.docs import get_redoc_html
+
+        self._auth(request)
+        return get_redoc_html(openapi_url=self._docs_url("openapi.json"), title=f"{app.title} - API")
+
+    def _docs_url(self, name: str) -> str:
+        return self.spec.route_prefix.rstrip("/") + "/" + name

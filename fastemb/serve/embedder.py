@@ -74,6 +74,8 @@ class Embedded:
     normalize: bool
     too_long: int | None = None  # index of an input over max_length when truncation is off
     max_length: int = 0
+    bad_token: tuple[int, int, int] | None = None  # (input, position, value) of a token id outside the vocabulary
+    vocab_size: int = 0
 
 
 def _threads() -> int:
@@ -166,6 +168,40 @@ class Embedder:
                 ids[i] = x
         return ids, over
 
+    @staticmethod
+    def _special_tokens(model: LoadedModel) -> tuple[list[int], list[int]]:
+        """The ids the tokenizer puts before and after a text's own tokens (``[CLS]`` / ``[SEP]`` for BERT), found
+        by tokenising a probe with and without special tokens (works for any single-sequence template)."""
+        tok = model.encoder.tokenizer
+        full = tok("a")["input_ids"]
+        bare = tok("a", add_special_tokens=False)["input_ids"]
+        for k in range(len(full) - len(bare) + 1):
+            if full[k:k + len(bare)] == bare:
+                return full[:k], full[k + len(bare):]
+        raise RuntimeError("cannot locate a text's tokens inside the tokenizer's special-token template")
+
+    @classmethod
+    def _wrap_token_ids(cls, model: LoadedModel, token_lists: list[list[int]], truncate: bool
+                        ) -> tuple[list[list[int]], list[int], tuple[int, int, int] | None]:
+        """Token-id inputs (a text's ids, without special tokens) as the model takes them: ids checked against the
+        vocabulary, the special tokens added around them, cut to max_length like a text. Returns (ids, indices of
+        inputs over max_length, the first id outside the vocabulary as (input, position, value) or None)."""
+        vocab = len(model.encoder.tokenizer)
+        for i, ids in enumerate(token_lists):
+            for j, t in enumerate(ids):
+                if not 0 <= t < vocab:
+                    return [], [], (i, j, t)
+        head, tail = cls._special_tokens(model)
+        room = model.max_length - len(head) - len(tail)
+        out, over = [], []
+        for i, ids in enumerate(token_lists):
+            if len(ids) > room:
+                over.append(i)
+                if truncate:
+                    ids = ids[:room]
+            out.append([*head, *ids, *tail])
+        return out, over, None
+
     # ------------------------------------------------------------------ forward
     def _forward(self, model: LoadedModel, ids_list: list[list[int]]) -> np.ndarray:
         """Vectors of token-id lists through the model's forward pass (ONNX Runtime or torch), length-chunked."""
@@ -221,6 +257,20 @@ class Embedder:
         """Vectors of ``texts`` with the model serving now, batched with other requests' inputs."""
         model = self.model  # one version for the whole request, even if a swap lands meanwhile
         ids, over = self._tokenize(model, texts, truncate)  # on the loop: fast tokenisers are not thread-safe
+        return await self._embed_prepared(model, ids, over, truncate)
+
+    async def embed_token_ids(self, token_lists: list[list[int]], truncate: bool = True) -> Embedded:
+        """Vectors of inputs given as token ids of the model's tokenizer (OpenAI's token-array input): equal to the
+        vectors of a text those ids tokenise; an id outside the vocabulary comes back as ``bad_token``."""
+        model = self.model
+        ids, over, bad = self._wrap_token_ids(model, token_lists, truncate)
+        if bad is not None:
+            return Embedded(None, 0, [], model.version, model.dim, model.normalize, max_length=model.max_length,
+                            bad_token=bad, vocab_size=len(model.encoder.tokenizer))
+        return await self._embed_prepared(model, ids, over, truncate)
+
+    async def _embed_prepared(self, model: LoadedModel, ids: list[list[int]], over: list[int],
+                              truncate: bool) -> Embedded:
         if over and not truncate:
             return Embedded(None, 0, over, model.version, model.dim, model.normalize, over[0], model.max_length)
         vecs = await self._embed_ids(model, ids)

@@ -57,11 +57,11 @@ def start(spec: ServeJob):
 
     from fastemb.logs import verbose
     from fastemb.ray_env import init_ray
-    from fastemb.serve.deployments import build_app, haproxy_env, serve_env
+    from fastemb.serve.deployments import build_app, haproxy_env, proxy_env, serve_env
 
-    # Before Ray starts: the local controller, proxy and replicas inherit them.
-    for k, v in {**serve_env(spec), **haproxy_env(spec)}.items():
-        os.environ.setdefault(k, v)
+    # Before Ray starts: the local controller, proxy and replicas inherit them (each keeps a value the user set,
+    # except HAProxy's binary and paths: fastemb's wrapper runs the user's binary, from a private folder).
+    os.environ.update({**serve_env(spec), **proxy_env(spec), **haproxy_env(spec)})
     if spec.ingress.proxy == "haproxy" and (spec.ray.address or ray.is_initialized()):
         logger.warning("ingress.proxy: haproxy applies only if this cluster's Serve was started with "
                        "RAY_SERVE_ENABLE_HA_PROXY=1")
@@ -94,6 +94,18 @@ def run_serve(spec: ServeJob) -> dict:
 
             serve.shutdown()
     return info
+
+
+def replica_processes(app: str, deployment: str) -> dict[str, int]:
+    """Live replicas of a deployment on the current Ray: actor name (``SERVE_REPLICA::app#deployment#<replica id>``)
+    -> process id; for fault drills (tests/test_serve_*.py, bench/serve_faults.py)."""
+    import ray
+    from ray.util.state import list_actors
+
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    rows = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")],
+                       limit=10_000, raise_on_missing_output=False)
+    return {a.name: a.pid for a in rows if (a.name or "").startswith(prefix) and a.pid}
 
 
 def cli_summary(info: dict) -> None:

