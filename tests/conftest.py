@@ -98,11 +98,20 @@ def unit_guard(request):
         return
     ray = sys.modules.get("ray")
     before = ray is not None and ray.is_initialized()
+    accelerator = os.environ.get("DS_ACCELERATOR")
     yield
     ray = sys.modules.get("ray")
     if not before and ray is not None and ray.is_initialized():
         pytest.fail("this unit test started Ray: request the ray_local fixture (or own_ray) so it runs in the ray "
                     "tier")
+    if os.environ.get("DS_ACCELERATOR") != accelerator:  # the session's Ray, started later, would inherit it
+        leaked = os.environ.get("DS_ACCELERATOR")
+        if accelerator is None:
+            del os.environ["DS_ACCELERATOR"]
+        else:
+            os.environ["DS_ACCELERATOR"] = accelerator
+        pytest.fail(f"this unit test left DS_ACCELERATOR={leaked!r} in the environment (was {accelerator!r}): "
+                    "set it with monkeypatch.setenv before changing it")
 
 
 def _cpus_free(ray, timeout_s: float) -> bool:

@@ -24,7 +24,14 @@ JOBS = ROOT / "jobs"
 @pytest.fixture
 def no_ds_env(monkeypatch):
     """The spec chooses: no DS_ACCELERATOR in this process's environment."""
-    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    unset_ds_env(monkeypatch)
+
+
+def unset_ds_env(monkeypatch) -> None:
+    """Remove DS_ACCELERATOR for this test only: set first, so monkeypatch restores the original (also an absent
+    one) after whatever the test (apply_accelerator) writes there."""
+    monkeypatch.setenv("DS_ACCELERATOR", "")
+    monkeypatch.delenv("DS_ACCELERATOR")
 
 
 def _train(gpu: bool, **train):
@@ -83,7 +90,7 @@ def test_explicit_environment_wins_with_a_warning(monkeypatch, caplog):
     assert resolve_accelerator(False, env={"DS_ACCELERATOR": "cpu"}).source == "spec"  # agrees: no warning
     assert caplog.text == ""
     # A worker applies the choice before DeepSpeed is imported; an explicit value stays.
-    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    unset_ds_env(monkeypatch)
     assert apply_accelerator(True).device == "cuda"
     import os
 
