@@ -97,41 +97,9 @@ def node_env() -> dict[str, str]:
     return env
 
 
-RAY_ON_LOOPBACK = "ray-on-loopback"  # internal command: `ray ...` keeping a loopback --node-ip-address
-
-
-def _ray_cmd(host: str) -> list[str]:
-    """The `ray` command line a node starts with: on a loopback ``host`` this script's ``ray-on-loopback``, which keeps
-    the node's address 127.0.0.1 (see ray_on_loopback), else the `ray` CLI."""
-    if _is_loopback(host):
-        return [sys.executable, str(Path(__file__).resolve()), RAY_ON_LOOPBACK]
+def _ray_bin() -> str:
     exe = Path(sys.executable).parent / "ray"
-    return [str(exe) if exe.exists() else "ray"]
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def ray_on_loopback(args: list[str]) -> int:
-    """Ray's CLI with a loopback ``--node-ip-address`` kept as given.
-
-    Ray 2.60's ``ray start`` replaces 127.0.0.1 by the machine's address (``services.resolve_ip_for_localhost``),
-    and a node whose address is not loopback binds its metrics agent's Prometheus exporter, the dashboard's and the
-    autoscaler's metrics servers and its agents to all interfaces, where they answer without the token. With the
-    address kept, Ray binds them to 127.0.0.1 (``address=get_localhost_ip() if is_localhost(ip)`` in its reporter
-    agent, dashboard head and monitor). Every node of this cluster runs on this machine, so loopback reaches them
-    all."""
-    from ray._private import services
-    from ray.scripts.scripts import cli
-
-    services.resolve_ip_for_localhost = lambda host: host
-    return cli.main(args=args, prog_name="ray")
+    return str(exe) if exe.exists() else "ray"
 
 
 def _spawn(args: list[str], log: Path, env: dict[str, str]) -> int:
@@ -225,7 +193,7 @@ def start(a) -> int:
         log = d / "logs" / f"{name}.log"
         # A per-node resource ("fastemb_node_worker1": 1) tells the nodes apart in Ray's state API.
         resources = {**resources, f"fastemb_node_{name}": 1}
-        args = [*_ray_cmd(host), "start", *common, *extra, f"--num-cpus={cpus}",
+        args = [_ray_bin(), "start", *common, *extra, f"--num-cpus={cpus}",
                 f"--dashboard-agent-listen-port={free_port(host)}", f"--resources={json.dumps(resources)}"]
         pid = _spawn(args, log, env)
         state["nodes"].append({"name": name, "pgid": pid, "log": str(log), "cpus": cpus})
@@ -363,9 +331,6 @@ def env(a) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == [RAY_ON_LOOPBACK]:
-        return ray_on_loopback(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["start", "stop", "status", "env", "kill-node"])

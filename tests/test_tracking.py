@@ -252,14 +252,19 @@ def test_the_exported_model_has_a_card_that_matches_the_report(tracked_run):
     assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
     assert {"fastemb", "loss:InfoNCE", "dataset_size:64"} <= set(card.data.tags)
     assert card.data.data_fingerprint == report["record"]["data_fingerprint"]
-    index = {r.metric_type: r for r in card.data.eval_results}
-    want = {f"cosine_{k}": report["tuned"][k] for k in RANKING_METRICS} | \
-        {f"base_cosine_{k}": report["base"][k] for k in RANKING_METRICS}
-    assert {k: r.metric_value for k, r in index.items()} == want             # the same figures as report.json
-    assert {(r.dataset_type, r.dataset_split, r.metric_args["max_seq_length"]) for r in index.values()} == \
-        {(Path(spec.data.eval).name, "test", 32)}
+    length = report["lengths"]["export"]  # every test figure is measured at the exported model's length
+    sets = {"in-domain": (report["tuned"], report["base"])}
+    if report.get("general"):
+        sets["general"] = (report["general"]["tuned"], report["general"]["base"])
+    for label, (tuned, base) in sets.items():
+        index = {r.metric_type: r for r in card.data.eval_results if r.dataset_name.endswith(f"({label})")}
+        want = {f"cosine_{k}": tuned[k] for k in RANKING_METRICS} | {f"base_cosine_{k}": base[k] for k in RANKING_METRICS}
+        assert {k: r.metric_value for k, r in index.items()} == want, label  # the same figures as report.json
+        assert {(r.dataset_split, r.metric_args["max_seq_length"]) for r in index.values()} == {("test", length)}
+    assert {r.dataset_type for r in card.data.eval_results if r.dataset_name.endswith("(in-domain)")} == \
+        {Path(spec.data.eval).name}
     for words in ("ZeRO stage 2", "2 Ray Train worker(s)", "fp32", "2 optimizer steps", "InfoNCE (1)",
-                  "SentenceTransformer(", "fastemb serve", "## Limitations", "32 tokens", report["record"]["code"]
+                  "SentenceTransformer(", "fastemb serve", "## Limitations", f"evaluated at {length}", report["record"]["code"]
                   ["git_commit"] or "not a git checkout", "The full resolved job spec"):
         assert words in card.text, words
     texts = ["a member of the genus Canis", "relating to the stars"]

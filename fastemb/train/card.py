@@ -65,6 +65,12 @@ def _folder(model_dir: Path) -> dict[str, Any]:
             "remote_code": (model_dir / "adapters.py").exists()}
 
 
+def _precision(spec: TrainJob, report: dict) -> str:
+    """The precision the workers trained in (the engine entry of the history: ``auto`` resolved), else the spec's."""
+    engine = next((h for h in report.get("history", []) if h.get("event") == "engine"), {})
+    return engine.get("precision") or spec.train.precision
+
+
 def _training_rows(spec: TrainJob, report: dict) -> dict[str, Any]:
     t, plan = spec.train, report["plan"]
     weights = losses(spec)
@@ -84,7 +90,7 @@ def _training_rows(spec: TrainJob, report: dict) -> dict[str, Any]:
                    f", false-negative masking {'on' if spec.loss.mask_false_negatives else 'off'}",
         "distillation teacher": f"`{spec.distill.teacher}`" if spec.distill else None,
         "workers": f"{t.num_workers} Ray Train worker(s) × {t.cpus_per_worker} CPU{' + GPU' if t.use_gpu else ''}",
-        "DeepSpeed": f"ZeRO stage {t.zero_stage}, {t.precision}",
+        "DeepSpeed": f"ZeRO stage {t.zero_stage}, {_precision(spec, report)}",
         "batch": f"{t.micro_batch_size} pairs per worker × {t.num_workers} worker(s) × {t.grad_accum} accumulation = "
                  f"{t.micro_batch_size * t.num_workers * t.grad_accum} per optimizer step",
         "optimizer": f"AdamW, lr {t.lr:g}, {t.schedule} schedule, {t.warmup_ratio:.0%} warm-up, weight decay "
@@ -94,7 +100,8 @@ def _training_rows(spec: TrainJob, report: dict) -> dict[str, Any]:
         "training time": f"{report['train_seconds']:.0f} s (the whole job: {report['total_seconds']:.0f} s)",
         "hardware": ", ".join(f"{k} {v}" for k, v in hardware.items()) or None,
         "resumed from checkpoints": report.get("resumes") or None,
-        "max sequence length": f"{spec.model.max_length} tokens (training and evaluation)",
+        "max sequence length": f"{spec.model.max_length} tokens in training; "
+                               f"{report.get('eval_max_seq_length') or spec.model.max_length} in the test evaluation",
     }
 
 
@@ -129,9 +136,8 @@ def train_card(spec: TrainJob, report: dict, model_dir: str | Path) -> CardUpdat
                    "similarity": similarity,
                    "pooling": f"{folder['pooling']}{', L2-normalised' if folder['normalize'] else ''}"}))
     limitations = [
-        (f"Trained and evaluated with texts cut to {spec.model.max_length} tokens; longer inputs are truncated to the "
-         f"folder's max_seq_length ({folder['max_seq_length']}), and quality beyond the training length is not "
-         "measured."),
+        (f"Trained with texts cut to {spec.model.max_length} tokens and evaluated at {length}; longer inputs are "
+         f"truncated to the folder's max_seq_length ({folder['max_seq_length']})."),
         ("Languages: English (WordNet definitions)." if trained_on == {SHIPPED} else
          "Languages: those of the training data; the evaluation covers only the sets in the table above."),
         (f"The in-domain figures are measured on {dataset_id(spec.data.eval)}; quality elsewhere may differ from the "
