@@ -31,7 +31,7 @@ def _pairs_with_negatives(path, n: int) -> str:
 def test_cached_matryoshka_run_on_two_workers(ray_local, tmp_path, tiny_eval):
     pairs = _pairs_with_negatives(tmp_path / "pairs.parquet", 256)
     spec = parse_spec({"name": "cached", "storage_path": str(tmp_path), "model": {"max_length": 24},
-                       "data": {"train": pairs, "eval": tiny_eval},
+                       "data": {"train": pairs, "eval": tiny_eval}, "general": None,
                        "loss": {"hard_negatives": 1, "matryoshka_dims": [32, 128, 384]},
                        "train": {"num_workers": 2, "zero_stage": 1, "micro_batch_size": 32, "cache_mini_batch": 12,
                                  "grad_accum": 2, "checkpoint_every": 1, "eval_every": 1000, "log_every": 1,

@@ -198,12 +198,13 @@ def _wait_until_up(server: dict, timeout_s: float = 120) -> None:
 
 
 @pytest.fixture(scope="module")
-def tracked_run(mlflow_server, ray_local, tmp_path_factory, tiny_eval):
+def tracked_run(mlflow_server, ray_local, tmp_path_factory, tiny_eval, tiny_general):
     """One tiny training job (2 workers, 2 steps, a dev evaluation at the end) tracked by the server."""
     from fastemb.train.job import run_train
 
     spec = parse_spec({"name": "tracked", "storage_path": str(tmp_path_factory.mktemp("tracked")),
                        "model": {"max_length": 32}, "data": {"max_pairs": 64, "eval": tiny_eval},
+                       "general": {"eval": tiny_general},  # the card's general figures, on a small real set
                        "train": {"num_workers": 2, "micro_batch_size": 16, "log_every": 1, "eval_every": 2,
                                  "checkpoint_every": 1000},
                        "tracking": {"mlflow": mlflow_server["uri"], "experiment": "fastemb-tests"}})
