@@ -3,6 +3,7 @@ WordNet and Debian-descriptions sets."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,8 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     gpu, other = _skips(config)
+    for line in RAY_WAITS:
+        terminalreporter.write_line(f"ray_local: {line}", yellow=True)
     terminalreporter.write_line(f"skipped tests: {len(gpu) + len(other)} ({len(gpu)} gpu)"
                                 + "".join(f"\n  {n}" for n in gpu + other))
     if other:
@@ -117,8 +120,6 @@ def unit_guard(request):
 def _cpus_free(ray, timeout_s: float) -> bool:
     """Whether every CPU of the local Ray is free within ``timeout_s`` (Ray frees a finished job's CPUs
     asynchronously; a test that leaked a placement group or actor would starve the next one)."""
-    import time
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if ray.available_resources().get("CPU", 0) >= ray.cluster_resources().get("CPU", 0):
@@ -148,16 +149,33 @@ def own_ray():
     yield
 
 
+RAY_WAITS: list[str] = []  # modules whose ray_local waited for CPUs an earlier module held (listed at the end)
+
+
+def _holders(ray) -> str:
+    """What holds CPUs of the local Ray: live actors by class."""
+    from collections import Counter
+
+    from ray.util.state import list_actors
+
+    alive = Counter(a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")]))
+    return ", ".join(f"{n}× {name}" for name, n in alive.most_common()) or "no live actor"
+
+
 @pytest.fixture(scope="module")
-def ray_local(_ray_session):
+def ray_local(_ray_session, request):
     """The session's local Ray (2 CPUs), started on first use and kept for the next module (not shut down per
     module); started again if a test shut it down, and restarted if a test left CPUs held."""
     import ray
 
     from fastemb.ray_env import init_ray
 
+    started = time.monotonic()
     if ray.is_initialized() and not _cpus_free(ray, 60):
+        RAY_WAITS.append(f"{request.module.__name__}: CPUs still held after 60 s ({_holders(ray)}); Ray restarted")
         ray.shutdown()
+    elif time.monotonic() - started > 5:
+        RAY_WAITS.append(f"{request.module.__name__}: waited {time.monotonic() - started:.0f} s for free CPUs")
     if not ray.is_initialized():
         init_ray(num_cpus=2)
     yield ray
@@ -171,8 +189,9 @@ def tiny_eval(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_general(tmp_path_factory) -> str:
-    """A small real general-domain folder: 30 Debian package synopses per split against 150 long descriptions."""
-    return write_subset("debian-descriptions", tmp_path_factory.mktemp("tiny_general"), 30, 120)
+    """A small real general-domain folder: 16 Debian package synopses per split against 64 long descriptions (each
+    evaluation at the export's 256 tokens per text costs seconds: a training test runs up to ten of them)."""
+    return write_subset("debian-descriptions", tmp_path_factory.mktemp("tiny_general"), 16, 48)
 
 
 @pytest.fixture(scope="session")

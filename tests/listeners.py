@@ -91,7 +91,9 @@ def _grpc_answers(host: str, port: int) -> str | None:
             call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
             try:
                 call(b"", timeout=3)
-            except grpc.RpcError:
+            except grpc.RpcError as err:
+                if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    return None  # no gRPC server there: the other methods would wait as long for nothing
                 continue
             return method
     return None
@@ -108,7 +110,9 @@ def open_without_auth(found: list[dict]) -> list[str]:
         if host is None:
             continue
         where = f"{x['name']} (pid {x['pid']}) on {x['ip']}:{x['port']}"
-        statuses = [_http_status(host, x["port"], path) for path in HTTP_PATHS]
+        statuses = [_http_status(host, x["port"], HTTP_PATHS[0])]
+        if statuses[0] is not None:  # it speaks HTTP/1: every path is asked
+            statuses += [_http_status(host, x["port"], path) for path in HTTP_PATHS[1:]]
         answered = [(p, s) for p, s in zip(HTTP_PATHS, statuses) if s is not None and s < 400]
         if answered:
             bad.append(f"{where}: HTTP {answered[0][1]} for GET {answered[0][0]} without credentials")

@@ -50,12 +50,12 @@ def test_man_pages_are_chunked_and_searched_as_documents(ray_local, tmp_path):
     from fastemb.index.searcher import Searcher
     from fastemb.spec import parse_spec
 
-    pages = load_manpages("2", limit=24, min_chars=3000)
+    pages = load_manpages("2", limit=16, min_chars=3000)
     pq.write_table(pages.select(["id", "text"]), tmp_path / "pages.parquet")
     spec = parse_spec({"job": "index", "name": "man", "storage_path": str(tmp_path / "runs"),
                        "corpus": {"path": str(tmp_path / "pages.parquet")}, "model": {"max_length": 128},
                        "embed": {"num_actors": 1, "batch_rows": 8, "max_batch_tokens": 4096},
-                       "chunking": {"enabled": True, "overlap": 32, "max_chunks": 24},
+                       "chunking": {"enabled": True, "overlap": 32, "max_chunks": 12},
                        "index": {"type": "flat"}, "ray": {"num_cpus": 2}})
     m = run_index(spec)
     assert m["counts"]["documents_indexed"] == pages.num_rows

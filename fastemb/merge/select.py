@@ -72,11 +72,11 @@ def gain_kept(merged: float, tuned: float, base: float) -> float | None:
 
 
 def select_weight(tuned: Encoder, base: Encoder, grid: list[float], dev_sets: dict[str, EvalSet],
-                  tolerance: float) -> dict:
+                  tolerance: float, base_dev: dict[str, float] | None = None) -> dict:
     """Score the grid on ``dev_sets`` (``in_domain`` and ``general``) and apply ``RULE``; returns the facts a report
     keeps: the weight, the rule and its reason, every row, the base's and the tuned model's dev scores, and the share
-    of the tuned model's in-domain dev gain the chosen weight keeps."""
-    base_dev = dev_scores(base, dev_sets)
+    of the tuned model's in-domain dev gain the chosen weight keeps. ``base_dev``: the base's dev scores, if known."""
+    base_dev = base_dev or dev_scores(base, dev_sets)
     rows = score_grid(tuned, base, grid, dev_sets, known={0.0: base_dev})
     tuned_dev = next((r for r in rows if r["weight"] == 1), None)
     tuned_dev = {k: v for k, v in tuned_dev.items() if k != "weight"} if tuned_dev else dev_scores(tuned, dev_sets)

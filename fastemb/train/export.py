@@ -15,12 +15,14 @@ import logging
 import shutil
 from pathlib import Path
 
+from fastemb.eval.cache import cached_metrics
 from fastemb.model.encoder import Encoder, inference_length
 from fastemb.spec import StudentModelSpec, TrainJob
 
 logger = logging.getLogger(__name__)
 
 UNMERGED_DIR = "model_unmerged"
+BASE_DEV_FILE = "base_dev_metrics.json"  # the base's dev scores the merge weight is chosen against (a rerun reuses)
 
 
 def export_length(spec: TrainJob) -> int:
@@ -36,7 +38,7 @@ def at_export_length(spec: TrainJob) -> StudentModelSpec:
 def merge_export(spec: TrainJob, model_dir: Path) -> dict:
     """Replace the exported model by its merge with the base (``export.merge``); returns how it was merged."""
     from fastemb.data.eval_sets import load_eval_set
-    from fastemb.merge.select import select_weight
+    from fastemb.merge.select import dev_scores, select_weight
     from fastemb.merge.weights import check_mergeable, merged_encoder
 
     merge, model = spec.export.merge, at_export_length(spec)
@@ -52,7 +54,10 @@ def merge_export(spec: TrainJob, model_dir: Path) -> dict:
         g, d = spec.general, spec.data
         dev_sets = {"in_domain": load_eval_set(d.eval, "dev", d.dev_queries, d.dev_corpus),
                     "general": load_eval_set(g.eval, "dev", g.dev_queries, g.dev_corpus)}
-        facts = select_weight(tuned, base, merge.grid, dev_sets, g.tolerance)
+        key = {"model": model.model_dump(), "in_domain": [d.eval, d.dev_queries, d.dev_corpus],
+               "general": [g.eval, g.dev_queries, g.dev_corpus]}
+        base_dev = cached_metrics(spec.run_dir / BASE_DEV_FILE, key, lambda: dev_scores(base, dev_sets))
+        facts = select_weight(tuned, base, merge.grid, dev_sets, g.tolerance, base_dev)
     w = facts["weight"]
     merged_encoder([tuned, base], [w, 1 - w]).save(model_dir)
     logger.info(f"exported model: {w:g} × the trained weights + {1 - w:g} × the base's ({model_dir}; unmerged: "

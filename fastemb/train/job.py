@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fastemb.data.eval_sets import check_eval_set
 from fastemb.data.pairs import pairs_fingerprint
+from fastemb.eval.cache import cached_metrics
 from fastemb.eval.general import general_section
 from fastemb.eval.retrieval import evaluate_model
 from fastemb.model.card import write_card
@@ -48,17 +49,13 @@ def _check_eval_sets(spec: TrainJob) -> None:
 def _base_metrics(spec: TrainJob, model: StudentModelSpec, data: EvalSetSpec, cache_name: str) -> dict:
     """Base-model test metrics on ``data`` (with ``model``'s settings), cached in the run folder so a resumed run
     does not redo them."""
-    cache = spec.run_dir / cache_name
+    def measure() -> dict:
+        logger.info(f"evaluating the base model {model.base} on the test split of {data.eval} "
+                    f"({model.max_length} tokens per text)")
+        return evaluate_model(model, data)
+
     key = {"model": model.model_dump(), "eval": data.eval, "test_queries": data.test_queries}
-    if cache.exists():
-        cached = json.loads(cache.read_text())
-        if cached.get("key") == key:
-            return cached["metrics"]
-    logger.info(f"evaluating the base model {model.base} on the test split of {data.eval} "
-                f"({model.max_length} tokens per text)")
-    metrics = evaluate_model(model, data)
-    cache.write_text(json.dumps({"key": key, "metrics": metrics}, indent=2))
-    return metrics
+    return cached_metrics(spec.run_dir / cache_name, key, measure)
 
 
 def _evaluate_base(spec: TrainJob) -> tuple[StudentModelSpec, dict, dict | None]:
