@@ -34,6 +34,7 @@ def train_spec(args, work: str, name: str, tracking: bool, eval_dir: str):
     """One fastemb run: 1 worker with all threads, ZeRO-2 fp32, one epoch over ``args.pairs`` pairs."""
     return parse_spec({"name": name, "storage_path": work, "model": {"max_length": args.max_length},
                        "data": {"max_pairs": args.pairs, "eval": eval_dir},
+                       "general": None,  # a throughput figure: no general-set evaluation around each run
                        "train": {"num_workers": 1, "cpus_per_worker": args.threads, "zero_stage": 2,
                                  "micro_batch_size": args.batch, "lr": 5e-5, "warmup_ratio": 0.1,
                                  "eval_every": 10**6, "log_every": args.log_every, "checkpoint_every": 10**6},
