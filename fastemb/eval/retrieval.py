@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
-from fastemb.data.eval_sets import EvalSet, load_eval_set
+from fastemb.data.eval_sets import EvalSet, eval_dir_path, load_eval_set
+from fastemb.eval.cache import shared_metrics, weights_fingerprint
 from fastemb.eval.metrics import alignment, ranking_metrics, uniformity
-from fastemb.model.encoder import Encoder
+from fastemb.model.encoder import Encoder, resolve_model_path
+from fastemb.record import files_fingerprint
 
 if TYPE_CHECKING:
     from fastemb.spec.sections import DataSpec, ModelSpec
@@ -55,5 +57,15 @@ def evaluate_model(model: ModelSpec, data: DataSpec, split: str = "test", path: 
                    show_progress: bool = False) -> dict[str, float]:
     """Metrics of the model a spec's ``model`` section names (or of the folder ``path``, loaded with that section's
     settings) on ``split`` of ``data.eval`` (at most ``data.test_queries`` queries)."""
-    encoder = Encoder.from_spec(model, path)
-    return evaluate(encoder, load_eval_set(data.eval, split, data.test_queries), show_progress=show_progress)
+    folder = resolve_model_path(path or model.base)
+    files = [eval_dir_path(data.eval) / f"{split}_{kind}.parquet" for kind in ("corpus", "queries")]
+    settings = model.model_dump(mode="json", exclude={"base"})
+    key = {"weights": weights_fingerprint(folder), "settings": settings, "split": split,
+           "max_queries": data.test_queries, "eval": files_fingerprint([f for f in files if f.exists()]),
+           "synonyms": files_fingerprint([model.synonyms]) if model.synonyms else None}
+
+    def measure() -> dict[str, float]:
+        encoder = Encoder.from_spec(model, path)
+        return evaluate(encoder, load_eval_set(data.eval, split, data.test_queries), show_progress=show_progress)
+
+    return shared_metrics(key, measure)

@@ -15,7 +15,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from fastemb.eval.cache import cached_metrics
+from fastemb.eval.cache import cached_metrics, weights_fingerprint
 from fastemb.model.encoder import Encoder, inference_length
 from fastemb.spec import StudentModelSpec, TrainJob
 
@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 UNMERGED_DIR = "model_unmerged"
 BASE_DEV_FILE = "base_dev_metrics.json"  # the base's dev scores the merge weight is chosen against (a rerun reuses)
+MERGE_CHOICE_FILE = "merge_choice.json"  # the grid's dev scores and the chosen weight, for these trained weights
 
 
 def export_length(spec: TrainJob) -> int:
@@ -57,7 +58,10 @@ def merge_export(spec: TrainJob, model_dir: Path) -> dict:
         key = {"model": model.model_dump(), "in_domain": [d.eval, d.dev_queries, d.dev_corpus],
                "general": [g.eval, g.dev_queries, g.dev_corpus]}
         base_dev = cached_metrics(spec.run_dir / BASE_DEV_FILE, key, lambda: dev_scores(base, dev_sets))
-        facts = select_weight(tuned, base, merge.grid, dev_sets, g.tolerance, base_dev)
+        # the same trained weights (a finished run exported again) give the same choice: not measured twice
+        choice_key = {**key, "trained": weights_fingerprint(unmerged), "grid": merge.grid, "tolerance": g.tolerance}
+        facts = cached_metrics(spec.run_dir / MERGE_CHOICE_FILE, choice_key,
+                               lambda: select_weight(tuned, base, merge.grid, dev_sets, g.tolerance, base_dev))
     w = facts["weight"]
     merged_encoder([tuned, base], [w, 1 - w]).save(model_dir)
     logger.info(f"exported model: {w:g} × the trained weights + {1 - w:g} × the base's ({model_dir}; unmerged: "
