@@ -250,8 +250,9 @@ def alive_nodes_safe(dashboard: str, token: str | None) -> int:
         return -1
 
 
-def stop_state(state: dict, grace: float = 15.0) -> list[int]:
-    """End the process groups this script started (SIGTERM, then SIGKILL); returns those still alive."""
+def stop_state(state: dict, grace: float = 5.0) -> list[int]:
+    """End the process groups this script started (SIGTERM, then SIGKILL after ``grace`` seconds: a ``ray start
+    --block`` node's GCS and raylet outlive its SIGTERM by more than 10 s here); returns those still alive."""
     groups = [n["pgid"] for n in state["nodes"]]
     for g in reversed(groups):  # workers first, head last
         try:

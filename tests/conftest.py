@@ -3,6 +3,8 @@ WordNet and Debian-descriptions sets."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +20,12 @@ os.environ.setdefault(*SERVE_TEST_API_KEY)
 for _k, _v in {"AWS_ACCESS_KEY_ID": "fastemb-test", "AWS_SECRET_ACCESS_KEY": "fastemb-test",
                "AWS_DEFAULT_REGION": "us-east-1"}.items():
     os.environ.setdefault(_k, _v)
+# One metrics cache for the session (fastemb/eval/cache.py), shared by its jobs, subprocesses and Ray workers like a
+# user's ~/.cache/fastemb/metrics, and new for each session: a session measures each model on each set once.
+_SESSION_METRICS = None
+if "FASTEMB_METRICS_CACHE" not in os.environ:
+    _SESSION_METRICS = tempfile.mkdtemp(prefix="fastemb-metrics-")
+    os.environ["FASTEMB_METRICS_CACHE"] = _SESSION_METRICS
 from fastemb.data.eval_sets import write_subset  # noqa: E402
 
 # Ray Serve reads these when its processes start; `fastemb serve` sets them before it starts Ray, so the serve tests
@@ -58,6 +66,14 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(tier)
         own = "own_ray" in item.fixturenames
         rank[item.nodeid] = (TIERS.index(tier), own)
+    # In test processes of pytest-xdist (dev.sh runs two, whole files each, in this order: --no-loadscope-reorder) the
+    # longest files start first: the cluster tier, then the tests on a Ray of their own, then the files that inject
+    # faults (whole jobs, killed and recovered), then the other Ray tests; the many short unit files fill the end of
+    # both processes' queues, so that neither finishes a long file alone. The gpu tier stays last.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        faults = {item.path for item in items if item.get_closest_marker("faults")}
+        rank = {item.nodeid: (rank[item.nodeid][0] == TIERS.index("gpu"), -rank[item.nodeid][0],
+                              not rank[item.nodeid][1], item.path not in faults) for item in items}
     items.sort(key=lambda item: rank[item.nodeid])  # stable: file order within a tier
 
 
@@ -75,6 +91,8 @@ def _skips(config) -> tuple[list[str], list[str]]:
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
+    if _SESSION_METRICS:
+        shutil.rmtree(_SESSION_METRICS, ignore_errors=True)
     if os.environ.get(ONLY_GPU_SKIPS_ENV) == "1" and _skips(session.config)[1] and exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -158,14 +176,20 @@ def _holders(ray) -> str:
 
     from ray.util.state import list_actors
 
-    alive = Counter(a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")]))
+    alive = Counter(a.class_name for a in list_actors(address=ray.get_runtime_context().gcs_address,
+                                                      filters=[("state", "=", "ALIVE")]))
     return ", ".join(f"{n}× {name}" for name, n in alive.most_common()) or "no live actor"
 
 
 @pytest.fixture(scope="module")
 def ray_local(_ray_session, request):
     """The session's local Ray (2 CPUs), started on first use and kept for the next module (not shut down per
-    module); started again if a test shut it down, and restarted if a test left CPUs held."""
+    module); started again if a test shut it down, and restarted if a test left CPUs held.
+
+    In a pytest-xdist test process (dev.sh runs two) each module gets a Ray of its own, shut down after it: there the
+    files a process runs follow each other in another order than in one process, and in one such run a Ray Data job
+    of tests/test_chunking.py, started on the Ray that tests/test_domain.py's training runs had used, never got its
+    input scheduled (its encoder actor idle, the job waiting) until the run was stopped 15 minutes later."""
     import ray
 
     from fastemb.ray_env import init_ray
@@ -179,6 +203,8 @@ def ray_local(_ray_session, request):
     if not ray.is_initialized():
         init_ray(num_cpus=2)
     yield ray
+    if os.environ.get("PYTEST_XDIST_WORKER") and ray.is_initialized():
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -101,7 +101,8 @@ def test_dashboard_listens_on_loopback_only(cluster):
 
 
 def test_gcs_refuses_a_client_with_a_wrong_token(cluster):
-    env = {**cluster["env"], "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}
+    # two connection attempts, not Ray's default twenty (one a second): the refusal is the same on the first
+    env = {**cluster["env"], "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64, "RAY_NUM_REDIS_GET_RETRIES": "2"}
     code = ("import ray\n"
             f"ray.init(address={cluster['state']['address']!r}, logging_level='ERROR')\n"
             "print('CONNECTED')\n")

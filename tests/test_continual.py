@@ -13,7 +13,7 @@ from fastemb.train.job import run_train
 def continual_spec(tmp_path, tiny_eval, registry, name, lr, **continual):
     return parse_spec({
         "name": name, "storage_path": str(tmp_path), "model": {"max_length": 32},
-        "data": {"max_pairs": 160, "eval": tiny_eval}, "general": None,
+        "data": {"max_pairs": 64, "eval": tiny_eval}, "general": None,
         "train": {"num_workers": 1, "cpus_per_worker": 2, "micro_batch_size": 16, "lr": lr, "max_grad_norm": 0,
                   "warmup_ratio": 0, "checkpoint_every": 1000, "eval_every": 1000, "max_failures": 0},
         "continual": {"registry": str(registry), **continual}})

@@ -25,9 +25,9 @@ def test_demo_runs_every_stage_and_serves_the_production_model(ray_local, tmp_pa
         "train.export.merge.weight=0.5",  # a given weight: the dev-set choice of a weight is test_train's
         f"tune.model.max_length={small_train['max_length']}", "tune.data.max_pairs=64",
         f"tune.data.eval={tiny_eval}", "tune.train.micro_batch_size=16", "tune.space.micro_batch_size=[16]",
-        "tune.train.eval_every=2", "tune.tune.num_samples=2",
+        "tune.train.eval_every=2", "tune.tune.num_samples=1",  # the search itself: test_tune.py
         f"index.corpus.path={tiny_eval}/test_corpus.parquet", f"index.evaluate.eval={tiny_eval}",
-        "index.index.type=flat", "index.index.refine=none", "index.evaluate.sweep=[]",
+        "index.index.type=flat", "index.index.refine=none", "index.evaluate.sweep=[]", "index.embed.num_actors=1",
         "serve.port=8431", f"serve.feedback_dir={tmp_path / 'ab'}", "queries=[a large wild cat of Africa]",
         *(["tracking.mlflow=on"] if TRACKING else [])])
     summary = run_demo(spec)
@@ -35,7 +35,7 @@ def test_demo_runs_every_stage_and_serves_the_production_model(ray_local, tmp_pa
     run_dir = tmp_path / "demo"
     assert summary["train"]["tuned"]["queries"] == 40 and summary["train"]["lengths"]["export"] == 256
     assert summary["train"]["general"]["tuned"]["queries"] == 16 and summary["train"]["merge"]["weight"] == 0.5
-    assert len(summary["tune"]["trials"]) == 2 and summary["tune"]["default"] is not None
+    assert len(summary["tune"]["trials"]) == 1 and summary["tune"]["default"] is not None
     registry = Registry(str(run_dir / "registry"))
     assert registry.state()["production"] == summary["registry"]["production"]
     trained = registry.show(summary["registry"]["trained"]["version"])
@@ -70,7 +70,7 @@ def _check_tracking(run_dir, summary) -> None:
     children = {r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == demo.info.run_id}
     assert children == {"train", "tune", "index"}
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == by_name["tune"].info.run_id]
-    assert len(trials) == len(summary["tune"]["trials"]) == 2 and len(runs) == 6
+    assert len(trials) == len(summary["tune"]["trials"]) == 1 and len(runs) == 5
     assert all(r.info.status == "FINISHED" for r in runs)
     assert all("dev_ndcg_at_10_compressed" in t.data.metrics and t.data.tags["fastemb.trial_status"] == "FINISHED"
                for t in trials)
