@@ -58,7 +58,8 @@ def _tier(item) -> str:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection sees the markers
 def pytest_collection_modifyitems(config, items) -> None:
-    """Give every test its tier marker, and order the session: unit, session-Ray, own-Ray, cluster, gpu."""
+    """Give every test its tier marker, and order the session: unit, session-Ray, own-Ray, cluster, gpu (in a
+    pytest-xdist test process: longest first, ``_longest_first``)."""
     rank = {}
     for item in items:
         tier = _tier(item)
@@ -66,15 +67,22 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(tier)
         own = "own_ray" in item.fixturenames
         rank[item.nodeid] = (TIERS.index(tier), own)
-    # In test processes of pytest-xdist (dev.sh runs two, whole files each, in this order: --no-loadscope-reorder) the
-    # longest files start first: the cluster tier, then the tests on a Ray of their own, then the files that inject
-    # faults (whole jobs, killed and recovered), then the other Ray tests; the many short unit files fill the end of
-    # both processes' queues, so that neither finishes a long file alone. The gpu tier stays last.
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        faults = {item.path for item in items if item.get_closest_marker("faults")}
-        rank = {item.nodeid: (rank[item.nodeid][0] == TIERS.index("gpu"), -rank[item.nodeid][0],
-                              not rank[item.nodeid][1], item.path not in faults) for item in items}
+        rank = _longest_first(items, rank)
     items.sort(key=lambda item: rank[item.nodeid])  # stable: file order within a tier
+
+
+def _longest_first(items, rank: dict) -> dict:
+    """The order of a pytest-xdist test process (dev.sh runs two; whole files each, in this order:
+    --no-loadscope-reorder): the cluster tier, then the tests on a Ray of their own, then the files that inject faults
+    (whole jobs, killed and recovered), then the other Ray tests, and the many short unit files last, which fill the
+    end of both processes' queues so that neither finishes a long file alone; the gpu tier stays last of all."""
+    faults = {item.path for item in items if item.get_closest_marker("faults")}
+    gpu, order = TIERS.index("gpu"), {}
+    for item in items:
+        tier, own = rank[item.nodeid]
+        order[item.nodeid] = (tier == gpu, -tier, not own, item.path not in faults)
+    return order
 
 
 # Skips: only the gpu tier may skip (where there is no CUDA). The session ends with one line listing every skipped

@@ -13,11 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from fastemb.model.card import CARD_FILE
 from fastemb.model.teachers import cache_root
 from fastemb.record import files_fingerprint
 
 logger = logging.getLogger(__name__)
-CARD_FILE_NAME = "README.md"  # the model card, written after the evaluation: not part of what was measured
 
 
 def cached_metrics(path: Path, key: dict, compute: Callable[[], dict]) -> dict:
@@ -33,9 +33,9 @@ def cached_metrics(path: Path, key: dict, compute: Callable[[], dict]) -> dict:
 
 
 def weights_fingerprint(model_dir: str | Path) -> str:
-    """sha256 of a model folder's files (weights, configs, tokenizer) without its card: the key of a model measured
-    once, so an export that writes the same weights again is not measured again."""
-    files = [f for f in sorted(Path(model_dir).rglob("*")) if f.is_file() and f.name != CARD_FILE_NAME]
+    """sha256 of a model folder's files (weights, configs, tokenizer) without its card (written after the evaluation):
+    the key of a model measured once, so an export that writes the same weights again is not measured again."""
+    files = [f for f in sorted(Path(model_dir).rglob("*")) if f.is_file() and f.name != CARD_FILE]
     return files_fingerprint(files)
 
 
