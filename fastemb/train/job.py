@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fastemb.data.eval_sets import check_eval_set
 from fastemb.data.pairs import pairs_fingerprint
-from fastemb.eval.cache import cached_metrics, weights_fingerprint
+from fastemb.eval.cache import cached_metrics
 from fastemb.eval.general import general_section
 from fastemb.eval.retrieval import evaluate_model
 from fastemb.model.card import write_card
@@ -58,13 +58,6 @@ def _base_metrics(spec: TrainJob, model: StudentModelSpec, data: EvalSetSpec, ca
     return cached_metrics(spec.run_dir / cache_name, key, measure)
 
 
-def _export_metrics(spec: TrainJob, model: StudentModelSpec, data: EvalSetSpec, model_dir, weights: str,
-                    cache_name: str) -> dict:
-    """The exported model's test metrics on ``data``, cached in the run folder under its weights' fingerprint."""
-    key = {"model": model.model_dump(), "eval": data.eval, "test_queries": data.test_queries, "weights": weights}
-    return cached_metrics(spec.run_dir / cache_name, key, lambda: evaluate_model(model, data, path=str(model_dir)))
-
-
 def _evaluate_base(spec: TrainJob) -> tuple[StudentModelSpec, dict, dict | None]:
     """The model section at the export length, and the base's in-domain and general test metrics with it."""
     _check_eval_sets(spec)
@@ -81,13 +74,12 @@ def _evaluate_export(spec: TrainJob, model: StudentModelSpec, model_dir, base: d
     report's ``base``, ``tuned``, ``delta``, ``general``, ``merge`` and ``lengths``."""
     merge = merge_export(spec, model_dir) if spec.export.merge else None
     logger.info(f"exported {model_dir}; evaluating it on the test split")
-    weights = weights_fingerprint(model_dir)  # a finished run exported again is not measured again
-    tuned = _export_metrics(spec, model, spec.data, model_dir, weights, "tuned_metrics.json")
+    # evaluate_model's metrics cache (fastemb/eval/cache.py): a finished run exported again is not measured again
+    tuned = evaluate_model(model, spec.data, path=str(model_dir))
     general = None
     if spec.general:
         general = general_section(spec.general.eval, general_base,
-                                  _export_metrics(spec, model, spec.general, model_dir, weights,
-                                                  "tuned_general_metrics.json"), spec.general.tolerance)
+                                  evaluate_model(model, spec.general, path=str(model_dir)), spec.general.tolerance)
     delta = {k: tuned[k] - base[k] for k in base if isinstance(base[k], (int, float))}
     return {"base": base, "tuned": tuned, "delta": delta, "general": general, "merge": merge,
             "lengths": {"train": spec.model.max_length, "export": model.max_length,
