@@ -8,7 +8,8 @@ imported (:func:`install`), so the driver, Ray Train workers, Ray Data actors an
 it does not propagate to the root logger, which Ray Train configures in its workers (each line would show twice).
 
 ``FASTEMB_LOG_LEVEL`` (default ``INFO``) is fastemb's level. Unless it is ``DEBUG``, :func:`configure` also
-hides library output a user can do nothing about: chatty loggers (:data:`QUIET_LOGGERS`), deprecation warnings
+hides library output a user can do nothing about: chatty loggers (:data:`QUIET_LOGGERS`), notes
+(:data:`QUIET_MESSAGES`), deprecation warnings
 raised inside libraries (:data:`QUIET_WARNINGS`), Ray Data's and Hugging Face's progress output outside a
 terminal (:func:`quiet_env`), Ray Train's per-report lines (:func:`ray_train_logging`), Ray Tune's status tables
 (:func:`ray_tune_verbosity`) and DeepSpeed's prints (:func:`hidden_prints`). The CLI calls :func:`configure` first;
@@ -48,9 +49,14 @@ QUIET_WARNINGS = [
     (r"`ExecutionOptions\.exclude_resources` is deprecated", DeprecationWarning,
      "Ray Train's DataConfig.default_ingest_options, in its DatasetManager actor"),
 ]
-# Ray's note when it enables token auth on a local cluster it starts (fastemb's embedded Ray): nothing to act on.
-_TOKEN_NOTE = ("ray._private.authentication.authentication_token_setup",
-               "Token authentication is enabled for this Ray cluster")
+# Library notes with nothing to act on, dropped by their logger and message prefix: (logger, prefix, who logs it).
+QUIET_MESSAGES = [
+    ("ray._private.authentication.authentication_token_setup", "Token authentication is enabled for this Ray cluster",
+     "Ray, when it enables token auth on a local cluster it starts (fastemb's embedded Ray)"),
+    ("DeepSpeed", "Setting accelerator to CPU",
+     "DeepSpeed's accelerator detection when deepspeed is imported, to stdout: in a job's driver by transformers' "
+     "save_pretrained (through accelerate); fastemb picks DeepSpeed's accelerator from the spec (accelerator.py)"),
+]
 
 
 def level() -> int:
@@ -132,9 +138,10 @@ def configure() -> None:
     report_logger = _ray_train_report_logger()
     if report_logger:
         logging.getLogger(report_logger).setLevel(logging.WARNING)
-    token_logger = logging.getLogger(_TOKEN_NOTE[0])
-    if not any(isinstance(f, _DropMessage) for f in token_logger.filters):
-        token_logger.addFilter(_DropMessage(_TOKEN_NOTE[1]))
+    for name, prefix, _who in QUIET_MESSAGES:
+        quiet = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessage) and f.prefix == prefix for f in quiet.filters):
+            quiet.addFilter(_DropMessage(prefix))
     for message, category, _caller in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
     for key, value in quiet_env(terminal=sys.stderr.isatty()).items():

@@ -1,6 +1,6 @@
 """fastemb's logging: one format naming the stage, the level from FASTEMB_LOG_LEVEL, one line per record, and
-library chatter (faiss's loader, DeepSpeed's deprecated collective, DeepSpeed's prints, Ray Train's print tee)
-hidden unless FASTEMB_LOG_LEVEL=DEBUG."""
+library chatter (faiss's loader, DeepSpeed's deprecated collective, prints and accelerator note, Ray Train's print
+tee) hidden unless FASTEMB_LOG_LEVEL=DEBUG."""
 from __future__ import annotations
 
 import builtins
@@ -135,6 +135,7 @@ with warnings.catch_warnings(record=True) as caught:  # the deprecated collectiv
     dist.all_gather_into_tensor(torch.zeros(2), torch.ones(2))
     dist.reduce_scatter_tensor(torch.zeros(2), torch.ones(2))
 dist.destroy_process_group()
+import deepspeed  # detects its accelerator when imported (DS_ACCELERATOR unset), noting CPU on stdout
 print(json.dumps({"warnings": [str(w.message) for w in caught], "env": {k: os.environ.get(k) for k in
                   ("RAY_DATA_LOG_LEVEL", "HF_HUB_DISABLE_PROGRESS_BARS")}}))
 """
@@ -147,15 +148,17 @@ def test_library_chatter_hidden_unless_debug(level):
     env = {**os.environ, logs.LEVEL_ENV: level, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_DATA_LOG_LEVEL", None)
     env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+    env.pop("DS_ACCELERATOR", None)
     p = subprocess.run([sys.executable, "-c", _PROBE, str(free_port())], capture_output=True, text=True, env=env,
                        timeout=300, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     faiss_lines = [line for line in p.stderr.splitlines() if line.startswith("faiss.loader")]
     deprecated = [w for w in out["warnings"] if "all_gather_into_tensor" in w or "reduce_scatter_tensor" in w]
+    accelerator_note = [line for line in p.stdout.splitlines() if "Setting accelerator to CPU" in line]
     if level == "DEBUG":
-        assert faiss_lines and len(deprecated) == 2 and out["env"] == {"RAY_DATA_LOG_LEVEL": None,
+        assert faiss_lines and len(deprecated) == 2 and accelerator_note and out["env"] == {"RAY_DATA_LOG_LEVEL": None,
                                                                        "HF_HUB_DISABLE_PROGRESS_BARS": None}
     else:
-        assert not faiss_lines and not deprecated, p.stderr[-3000:]
+        assert not faiss_lines and not deprecated and not accelerator_note, p.stdout[-3000:] + p.stderr[-3000:]
         assert out["env"] == {"RAY_DATA_LOG_LEVEL": "WARNING", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
