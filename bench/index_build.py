@@ -87,8 +87,8 @@ ST_GPU = Peer("`SentenceTransformer.encode` on the GPU", "torch fp16 (`.half()`)
 
 def token_budget_batches(texts: list[str]) -> list[list[int]]:
     """The peer at its best: rows sorted by token length and cut into batches of ≤ MAX_BATCH_TOKENS padded tokens,
-    with fastemb's own bucketing (fastemb.index.embed.bucket_batches) over the model tokenizer's lengths."""
-    from fastemb.index.embed import bucket_batches
+    with fastemb's own bucketing (fastemb.model.batching.bucket_batches) over the model tokenizer's lengths."""
+    from fastemb.model.batching import bucket_batches
     from fastemb.model.encoder import Encoder
 
     tok = Encoder.load(MODEL["base"]).tokenizer

@@ -21,7 +21,8 @@ import time
 import numpy as np
 
 
-def load_model(path: str, backend: str, threads: int, max_length: int, device: str = "cpu"):
+def load_model(path: str, backend: str, threads: int, max_length: int, device: str = "cpu",
+               file_name: str | None = None):
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -33,6 +34,8 @@ def load_model(path: str, backend: str, threads: int, max_length: int, device: s
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         kwargs = {"model_kwargs": {"session_options": options, "provider": "CPUExecutionProvider"}}
+        if file_name:  # e.g. onnx/model_qint8_avx512_vnni.onnx: an int8 graph in the model folder
+            kwargs["model_kwargs"]["file_name"] = file_name
     model = SentenceTransformer(path, device=device, backend=backend, **kwargs)
     if device == "cuda":
         model.half()
@@ -50,11 +53,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: torch fp16 on the GPU")
     ap.add_argument("--batches", help="JSON file: a list of row-index lists, one batch each")
+    ap.add_argument("--file-name", help="--backend onnx: the ONNX file in the model folder (its model_kwargs)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
     texts = json.loads(open(args.texts).read())
-    model = load_model(args.model, args.backend, args.threads, args.max_length, args.device)
+    model = load_model(args.model, args.backend, args.threads, args.max_length, args.device, args.file_name)
     if args.device == "cuda":  # CUDA kernels and the allocator warmed up, as fastemb's actors are when they embed
         model.encode(texts[:2048], batch_size=args.batch_size)
     else:

@@ -56,6 +56,9 @@ QUIET_MESSAGES = [
     ("DeepSpeed", "Setting accelerator to CPU",
      "DeepSpeed's accelerator detection when deepspeed is imported, to stdout: in a job's driver by transformers' "
      "save_pretrained (through accelerate); fastemb picks DeepSpeed's accelerator from the spec (accelerator.py)"),
+    ("root", "Please consider to run pre-processing before quantization",
+     "onnxruntime's quantize_dynamic, advice logged at each int8 quantization (model/quantize.py), which quantizes "
+     "the MatMul weights of the exported graph as it is (ONNX Runtime optimises the graph when it loads it)"),
 ]
 
 

@@ -14,7 +14,8 @@ import torch
 
 from fastemb.model import onnx_backend
 from fastemb.model.encoder import Encoder
-from fastemb.model.onnx_backend import (OnnxEncoder, OnnxExportError, TorchForward, load_forward, onnx_path,
+from fastemb.model.forward import load_forward
+from fastemb.model.onnx_backend import (OnnxEncoder, OnnxExportError, TorchForward, onnx_path,
                                         pad_batch, resolve_backend)
 
 WORDNET = os.path.join(os.path.dirname(onnx_backend.__file__), "..", "datasets", "wordnet")

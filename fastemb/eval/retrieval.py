@@ -10,6 +10,7 @@ import numpy as np
 from fastemb.data.eval_sets import EvalSet, eval_dir_path, load_eval_set
 from fastemb.eval.cache import shared_metrics, weights_fingerprint
 from fastemb.eval.metrics import alignment, ranking_metrics, uniformity
+from fastemb.model.batching import Forward, embed_sequences
 from fastemb.model.encoder import Encoder, resolve_model_path
 from fastemb.record import files_fingerprint
 
@@ -51,6 +52,19 @@ def evaluate(encoder: Encoder, data: EvalSet, batch_size: int = 128, show_progre
     metrics["encode_docs_per_s"] = len(data.corpus) / encode_s
     metrics["queries"], metrics["corpus"] = len(data.queries), len(data.corpus)
     return metrics
+
+
+def evaluate_forward(encoder: Encoder, forward: Forward, data: EvalSet) -> dict[str, float]:
+    """Ranking metrics (nDCG@10, MRR@10, recall@k, MAP@100) of ``encoder``'s tokenizer with another forward pass
+    (an ONNX or int8 graph of it): texts truncated at ``encoder.max_length``, length-bucketed batches."""
+    tok = encoder.tokenizer
+
+    def vectors(texts: list[str]) -> np.ndarray:
+        seqs = tok(texts, truncation=True, max_length=encoder.max_length)["input_ids"]
+        return embed_sequences(forward, seqs, tok.pad_token_id or 0, encoder.dim)
+
+    _, idx = exact_search(vectors(data.queries), vectors(data.corpus), 100, normalized=encoder.normalize)
+    return {**metrics_of_hits(idx, data), "queries": len(data.queries), "corpus": len(data.corpus)}
 
 
 def evaluate_model(model: ModelSpec, data: DataSpec, split: str = "test", path: str | None = None,

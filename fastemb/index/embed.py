@@ -4,8 +4,8 @@
 encoder once, validates texts, tokenises without padding, sorts the batch by token length and cuts it into
 micro-batches under a padded-token budget (length bucketing: little padding, big batches of short texts), then
 restores the row order. Long documents can be split into overlapping token windows (one row per chunk). The forward
-pass runs on ``backend`` (fastemb/model/onnx_backend.py: ONNX Runtime, exported once per model, or torch; auto = onnx
-on CPU); the backend is not part of the units' reuse key (both give the same vectors within 1e-5).
+pass runs on ``backend`` (fastemb/model/forward.py: ONNX Runtime, exported once per model, in fp32 or int8, or torch; auto = onnx
+on CPU); fp32 backends share the units' reuse key (their vectors agree within 1e-5), onnx-int8 has units of its own.
 
 GPU actors (``num_gpus`` > 0, fractions share a GPU): torch on the GPU Ray assigned, in fp16 by default
 (``precision``; a non-fp32 precision is part of the reuse key), with a padded-token budget sized from the GPU's
@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 from fastemb.data.text import text_hashes
 from fastemb.index.chunking import chunk_token_ids
 from fastemb.index.corpus import CorpusScan, clean_texts, plan_units
+from fastemb.model.batching import embed_sequences
 
 logger = logging.getLogger(__name__)
 HOLD_ENV = "FASTEMB_TEST_HOLD_FILE"  # the test hook above
@@ -66,21 +67,6 @@ def this_node() -> dict:
     return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)}
 
 
-def bucket_batches(lengths: list[int], max_tokens: int, max_rows: int = 512) -> list[np.ndarray]:
-    """Indices sorted by length (longest first), cut so that rows × longest ≤ ``max_tokens``.
-
-    On CPU a budget of about 1k padded tokens is faster than big batches (measured ~1.5× per thread for
-    MiniLM against 8k): the feed-forward activations of a micro-batch then stay in cache."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    out, start = [], 0
-    while start < len(order):
-        longest = lengths[order[start]]
-        n = max(1, min(max_rows, max_tokens // max(longest, 1)))
-        out.append(order[start:start + n])
-        start += n
-    return out
-
-
 class EmbedActor:
     """Ray Data callable class: a pyarrow batch of (id, text) rows → embedding-shard rows."""
 
@@ -91,7 +77,7 @@ class EmbedActor:
 
         from fastemb.accelerator import batch_token_budget, inference_device, inference_precision
         from fastemb.model.encoder import Encoder
-        from fastemb.model.onnx_backend import load_forward
+        from fastemb.model.forward import load_forward
 
         torch.set_num_threads(threads)
         device = inference_device(num_gpus, "embed.num_gpus")
@@ -119,13 +105,8 @@ class EmbedActor:
 
     def embed_token_ids(self, seqs: list[list[int]]) -> np.ndarray:
         """Embed token-id sequences with length bucketing; rows come back in input order."""
-        from fastemb.model.onnx_backend import pad_batch
-
-        out = np.zeros((len(seqs), self.encoder.dim), dtype=np.float32)
-        pad = self.tok.pad_token_id or 0
-        for idx in bucket_batches([len(s) for s in seqs], self.max_batch_tokens, self.max_rows):
-            out[idx] = self.forward(*pad_batch([seqs[i] for i in idx], pad))
-        return out
+        return embed_sequences(self.forward, seqs, self.tok.pad_token_id or 0, self.encoder.dim,
+                               self.max_batch_tokens, self.max_rows)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ids, texts, reasons = clean_texts(batch.column(self.id_column).combine_chunks(),
@@ -229,6 +210,8 @@ def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_colum
     key = {"model": model, "chunking": chunking, "columns": [id_column, text_column]}
     if pool_precision(precision, num_gpus) != "fp32":  # half-precision vectors differ by ~1e-3: units of their own
         key["precision"] = pool_precision(precision, num_gpus)
+    if backend == "onnx-int8":  # int8 vectors differ from fp32's by ~1e-2: units of their own
+        key["backend"] = backend
     salt = json.dumps(key, sort_keys=True)
     units = plan_units(scan, rows_per_unit, salt)
     data_context_for_jobs()

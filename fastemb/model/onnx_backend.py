@@ -8,8 +8,11 @@ fingerprint covers the model folder's weight and config files (names, sizes, mti
 opset and torch's version. The export (TorchScript exporter, needs the ``onnx`` package only) runs under a file lock,
 is checked against torch on a padded batch of another shape, then renamed into place: concurrent actors on a node
 export once. The ``KEEP_EXPORTS`` most recently used exports are kept (each is the size of the weights); older ones
-are deleted after a new export, and exported again if used again. ``load_forward`` picks the engine of a
-``backend: torch | onnx | auto`` option (auto: onnx on CPU, torch on GPU); both take and return numpy arrays.
+are deleted after a new export, and exported again if used again. ``resolve_backend`` reads a ``backend: torch |
+onnx | onnx-int8 | auto`` option (auto: onnx on CPU, torch on GPU; onnx-int8: the int8 graph of
+fastemb/model/quantize.py), and fastemb/model/forward.py loads the engine it names; all take and return numpy arrays.
+The graph's outputs are the transformer's ``last_hidden_state`` and the pooled ``emb`` (fastemb runs the latter;
+sentence-transformers' ONNX backend reads the former).
 """
 from __future__ import annotations
 
@@ -21,18 +24,21 @@ import shutil
 import warnings
 from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fastemb.errors import FastembError
+from fastemb.model.batching import pad_batch
 from fastemb.model.teachers import cache_root
+from fastemb.spec.sections import ONNX_BACKENDS
 
 if TYPE_CHECKING:
     from fastemb.model.encoder import Encoder
 
-Backend = Literal["torch", "onnx", "auto"]
 OPSET = 17
+GRAPH_VERSION = 2  # outputs (last_hidden_state, emb): sentence-transformers' ONNX backend reads the first
+OUTPUTS = ["last_hidden_state", "emb"]
 CHECK_ATOL = 1e-4  # an export whose vectors differ more from torch's on the check batch is refused
 KEEP_EXPORTS = 8  # most recently used exports kept in the cache
 _FINGERPRINT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".json", ".py"}  # weights, configs, adapter code
@@ -45,47 +51,59 @@ class OnnxExportError(FastembError, RuntimeError):
 
 
 def resolve_backend(backend: str, device: str = "cpu", field: str = "backend") -> str:
-    """``torch`` or ``onnx`` for a ``backend`` option on ``device`` (auto: onnx on CPU, torch on GPU)."""
+    """``torch``, ``onnx`` or ``onnx-int8`` for a ``backend`` option on ``device`` (auto: onnx on CPU, torch on
+    GPU)."""
     if backend == "auto":
         return "onnx" if device == "cpu" else "torch"
-    if backend not in ("torch", "onnx"):
-        raise ValueError(f"{field}: {backend!r} is not one of torch, onnx, auto")
-    if backend == "onnx" and device != "cpu":
-        raise ValueError(f"{field}: onnx runs on CPU only (onnxruntime's CPU build), not on {device}; "
+    if backend not in ("torch", *ONNX_BACKENDS):
+        raise ValueError(f"{field}: {backend!r} is not one of torch, {', '.join(ONNX_BACKENDS)}, auto")
+    if backend in ONNX_BACKENDS and device != "cpu":
+        raise ValueError(f"{field}: {backend} runs on CPU only (onnxruntime's CPU build), not on {device}; "
                          "use torch or auto")
     return backend
 
 
-def pad_batch(seqs: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad token-id sequences into int64 ``(input_ids, attention_mask)`` as wide as the longest."""
-    width = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), width), dtype=np.int64)
-    for r, s in enumerate(seqs):
-        ids[r, :len(s)] = s
-        mask[r, :len(s)] = 1
-    return ids, mask
-
-
 def fingerprint(model_dir: str | Path, pooling: str, normalize: bool) -> str:
-    """Hash of what the exported graph depends on: weight/config files (relative name, size, mtime), settings."""
+    """Hash of what the exported graph depends on: weight/config files (relative name, size, mtime; not the folder's
+    own ONNX files under ``onnx/``), settings."""
     import torch
 
     root = Path(model_dir).resolve()
     files = []
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
-        if p.is_file() and p.suffix in _FINGERPRINT_SUFFIXES and not any(x.startswith(".") for x in rel.parts):
+        if (p.is_file() and p.suffix in _FINGERPRINT_SUFFIXES and rel.parts[0] != "onnx"  # int8 files: model/quantize.py
+                and not any(x.startswith(".") for x in rel.parts)):
             st = p.stat()
             files.append((rel.as_posix(), st.st_size, st.st_mtime_ns))
     key = {"files": files, "pooling": pooling, "normalize": bool(normalize), "torch": torch.__version__,
-           "opset": OPSET}
+           "opset": OPSET, "graph": GRAPH_VERSION}
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
 def _batch(encoder: "Encoder", texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     tok = encoder.tokenizer
     return pad_batch(tok(texts, truncation=True, max_length=encoder.max_length)["input_ids"], tok.pad_token_id or 0)
+
+
+def _export_graph(encoder: "Encoder"):
+    """The encoder as the exported graph sees it: ``(input_ids, attention_mask) -> (last_hidden_state, emb)``.
+
+    ``last_hidden_state`` (the transformer's token vectors) is what sentence-transformers' ONNX backend (optimum's
+    ``ORTModelForFeatureExtraction``) reads, so the int8 file in a model folder loads there too; fastemb runs ``emb``
+    (pooled and normalised inside the graph)."""
+    import torch
+
+    class TokensAndVector(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids, attention_mask):
+            tokens = self.encoder.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return tokens, self.encoder.pool(tokens, attention_mask)
+
+    return TokensAndVector().eval()  # export restores the mode it found: train mode would reach the encoder
 
 
 def export_onnx(encoder: "Encoder", dest: Path, name: str, field: str = "backend") -> None:
@@ -99,10 +117,10 @@ def export_onnx(encoder: "Encoder", dest: Path, name: str, field: str = "backend
         args = tuple(torch.from_numpy(a) for a in _batch(encoder, _EXPORT_TEXTS))
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer and legacy-exporter notices
-            torch.onnx.export(encoder, args, str(tmp), input_names=["input_ids", "attention_mask"],
-                              output_names=["emb"], opset_version=OPSET, dynamo=False,
+            torch.onnx.export(_export_graph(encoder), args, str(tmp), input_names=["input_ids", "attention_mask"],
+                              output_names=OUTPUTS, opset_version=OPSET, dynamo=False,
                               dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
-                                            "emb": {0: "b"}})
+                                            "last_hidden_state": {0: "b", 1: "s"}, "emb": {0: "b"}})
         check = _batch(encoder, _CHECK_TEXTS)
         want = TorchForward(encoder)(*check)
         got = OnnxEncoder(tmp)(*check)
@@ -163,9 +181,7 @@ def _prune(root: Path, keep: Path) -> None:
 
 class OnnxEncoder:
     """An exported encoder run by ONNX Runtime on CPU: ``(input_ids, attention_mask)`` -> float32 (B, D)."""
-    name = "onnx"
-
-    def __init__(self, path: str | Path, threads: int = 1):
+    def __init__(self, path: str | Path, threads: int = 1, name: str = "onnx"):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -173,13 +189,13 @@ class OnnxEncoder:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # errors only
-        self.path, self.threads = Path(path), threads
+        self.path, self.threads, self.name = Path(path), threads, name  # name: the backend (onnx, onnx-int8)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feed = {"input_ids": np.asarray(input_ids, dtype=np.int64),
                 "attention_mask": np.asarray(attention_mask, dtype=np.int64)}
-        return self.session.run(None, feed)[0].astype(np.float32, copy=False)
+        return self.session.run(["emb"], feed)[0].astype(np.float32, copy=False)
 
 
 class TorchForward:
@@ -206,17 +222,3 @@ class TorchForward:
             out = self.encoder(torch.as_tensor(input_ids, dtype=torch.long, device=device),
                                torch.as_tensor(attention_mask, dtype=torch.long, device=device))
         return out.float().cpu().numpy()
-
-
-def load_forward(encoder: "Encoder", model_dir: str | Path, backend: str = "auto", threads: int = 1,
-                 device: str = "cpu", field: str = "backend", precision: str = "fp32") -> OnnxEncoder | TorchForward:
-    """The forward pass of ``encoder`` (loaded from ``model_dir``, already on ``device``) on the engine ``backend``
-    picks for ``device``; torch runs in ``precision`` (fp32, or fp16 / bf16 on a GPU)."""
-    if resolve_backend(backend, device, field) == "torch":
-        return TorchForward(encoder, precision)
-    path = onnx_path(model_dir, encoder, field=field)
-    try:
-        return OnnxEncoder(path, threads)
-    except Exception as err:  # noqa: BLE001 - e.g. a cached file left unreadable
-        raise OnnxExportError(f"model {model_dir}: ONNX Runtime could not load {path} ({err}); "
-                              f"use {field}: torch for this model") from err

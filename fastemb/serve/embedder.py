@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
-from fastemb.model.onnx_backend import pad_batch
+from fastemb.model.batching import pad_batch
 from fastemb.spec import ArmSpec
 from fastemb.serve.versions import LoadedModel, RegistryWatcher, load, resolve
 

@@ -82,7 +82,7 @@ def load(arm, version: str, path: str, device: str = "cpu", threads: int = 1, pr
     """Load ``path`` with its forward pass on ``arm.backend`` (an ONNX export made or found in the cache, run with
     ``threads``; or torch on ``device`` in ``precision``), and build the arm's search backend with that model."""
     from fastemb.model.encoder import Encoder
-    from fastemb.model.onnx_backend import load_forward
+    from fastemb.model.forward import load_forward
     from fastemb.serve.backends import make_backend
 
     encoder = Encoder.load(path, max_length=arm.max_length).eval().to(device)

@@ -8,6 +8,9 @@ from pydantic import Field, field_validator, model_validator
 
 from fastemb.spec.base import Section, input_path, output_path
 
+InferenceBackend = Literal["torch", "onnx", "onnx-int8", "auto"]  # forward-pass engines (fastemb/model/onnx_backend.py)
+ONNX_BACKENDS = ("onnx", "onnx-int8")  # those run by ONNX Runtime, on CPU only
+
 
 def _increasing_layers(v: list[int] | None) -> list[int] | None:
     if v is not None and (any(i < 0 for i in v) or sorted(set(v)) != v):
@@ -208,9 +211,10 @@ class EmbedSpec(Section):
                                          "the actor's share of its memory holds, at most 65,536")
     rows_per_unit: int = Field(200_000, gt=0, description="input rows per reusable unit of embedding shards")
     output: str | None = output_path(None, description="embedding shards folder (default: <run>/embeddings); reused")
-    backend: Literal["torch", "onnx", "auto"] = Field(
+    backend: InferenceBackend = Field(
         "auto", description="forward-pass engine: onnx = ONNX Runtime (exported once per model, cached; vectors equal "
-        "torch's within 1e-5; ~2x torch per CPU thread); auto = onnx on CPU, torch on GPU")
+        "torch's within 1e-5; ~2x torch per CPU thread); onnx-int8 = its int8 graph (the model folder's checked "
+        "onnx/model_qint8_avx512_vnni.onnx, else quantized once in the cache); auto = onnx on CPU, torch on GPU")
 
     def pool_options(self) -> dict:
         """The encoder pool's settings, as keyword arguments of ``fastemb.index.embed.embed_corpus`` and
@@ -222,7 +226,7 @@ class EmbedSpec(Section):
     def _gpu_settings(self) -> "EmbedSpec":
         if self.num_gpus == 0 and self.precision in ("fp16", "bf16"):
             raise ValueError(f"precision: {self.precision} needs a GPU (num_gpus > 0); on CPU use fp32 or auto")
-        if self.num_gpus > 0 and self.backend == "onnx":
-            raise ValueError("backend: onnx runs on CPU only (onnxruntime's CPU build); with num_gpus > 0 use torch "
-                             "or auto")
+        if self.num_gpus > 0 and self.backend in ONNX_BACKENDS:
+            raise ValueError(f"backend: {self.backend} runs on CPU only (onnxruntime's CPU build); with num_gpus > 0 "
+                             "use torch or auto")
         return self

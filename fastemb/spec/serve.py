@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from fastemb.spec.base import RayRunSpec, Section, input_path, not_path, output_path
+from fastemb.spec.sections import ONNX_BACKENDS, InferenceBackend
 
 
 class ArmSpec(Section):
@@ -26,9 +27,10 @@ class ArmSpec(Section):
     version: str | None = not_path(None, pattern=r"^v[0-9]+$", description="pin this registry version instead of "
                                    "following production")
     registry_poll_s: float = Field(2.0, gt=0, le=3600, description="how often the registry's production is read")
-    backend: Literal["torch", "onnx", "auto"] = Field(
+    backend: InferenceBackend = Field(
         "auto", description="forward-pass engine: onnx = ONNX Runtime with the replica's CPU threads (exported once "
-        "per model version, cached; vectors equal torch's within 1e-5); auto = onnx on CPU, torch on GPU")
+        "per model version, cached; vectors equal torch's within 1e-5); onnx-int8 = its int8 graph (the model "
+        "folder's checked onnx/model_qint8_avx512_vnni.onnx, else quantized once); auto = onnx on CPU, torch on GPU")
 
     @field_validator("registry")
     @classmethod
@@ -170,8 +172,9 @@ class ServeJob(Section):
         if self.ab.candidate_weight > 0 and self.candidate is None:
             raise ValueError("ab.candidate_weight > 0 needs a candidate arm")
         for name, arm in self.arms().items():
-            if arm.backend == "onnx" and self.replica.num_gpus > 0:
-                raise ValueError(f"{name}.backend: onnx runs on CPU only, but replica.num_gpus > 0; use torch or auto")
+            if arm.backend in ONNX_BACKENDS and self.replica.num_gpus > 0:
+                raise ValueError(f"{name}.backend: {arm.backend} runs on CPU only, but replica.num_gpus > 0; use torch "
+                                 "or auto")
         names = [a.served_name for a in self.arms().values() if a.served_name]
         if len(set(names + [self.model_name])) != len(names) + 1:
             raise ValueError("model_name and the arms' served_name values must all differ")

@@ -175,6 +175,13 @@ class ContinualSpec(Section):
     min_gain: float = Field(0.0, description="required improvement over production (auto)")
 
 
+class Int8Spec(Section):
+    """An int8 graph in the exported model (fastemb/model/quantize.py), kept only if its dev nDCG@10 is close to
+    fp32's."""
+    tolerance: float = Field(0.01, ge=0, le=1, description="largest relative loss of dev nDCG@10 against the fp32 "
+                             "ONNX graph (0.01 = 1 %); past it the int8 file is not written and the report says why")
+
+
 class ExportSpec(Section):
     """What the exported model (``{run}/model``) runs with, and an optional merge with the base."""
     max_seq_length: int | None = Field(None, gt=0, le=8192, description="tokens per text of the exported model "
@@ -182,6 +189,8 @@ class ExportSpec(Section):
                                        "all-MiniLM-L6-v2), whatever model.max_length trained with")
     merge: MergeSpec | None = Field(None, description="interpolate the tuned weights with the base's (WiSE-FT); "
                                     "the unmerged model stays in {run}/model_unmerged (fastemb/merge/)")
+    int8: Int8Spec | None = Field(None, description="also write onnx/model_qint8_avx512_vnni.onnx (int8, for "
+                                  "backend: onnx-int8 and sentence-transformers' ONNX backend) after a dev check")
 
 
 class TrainJob(RunJob):

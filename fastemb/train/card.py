@@ -71,6 +71,17 @@ def _precision(spec: TrainJob, report: dict) -> str:
     return engine.get("precision") or spec.train.precision
 
 
+def _int8_row(check: dict | None) -> str | None:
+    """The ``export.int8`` outcome: the file and its dev check, or why there is none."""
+    if not check:
+        return None
+    if not check.get("written"):
+        return f"not written: {check.get('reason')}"
+    dev = check["dev_ndcg@10"]
+    return (f"`onnx/model_qint8_avx512_vnni.onnx` (dev nDCG@10 {dev['int8']:.4f}, fp32 {dev['fp32']:.4f}; "
+            f"`backend: onnx-int8`, or sentence-transformers' `backend=\"onnx\"` with that `file_name`)")
+
+
 def _training_rows(spec: TrainJob, report: dict) -> dict[str, Any]:
     t, plan = spec.train, report["plan"]
     weights = losses(spec)
@@ -100,6 +111,7 @@ def _training_rows(spec: TrainJob, report: dict) -> dict[str, Any]:
         "training time": f"{report['train_seconds']:.0f} s (the whole job: {report['total_seconds']:.0f} s)",
         "hardware": ", ".join(f"{k} {v}" for k, v in hardware.items()) or None,
         "resumed from checkpoints": report.get("resumes") or None,
+        "int8 graph": _int8_row(report.get("int8")),
         "max sequence length": f"{spec.model.max_length} tokens in training; "
                                f"{report.get('eval_max_seq_length') or spec.model.max_length} in the test evaluation",
     }

@@ -69,3 +69,41 @@ def merge_export(spec: TrainJob, model_dir: Path) -> dict:
     return {"method": "linear interpolation of the weights (WiSE-FT)", "max_seq_length": model.max_length,
             "models": [{"path": str(unmerged), "role": "tuned", "weight": w},
                        {"path": spec.model.base, "role": "base", "weight": 1 - w}], **facts}
+
+
+def int8_export(spec: TrainJob, model_dir: str | Path) -> dict:
+    """``export.int8``: quantize the exported model, score fp32 and int8 ONNX on the in-domain dev set (at the
+    export length), and keep ``onnx/model_qint8_avx512_vnni.onnx`` only when the relative nDCG@10 loss is within
+    ``export.int8.tolerance``. A refused or failed quantization leaves the fp32 model as it was; returns the check."""
+    from fastemb.data.eval_sets import load_eval_set
+    from fastemb.eval.retrieval import evaluate_forward
+    from fastemb.model.onnx_backend import OnnxEncoder, OnnxExportError, onnx_path
+    from fastemb.model.quantize import INT8_FILE, RECORD_FILE, quantize_file, write_folder_int8
+
+    tolerance, d, model_dir = spec.export.int8.tolerance, spec.data, Path(model_dir)
+    candidate = model_dir / ".int8-candidate.onnx"
+    for stale in (INT8_FILE, RECORD_FILE, candidate.name):  # from an earlier export of other weights
+        (model_dir / stale).unlink(missing_ok=True)
+    encoder = Encoder.from_spec(at_export_length(spec), str(model_dir)).eval()
+    try:
+        fp32 = onnx_path(model_dir, encoder, field="export.int8")
+        quantize_file(fp32, candidate, str(model_dir), "export.int8")
+    except OnnxExportError as err:
+        logger.warning(f"export.int8: no int8 model ({err})")
+        return {"written": False, "reason": str(err)}
+    dev = load_eval_set(d.eval, "dev", d.dev_queries, d.dev_corpus)
+    scores = {name: evaluate_forward(encoder, OnnxEncoder(path), dev)["ndcg@10"]
+              for name, path in (("fp32", fp32), ("int8", candidate))}
+    loss = (scores["fp32"] - scores["int8"]) / max(scores["fp32"], 1e-12)
+    check = {"dev_ndcg@10": scores, "relative_loss": loss, "tolerance": tolerance, "written": loss <= tolerance,
+             "dev_queries": len(dev.queries)}
+    if not check["written"]:
+        candidate.unlink(missing_ok=True)
+        check["reason"] = f"dev nDCG@10 {scores['int8']:.4f} int8 vs {scores['fp32']:.4f} fp32: {loss:.2%} lost > " \
+                          f"export.int8.tolerance {tolerance:.2%}"
+        logger.warning(f"export.int8 refused: {check['reason']}; the fp32 model is unchanged")
+        return check
+    check["file"] = str(write_folder_int8(model_dir, candidate, encoder, check))
+    logger.info(f"int8 model: {check['file']} (dev nDCG@10 {scores['int8']:.4f} vs fp32 {scores['fp32']:.4f}, "
+                f"{loss:+.2%} lost)")
+    return check

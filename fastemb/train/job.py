@@ -30,7 +30,7 @@ from fastemb.spec import SPEC_FILE, EvalSetSpec, StudentModelSpec, TrainJob
 from fastemb.storage import is_uri, pull, push
 from fastemb.tracking.run import Tracker, track_job
 from fastemb.train.card import train_card
-from fastemb.train.export import at_export_length, merge_export
+from fastemb.train.export import at_export_length, int8_export, merge_export
 from fastemb.train.tasks import check_matryoshka_width, job_tasks, load_task_pairs
 from fastemb.train.trainer import export_checkpoint, finished_checkpoint, fit_and_export, make_trainer, plan_steps
 
@@ -70,9 +70,11 @@ def _evaluate_base(spec: TrainJob) -> tuple[StudentModelSpec, dict, dict | None]
 
 def _evaluate_export(spec: TrainJob, model: StudentModelSpec, model_dir, base: dict, general_base: dict | None
                      ) -> dict:
-    """Merge the exported model with the base when ``export.merge`` asks, then score it at the export length: the
-    report's ``base``, ``tuned``, ``delta``, ``general``, ``merge`` and ``lengths``."""
+    """Merge the exported model with the base when ``export.merge`` asks, add its checked int8 graph when
+    ``export.int8`` asks, then score it at the export length: the report's ``base``, ``tuned``, ``delta``,
+    ``general``, ``merge``, ``int8`` and ``lengths``."""
     merge = merge_export(spec, model_dir) if spec.export.merge else None
+    int8 = int8_export(spec, model_dir) if spec.export.int8 else None
     logger.info(f"exported {model_dir}; evaluating it on the test split")
     # evaluate_model's metrics cache (fastemb/eval/cache.py): a finished run exported again is not measured again
     tuned = evaluate_model(model, spec.data, path=str(model_dir))
@@ -81,7 +83,7 @@ def _evaluate_export(spec: TrainJob, model: StudentModelSpec, model_dir, base: d
         general = general_section(spec.general.eval, general_base,
                                   evaluate_model(model, spec.general, path=str(model_dir)), spec.general.tolerance)
     delta = {k: tuned[k] - base[k] for k in base if isinstance(base[k], (int, float))}
-    return {"base": base, "tuned": tuned, "delta": delta, "general": general, "merge": merge,
+    return {"base": base, "tuned": tuned, "delta": delta, "general": general, "merge": merge, "int8": int8,
             "lengths": {"train": spec.model.max_length, "export": model.max_length,
                         "base": inference_length(spec.model.base),
                         "note": "dev evaluations during training run at the training length; the base, tuned and "
