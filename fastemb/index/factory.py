@@ -1,6 +1,7 @@
 """Index configuration → faiss factory string, and the search-time parameters.
 
-Types: ``flat`` (exact), ``ivf_flat``, ``pq`` (flat PQ), ``ivf_pq``, ``opq_ivf_pq``, ``hnsw``; each optionally
+Types (fastemb/spec/index.py's ``IndexSpec.type``): ``flat`` (exact), ``ivf_flat``, ``pq`` (flat PQ), ``ivf_pq``,
+``opq_ivf_pq``, ``hnsw``, ``binary`` (sign bits: fastemb/index/binary.py); each optionally
 re-ranked (``refine``: ``flat`` = the stored float vectors, ``sqfp16``, ``sq8``; ``disk`` = fp16 vectors in a file
 next to the index, outside faiss: fastemb/index/refine.py). ``bytes_per_vector`` picks the
 PQ code size (the number of 8-bit sub-quantizers), so a tuner can search one number.
@@ -8,14 +9,19 @@ PQ code size (the number of 8-bit sub-quantizers), so a tuner can search one num
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import faiss
 
 from fastemb.compress.pq import pq_factory, pq_m_for_bytes
+from fastemb.index.binary import FACTORY as BINARY_FACTORY
+from fastemb.spec import IndexSpec
 
-INDEX_TYPES = ("flat", "ivf_flat", "pq", "ivf_pq", "opq_ivf_pq", "hnsw")
+INDEX_TYPES = get_args(IndexSpec.model_fields["type"].annotation)  # the schema's list
 REFINE = {"none": "", "flat": ",RFlat", "sqfp16": ",Refine(SQfp16)", "sq8": ",Refine(SQ8)",
           "disk": ""}  # disk: the faiss index holds the codes only
+if set(REFINE) != set(get_args(IndexSpec.model_fields["refine"].annotation)):
+    raise RuntimeError("factory.REFINE must have one key per IndexSpec.refine value")
 
 
 def default_nlist(n: int) -> int:
@@ -35,10 +41,19 @@ def factory_string(kind: str, dim: int, n: int, *, nlist: int | None = None, byt
     key = {"flat": "Flat", "ivf_flat": f"{ivf},Flat", "hnsw": f"HNSW{hnsw_m}",
            "pq": pq_factory(dim, m, pq_nbits),
            "ivf_pq": f"{ivf},{pq_factory(dim, m, pq_nbits)}",
-           "opq_ivf_pq": f"OPQ{m}_{dim},{ivf},{pq_factory(dim, m, pq_nbits)}"}[kind]
+           "opq_ivf_pq": f"OPQ{m}_{dim},{ivf},{pq_factory(dim, m, pq_nbits)}", "binary": BINARY_FACTORY}[kind]
     if kind in ("flat", "hnsw") and refine != "none":
         raise ValueError(f"index.refine={refine!r} only makes sense with a compressed code (pq/ivf types)")
+    if kind == "binary" and refine not in ("none", "disk"):
+        raise ValueError(f"index.refine={refine!r}: index.type=binary re-ranks from disk (refine disk) or not at all")
     return key + REFINE[refine]
+
+
+def make_index(dim: int, factory: str):
+    """The empty faiss index of a factory key: inner product, except the binary type's Hamming index (faiss builds
+    ``LSH`` with L2 only; its scores are Hamming distances either way)."""
+    metric = faiss.METRIC_L2 if factory.split(",")[0] == BINARY_FACTORY else faiss.METRIC_INNER_PRODUCT
+    return faiss.index_factory(dim, factory, metric)
 
 
 def is_mergeable(kind: str) -> bool:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from fastemb.index.corpus import SKIP_DUPLICATE, SKIP_UNREADABLE, scan_corpus
 from fastemb.index.embed import peak_rss_mb, shard_files
-from fastemb.index.refine import STORE_FILE
+from fastemb.index.refine import SCALES_FILE, STORE_FILES
 from fastemb.index.stages import EMBEDDINGS, embed_stage, embeddings_dir, index_shards, staged
 from fastemb.model.card import CardUpdate, has_fastemb_card, table, write_card
 from fastemb.record import files_fingerprint, keep_spec, reproducible_record
@@ -27,7 +27,8 @@ from fastemb.spec import SPEC_FILE, IndexJob
 from fastemb.storage import is_uri, pull, pull_folders, push, push_folder, run_uri
 from fastemb.tracking.run import Tracker, track_job
 
-REBUILT = ("index.faiss", "ids.parquet", STORE_FILE)  # not fetched from the store: every run writes them anew
+# not fetched from the store: every run writes them anew
+REBUILT = ("index.faiss", "ids.parquet", *STORE_FILES.values(), SCALES_FILE)
 # the columns of the compression table logged to MLflow per evaluated configuration
 COMPRESSION_METRICS = ("recall@10", "ndcg@10", "ndcg_kept", "code_bytes", "compression_x", "p50_ms", "p99_ms",
                        "build_s")

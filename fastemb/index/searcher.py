@@ -8,18 +8,21 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 
+from fastemb.index.binary import hamming_similarity, is_binary
 from fastemb.index.chunking import aggregate_doc_scores
 from fastemb.index.factory import set_search_params
-from fastemb.index.refine import STORE_FILE, open_store, refine_k_factor, rerank_from_disk
+from fastemb.index.refine import SCALES_FILE, STORE_FILES, open_store, refine_k_factor, rerank_from_disk
 from fastemb.storage import is_uri, local_copy
 
-INDEX_FILES = ("manifest.json", "index.faiss", "ids.parquet", "compressor", STORE_FILE)  # what search reads
+INDEX_FILES = ("manifest.json", "index.faiss", "ids.parquet", "compressor", *STORE_FILES.values(),
+               SCALES_FILE)  # what search reads
 
 
 class Searcher:
     """An index folder (``manifest.json``, ``index.faiss``, ``ids.parquet``, optional ``compressor/`` and
-    ``refine_vectors.f16``), or its object-store URI (fetched into a local cache, again only when its manifest
-    changed: fastemb/storage.py). With ``index.refine: disk`` the vector file is memory-mapped (read-only) once."""
+    ``refine_vectors.f16`` or ``.i8`` + ``refine_scales.npy``), or its object-store URI (fetched into a local cache,
+    again only when its manifest changed: fastemb/storage.py). With ``index.refine: disk`` the vector file is
+    memory-mapped (read-only) once. A binary index's scores are 1 − 2·Hamming/d, or inner products once re-scored."""
 
     def __init__(self, index_dir: str | Path, encoder=None, nprobe: int | None = None,
                  ef_search: int | None = None):
@@ -29,13 +32,18 @@ class Searcher:
         self.manifest = json.loads((self.dir / "manifest.json").read_text())
         cfg = self.manifest["config"]
         self.index = faiss.read_index(str(self.dir / "index.faiss"))
-        refine = cfg["index"]["refine"]
-        self.k_factor = refine_k_factor(refine, cfg["index"]["k_factor"])
+        refine, dtype = cfg["index"]["refine"], cfg["index"].get("refine_dtype", "float16")
+        self.k_factor = refine_k_factor(refine, cfg["index"]["k_factor"], cfg["index"]["type"])
         set_search_params(self.index, nprobe or cfg["index"]["nprobe"], ef_search or cfg["index"]["ef_search"],
                           self.k_factor)
-        self.store = open_store(self.dir / STORE_FILE, self.index.d) if refine == "disk" else None
+        self.binary = is_binary(self.index)
+        # re-scoring ranks by inner product; faiss holds the binary (Hamming) index as an L2 one
+        self.metric = faiss.METRIC_INNER_PRODUCT if self.binary else self.index.metric_type
+        store_file = self.dir / STORE_FILES[dtype]
+        self.store = open_store(store_file, self.index.d) if refine == "disk" else None
+        self.scales = np.load(self.dir / SCALES_FILE) if refine == "disk" and dtype == "int8" else None
         if self.store is not None and len(self.store) != self.index.ntotal:
-            raise ValueError(f"{self.dir / STORE_FILE}: {len(self.store)} vectors for {self.index.ntotal} index "
+            raise ValueError(f"{store_file}: {len(self.store)} vectors for {self.index.ntotal} index "
                              "entries; rebuild the index")
         table = pq.read_table(self.dir / "ids.parquet")
         self.ids = table.column("id").to_pylist()
@@ -68,9 +76,11 @@ class Searcher:
         q = np.ascontiguousarray(q, dtype=np.float32)
         if self.store is None:
             scores, rows = self.index.search(q, fetch)
+            if self.binary:
+                scores = hamming_similarity(scores, self.index.d)
         else:  # refine disk: k_factor × candidates from the codes, re-ranked with the vectors on disk
             cand = self.index.search(q, min(fetch * self.k_factor, self.index.ntotal))[1]
-            scores, rows = rerank_from_disk(cand, q, self.store, fetch, self.index.metric_type)
+            scores, rows = rerank_from_disk(cand, q, self.store, fetch, self.metric, self.scales)
         out = []
         for srow, irow in zip(scores, rows):
             valid = irow >= 0

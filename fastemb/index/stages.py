@@ -12,7 +12,7 @@ from fastemb.index.build import build_index
 from fastemb.index.corpus import CorpusScan
 from fastemb.index.embed import embed_corpus, shard_files
 from fastemb.index.factory import factory_string
-from fastemb.index.refine import STORE_DTYPE, STORE_FILE, refine_k_factor
+from fastemb.index.refine import SCALES_FILE, STORE_FILES, refine_k_factor, store_dtype
 from fastemb.index.shards import kept_counts, plan_duplicates, write_id_map
 from fastemb.spec import CompressSpec, IndexJob, IndexSpec
 from fastemb.storage import is_uri
@@ -51,7 +51,7 @@ def embed_stage(spec: IndexJob, scan: CorpusScan, emb_dir: Path, on_unit=None) -
 
 def index_shards(shard_dirs: list[str], duplicate_ids: set[str], out_dir: Path, index: IndexSpec,
                  compress: CompressSpec, on_this_node: bool = False, log_level: int = logging.INFO) -> dict:
-    """Build ``out_dir/{index.faiss, ids.parquet, compressor/}`` (+ ``refine_vectors.f16`` with refine disk) from
+    """Build ``out_dir/{index.faiss, ids.parquet, compressor/}`` (+ the vector file with refine disk) from
     embedding shards; returns build info (the build's line is logged at ``log_level``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = shard_files(shard_dirs)
@@ -70,7 +70,7 @@ def index_shards(shard_dirs: list[str], duplicate_ids: set[str], out_dir: Path, 
                              pq_nbits=ic.pq_nbits, hnsw_m=ic.hnsw_m, refine=ic.refine)
     info = build_index(files, counts, drop, out_dir, ic.type, factory, train_size=ic.train_size, compress=fit,
                        add_tasks=ic.add_tasks, seed=ic.seed, on_this_node=on_this_node,
-                       refine_store=ic.refine == "disk", log_level=log_level, train_on_gpu=ic.train_on_gpu)
+                       refine_store=ic.refine == "disk", store_dtype=ic.refine_dtype, log_level=log_level, train_on_gpu=ic.train_on_gpu)
     rows, skipped = write_id_map(files, drop, str(out_dir / "ids.parquet"))
     if rows != info["ntotal"]:
         raise RuntimeError(f"index holds {info['ntotal']} vectors but the id map {rows}: build is inconsistent")
@@ -88,11 +88,13 @@ def _refine_info(out_dir: Path, index: IndexSpec, rows: int, dim: int) -> dict:
     mode = index.refine
     if mode == "none":
         return {"mode": mode}
-    out = {"mode": mode, "k_factor": refine_k_factor(mode, index.k_factor), "in_memory": mode != "disk"}
+    out = {"mode": mode, "k_factor": refine_k_factor(mode, index.k_factor, index.type), "in_memory": mode != "disk"}
     if mode == "disk":
-        size = (out_dir / STORE_FILE).stat().st_size
-        if size != rows * dim * STORE_DTYPE.itemsize:
-            raise RuntimeError(f"{STORE_FILE} holds {size} bytes, not {rows} × {dim} {STORE_DTYPE}: build is "
-                               "inconsistent")
-        out |= {"file": STORE_FILE, "dtype": STORE_DTYPE.name, "bytes": size, "bytes_per_vector_on_disk": size // rows}
+        name = STORE_FILES[index.refine_dtype]
+        dtype, size = store_dtype(name), (out_dir / name).stat().st_size
+        if size != rows * dim * dtype.itemsize:
+            raise RuntimeError(f"{name} holds {size} bytes, not {rows} × {dim} {dtype}: build is inconsistent")
+        out |= {"file": name, "dtype": dtype.name, "bytes": size, "bytes_per_vector_on_disk": size // rows}
+        if index.refine_dtype == "int8":
+            out["scales_file"] = SCALES_FILE
     return out

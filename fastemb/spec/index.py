@@ -40,8 +40,9 @@ class CompressSpec(Section):
 
 
 class IndexSpec(Section):
-    """The faiss index (PQ parameters from ``bytes_per_vector`` unless ``pq_m`` is given)."""
-    type: Literal["flat", "ivf_flat", "pq", "ivf_pq", "opq_ivf_pq", "hnsw"] = "ivf_pq"
+    """The faiss index (PQ parameters from ``bytes_per_vector`` unless ``pq_m`` is given; ``binary``: one sign bit per
+    dimension, searched by Hamming distance, over unit-norm vectors)."""
+    type: Literal["flat", "ivf_flat", "pq", "ivf_pq", "opq_ivf_pq", "hnsw", "binary"] = "ivf_pq"
     bytes_per_vector: int = Field(48, gt=0, le=65536, description="PQ code bytes per vector (8-bit codes)")
     pq_m: int | None = Field(None, gt=0)
     pq_nbits: int = Field(8, ge=4, le=12)
@@ -50,7 +51,10 @@ class IndexSpec(Section):
     refine: Literal["none", "flat", "sqfp16", "sq8", "disk"] = Field(
         "none", description="re-rank candidates of a compressed index: in memory with the float vectors (flat) or "
         "finer codes (sqfp16, sq8); or disk: with fp16 vectors in refine_vectors.f16 next to the index, memory-mapped "
-        "at search (2·d bytes per vector on disk, none in memory)")
+        "at search (2·d bytes per vector on disk, none in memory; d with refine_dtype int8)")
+    refine_dtype: Literal["float16", "int8"] = Field(
+        "float16", description="refine disk: the vectors on disk as float16, or int8 with a per-dimension scale "
+        "calibrated on the training sample (refine_vectors.i8 + refine_scales.npy; half the bytes)")
     train_size: int = Field(100_000, gt=0, description="vectors sampled to train the quantizer/compressor")
     train_on_gpu: bool = Field(False, description="the training task asks Ray for a GPU and runs the IVF coarse "
                                "quantizer's k-means there; needs the faiss-gpu wheel on that node (README: GPUs; with "
@@ -59,7 +63,7 @@ class IndexSpec(Section):
     nprobe: int = Field(16, gt=0)
     ef_search: int = Field(64, gt=0)
     k_factor: int | None = Field(None, gt=0, description="refine: re-rank k*k_factor candidates (default 4; "
-                                 "10 with refine disk)")
+                                 "10 with refine disk; 20 for index.type binary)")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -67,6 +71,19 @@ class IndexSpec(Section):
         if self.refine != "none" and self.type in ("flat", "hnsw"):
             raise ValueError(f"index.refine={self.refine!r} only makes sense with a compressed code "
                              f"(pq/ivf types), not index.type={self.type}")
+        if self.refine_dtype != "float16" and self.refine != "disk":
+            raise ValueError(f"index.refine_dtype={self.refine_dtype!r} is the dtype of the vectors kept on disk: it "
+                             f"needs index.refine=disk, not {self.refine!r}")
+        if self.type == "binary":
+            if self.refine not in ("none", "disk"):
+                raise ValueError(f"index.refine={self.refine!r} keeps refine codes in memory, which defeats "
+                                 "index.type=binary (d/8 bytes per vector): use index.refine=disk (float16 or int8 "
+                                 "vectors on disk) or none")
+            unused = {"pq_m": self.pq_m, "nlist": self.nlist, "pq_nbits": None if self.pq_nbits == 8 else self.pq_nbits}
+            for name, value in unused.items():
+                if value is not None:
+                    raise ValueError(f"index.{name}={value} does not apply to index.type=binary (one bit per "
+                                     "dimension, no PQ or IVF): leave it out")
         return self
 
 
@@ -92,5 +109,12 @@ class IndexJob(RunJob):
     compress: CompressSpec = CompressSpec()
     index: IndexSpec = IndexSpec()
     evaluate: IndexEvalSpec = IndexEvalSpec()
+
+    @model_validator(mode="after")
+    def _binary_needs_unit_vectors(self) -> IndexJob:
+        if self.index.type == "binary" and self.model.normalize is False and self.compress.method == "none":
+            raise ValueError("index.type=binary needs normalised vectors (sign bits, inner-product rescoring): set "
+                             "model.normalize=true or choose another index.type")
+        return self
 
 
