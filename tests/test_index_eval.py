@@ -24,6 +24,8 @@ def manifest(ray_local, tiny_eval, tmp_path_factory) -> dict:
             {"name": "pca128 flat", "compress": {"method": "pca", "dim": 128}, "index": {"type": "flat", "refine": "none"}},
             {"name": "pq24 no refine", "index": {"refine": "none"}},
             {"name": "pq24 refine disk", "index": {"refine": "disk", "k_factor": None}},
+            {"name": "binary int8 disk", "index": {"type": "binary", "nlist": None, "pq_nbits": 8, "refine": "disk",
+                                                   "refine_dtype": "int8", "k_factor": None}},
         ]}})
     return run_index(spec)
 
@@ -46,6 +48,9 @@ def test_compressed_configs_report_the_tradeoff(manifest):
     disk = by_name["pq24 refine disk"]                          # ... also when they stay on disk (fp16)
     assert disk["factory"] == "IVF4,PQ48x4np" and disk["code_bytes"] == 24 and disk["disk_bytes"] == 2 * 384
     assert disk["recall@10"] > no_refine["recall@10"] and job["disk_bytes"] == 0
+    binary = by_name["binary int8 disk"]                        # sign bits in memory, int8 vectors on disk
+    assert binary["factory"] == "LSH" and binary["code_bytes"] == 48 and binary["compression_x"] == 32
+    assert binary["disk_bytes"] == 384 and binary["recall@10"] >= 0.9
     pca = by_name["pca128 flat"]
     assert pca["code_bytes"] == 512 and 0.5 < pca["recall@10"] < 1.0
     for r in manifest["evaluation"]["results"]:
