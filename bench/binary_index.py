@@ -182,7 +182,8 @@ def report(rows: list[dict], n: int, d: int, nq: int, k_factor: int, lat_q: int,
                 f"{r['disk'] or '–'} | {r['p50']:.3f} | {r['p99']:.3f} |")
 
     head = ["| system | configuration | k_factor | recall@10 vs exact | nDCG@10 (kept) | B/vector in memory "
-            "(compression) | B/vector on disk for re-scoring | p50 ms | p99 ms |", "|---|---|---|---|---|---|---|---|---|"]
+            "(compression) | B/vector on disk for re-scoring | p50 ms | p99 ms |",
+            "|---|---|---|---|---|---|---|---|---|"]
     main = [r for r in rows if r["k_factor"] in (None, k_factor)]
     sweep = [r for r in rows if r["k_factor"] is not None]
     by = {(r["system"], r["name"], r["k_factor"]): r for r in rows}
@@ -200,8 +201,9 @@ def report(rows: list[dict], n: int, d: int, nq: int, k_factor: int, lat_q: int,
              if min(by[("fastemb", "binary + fp16 disk", kf)]["recall"],
                     by[("fastemb", "binary + int8 disk", kf)]["recall"]) >= 0.95]
     exact_file = exact["file"]
-    return f"""WordNet test protocol{' (--quick: first 200 queries)' if quick else ''}: {nq:,} queries × {n:,} definitions,
-all-MiniLM-L6-v2 ({d}-d unit vectors, float32 = {full} B). fastemb builds each configuration with its own index stage
+    scope = " (--quick: first 200 queries)" if quick else ""
+    return f"""WordNet test protocol{scope}: {nq:,} queries × {n:,} definitions, all-MiniLM-L6-v2
+({d}-d unit vectors, float32 = {full} B). fastemb builds each configuration with its own index stage
 (`fastemb.index.stages.index_shards`: Ray train/add/merge tasks on a local Ray of {threads} CPUs, the refine store
 written by the add tasks) and searches it with its `Searcher`; the peer is sentence-transformers'
 `quantize_embeddings(precision="ubinary")` + faiss `IndexBinaryFlat` searched by `semantic_search_faiss(...,
@@ -224,9 +226,9 @@ k_factor sweep (recall@10 vs exact / p50 ms):
 {chr(10).join(sweep_lines)}
 
 **Target (binary + re-scoring at ≥ 32× compression in memory, recall@10 vs exact ≥ 0.95):** at k_factor {k_factor},
-{f16['mem']:.0f} B in memory ({full / f16['mem']:.0f}×): fp16 re-scoring {f16['recall']:.4f} {met(f16['recall'] >= 0.95)},
-int8 re-scoring {i8['recall']:.4f} {met(i8['recall'] >= 0.95)} (binary alone: {plain['recall']:.4f}). Smallest swept
-k_factor where both reach 0.95: {reach[0] if reach else 'none'}.
+{f16['mem']:.0f} B in memory ({full / f16['mem']:.0f}×): fp16 re-scoring {f16['recall']:.4f}
+{met(f16['recall'] >= 0.95)}, int8 re-scoring {i8['recall']:.4f} {met(i8['recall'] >= 0.95)} (binary alone:
+{plain['recall']:.4f}). Smallest swept k_factor where both reach 0.95: {reach[0] if reach else 'none'}.
 
 Ratios at k_factor {k_factor}: recall@10 fastemb int8 / sentence-transformers {i8['recall'] / st['recall']:.3f}
 ({i8['recall']:.4f} vs {st['recall']:.4f}); p50 latency fastemb int8 / sentence-transformers

@@ -27,8 +27,8 @@ def is_binary(index) -> bool:
 
 
 def check_unit_norm(x: np.ndarray, tol: float = NORM_TOLERANCE) -> None:
-    """Raise :class:`NotUnitNormError` (naming ``index.type``) unless every row of ``x`` (the training sample, in the index's space)
-    has norm 1 ± ``tol``."""
+    """Raise :class:`NotUnitNormError` (naming ``index.type``) unless every row of ``x`` (the training sample, in
+    the index's space) has norm 1 ± ``tol``."""
     norms = np.linalg.norm(np.asarray(x, dtype=np.float32), axis=1)
     off = np.abs(norms - 1.0) > tol
     if off.any():

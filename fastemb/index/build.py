@@ -6,8 +6,8 @@ from the embedding shards. Shard indexes are written next to the output and merg
 be merged, is built by one task streaming the shards. With ``refine_store`` the add tasks also write the vectors
 they add (after the compressor) at their row offsets into ``refine_vectors.f16`` (or, int8 with per-dimension scales
 calibrated on the training sample, ``refine_vectors.i8``), so its row r is faiss id r (``index.refine: disk``). A
-binary index refuses a training sample that is not unit-norm (fastemb/index/binary.py). With ``on_this_node`` (shards and output in the driver's local staging folder) every
-task runs on the driver's node.
+binary index refuses a training sample that is not unit-norm (fastemb/index/binary.py). With ``on_this_node``
+(shards and output in the driver's local staging folder) every task runs on the driver's node.
 """
 from __future__ import annotations
 

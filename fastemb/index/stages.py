@@ -70,7 +70,8 @@ def index_shards(shard_dirs: list[str], duplicate_ids: set[str], out_dir: Path, 
                              pq_nbits=ic.pq_nbits, hnsw_m=ic.hnsw_m, refine=ic.refine)
     info = build_index(files, counts, drop, out_dir, ic.type, factory, train_size=ic.train_size, compress=fit,
                        add_tasks=ic.add_tasks, seed=ic.seed, on_this_node=on_this_node,
-                       refine_store=ic.refine == "disk", store_dtype=ic.refine_dtype, log_level=log_level, train_on_gpu=ic.train_on_gpu)
+                       refine_store=ic.refine == "disk", store_dtype=ic.refine_dtype, log_level=log_level,
+                       train_on_gpu=ic.train_on_gpu)
     rows, skipped = write_id_map(files, drop, str(out_dir / "ids.parquet"))
     if rows != info["ntotal"]:
         raise RuntimeError(f"index holds {info['ntotal']} vectors but the id map {rows}: build is inconsistent")
