@@ -112,3 +112,17 @@ def test_int8_rerank_keeps_the_fp16_order_on_well_separated_data(tmp_path):
     assert i8[1].tolist() == f16[1].tolist() == [np.argsort(perm).tolist()]
     np.testing.assert_allclose(i8[0], f16[0], atol=0.02)
     assert np.abs(to_store(x, scales)).max() == 127 and to_store(x, scales).dtype == np.int8
+
+
+def test_a_sweep_entry_is_checked_when_the_spec_is_read():
+    """A binary sweep entry inherits the job's index section (here nlist): refused before anything is embedded."""
+    raw = {"job": "index", "index": {"type": "ivf_pq", "nlist": 8},
+           "evaluate": {"enabled": True, "sweep": [{"name": "bin", "index": {"type": "binary", "refine": "disk"}}]}}
+    with pytest.raises(SpecError, match=r"evaluate\.sweep\.0 \(bin\): index\.nlist=8 does not apply"):
+        parse_spec(raw)
+    raw["evaluate"]["sweep"][0]["index"]["nlist"] = None
+    index, _ = parse_spec(raw).sweep_config(raw["evaluate"]["sweep"][0])
+    assert (index.type, index.refine, index.nlist) == ("binary", "disk", None)
+    raw["evaluate"]["sweep"][0]["index"] = {"typo": 1}
+    with pytest.raises(SpecError, match=r"evaluate\.sweep\.0 \(bin\): index\.typo: unknown key"):
+        parse_spec(raw)

@@ -21,7 +21,7 @@ from fastemb.eval.metrics import ranking_metrics
 from fastemb.index.corpus import scan_corpus
 from fastemb.index.searcher import Searcher
 from fastemb.index.stages import embed_stage, embeddings_dir, index_shards, staged
-from fastemb.spec import CompressSpec, IndexJob, IndexSpec
+from fastemb.spec import IndexJob
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +42,6 @@ def latency_ms(searcher: Searcher, q: np.ndarray, k: int = 10) -> tuple[float, f
         searcher.search_vectors(row[None, :], k)
         times.append((time.perf_counter() - t) * 1000)
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
-
-
-def _config(spec: IndexJob, entry: dict) -> tuple[IndexSpec, CompressSpec]:
-    """A sweep entry's index and compression sections: the job's with the entry's changes (``compress`` given:
-    instead of the job's)."""
-    index = IndexSpec.model_validate(spec.index.model_copy(update=entry.get("index", {})).model_dump())
-    base_compress = {"method": "none", "dim": None, "params": {}}
-    compress = CompressSpec.model_validate({**base_compress, **entry["compress"]}) if "compress" in entry \
-        else spec.compress
-    return index, compress
 
 
 def evaluate_job(spec: IndexJob) -> dict:
@@ -78,7 +68,7 @@ def evaluate_job(spec: IndexJob) -> dict:
     entries = [EXACT, own, *ev.sweep]
     searcher_encoder, q_full, results, truth = None, None, [], None
     for n, entry in enumerate(entries):
-        index, compress = _config(spec, entry)
+        index, compress = spec.sweep_config(entry)
         cdir = out / f"config-{n:02d}"
         info = index_shards(emb["shard_dirs"], set(), cdir, index, compress, staged(spec),
                             log_level=logging.DEBUG)  # one line per configuration: its results

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from fastemb.spec.base import RunJob, Section, input_path
 from fastemb.spec.sections import EmbedSpec, ModelSpec
@@ -110,11 +110,35 @@ class IndexJob(RunJob):
     index: IndexSpec = IndexSpec()
     evaluate: IndexEvalSpec = IndexEvalSpec()
 
+    def sweep_config(self, entry: dict[str, Any]) -> tuple[IndexSpec, CompressSpec]:
+        """A sweep entry's index and compression sections: the job's with the entry's changes (``compress`` given:
+        instead of the job's)."""
+        unknown = sorted(set(entry.get("index", {})) - set(IndexSpec.model_fields))
+        if unknown:
+            raise ValueError(f"index.{unknown[0]}: unknown key; allowed keys here: {', '.join(IndexSpec.model_fields)}")
+        index = IndexSpec.model_validate(self.index.model_copy(update=entry.get("index", {})).model_dump())
+        base_compress = {"method": "none", "dim": None, "params": {}}
+        compress = CompressSpec.model_validate({**base_compress, **entry["compress"]}) if "compress" in entry \
+            else self.compress
+        return index, compress
+
     @model_validator(mode="after")
     def _binary_needs_unit_vectors(self) -> IndexJob:
         if self.index.type == "binary" and self.model.normalize is False and self.compress.method == "none":
             raise ValueError("index.type=binary needs normalised vectors (sign bits, inner-product rescoring): set "
                              "model.normalize=true or choose another index.type")
+        return self
+
+    @model_validator(mode="after")
+    def _sweep_entries_are_valid(self) -> IndexJob:
+        """A sweep entry inherits the job's index section: checked now, not after the corpus is embedded."""
+        for n, entry in enumerate(self.evaluate.sweep if self.evaluate.enabled else []):
+            try:
+                self.sweep_config(entry)
+            except ValueError as err:  # a ValidationError is one too
+                msgs = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in err.errors()) \
+                    if isinstance(err, ValidationError) else str(err)
+                raise ValueError(f"evaluate.sweep.{n} ({entry.get('name', 'unnamed')}): {msgs}") from None
         return self
 
 
