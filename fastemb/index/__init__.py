@@ -3,7 +3,8 @@
 Modules: ``corpus`` (input files, validation), ``embed`` (Ray Data encoder actors, length bucketing),
 ``chunking`` (long documents), ``shards`` (embedding shards, duplicates, id map), ``factory`` (index
 configurations), ``binary`` (the sign-bit index type), ``refine`` (re-ranking from vectors on disk), ``build``
-(train / parallel add / merge on Ray), ``stages`` (the job's embedding and build stages), ``searcher`` (queries → documents), ``evaluate`` (compression trade-offs), ``job`` (the ``fastemb index`` job).
+(train / parallel add / merge on Ray), ``stages`` (the job's embedding and build stages), ``searcher`` (queries →
+documents), ``evaluate`` (compression trade-offs), ``job`` (the ``fastemb index`` job).
 """
 from fastemb.index.searcher import Searcher, search
 
