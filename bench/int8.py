@@ -3,7 +3,7 @@ sentence-transformers' own ONNX int8 backend, in one run; figures go to bench/RE
 
 The model is all-MiniLM-L6-v2 saved as a fastemb export would be (256 tokens). fastemb's int8 file is made the way a
 user gets it, by ``export.int8`` (fastemb/train/export.py: quantize, score fp32 and int8 on the WordNet dev set, keep
-the file within the tolerance). sentence-transformers' int8 is its own best CPU path:
+the file within the tolerance), once with int8 weights (the default) and once with ``weights: uint8``. sentence-transformers' int8 is its own best CPU path:
 ``export_dynamic_quantized_onnx_model(model, "avx512_vnni", ...)`` on its optimum ONNX export, loaded with
 ``backend="onnx"`` and that ``file_name``, in a venv that has optimum-onnx (``--st-onnx-python``; optimum-onnx needs
 transformers < 4.58, so it cannot share fastemb's venv)::
@@ -58,24 +58,27 @@ export_dynamic_quantized_onnx_model(model, "avx512_vnni", sys.argv[1])
 """
 
 
-def make_models(work: Path, st_python: str | None) -> tuple[Path, Path | None, dict]:
-    """MiniLM as an exported folder with fastemb's checked int8 file (``export.int8``), and a copy where
-    sentence-transformers makes its own int8 file (None without its venv); returns both and fastemb's check."""
+def fastemb_export(work: Path, weights: str) -> tuple[Path, dict]:
+    """MiniLM as an exported folder (the base's own 256 tokens) with the int8 file ``export.int8`` writes after its
+    dev check, with ``weights`` int8 or uint8; the folder and the check."""
     from fastemb.spec import parse_spec
     from fastemb.train.export import int8_export
 
-    ours = work / "fastemb" / "model"
-    Encoder.load("all-MiniLM-L6-v2").save(ours)  # the base's own 256 tokens
-    spec = parse_spec({"job": "train", "storage_path": str(work), "export": {"int8": {}}})
-    check = int8_export(spec, ours)
+    folder = work / f"fastemb-{weights}" / "model"
+    Encoder.load("all-MiniLM-L6-v2").save(folder)
+    check = int8_export(parse_spec({"job": "train", "storage_path": str(work),
+                                    "export": {"int8": {"weights": weights}}}), folder)
     if not check.get("written"):
-        raise SystemExit(f"export.int8 refused the int8 model: {check.get('reason')}")
-    if not st_python:
-        return ours, None, check
+        raise SystemExit(f"export.int8 refused the {weights} model: {check.get('reason')}")
+    return folder, check
+
+
+def st_export(work: Path, source: Path, st_python: str) -> Path:
+    """A copy of the model folder (without fastemb's ONNX files) where sentence-transformers makes its own int8."""
     theirs = work / "st" / "model"
-    shutil.copytree(ours, theirs, ignore=shutil.ignore_patterns("onnx"))
+    shutil.copytree(source, theirs, ignore=shutil.ignore_patterns("onnx"))
     subprocess.run([st_python, "-c", ST_EXPORT, str(theirs)], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    return ours, theirs, check
+    return theirs
 
 
 def fastemb_round(model_dir: Path, backend: str, texts: list[str], threads: int) -> tuple[float, np.ndarray]:
@@ -131,7 +134,8 @@ def main() -> None:
     st_python = args.st_onnx_python if Path(args.st_onnx_python).exists() else None
     if not st_python:
         log.warning(f"{args.st_onnx_python} not found: no sentence-transformers rows (see this script's docstring)")
-    ours, theirs, check = make_models(work, st_python)
+    (ours, check), (ours_u8, check_u8) = fastemb_export(work, "int8"), fastemb_export(work, "uint8")
+    theirs = st_export(work, ours, st_python) if st_python else None
     texts = pq.read_table(WORDNET_DIR / "all_definitions.parquet", columns=["text"]).column("text").to_pylist()
     texts = texts[: args.n]
     tok = Encoder.load(str(ours)).tokenizer
@@ -139,7 +143,7 @@ def main() -> None:
     (work / "texts.json").write_text(json.dumps(texts))
     (work / "batches.json").write_text(json.dumps([b.tolist() for b in bucket_batches(lengths, CPU_BATCH_TOKENS)]))
 
-    sides = ["fastemb int8", "fastemb fp32", *(["st int8"] if st_python else [])]
+    sides = ["fastemb int8", "fastemb fp32", "fastemb int8 (uint8 weights)", *(["st int8"] if st_python else [])]
     seconds: dict[str, list[float]] = {s: [] for s in sides}
     vectors: dict[str, np.ndarray] = {}
     for r in range(args.rounds):
@@ -148,7 +152,8 @@ def main() -> None:
                 s, v = st_round(st_python, theirs, work / "texts.json", work / "batches.json", args.threads,
                                 work / "st.npy")
             else:
-                s, v = fastemb_round(ours, "onnx-int8" if "int8" in side else "onnx", texts, args.threads)
+                folder = ours_u8 if "uint8" in side else ours
+                s, v = fastemb_round(folder, "onnx-int8" if "int8" in side else "onnx", texts, args.threads)
             seconds[side].append(s)
             vectors[side] = v
             log.info(f"round {r + 1}/{args.rounds}: {side} {len(texts) / s:.0f} texts/s")
@@ -156,9 +161,9 @@ def main() -> None:
     if st_python:  # sentence-transformers on fastemb's int8 file: the same vectors as fastemb's run of it
         _, v = st_round(st_python, ours, work / "texts.json", work / "batches.json", args.threads, work / "st-ours.npy")
         loads_ours = float(np.abs(v - vectors["fastemb int8"]).max())
-    quality = test_quality(ours, args.threads)
+    quality = {**test_quality(ours, args.threads), "uint8": test_quality(ours_u8, args.threads)["onnx-int8"]}
     write_section("int8 corpus embedding on CPU (issue 20)",
-                  report(args, len(texts), seconds, vectors, quality, check, loads_ours))
+                  report(args, len(texts), seconds, vectors, quality, {"int8": check, "uint8": check_u8}, loads_ours))
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -175,16 +180,21 @@ def report(args, n: int, seconds: dict, vectors: dict, quality: dict, check: dic
         lines.append(f"- **fastemb int8 / sentence-transformers ONNX int8: {statistics.median(over_st):.2f}×** "
                      f"({spread(over_st, 2, 'rounds')}; target ≥ 1.3×: "
                      f"{'met' if min(over_st) >= 1.3 else 'NOT met'}; {ratio_verdict(over_st, 'fastemb', 'ST')})")
-    loss = (quality["onnx"] - quality["onnx-int8"]) / quality["onnx"]
+    loss = {k: (quality["onnx"] - quality[k]) / quality["onnx"] for k in ("onnx-int8", "uint8")}
+    over_u8 = [a / b for a, b in zip(rate["fastemb int8 (uint8 weights)"], rate["fastemb fp32"])]
+    lines.append(f"- fastemb int8 with uint8 weights / fastemb fp32 ONNX: {statistics.median(over_u8):.2f}× "
+                 f"({spread(over_u8, 2, 'rounds')})")
     cos = {s: float((v * vectors["fastemb fp32"]).sum(1).mean()) for s, v in vectors.items() if s != "fastemb fp32"}
-    dev = check["dev_ndcg@10"]
+    dev = {k: c["dev_ndcg@10"] for k, c in check.items()}
     return f"""
 all-MiniLM-L6-v2 as exported (256 tokens), the first {n:,} WordNet definitions, {args.threads} ONNX Runtime
 thread(s) per side, {args.rounds} round(s) with the order rotating; every side on the same length-sorted batches of
 ≤ {CPU_BATCH_TOKENS} padded tokens, tokenisation included, model load not. fastemb int8: the file `export.int8`
-wrote after its dev check (dev nDCG@10 {dev['int8']:.4f} int8 vs {dev['fp32']:.4f} fp32, {check['relative_loss']:+.2%}
-lost, tolerance {check['tolerance']:.0%}): MatMul weights int8 per channel, activations uint8 per batch (ONNX Runtime
-dynamic quantization). sentence-transformers int8: its own `export_dynamic_quantized_onnx_model(model,
+wrote after its dev check (dev nDCG@10 {dev['int8']['int8']:.4f} int8 vs {dev['int8']['fp32']:.4f} fp32,
+{check['int8']['relative_loss']:+.2%}
+lost, tolerance {check['int8']['tolerance']:.0%}): MatMul weights int8 per channel (symmetric), activations uint8 per
+batch (ONNX Runtime dynamic quantization); with `export.int8.weights: uint8` the weights are asymmetric uint8 (dev
+nDCG@10 {dev['uint8']['int8']:.4f}). sentence-transformers int8: its own `export_dynamic_quantized_onnx_model(model,
 "avx512_vnni")` on its optimum export, run by its `backend="onnx"`.
 
 | side | texts/s (median) | min–max |
@@ -193,7 +203,8 @@ dynamic quantization). sentence-transformers int8: its own `export_dynamic_quant
 
 {chr(10).join(lines)}
 - Test nDCG@10 (WordNet test split, 256 tokens): fp32 {quality['onnx']:.4f}, int8 {quality['onnx-int8']:.4f}
-  ({loss:+.2%} lost; target within 1 %: {'met' if loss <= 0.01 else 'NOT met'}).
+  ({loss['onnx-int8']:+.2%} lost; target within 1 %: {'met' if loss['onnx-int8'] <= 0.01 else 'NOT met'}); with uint8
+  weights {quality['uint8']:.4f} ({loss['uint8']:+.2%} lost; {'met' if loss['uint8'] <= 0.01 else 'NOT met'}).
 - Mean cosine to fastemb fp32's vectors: {', '.join(f'{s} {c:.4f}' for s, c in cos.items())}.
 - sentence-transformers loading fastemb's int8 file (`backend="onnx"`, `model_kwargs={{"file_name": "{ST_INT8}"}}`):
   {'not run (no venv)' if loads_ours is None else f'loads; largest difference to fastemb running the same file {loads_ours:.1e}'}.

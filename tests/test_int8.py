@@ -16,7 +16,7 @@ from fastemb.model.batching import embed_sequences
 from fastemb.model.encoder import Encoder
 from fastemb.model.forward import load_forward
 from fastemb.model.onnx_backend import OnnxEncoder, onnx_path, resolve_backend
-from fastemb.model.quantize import INT8_FILE, RECORD_FILE, folder_int8, int8_path
+from fastemb.model.quantize import INT8_FILE, RECORD_FILE, folder_int8, int8_path, quantize_file
 
 pytestmark = pytest.mark.unit
 
@@ -45,7 +45,7 @@ def _vectors(path, encoder: Encoder) -> np.ndarray:
     return embed_sequences(OnnxEncoder(path), seqs, encoder.tokenizer.pad_token_id or 0, encoder.dim)
 
 
-def test_int8_graph_is_quantized_close_to_fp32_and_made_once(model_dir):
+def test_int8_graph_is_quantized_close_to_fp32_and_made_once(model_dir, tmp_path):
     encoder = Encoder.load(model_dir).eval()
     fp32, int8 = onnx_path(model_dir, encoder), int8_path(model_dir, encoder)
     ops = [n.op_type for n in onnx.load(str(int8), load_external_data=False).graph.node]
@@ -59,6 +59,14 @@ def test_int8_graph_is_quantized_close_to_fp32_and_made_once(model_dir):
     assert np.abs(a - b).max() > 1e-4  # ... but not the fp32 graph
     made = int8.stat().st_mtime_ns
     assert int8_path(model_dir, Encoder.load(model_dir)) == int8 and int8.stat().st_mtime_ns == made  # cached
+
+    uint8 = tmp_path / "uint8.onnx"  # export.int8.weights: uint8
+    quantize_file(fp32, uint8, model_dir, weights="uint8")
+    graph = onnx.load(str(uint8), load_external_data=False).graph
+    initializers = {t.name: t.data_type for t in graph.initializer}
+    weight_types = {initializers[n.input[1]] for n in graph.node if n.op_type == "MatMulInteger"}
+    assert weight_types == {onnx.TensorProto.UINT8}
+    assert (a * _vectors(uint8, encoder)).sum(1).min() > 0.98
 
 
 def _train_spec(tolerance: float):
@@ -115,3 +123,5 @@ def test_int8_backend_is_cpu_only_and_named_in_errors():
         parse_spec({"job": "serve", "production": {"backend": "onnx-int8"}, "replica": {"num_gpus": 1}})
     with pytest.raises(SpecError, match="export.int8.tolerance"):
         parse_spec({"job": "train", "export": {"int8": {"tolerance": 2}}})
+    with pytest.raises(SpecError, match="export.int8.weights"):
+        parse_spec({"job": "train", "export": {"int8": {"weights": "int4"}}})

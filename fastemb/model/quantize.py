@@ -1,5 +1,5 @@
-"""int8 inference on CPU (``backend: onnx-int8``): the encoder's ONNX graph with its MatMul weights in int8 and
-its activations quantized per batch (ONNX Runtime's dynamic quantization; its int8 kernels use AVX-512 VNNI where
+"""int8 inference on CPU (``backend: onnx-int8``): the encoder's ONNX graph with its MatMul weights in int8 (or
+uint8: ``export.int8.weights``) and its activations quantized per batch (ONNX Runtime's dynamic quantization; its int8 kernels use AVX-512 VNNI where
 the CPU has it).
 
 Two places hold an int8 graph:
@@ -32,14 +32,15 @@ CACHE_NAME = "model_qint8.onnx"
 QUANTIZED_OPS = ["MatMul"]  # the transformer's projections and feed-forward layers (~all of the time)
 
 
-def quantize_file(src: Path, dest: Path, name: str, field: str = "backend") -> None:
-    """Quantize the ONNX graph ``src`` into ``dest`` (int8 weights per output channel, uint8 activations per batch;
-    written beside it, then renamed into place)."""
+def quantize_file(src: Path, dest: Path, name: str, field: str = "backend", weights: str = "int8") -> None:
+    """Quantize the ONNX graph ``src`` into ``dest`` (``weights``: int8 or uint8 per output channel; uint8
+    activations per batch; written beside it, then renamed into place)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
-        quantize_dynamic(src, tmp, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=QUANTIZED_OPS)
+        weight_type = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[weights]
+        quantize_dynamic(src, tmp, weight_type=weight_type, per_channel=True, op_types_to_quantize=QUANTIZED_OPS)
         os.replace(tmp, dest)
     except Exception as err:  # noqa: BLE001 - any quantizer failure: one clear error
         raise OnnxExportError(f"model {name}: int8 quantization of {src} failed ({type(err).__name__}: {err}); "
@@ -85,7 +86,7 @@ def write_folder_int8(folder: Path, candidate: Path, encoder: "Encoder", check: 
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(candidate, dest)
     record = {"fingerprint": fingerprint(folder, encoder.pooling, encoder.normalize), "file": INT8_FILE,
-              "method": "onnxruntime dynamic quantization: int8 weights per channel (MatMul), uint8 activations",
-              "check": check}
+              "method": f"onnxruntime dynamic quantization: {check.get('weights', 'int8')} weights per channel "
+                        "(MatMul), uint8 activations", "check": check}
     (folder / RECORD_FILE).write_text(json.dumps(record, indent=2))
     return dest

@@ -180,6 +180,9 @@ class Int8Spec(Section):
     fp32's."""
     tolerance: float = Field(0.01, ge=0, le=1, description="largest relative loss of dev nDCG@10 against the fp32 "
                              "ONNX graph (0.01 = 1 %); past it the int8 file is not written and the report says why")
+    weights: Literal["int8", "uint8"] = Field(
+        "int8", description="the MatMul weights' type: int8 (symmetric, ONNX Runtime's fastest CPU kernels) or uint8 "
+        "(asymmetric: about half the quality loss, slower; bench/int8.py measures both)")
 
 
 class ExportSpec(Section):

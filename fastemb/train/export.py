@@ -80,14 +80,15 @@ def int8_export(spec: TrainJob, model_dir: str | Path) -> dict:
     from fastemb.model.onnx_backend import OnnxEncoder, OnnxExportError, onnx_path
     from fastemb.model.quantize import INT8_FILE, RECORD_FILE, quantize_file, write_folder_int8
 
-    tolerance, d, model_dir = spec.export.int8.tolerance, spec.data, Path(model_dir)
+    options, d, model_dir = spec.export.int8, spec.data, Path(model_dir)
+    tolerance = options.tolerance
     candidate = model_dir / ".int8-candidate.onnx"
     for stale in (INT8_FILE, RECORD_FILE, candidate.name):  # from an earlier export of other weights
         (model_dir / stale).unlink(missing_ok=True)
     encoder = Encoder.from_spec(at_export_length(spec), str(model_dir)).eval()
     try:
         fp32 = onnx_path(model_dir, encoder, field="export.int8")
-        quantize_file(fp32, candidate, str(model_dir), "export.int8")
+        quantize_file(fp32, candidate, str(model_dir), "export.int8", options.weights)
     except OnnxExportError as err:
         logger.warning(f"export.int8: no int8 model ({err})")
         return {"written": False, "reason": str(err)}
@@ -96,7 +97,7 @@ def int8_export(spec: TrainJob, model_dir: str | Path) -> dict:
               for name, path in (("fp32", fp32), ("int8", candidate))}
     loss = (scores["fp32"] - scores["int8"]) / max(scores["fp32"], 1e-12)
     check = {"dev_ndcg@10": scores, "relative_loss": loss, "tolerance": tolerance, "written": loss <= tolerance,
-             "dev_queries": len(dev.queries)}
+             "weights": options.weights, "dev_queries": len(dev.queries)}
     if not check["written"]:
         candidate.unlink(missing_ok=True)
         check["reason"] = f"dev nDCG@10 {scores['int8']:.4f} int8 vs {scores['fp32']:.4f} fp32: {loss:.2%} lost > " \
