@@ -191,9 +191,8 @@ all-MiniLM-L6-v2 as exported (256 tokens), the first {n:,} WordNet definitions, 
 thread(s) per side, {args.rounds} round(s) with the order rotating; every side on the same length-sorted batches of
 ≤ {CPU_BATCH_TOKENS} padded tokens, tokenisation included, model load not. fastemb int8: the file `export.int8`
 wrote after its dev check (dev nDCG@10 {dev['int8']['int8']:.4f} int8 vs {dev['int8']['fp32']:.4f} fp32,
-{check['int8']['relative_loss']:+.2%}
-lost, tolerance {check['int8']['tolerance']:.0%}): MatMul weights int8 per channel (symmetric), activations uint8 per
-batch (ONNX Runtime dynamic quantization); with `export.int8.weights: uint8` the weights are asymmetric uint8 (dev
+{check['int8']['relative_loss']:+.2%} lost, tolerance {check['int8']['tolerance']:.0%}): MatMul weights int8 per
+channel (symmetric), activations uint8 per batch (ONNX Runtime dynamic quantization); with `export.int8.weights: uint8` the weights are asymmetric uint8 (dev
 nDCG@10 {dev['uint8']['int8']:.4f}). sentence-transformers int8: its own `export_dynamic_quantized_onnx_model(model,
 "avx512_vnni")` on its optimum export, run by its `backend="onnx"`.
 
@@ -203,8 +202,8 @@ nDCG@10 {dev['uint8']['int8']:.4f}). sentence-transformers int8: its own `export
 
 {chr(10).join(lines)}
 - Test nDCG@10 (WordNet test split, 256 tokens): fp32 {quality['onnx']:.4f}, int8 {quality['onnx-int8']:.4f}
-  ({loss['onnx-int8']:+.2%} lost; target within 1 %: {'met' if loss['onnx-int8'] <= 0.01 else 'NOT met'}); with uint8
-  weights {quality['uint8']:.4f} ({loss['uint8']:+.2%} lost; {'met' if loss['uint8'] <= 0.01 else 'NOT met'}).
+  ({loss['onnx-int8']:+.2%} lost; target within 1 %: {'met' if loss['onnx-int8'] <= 0.01 else 'NOT met'}); with
+  uint8 weights {quality['uint8']:.4f} ({loss['uint8']:+.2%} lost; {'met' if loss['uint8'] <= 0.01 else 'NOT met'}).
 - Mean cosine to fastemb fp32's vectors: {', '.join(f'{s} {c:.4f}' for s, c in cos.items())}.
 - sentence-transformers loading fastemb's int8 file (`backend="onnx"`, `model_kwargs={{"file_name": "{ST_INT8}"}}`):
   {'not run (no venv)' if loads_ours is None else f'loads; largest difference to fastemb running the same file {loads_ours:.1e}'}.
