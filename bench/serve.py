@@ -12,7 +12,7 @@ Servers (``--servers``, default all):
 
 - ``fastemb``, ``fastemb-haproxy``: fastemb's service as shipped (``backend: auto`` = ONNX Runtime fp32 on CPU), behind
   Serve's Python proxy or the HAProxy ingress; ``fastemb-torch``, ``fastemb-haproxy-torch``: the same with
-  ``backend: torch``;
+  ``backend: torch``; ``fastemb-int8``, ``fastemb-haproxy-int8``: with ``backend: onnx-int8`` (fastemb/model/quantize.py);
 - ``infinity-int8``: Infinity's optimum engine (ONNX Runtime) on an int8 dynamically quantised export, which its CPU
   path prefers (its fastest CPU engine here); ``infinity-onnx``: the same engine on an fp32 export, graph-optimised
   (optimum -O2); ``infinity-torch``: Infinity's torch engine (sentence-transformers);
@@ -237,6 +237,7 @@ def _env(threads: int) -> dict:
 
 
 FASTEMB_ENGINES = {"onnx": "ONNX Runtime fp32 (fastemb's export; backend auto)", "torch": "torch fp32 (backend torch)",
+                   "onnx-int8": "ONNX Runtime int8 (fastemb's export, dynamic quantisation; backend onnx-int8)",
                    "cuda": "torch fp16 on the GPU (backend auto, replica.num_gpus 1)"}
 
 
@@ -319,7 +320,8 @@ def plain_process(model_path: str, threads: int, device: str = "cpu") -> Process
 
 
 # ------------------------------------------------------------------------------------------- main
-SERVERS = "fastemb,fastemb-haproxy,fastemb-torch,fastemb-haproxy-torch,infinity-int8,infinity-onnx,infinity-torch,plain"
+SERVERS = ("fastemb,fastemb-haproxy,fastemb-torch,fastemb-haproxy-torch,fastemb-int8,fastemb-haproxy-int8,infinity-int8,"
+           "infinity-onnx,infinity-torch,plain")
 GPU_SERVERS = "fastemb,fastemb-haproxy,infinity-torch,plain"  # --device cuda: torch fp16 everywhere
 # engine families: servers whose family matches run the same computation, so their ratio is the stack's alone
 FAMILY = {"ONNX Runtime fp32": "ONNX Runtime fp32", "ONNX Runtime int8": "ONNX Runtime int8",
@@ -351,9 +353,10 @@ def build_servers(args, model_path: str, skipped: list[str]) -> list[ProcessServ
     wanted = args.servers.split(",")
     servers = []
     for key, proxy, backend in (("fastemb", "ray", "onnx"), ("fastemb-haproxy", "haproxy", "onnx"),
-                                ("fastemb-torch", "ray", "torch"), ("fastemb-haproxy-torch", "haproxy", "torch")):
+                                ("fastemb-torch", "ray", "torch"), ("fastemb-haproxy-torch", "haproxy", "torch"),
+                                ("fastemb-int8", "ray", "onnx-int8"), ("fastemb-haproxy-int8", "haproxy", "onnx-int8")):
         if key in wanted:
-            engine = "GPU" if args.device == "cuda" else "ONNX" if backend == "onnx" else "torch"
+            engine = "GPU" if args.device == "cuda" else {"onnx": "ONNX", "onnx-int8": "int8"}.get(backend, backend)
             name = f"fastemb ({'HAProxy' if proxy == 'haproxy' else 'Serve'}, {engine})"
             servers.append(fastemb_process(name, model_path, args.threads, args.batch_size, {}, proxy, backend,
                                            args.device))
@@ -397,6 +400,8 @@ def main() -> int:
     ap.add_argument("--infinity-python", default=os.environ.get("INFINITY_PYTHON", "/tmp/fe-venv-infinity/bin/python"))
     ap.add_argument("--proxy", default="ray", help=argparse.SUPPRESS)
     ap.add_argument("--backend", default="onnx", help=argparse.SUPPRESS)
+    ap.add_argument("--section", default=None, help="RESULTS.md section to write (default: serve, or serve (GPU)); "
+                    "a run of a few servers writes its own section instead of replacing the full one")
     ap.add_argument("--servers", default=None, help=f"comma-separated subset of {SERVERS} (default: all; with "
                     f"--device cuda a subset of {GPU_SERVERS}, default those)")
     ap.add_argument("--variant", action="append", default=[], help="NAME:K=V,... extra fastemb server with env")
@@ -472,7 +477,7 @@ def main() -> int:
     if results and not args.no_write:
         from bench.results import write_section
 
-        write_section("serve (GPU)" if args.device == "cuda" else "serve", body)
+        write_section(args.section or ("serve (GPU)" if args.device == "cuda" else "serve"), body)
     return 0
 
 
