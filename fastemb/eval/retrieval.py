@@ -12,6 +12,7 @@ from fastemb.eval.cache import shared_metrics, weights_fingerprint
 from fastemb.eval.metrics import alignment, ranking_metrics, uniformity
 from fastemb.model.batching import Forward, embed_sequences
 from fastemb.model.encoder import Encoder, resolve_model_path
+from fastemb.model.static import StaticEncoder, is_static
 from fastemb.record import files_fingerprint
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def metrics_of_hits(idx: np.ndarray, data: EvalSet) -> dict[str, float]:
     return ranking_metrics(ranked, data.relevant)
 
 
-def evaluate(encoder: Encoder, data: EvalSet, batch_size: int = 128, show_progress: bool = False
+def evaluate(encoder: Encoder | StaticEncoder, data: EvalSet, batch_size: int = 128, show_progress: bool = False
              ) -> dict[str, float]:
     """nDCG@10, MRR@10, recall@{1,10,100}, MAP@100, alignment, uniformity and encode throughput."""
     t0 = time.perf_counter()
@@ -70,7 +71,8 @@ def evaluate_forward(encoder: Encoder, forward: Forward, data: EvalSet) -> dict[
 def evaluate_model(model: ModelSpec, data: DataSpec, split: str = "test", path: str | None = None,
                    show_progress: bool = False) -> dict[str, float]:
     """Metrics of the model a spec's ``model`` section names (or of the folder ``path``, loaded with that section's
-    settings) on ``split`` of ``data.eval`` (at most ``data.test_queries`` queries)."""
+    settings) on ``split`` of ``data.eval`` (at most ``data.test_queries`` queries). A static folder (``fastemb
+    static``) runs as a ``StaticEncoder`` (its own pooling and normalisation; ``max_length`` applies)."""
     folder = resolve_model_path(path or model.base)
     files = [eval_dir_path(data.eval) / f"{split}_{kind}.parquet" for kind in ("corpus", "queries")]
     settings = model.model_dump(mode="json", exclude={"base"})
@@ -79,7 +81,8 @@ def evaluate_model(model: ModelSpec, data: DataSpec, split: str = "test", path: 
            "synonyms": files_fingerprint([model.synonyms]) if model.synonyms else None}
 
     def measure() -> dict[str, float]:
-        encoder = Encoder.from_spec(model, path)
+        encoder = (StaticEncoder.load(folder, model.max_length) if is_static(folder)
+                   else Encoder.from_spec(model, path))
         return evaluate(encoder, load_eval_set(data.eval, split, data.test_queries), show_progress=show_progress)
 
     return shared_metrics(key, measure)

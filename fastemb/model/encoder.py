@@ -102,6 +102,9 @@ def _read_st_layout(path: Path) -> tuple[str, Pooling, bool, int | None]:
             pooling = mode
         elif kind == "Normalize":
             normalize = True
+        elif kind == "StaticEmbedding":
+            raise ValueError(f"{path}: a static token-embedding model (fastemb static): `fastemb eval` and a serve "
+                             "arm run it; this stage needs a transformer model")
         else:
             raise ValueError(f"{path}: sentence-transformers module {m['type']} is not supported")
     max_len = None

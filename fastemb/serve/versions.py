@@ -20,9 +20,9 @@ class LoadedModel:
     """One loaded model version: tokeniser + encoder, its forward pass and its search backend, swapped as a unit."""
     version: str
     path: str
-    encoder: object  # fastemb.model.encoder.Encoder (tokenizer, settings; the torch model)
+    encoder: object  # fastemb.model.encoder.Encoder (tokenizer, settings; the torch model) or a StaticEncoder
     backend: object | None  # fastemb.serve.backends.SearchBackend
-    forward: object  # fastemb.model.onnx_backend.OnnxEncoder | TorchForward: (ids, mask) -> float32 vectors
+    forward: object  # OnnxEncoder | TorchForward | StaticEncoder: (ids, mask) -> float32 vectors
     device: str = "cpu"
     loaded_at: float = field(default_factory=time.time)
 
@@ -80,10 +80,20 @@ def _label(model: str) -> str:
 
 def load(arm, version: str, path: str, device: str = "cpu", threads: int = 1, precision: str = "fp32") -> LoadedModel:
     """Load ``path`` with its forward pass on ``arm.backend`` (an ONNX export made or found in the cache, run with
-    ``threads``; or torch on ``device`` in ``precision``), and build the arm's search backend with that model."""
+    ``threads``; or torch on ``device`` in ``precision``), and build the arm's search backend with that model.
+    A static folder (``fastemb static``) is its own forward pass: token rows averaged with numpy on the CPU, no
+    transformer, so ``backend`` must stay ``auto``."""
     from fastemb.model.encoder import Encoder
     from fastemb.model.forward import load_forward
+    from fastemb.model.static import StaticEncoder, StaticModelError, is_static
     from fastemb.serve.backends import make_backend
+
+    if is_static(path):
+        if arm.backend != "auto":
+            raise StaticModelError(f"backend: {arm.backend} does not apply to {path}, a static model "
+                                   "(token vectors averaged, no transformer to run); leave backend: auto")
+        static = StaticEncoder.load(path, max_length=arm.max_length)
+        return LoadedModel(version, path, static, make_backend(arm, static.encode), static, "cpu")
 
     encoder = Encoder.load(path, max_length=arm.max_length).eval().to(device)
     forward = load_forward(encoder, path, arm.backend, threads, device, precision=precision)

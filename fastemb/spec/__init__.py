@@ -2,7 +2,7 @@
 
 Modules: ``base`` (section and run-job base classes, ``SpecError``, path markers), ``sections`` (sections shared by
 several job types), one module per job type (``train``, ``eval``, ``index``, ``search``, ``tune``, ``serve``,
-``mine``, ``demo``, ``merge``), ``jobs`` (the table of job types, overrides, ``parse_spec`` / ``load_spec``) and ``paths``
+``mine``, ``demo``, ``merge``, ``static``), ``jobs`` (the table of job types, overrides, ``parse_spec`` / ``load_spec``) and ``paths``
 (the walk over declared path fields). Nothing here imports a stage: rules that belong to a stage live in it.
 """
 from fastemb.spec.base import (SPEC_FILE, URI_STORAGE_JOBS, RayRunSpec, RunJob, Section, SpecError, TrackingSpec,
@@ -18,6 +18,7 @@ from fastemb.spec.sections import (AdapterSpec, DataSpec, EmbedSpec, EvalSetSpec
                                    MergeSpec, ModelSpec, NegativeRulesSpec, StudentModelSpec)
 from fastemb.spec.serve import (ABSpec, ArmSpec, AutoscalingSpec, BatchingSpec, IngressSpec, LimitsSpec, ReplicaSpec,
                                 ServeJob)
+from fastemb.spec.static import StaticJob
 from fastemb.spec.train import (AttentionTerm, ContinualSpec, DistillSpec, EmbeddingMSETerm, ExportSpec, HiddenStateTerm,
                                 KLTerm, MarginMSETerm, NegativePoolSpec, TaskSpec, TrainJob, TrainSpec)
 from fastemb.spec.tune import SearchSpace, TuneJob, TuneSpec
@@ -29,7 +30,7 @@ __all__ = [
     "IndexJob", "IndexSpec", "IngressSpec", "JOB_TYPES", "KLTerm", "LimitsSpec", "LossSpec", "MarginMSETerm",
     "MergeInput", "MergeJob", "MergeSpec", "MineJob", "MinePairsSpec", "MiningSpec",
     "ModelSpec", "NegativePoolSpec", "NegativeRulesSpec", "RayRunSpec", "ReplicaSpec", "RunJob", "SearchJob",
-    "SPEC_FILE", "SearchSpace", "Section", "ServeJob", "SpecError", "StudentModelSpec", "TaskSpec", "TrackingSpec",
-    "TrainJob", "TrainSpec", "TuneJob", "TuneSpec", "URI_STORAGE_JOBS", "apply_overrides", "input_path", "load_spec",
+    "SPEC_FILE", "SearchSpace", "Section", "ServeJob", "SpecError", "StaticJob", "StudentModelSpec", "TaskSpec",
+    "TrackingSpec", "TrainJob", "TrainSpec", "TuneJob", "TuneSpec", "URI_STORAGE_JOBS", "apply_overrides", "input_path", "load_spec",
     "not_path", "output_path", "parse_spec",
 ]

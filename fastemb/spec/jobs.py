@@ -22,13 +22,14 @@ from fastemb.spec.mine import MineJob
 from fastemb.spec.paths import set_dotted
 from fastemb.spec.search import SearchJob
 from fastemb.spec.serve import ServeJob
+from fastemb.spec.static import StaticJob
 from fastemb.spec.train import TrainJob
 from fastemb.spec.tune import TuneJob
 
 # job name -> schema (the CLI's spec sub-commands, in this order)
 JOB_TYPES: dict[str, type[Section]] = {"train": TrainJob, "eval": EvalJob, "index": IndexJob, "search": SearchJob,
                                        "tune": TuneJob, "serve": ServeJob, "mine": MineJob, "demo": DemoJob,
-                                       "merge": MergeJob}
+                                       "merge": MergeJob, "static": StaticJob}
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
