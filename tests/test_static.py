@@ -26,10 +26,9 @@ def static_dir(tmp_path_factory, tiny_eval) -> str:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a few hundred 3-token forward passes: one thread is fastest on a shared machine
     try:
-        data = [load_eval_set(tiny_eval, s) for s in ("test",)]
-        texts = [t for d in data for t in d.queries + d.corpus]
+        data = load_eval_set(tiny_eval, "test")
         return str(distil_static("all-MiniLM-L6-v2", tmp_path_factory.mktemp("static") / "model", dim=DIM,
-                                 vocab_texts=texts))
+                                 vocab_texts=data.queries + data.corpus))
     finally:
         torch.set_num_threads(threads)
 

@@ -59,15 +59,13 @@ def keep_only_pattern(tokens: Iterable[str]) -> str:
 
 
 def distil_static(model: str, out: str | Path, dim: int | None = DEFAULT_DIM, sif: float | None = 1e-4,
-                  vocab_texts: Sequence[str] | None = None, words: Sequence[str] | None = None,
-                  field: str = "dim") -> Path:
+                  vocab_texts: Sequence[str] | None = None, field: str = "dim") -> Path:
     """Distil ``model`` (alias or folder) into a static model saved at ``out``.
 
     ``dim``: PCA dimensions (None: no PCA, the model's width); more than the model's width is refused, naming
     ``field``. ``sif``: Model2Vec's SIF coefficient (None: no weighting). ``vocab_texts``: keep only the tokens these
     texts tokenise to (a smaller model for a known domain; other texts then fall back to shorter pieces or
-    ``[UNK]``, which is dropped). ``words``: added to the vocabulary as whole tokens, each with its own forward pass
-    (Model2Vec's ``vocabulary``: a domain word then has its own vector instead of the mean of its pieces')."""
+    ``[UNK]``, which is dropped)."""
     from model2vec.distill import distill_from_model
     from transformers import AutoTokenizer
 
@@ -86,9 +84,8 @@ def distil_static(model: str, out: str | Path, dim: int | None = DEFAULT_DIM, si
         used = set(chain.from_iterable(tokenizer(list(vocab_texts), add_special_tokens=False)["input_ids"]))
         pattern = keep_only_pattern([*tokenizer.convert_ids_to_tokens(sorted(used)), *tokenizer.all_special_tokens])
     started = time.perf_counter()
-    static = distill_from_model(model=encoder.transformer, tokenizer=tokenizer, vocabulary=list(words or []),
-                                pca_dims=dim, sif_coefficient=sif, token_remove_pattern=pattern,
-                                pooling=_POOLING[encoder.pooling])
+    static = distill_from_model(model=encoder.transformer, tokenizer=tokenizer, pca_dims=dim, sif_coefficient=sif,
+                                token_remove_pattern=pattern, pooling=_POOLING[encoder.pooling])
     static.normalize = encoder.normalize
     out = Path(out)
     static.save_pretrained(str(out))
