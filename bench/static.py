@@ -3,7 +3,7 @@ shipped) against fastemb's fp32 ONNX forward pass of that model, in one run; fig
 
 Speed: each round embeds the first ``--n`` WordNet definitions with both sides, the order alternating between
 rounds, tokenisation included, model load not, one thread each (``TOKENIZERS_PARALLELISM=false``; ONNX Runtime on
-``--threads`` intra-op threads, numpy's gather-and-mean single-threaded). fp32: ``load_forward(..., "onnx")`` with
+``--threads`` intra-op threads, the static side's ``embedding_bag`` on as many torch threads). fp32: ``load_forward(..., "onnx")`` with
 ``embed_sequences`` (length-bucketed batches of ≤ 1,024 padded tokens, 256 tokens per text). Static: fastemb's
 ``StaticEncoder.encode`` (tokenise without special tokens, mean of the token rows, L2 norm). Quality: test nDCG@10 of
 both on the WordNet test split (2,000 queries × 20,000 definitions) and on the general set ``debian-descriptions``
@@ -148,8 +148,8 @@ def report(args, n: int, seconds: dict, q: dict, sizes: dict, static_dim: int, d
 all-MiniLM-L6-v2 as shipped (256 tokens, fp32 ONNX graph run by fastemb's `load_forward(..., "onnx")` with
 `embed_sequences`, batches of ≤ {CPU_BATCH_TOKENS} padded tokens) against the static model {made}. Speed: the first
 {n:,} WordNet definitions, {args.rounds} round(s), order alternating, tokenisation included, model load not;
-ONNX Runtime on {args.threads} intra-op thread(s), tokenisers single-threaded (`TOKENIZERS_PARALLELISM=false`), the
-static side's numpy gather-and-mean single-threaded. Quality: test split{'s' if len(sets) > 1 else ''} of
+ONNX Runtime on {args.threads} intra-op thread(s), the static side's torch `embedding_bag` on as many, tokenisers
+single-threaded (`TOKENIZERS_PARALLELISM=false`). Quality: test split{'s' if len(sets) > 1 else ''} of
 {', '.join(f'{s} ({q[s]["queries"]:,} queries × {q[s]["corpus"]:,} texts)' for s in sets)}, exact cosine search,
 both sides through `evaluate_forward`.
 
