@@ -10,8 +10,11 @@ processes on this machine) with token auth on and every port bound to 127.0.0.1.
 
 Each node is one ``ray start --block`` process in its own session (process group); ``stop`` ends
 exactly those process groups (never ``ray stop``, which would kill every Ray on the machine).
-State (ports, process ids, log paths) lives in ``--dir`` (default /tmp/fastemb-cluster), as does
-Ray's temp dir, so this cluster never touches another Ray's ``/tmp/ray``.
+State (ports, process ids, log paths) lives in ``--dir`` (default /tmp/fastemb-cluster), as do
+Ray's temp dirs, so this cluster never touches another Ray's ``/tmp/ray``. Each node has its own temp dir
+(``ray`` for the head, ``ray-worker1``, ...), as on separate machines: nodes sharing one would share one
+``runtime_resources`` folder, and a node unpacking a job's working_dir (Ray removes and re-extracts it on
+each node's first use) would pull the code from under a driver importing it on another node.
 
 Token: ``RAY_AUTH_TOKEN`` if set, else the file at ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``
 (the order Ray itself uses); a missing file is created (mode 0600). The token is never printed.
@@ -182,9 +185,8 @@ def start(a) -> int:
             print(f"[local_cluster] port {p} is in use; pass --port/--dashboard-port 0 for free ones", file=sys.stderr)
             return 1
     dashboard = f"http://{host}:{dash}"
-    temp_dir = d / "ray"
     common = ["--block", f"--node-ip-address={host}", "--num-gpus=0", "--disable-usage-stats",
-              f"--temp-dir={temp_dir}", "--min-worker-port=0", "--max-worker-port=0",
+              "--min-worker-port=0", "--max-worker-port=0",
               f"--object-store-memory={a.object_store_mb * 1024 * 1024}"]
     state = {"dir": str(d), "address": f"{host}:{port}", "dashboard": dashboard,
              "token_path": None if os.environ.get("RAY_AUTH_TOKEN") else str(token_source()[1]), "nodes": []}
@@ -193,7 +195,8 @@ def start(a) -> int:
         log = d / "logs" / f"{name}.log"
         # A per-node resource ("fastemb_node_worker1": 1) tells the nodes apart in Ray's state API.
         resources = {**resources, f"fastemb_node_{name}": 1}
-        args = [_ray_bin(), "start", *common, *extra, f"--num-cpus={cpus}",
+        temp_dir = d / ("ray" if name == "head" else f"ray-{name}")
+        args = [_ray_bin(), "start", *common, *extra, f"--temp-dir={temp_dir}", f"--num-cpus={cpus}",
                 f"--dashboard-agent-listen-port={free_port(host)}", f"--resources={json.dumps(resources)}"]
         pid = _spawn(args, log, env)
         state["nodes"].append({"name": name, "pgid": pid, "log": str(log), "cpus": cpus})

@@ -52,7 +52,7 @@ def local_cluster(workers: int = 2, head_cpus: int = 1, worker_cpus: int = 1):
                 except ProcessLookupError:
                     pass
         assert stopped.returncode == 0, stopped.stderr
-        if ok:  # keep the node logs (d/c/logs, d/c/ray/session_*/logs) of a failed test
+        if ok:  # keep the node logs (d/c/logs, d/c/ray*/session_*/logs) of a failed test
             shutil.rmtree(d, ignore_errors=True)
 
 
