@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fastemb.errors import FastembError
 from fastemb.logs import configure as configure_logging
-from fastemb.spec import JOB_TYPES, load_spec, parse_spec
+from fastemb.spec import JOB_TYPES, VERBS, load_spec, parse_spec
 
 # Job types whose command, given no spec file, runs the spec shipped in jobs/ (overrides still apply).
 SHIPPED_SPECS = {"demo": Path(__file__).resolve().parents[1] / "jobs" / "demo.yaml"}
@@ -32,7 +32,7 @@ def _spec(args, job: str):
 
 def run_job(args) -> int:
     """Validate the spec, run the job's driver, print its summary."""
-    job = args.command
+    job = args.job
     shipped = SHIPPED_SPECS.get(job)
     if shipped is not None and (not args.spec or "=" in args.spec) and shipped.exists():
         args.overrides = [args.spec, *args.overrides] if args.spec else args.overrides
@@ -54,12 +54,14 @@ def _help(job_type: type) -> str:
 
 
 def add_spec_command(sub, name: str, help_: str) -> argparse.ArgumentParser:
-    """A sub-command taking ``SPEC [key=value ...] [--address ADDR]``."""
-    p = sub.add_parser(name, help=help_, description=help_)
+    """A sub-command taking ``SPEC [key=value ...] [--address ADDR]`` (``fastemb <job> [<verb>] ...``)."""
+    if name in VERBS:
+        sub = sub.add_parser(name, help=help_).add_subparsers(dest="verb", required=True)
+    p = sub.add_parser(VERBS.get(name, name), help=help_, description=help_)
     p.add_argument("spec", nargs="?", help="job spec YAML (optional: defaults are used without it)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=3e-5")
     p.add_argument("--address", help="join this Ray cluster instead of starting a local one")
-    p.set_defaults(fn=run_job)
+    p.set_defaults(fn=run_job, job=name)
     return p
 
 

@@ -42,7 +42,7 @@ from typing import Any
 import yaml
 
 from fastemb.accelerator import stage_requests
-from fastemb.spec import apply_overrides, load_spec
+from fastemb.spec import apply_overrides, command_words, load_spec
 from fastemb.submit_paths import PathDecision, UploadRules, decide_paths, refusal_message
 
 logger = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def build_submission(spec_path: str, overrides: list[str], runtime_env_path: str
     if "ray" in type(spec).model_fields:
         args.append("ray.address=auto")  # join the cluster the job runs on
     check_no_secrets(runtime_env["env_vars"], args)
-    entrypoint = shlex.join(["python", "-m", "fastemb.cli", spec.job, rel.as_posix(), *args])
+    entrypoint = shlex.join(["python", "-m", "fastemb.cli", *command_words(spec.job), rel.as_posix(), *args])
     name = getattr(spec, "name", spec.job)
     sid = submission_id or f"fastemb-{spec.job}-{name}-{uuid.uuid4().hex[:8]}"
     metadata = {"fastemb_job": spec.job, "fastemb_spec": rel.as_posix(), "fastemb_name": name}

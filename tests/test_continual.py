@@ -2,18 +2,21 @@
 candidate with its lineage, promote it when it does not regress, and keep production when it does."""
 from __future__ import annotations
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from fastemb.data.pairs import resolve_pairs_path
 from fastemb.eval.retrieval import evaluate_model
 from fastemb.registry import Registry
 from fastemb.spec import SpecError, parse_spec
 from fastemb.train.job import run_train
 
 
-def continual_spec(tmp_path, tiny_eval, registry, name, lr, **continual):
+def continual_spec(tmp_path, tiny_eval, registry, name, lr, train="wordnet", **continual):
     return parse_spec({
         "name": name, "storage_path": str(tmp_path), "model": {"max_length": 32},
-        "data": {"max_pairs": 64, "eval": tiny_eval}, "general": None,
+        "data": {"train": train, "max_pairs": 64, "eval": tiny_eval}, "general": None,
         "train": {"num_workers": 1, "cpus_per_worker": 2, "micro_batch_size": 16, "lr": lr, "max_grad_norm": 0,
                   "warmup_ratio": 0, "checkpoint_every": 1000, "eval_every": 1000, "max_failures": 0},
         "continual": {"registry": str(registry), **continual}})
@@ -25,8 +28,13 @@ def test_continual_training_promotes_or_keeps_production(ray_local, tmp_path, ti
     registry.register(minilm_path, evaluate_model(seed_spec.model, seed_spec.data, path=minilm_path), {"seed": True})
     registry.promote("v0001")
 
-    # 1) a normal update, started from production; min_gain -1 makes the gate pass whatever the score
-    report = run_train(continual_spec(tmp_path, tiny_eval, tmp_path / "registry", "update", 5e-5, min_gain=-1.0))
+    # 1) a normal update, started from production; min_gain -1 makes the gate pass whatever the score. Its pairs
+    # carry weights, as `fastemb feedback export` writes them (click weights reach the loss through the workers)
+    pairs = pq.read_table(resolve_pairs_path("wordnet")).slice(0, 64).to_pylist()
+    weighted = tmp_path / "weighted.parquet"
+    pq.write_table(pa.Table.from_pylist([{**p, "weight": 0.5 + (i % 3) * 0.5} for i, p in enumerate(pairs)]), weighted)
+    report = run_train(continual_spec(tmp_path, tiny_eval, tmp_path / "registry", "update", 5e-5, str(weighted),
+                                      min_gain=-1.0))
     d = report["continual"]
     assert (d["parent"], d["candidate"], d["outcome"]) == ("v0001", "v0002", "promoted")
     assert registry.state()["production"] == "v0002"

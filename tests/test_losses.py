@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from fastemb.losses import InfoNCELoss
 
 
-def reference_infonce(q, p, n=None, tau=0.05, cosine=True, mask=None):
-    """Loop-based InfoNCE: for each query, softmax over every positive and every negative."""
+def reference_infonce(q, p, n=None, tau=0.05, cosine=True, mask=None, weights=None):
+    """Loop-based InfoNCE: for each query, softmax over every positive and every negative; ``weights``: each query's
+    term times its weight, then the mean."""
     docs = [p[j] for j in range(len(p))]
     if n is not None:
         docs += [n[i, j] for i in range(n.shape[0]) for j in range(n.shape[1])]
@@ -28,7 +29,7 @@ def reference_infonce(q, p, n=None, tau=0.05, cosine=True, mask=None):
             scores.append((j, s / tau))
         logits = torch.stack([s for _, s in scores])
         target = [k for k, (j, _) in enumerate(scores) if j == i][0]
-        losses.append(-torch.log_softmax(logits, 0)[target])
+        losses.append(-torch.log_softmax(logits, 0)[target] * (1.0 if weights is None else weights[i]))
     return torch.stack(losses).mean()
 
 
@@ -95,6 +96,24 @@ def test_scoring_query_rows_in_blocks_gives_the_same_loss_and_gradients(block):
         assert torch.allclose(a, b, atol=1e-10)
     with pytest.raises(ValueError, match="block_rows"):
         InfoNCELoss(0.05, block_rows=0)
+
+
+@pytest.mark.parametrize("block", [None, 3])
+def test_weighted_pairs_match_the_reference_whole_and_in_blocks(block):
+    """Per-pair weights (click weights): each query's term times its weight, values and gradients; all-ones weights
+    are the unweighted loss, and a zero weight removes that query's term."""
+    q, p, n = _leaves(6, 8, seed=16), _leaves(6, 8, seed=17), _leaves(6, 2, 8, seed=18)
+    w = torch.tensor([0.5, 2.0, 1.0, 0.0, 1.5, 1.0], dtype=torch.float64)
+    loss = InfoNCELoss(0.05, gather_across_workers=False, block_rows=block)(q, p, n, weights=w)
+    ref = reference_infonce(q, p, n, tau=0.05, weights=w)
+    assert torch.allclose(loss, ref, atol=1e-10)
+    for a, b in zip(torch.autograd.grad(loss, (q, p, n)), torch.autograd.grad(ref, (q, p, n))):
+        assert torch.allclose(a, b, atol=1e-10)
+    ones = InfoNCELoss(0.05, gather_across_workers=False, block_rows=block)(q, p, n, weights=torch.ones(6))
+    assert torch.allclose(ones, InfoNCELoss(0.05, gather_across_workers=False)(q, p, n), atol=1e-10)
+    assert not torch.allclose(loss, ones)
+    g_q = torch.autograd.grad(InfoNCELoss(0.05, gather_across_workers=False)(q, p, n, weights=w), q)[0]
+    assert torch.count_nonzero(g_q[3]) == 0  # weight 0: query 3 gets no gradient of its own term
 
 
 def _free_port() -> int:

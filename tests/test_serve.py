@@ -99,7 +99,9 @@ def test_truncation_dimensions_and_base64(service, st_model):
     assert abs(np.linalg.norm(v) - 1) < 1e-5
 
 
-def test_search_feedback_and_ab_report(service, capsys):
+def test_search_feedback_and_ab_report(service, capsys, tmp_path):
+    import pyarrow.parquet as pq
+
     from fastemb.cli import main
 
     spec, url = service
@@ -121,6 +123,22 @@ def test_search_feedback_and_ab_report(service, capsys):
     rep = json.loads(capsys.readouterr().out)
     prod = rep["arms"]["production"]
     assert prod["searches"] >= 1 and prod["clicks"] == 1 and prod["mrr_of_clicks"] == 0.5
+    # a click on the batch's second query, then the logs exported as training pairs (fastemb feedback export)
+    top = body["data"][1]["hits"][0]
+    assert _post(url, "/v1/feedback", {"request_id": body["request_id"], "clicked_id": top["id"], "query_index": 1,
+                                       "user": "alice"}).status_code == 200
+    assert _post(url, "/v1/feedback", {"request_id": body["request_id"], "clicked_id": top["id"],
+                                       "query_index": -1}).status_code == 422
+    assert main(["ab", "report", spec.feedback_dir, "--json"]) == 0
+    prod = json.loads(capsys.readouterr().out)["arms"]["production"]
+    assert prod["clicks"] == 2 and prod["mrr_of_clicks"] == 0.75  # ranks 2 and 1, each within its own query
+    out = tmp_path / "pairs.parquet"
+    assert main(["feedback", "export", f"feedback_dir={spec.feedback_dir}", "corpus=wordnet:test", f"output={out}",
+                 "min_impressions=1"]) == 0
+    rows = {r["query"]: r for r in pq.read_table(out).to_pylist()}
+    dog = body["data"][0]["hits"]
+    assert rows["a small dog"]["positive"] == dog[1]["text"] and rows["a small dog"]["negatives"] == [dog[0]["text"]]
+    assert rows["a musical instrument"]["positive"] == top["text"] and rows["a musical instrument"]["negatives"] == []
 
 
 def test_ab_split_is_sticky_per_user(service):

@@ -19,7 +19,7 @@ from fastemb.submit import build_submission
 # What an optional section needs besides the field under test to be valid (a list section gets one item).
 SECTION_NEEDS = {"distill": {"kl": {}}, "tasks.*": {"name": "t"}}
 JOB_NEEDS = {"search": {"queries": ["q"], "index_dir": "an-index"},  # required fields
-             "merge": {"models": [{"path": "tuned"}, {"path": "base"}]}}
+             "merge": {"models": [{"path": "tuned"}, {"path": "base"}]}, "feedback": {"corpus": "wordnet:test"}}
 # Sections a job type refuses whatever they hold (their fields can never reach a job of that type).
 REFUSED_SECTIONS = {"tune": ("distill.", "tasks."), "demo": ("tune.distill.", "tune.tasks.")}
 # The fields issue 14 found unhandled by `fastemb submit`: they must stay declared (a floor, not the list used).

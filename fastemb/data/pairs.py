@@ -9,6 +9,9 @@ column         required    meaning
 ``positive``   yes         a relevant text
 ``negatives``  no          list of hard-negative texts
 ``scores``     no          teacher scores ``[s(q, positive), s(q, neg_1), ...]``
+``weight``     no          the pair's weight in the contrastive loss (> 0; 1 where
+                           another file lacks it), e.g. ``fastemb feedback export``'s
+                           inverse-propensity click weights
 =============  ==========  =====================================================
 
 Rows whose query or positive is null, empty or not a string are skipped and counted by reason;
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -118,6 +122,11 @@ def load_pairs(train: str, max_pairs: int | None = None, hard_negatives: int = 0
                 report.skipped[reason] += 1
                 continue
             out = {"query": row["query"], "positive": row["positive"]}
+            if "weight" in row:
+                if not _positive_number(row["weight"]):
+                    report.skipped["weight not a positive number"] += 1
+                    continue
+                out["weight"] = float(row["weight"])
             if hard_negatives:
                 negs = row.get("negatives") or []
                 good = [n for n in negs if bad_text_reason(n) is None]
@@ -127,7 +136,14 @@ def load_pairs(train: str, max_pairs: int | None = None, hard_negatives: int = 0
                     continue
                 out["negatives"] = good[:hard_negatives]
             kept.append(out)
+    if any("weight" in r for r in kept):  # one schema for the Ray Dataset: unweighted rows weigh 1
+        for r in kept:
+            r.setdefault("weight", 1.0)
     return sample_kept(kept, report, max_pairs, seed, f"{path}: no usable pairs")
+
+
+def _positive_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def sample_kept(kept: list[dict], report: RowReport, limit: int | None, seed: int,

@@ -10,6 +10,11 @@ gradient, so each query sees ``world_size × batch`` candidates. Each rank avera
 own queries; data-parallel gradient averaging then gives exactly the gradient of the mean loss over
 the concatenated global batch, whatever the worker count.
 
+With per-pair ``weights`` w_i (e.g. inverse-propensity click weights, fastemb/feedback/clicks.py) each rank's loss is
+``(1/B) Σ_i w_i L_i``: pairs weighted to mean 1 over the data keep the loss's scale, and the gradient is the
+importance-weighted estimate of the loss over the population the weights correct for (Joachims et al., "Unbiased
+Learning-to-Rank with Biased Feedback", WSDM 2017).
+
 Candidates that are not the query's positive but have the same text as it, or whose query has the
 same text as this query, are false negatives and are masked out (they share a text hash).
 
@@ -54,11 +59,12 @@ class InfoNCELoss(nn.Module):
 
     def forward(self, query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor | None = None,
                 query_ids: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None,
-                negative_ids: torch.Tensor | None = None) -> torch.Tensor:
+                negative_ids: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
         """query, positive: (B, d); negatives: (B, k, d) or None.
 
         ``query_ids`` (B,), ``doc_ids`` (B,) and ``negative_ids`` (B, k) are int64 text hashes used to
-        mask false negatives; without them nothing is masked."""
+        mask false negatives; without them nothing is masked. ``weights`` (B,): each query's term is multiplied by
+        its weight before the mean; None: all 1."""
         batch = query.shape[0]
         gather = all_gather_with_grad if self.gather else (lambda t: t)
         gather_ids = all_gather_no_grad if self.gather else (lambda t: t)
@@ -80,8 +86,10 @@ class InfoNCELoss(nn.Module):
         target = torch.arange(batch, device=query.device) + rank * batch
         masking = self.mask_false_negatives and cand_ids is not None and doc_ids is not None
         mask_ids = (cand_ids, owner_qids if query_ids is not None else None, n_positive_cols) if masking else None
+        if weights is not None:
+            weights = weights.to(device=query.device, dtype=query.dtype)
         if self.block_rows is None or batch <= self.block_rows:
-            return self._rows_loss(query, docs, target, doc_ids, query_ids, mask_ids, "mean")
+            return self._rows_loss(query, docs, target, doc_ids, query_ids, mask_ids, weights) / batch
         from torch.utils.checkpoint import checkpoint
 
         total = query.new_zeros(())
@@ -89,15 +97,16 @@ class InfoNCELoss(nn.Module):
             rows = slice(start, start + self.block_rows)
             total = total + checkpoint(self._rows_loss, query[rows], docs, target[rows],
                                        doc_ids[rows] if doc_ids is not None else None,
-                                       query_ids[rows] if query_ids is not None else None, mask_ids, "sum",
-                                       use_reentrant=False)
+                                       query_ids[rows] if query_ids is not None else None, mask_ids,
+                                       weights[rows] if weights is not None else None, use_reentrant=False)
         return total / batch
 
     def _rows_loss(self, query: torch.Tensor, docs: torch.Tensor, target: torch.Tensor,
                    doc_ids: torch.Tensor | None, query_ids: torch.Tensor | None, mask_ids: tuple | None,
-                   reduction: str) -> torch.Tensor:
-        """Cross-entropy of some query rows against every candidate, false negatives masked (``mask_ids``: the
-        candidates' text hashes, the gathered queries' hashes or None, and the number of positive columns)."""
+                   weights: torch.Tensor | None) -> torch.Tensor:
+        """The summed (``weights``: weighted) cross-entropy of some query rows against every candidate, false
+        negatives masked (``mask_ids``: the candidates' text hashes, the gathered queries' hashes or None, and the
+        number of positive columns)."""
         scores = query @ docs.T / self.temperature                # (rows, N)
         if mask_ids is not None:
             cand_ids, owner_qids, n_positive_cols = mask_ids
@@ -107,4 +116,6 @@ class InfoNCELoss(nn.Module):
                 false_neg[:, :n_positive_cols] |= same_query
             false_neg[torch.arange(len(target)), target] = False
             scores = scores.masked_fill(false_neg, torch.finfo(scores.dtype).min)
-        return F.cross_entropy(scores, target, reduction=reduction)
+        if weights is None:
+            return F.cross_entropy(scores, target, reduction="sum")
+        return (F.cross_entropy(scores, target, reduction="none") * weights).sum()

@@ -78,13 +78,15 @@ def report(folder: str | Path) -> dict:
         if s is None:
             unmatched += 1
             continue
-        key = (e["request_id"], e["clicked_id"])
+        key = (e["request_id"], e.get("query_index", 0), e["clicked_id"])
         if key in seen:
             continue
         seen.add(key)
         a = arms[s["arm"]]
         a["clicks"] += 1
-        ids = [i for hits in s.get("ids", []) for i in hits]
+        shown = s.get("ids") or [[]]
+        index = e.get("query_index", 0)
+        ids = shown[index] if isinstance(index, int) and 0 <= index < len(shown) else []
         a["rr"].append(1.0 / (ids.index(e["clicked_id"]) + 1) if e["clicked_id"] in ids else 0.0)
     out = {}
     for name, a in sorted(arms.items()):

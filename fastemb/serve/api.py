@@ -42,6 +42,7 @@ class SearchRequest(_Body):
 class FeedbackRequest(_Body):
     request_id: StrictStr = Field(..., min_length=1, max_length=128)
     clicked_id: StrictStr = Field(..., min_length=1, max_length=1024)
+    query_index: StrictInt = Field(0, ge=0, description="which query of a batched search the click belongs to")
     user: StrictStr | None = Field(None, max_length=256)
 
 

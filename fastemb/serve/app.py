@@ -329,6 +329,7 @@ class Ingress:
             request_id = uuid.uuid4().hex
             self.events.write({"type": "search", "request_id": request_id, "arm": arm, "user": user,
                                "model_version": res.version, "ids": [[h["id"] for h in row] for row in hits],
+                               **({"queries": queries} if self.spec.log_queries else {}),
                                "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
             data = [{"object": "search_result", "index": i, "query": q,
                      "hits": [{"rank": r + 1, **h} for r, h in enumerate(row)]}
@@ -345,7 +346,7 @@ class Ingress:
         async def work():
             req = await read_body(request, FeedbackRequest, self.spec.limits.max_body_bytes)
             self.events.write({"type": "feedback", "request_id": req.request_id, "clicked_id": req.clicked_id,
-                               "user": req.user})
+                               "query_index": req.query_index, "user": req.user})
             self.m_feedback.inc(tags={"arm": "-"})
             return "-", {"ok": True, "request_id": req.request_id}, None
 

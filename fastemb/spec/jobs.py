@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from fastemb.spec.base import SPEC_FILE, Section, SpecError
 from fastemb.spec.demo import DemoJob
 from fastemb.spec.eval import EvalJob
+from fastemb.spec.feedback import FeedbackJob
 from fastemb.spec.index import IndexJob
 from fastemb.spec.merge import MergeJob
 from fastemb.spec.mine import MineJob
@@ -29,7 +30,15 @@ from fastemb.spec.tune import TuneJob
 # job name -> schema (the CLI's spec sub-commands, in this order)
 JOB_TYPES: dict[str, type[Section]] = {"train": TrainJob, "eval": EvalJob, "index": IndexJob, "search": SearchJob,
                                        "tune": TuneJob, "serve": ServeJob, "mine": MineJob, "demo": DemoJob,
-                                       "merge": MergeJob, "static": StaticJob}
+                                       "merge": MergeJob, "static": StaticJob,
+                                       "feedback": FeedbackJob}
+# Job types whose command is two words: ``fastemb feedback export SPEC``.
+VERBS = {"feedback": "export"}
+
+
+def command_words(job: str) -> list[str]:
+    """The CLI words that run a job type (``fastemb submit`` builds its entrypoint from them)."""
+    return [job, VERBS[job]] if job in VERBS else [job]
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -153,6 +153,8 @@ class ServeJob(Section):
     fast_path: bool = Field(True, description="Ray Serve's lower-overhead request path (user code and router on the "
                             "replica's main loop, gRPC proxy->replica); see SERVE_FAST_PATH_ENV in fastemb/serve/deployments.py")
     feedback_dir: str = output_path("runs/serve/ab", description="A/B impressions + feedback logs (JSONL)")
+    log_queries: bool = Field(True, description="keep each search's query texts in its logged impression: "
+                              "`fastemb feedback export` needs them to turn clicks into training pairs")
     config_out: str | None = output_path(None, description="write the Serve config YAML (for `serve deploy`) here")
     blocking: bool = Field(True, description="keep running until interrupted")
     ray: RayRunSpec = RayRunSpec()

@@ -31,9 +31,12 @@ def iter_micro_batches(shard, batch_size: int, window: int, rng: random.Random, 
 
 
 def batch_hashes(batch: list[dict], hard_negatives: int) -> dict[str, np.ndarray]:
-    """int64 hashes of queries, positives and negatives, for false-negative masking."""
+    """int64 hashes of queries, positives and negatives, for false-negative masking; with a ``weight`` column, the
+    pairs' weights too (``weights``, float32), which the contrastive loss applies per query."""
     out = {"query_ids": text_hashes([r["query"] for r in batch]),
            "doc_ids": text_hashes([r["positive"] for r in batch])}
+    if batch and "weight" in batch[0]:
+        out["weights"] = np.asarray([r["weight"] for r in batch], dtype=np.float32)
     if hard_negatives:
         out["negative_ids"] = text_hashes([n for r in batch for n in r["negatives"][:hard_negatives]]
                                           ).reshape(len(batch), hard_negatives)

@@ -1,0 +1,1 @@
+"""Clicks as weak supervision: Serve's logs → weighted training pairs (``fastemb feedback export``)."""
