@@ -1,8 +1,13 @@
 """No import cycles among fastemb's modules: every module is parsed with ``ast`` (nothing is imported), module-level
-and function-level imports alike, and the strongly connected components of the import graph are reported."""
+and function-level imports alike, and the strongly connected components of the import graph are reported. And
+``import deepspeed`` after fastemb does not load MLflow (fastemb/imports.py)."""
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,3 +100,12 @@ def test_the_checker_finds_cycles(tmp_path):
     assert import_cycles(pkg) == [["pkg.a", "pkg.b", "pkg.d", "pkg.sub.c"]]
     (pkg / "a.py").write_text("from pkg import e\n")
     assert import_cycles(pkg) == [["pkg.a", "pkg.e"]]
+
+
+def test_deepspeed_imports_without_mlflow_which_stays_importable():
+    probe = ("import json, sys; import fastemb, deepspeed; loaded = 'mlflow' in sys.modules; import mlflow; "
+             "print(json.dumps([loaded, mlflow.__name__]))")
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout.strip().splitlines()[-1]) == [False, "mlflow"]
