@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from fastemb.index.chunking import aggregate_doc_scores, chunk_token_ids, token_windows
+from fastemb.data.chunking import aggregate_doc_scores, chunk_token_ids, token_windows
 
 
 def test_windows_cover_the_text_with_overlap():

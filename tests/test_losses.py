@@ -153,3 +153,119 @@ def test_gathered_loss_on_two_processes_equals_single_process_on_concatenated_ba
     for k, full in ((1, sq.grad), (2, sp.grad), (3, sn.grad)):
         got = torch.cat([results[0][k], results[1][k]]) / 2
         assert torch.allclose(got, full, atol=1e-10)
+
+
+# ------------------------------------------------------------------ hierarchical InfoNCE (long documents)
+def reference_hierarchical(q, chunks, counts, tau=0.05, wc=1.0, wd=1.0, positive="max", cosine=True, same=None):
+    """Loop-based hierarchical InfoNCE: per query, a chunk-level softmax (own document's best or attention-pooled
+    chunk against every chunk of the other documents) and a document-level one (mean chunk vectors).
+    ``same[i][j]``: document j is a false negative of query i (skipped as a candidate)."""
+    def sim(a, b):
+        return F.cosine_similarity(a, b, dim=0) if cosine else a @ b
+
+    def unit(v):
+        return v / v.norm() if cosine else v
+
+    chunk_losses, doc_losses = [], []
+    for i in range(len(q)):
+        own = [sim(q[i], chunks[i, m]) / tau for m in range(counts[i])]
+        if positive == "max":
+            pos = max(own)
+        else:
+            weights = torch.softmax(torch.stack(own), 0)
+            pos = sum(w * s for w, s in zip(weights, own))
+        logits = [pos]
+        for j in range(len(q)):
+            if j != i and not (same and same[i][j]):
+                logits += [sim(q[i], chunks[j, m]) / tau for m in range(counts[j])]
+        chunk_losses.append(torch.logsumexp(torch.stack(logits), 0) - pos)
+        docs = [unit(sum(unit(chunks[j, m]) for m in range(counts[j])) / counts[j]) for j in range(len(q))]
+        doc_logits = [q[i] @ docs[j] / (q[i].norm() if cosine else 1) / tau
+                      for j in range(len(q)) if j == i or not (same and same[i][j])]
+        target = sum(1 for j in range(i) if not (same and same[i][j]))
+        doc_losses.append(-torch.log_softmax(torch.stack(doc_logits), 0)[target])
+    loss = wc * torch.stack(chunk_losses).mean() + wd * torch.stack(doc_losses).mean()
+    return loss
+
+
+@pytest.mark.parametrize("positive,cosine,wc,wd", [("max", True, 1.0, 1.0), ("attention", True, 0.7, 0.3),
+                                                   ("max", False, 1.0, 0.0), ("attention", True, 0.0, 1.0)])
+def test_hierarchical_matches_loop_reference_values_and_gradients(positive, cosine, wc, wd):
+    from fastemb.losses import HierarchicalInfoNCELoss
+
+    counts = [3, 1, 2, 3, 2]
+    q, c = _leaves(5, 6, seed=20), _leaves(5, 3, 6, seed=21)
+    mask = torch.tensor([[m < n for m in range(3)] for n in counts])
+    loss, terms = HierarchicalInfoNCELoss(0.1, wc, wd, positive, "cosine" if cosine else "dot",
+                                          gather_across_workers=False)(q, c, mask)
+    ref = reference_hierarchical(q, c, counts, 0.1, wc, wd, positive, cosine)
+    assert torch.allclose(loss, ref, atol=1e-10)
+    assert set(terms) == {name for name, w in (("chunk", wc), ("doc", wd)) if w}
+    g1, g2 = torch.autograd.grad(loss, (q, c)), torch.autograd.grad(ref, (q, c))
+    for a, b in zip(g1, g2):
+        assert torch.allclose(a, b, atol=1e-10)
+    assert torch.all(g1[1][~mask] == 0)                  # padded chunks get no gradient
+
+
+def test_hierarchical_masks_duplicate_documents_and_queries():
+    from fastemb.losses import HierarchicalInfoNCELoss
+
+    counts = [2, 2, 1, 2]
+    q, c = _leaves(4, 6, seed=22), _leaves(4, 2, 6, seed=23)
+    mask = torch.tensor([[m < n for m in range(2)] for n in counts])
+    doc_ids, query_ids = torch.tensor([10, 11, 10, 12]), torch.tensor([1, 2, 3, 2])
+    loss, _ = HierarchicalInfoNCELoss(0.05, 1.0, 0.5, "attention", gather_across_workers=False)(
+        q, c, mask, query_ids=query_ids, doc_ids=doc_ids)
+    same = [[False] * 4 for _ in range(4)]
+    same[0][2] = same[2][0] = same[1][3] = same[3][1] = True
+    ref = reference_hierarchical(q, c, counts, 0.05, 1.0, 0.5, "attention", same=same)
+    assert torch.allclose(loss, ref, atol=1e-10)
+    for a, b in zip(torch.autograd.grad(loss, (q, c)), torch.autograd.grad(ref, (q, c))):
+        assert torch.allclose(a, b, atol=1e-10)
+    unmasked, _ = HierarchicalInfoNCELoss(0.05, 1.0, 0.5, "attention", gather_across_workers=False,
+                                          mask_false_negatives=False)(q, c, mask, query_ids, doc_ids)
+    assert not torch.allclose(loss, unmasked)
+
+
+def test_hierarchical_rejects_bad_settings():
+    from fastemb.losses import HierarchicalInfoNCELoss
+
+    with pytest.raises(ValueError, match="weights"):
+        HierarchicalInfoNCELoss(chunk_weight=0.0, doc_weight=0.0)
+    with pytest.raises(ValueError, match="positive"):
+        HierarchicalInfoNCELoss(positive="mean")
+    with pytest.raises(ValueError, match="temperature"):
+        HierarchicalInfoNCELoss(temperature=0)
+
+
+def _hier_worker(rank, world, port, q, c, mask, did, out):
+    from fastemb.losses import HierarchicalInfoNCELoss
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    b = q.shape[0] // world
+    sl = slice(rank * b, (rank + 1) * b)
+    lq, lc = q[sl].clone().requires_grad_(True), c[sl].clone().requires_grad_(True)
+    loss, _ = HierarchicalInfoNCELoss(0.05, 1.0, 0.5, "attention")(lq, lc, mask[sl], doc_ids=did[sl])
+    loss.backward()
+    out[rank] = (loss.detach(), lq.grad, lc.grad)
+    dist.destroy_process_group()
+
+
+def test_hierarchical_gathered_on_two_processes_equals_single_process():
+    from fastemb.losses import HierarchicalInfoNCELoss
+
+    q, c = _leaves(6, 6, seed=24).detach(), _leaves(6, 3, 6, seed=25).detach()
+    mask = torch.tensor([[m < n for m in range(3)] for n in [3, 1, 2, 2, 3, 1]])
+    did = torch.tensor([1, 2, 3, 1, 5, 6])  # rows 0 and 3: the same document on two ranks
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_hier_worker, args=(2, _free_port(), q, c, mask, did, out), nprocs=2, join=True)
+        results = [out[0], out[1]]
+    sq, sc = q.clone().requires_grad_(True), c.clone().requires_grad_(True)
+    single, _ = HierarchicalInfoNCELoss(0.05, 1.0, 0.5, "attention", gather_across_workers=False)(
+        sq, sc, mask, doc_ids=did)
+    single.backward()
+    assert torch.allclose((results[0][0] + results[1][0]) / 2, single, atol=1e-10)
+    for k, full in ((1, sq.grad), (2, sc.grad)):
+        assert torch.allclose(torch.cat([results[0][k], results[1][k]]) / 2, full, atol=1e-10)

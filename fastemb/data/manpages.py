@@ -42,6 +42,7 @@ def split_name(text: str) -> tuple[str, str] | None:
     desc = name_line.split(" - ", 1)[1].strip()
     body = (text[: m.start()] + text[m.end():]).strip()
     body = re.sub(r"^\S+\(\w+\) .*\S+\(\w+\)\s*$", "", body, flags=re.M)  # running header/footer
+    body = re.sub(r"\n\n+\S[^\n]*\(\w+\)\s*$", "", body)  # the last footer ("Linux man-pages 6.03 ... ls(1)")
     body = re.sub(r"[ \t]+", " ", body)
     return (desc, body) if desc and body else None
 

@@ -49,15 +49,19 @@ class RowReport:
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
     negatives_removed: int = 0
+    truncated: Counter = field(default_factory=Counter)  # kept rows cut to a limit (long documents), by what
 
     def as_dict(self) -> dict:
-        return {"read": self.read, "kept": self.kept, "skipped": dict(self.skipped),
-                "negatives_removed": self.negatives_removed}
+        out = {"read": self.read, "kept": self.kept, "skipped": dict(self.skipped),
+               "negatives_removed": self.negatives_removed}
+        return {**out, "truncated": dict(self.truncated)} if self.truncated else out
 
     def summary(self) -> str:
         skipped = sum(self.skipped.values())
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
-        return f"{self.read} rows read, {self.kept} kept, {skipped} skipped" + (f" ({detail})" if detail else "")
+        cut = ", ".join(f"{k}: {v}" for k, v in sorted(self.truncated.items()))
+        return (f"{self.read} rows read, {self.kept} kept, {skipped} skipped" + (f" ({detail})" if detail else "")
+                + (f"; truncated: {cut}" if cut else ""))
 
 
 def _files(path: Path) -> list[Path]:

@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fastemb.data.text import text_hashes
-from fastemb.index.chunking import chunk_token_ids
+from fastemb.data.chunking import chunk_token_ids
 from fastemb.index.corpus import CorpusScan, clean_texts, plan_units
 from fastemb.model.batching import embed_sequences
 

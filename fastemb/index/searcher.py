@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from fastemb.index.binary import hamming_similarity, is_binary
-from fastemb.index.chunking import aggregate_doc_scores
+from fastemb.data.chunking import aggregate_doc_scores
 from fastemb.index.factory import set_search_params
 from fastemb.index.refine import SCALES_FILE, STORE_FILES, open_store, refine_k_factor, rerank_from_disk
 from fastemb.storage import is_uri, local_copy

@@ -3,9 +3,10 @@ from fastemb.losses.attention_distill import AttentionDistillLoss
 from fastemb.losses.distill_kl import DistillKLLoss
 from fastemb.losses.embedding_mse import EmbeddingMSELoss
 from fastemb.losses.hidden_state import HiddenStateDistillLoss
+from fastemb.losses.hierarchical import HierarchicalInfoNCELoss
 from fastemb.losses.infonce import InfoNCELoss
 from fastemb.losses.margin_mse import MarginMSELoss
 from fastemb.losses.matryoshka import MatryoshkaLoss
 
-__all__ = ["AttentionDistillLoss", "DistillKLLoss", "EmbeddingMSELoss", "HiddenStateDistillLoss", "InfoNCELoss",
-           "MarginMSELoss", "MatryoshkaLoss"]
+__all__ = ["AttentionDistillLoss", "DistillKLLoss", "EmbeddingMSELoss", "HiddenStateDistillLoss",
+           "HierarchicalInfoNCELoss", "InfoNCELoss", "MarginMSELoss", "MatryoshkaLoss"]

@@ -23,7 +23,8 @@ class ChunkingSpec(Section):
     enabled: bool = False
     overlap: int = Field(32, ge=0, description="tokens shared by consecutive chunks")
     max_chunks: int | None = Field(None, gt=0, description="at most this many chunks per document")
-    aggregate: Literal["max", "mean"] = "max"
+    aggregate: Literal["max", "mean", "attention"] = Field("max", description="a document's score from its retrieved "
+                                                           "chunks' scores (fastemb/data/chunking.py)")
 
 
 class CompressSpec(Section):

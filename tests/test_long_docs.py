@@ -1,0 +1,120 @@
+"""Long documents: the man-page set's builder (real pages of Debian's manpages / manpages-dev, rendered with groff),
+the long-document training rows, their bad input, and the document scores of long-document evaluation."""
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from fastemb.data.chunking import aggregate_doc_scores, chunk_texts, pool_scores
+
+NEEDS_PAGES = "needs Debian's man pages and groff: apt-get install manpages manpages-dev groff-base (.ci/run does)"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path)
+
+
+def _page(folder: Path, name: str, body: str) -> Path:
+    path = folder / f"{name}.gz"
+    path.write_bytes(gzip.compress(body.encode()))
+    return path
+
+
+def test_builder_splits_real_pages_by_name_and_counts_bad_pages(tmp_path, tokenizer):
+    assert shutil.which("groff") and shutil.which("dpkg"), NEEDS_PAGES
+    from fastemb.data.build_manpages import build, package_pages, split_of
+
+    real = [p for p in package_pages() if p.parent.name == "man2" and not p.is_symlink()][:14]
+    assert len(real) == 14, NEEDS_PAGES
+    bad_dir = tmp_path / "man7"
+    bad_dir.mkdir()
+    bad = [_page(bad_dir, "noname.7", '.TH NONAME 7\n.SH DESCRIPTION\nA page without a NAME section.\n'),
+           _page(bad_dir, "empty.7", '.TH EMPTY 7\n.SH NAME\nempty \\- a page with nothing else\n'),
+           _page(bad_dir, "redirect.7", ".so man7/other.7\n"),
+           *[_page(bad_dir, f"dup{i}.7", f'.TH DUP{i} 7\n.SH NAME\ndup{i} \\- two pages, one summary\n'
+                   f'.SH DESCRIPTION\nPage {i} of two with the same summary: a query with two answers.\n')
+             for i in (1, 2)]]
+    report = build(real + bad, tmp_path / "set", tokenizer, workers=2)
+    assert report["skipped"]["no 'name - summary' line"] == 1
+    assert report["skipped"]["empty document"] == 1
+    assert report["skipped"]["redirect (.so)"] == 1
+    assert report["skipped"]["summary shared with an earlier page"] == 1
+    assert report["kept"] + sum(report["skipped"].values()) == len(real) + len(bad)
+    out = tmp_path / "set"
+    train = pq.read_table(out / "train.parquet").to_pylist()
+    tests = pq.read_table(out / "test_queries.parquet").to_pylist()
+    corpus = pq.read_table(out / "test_corpus.parquet").to_pylist()
+    splits = {"train": [r["id"] for r in train], "test": [r["id"] for r in tests],
+              "dev": pq.read_table(out / "dev_queries.parquet")["id"].to_pylist()}
+    assert sum(map(len, splits.values())) == report["kept"]
+    names = {s: {i.rsplit(".", 1)[0] for i in ids} for s, ids in splits.items()}
+    assert not (names["train"] & names["test"] or names["train"] & names["dev"] or names["dev"] & names["test"])
+    assert all(split_of(i) == s for s, ids in splits.items() for i in ids)
+    assert [r["id"] for r in corpus] == splits["test"] and all(r["relevant_ids"] == [r["id"]] for r in tests)
+    for row in train:  # the NAME section is gone from the document, its summary is the query
+        assert "NAME\n" not in row["document"] and row["query"] not in row["document"][:200]
+        assert "Linux man-pages" not in row["document"].rstrip().splitlines()[-1]   # nor the page's footer
+        assert len(row["document"]) > 200 or row["id"].startswith("dup") and 2 <= len(row["query"].split()) <= 20
+    stats = report["tokens"]["train"]["documents"]
+    assert stats["count"] == len(train) and stats["min"] <= stats["p50"] <= stats["max"]
+    assert stats["over_128"] >= stats["over_512"] and stats["over_128"] > 0
+    assert json.loads((out / "report.json").read_text()) == report
+    assert "man-pages" in (out / "LICENSE-manpages.txt").read_text()
+
+
+def test_chunk_texts_are_spans_of_the_text_in_token_windows(tokenizer):
+    text = "The quick brown fox jumps over the lazy dog. " * 40
+    (chunks, short, empty), (n, n_short, n_empty) = chunk_texts(tokenizer, [text, "tiny text", ""], 32, 8,
+                                                                max_chunks=5)
+    assert len(chunks) == 5 and n > 5 and short == ["tiny text"] and n_short == 1 and empty == [] and n_empty == 0
+    assert all(c in text for c in chunks)
+    assert all(len(tokenizer(c, add_special_tokens=False)["input_ids"]) <= 30 for c in chunks)
+
+
+def test_long_doc_rows_count_bad_and_too_long_documents(tmp_path, tokenizer):
+    import pyarrow as pa
+
+    from fastemb.data.long_docs import load_long_docs
+    from fastemb.data.pairs import DataError
+
+    long_text = "Signals are delivered to the process. " * 200
+    rows = [{"query": "send a signal", "document": long_text, "chunks": None},
+            {"query": "short one", "document": "A short page.", "chunks": None},
+            {"query": "", "document": "no query", "chunks": None},
+            {"query": "empty doc", "document": "   ", "chunks": None},
+            {"query": "no doc", "document": None, "chunks": None},
+            {"query": "given chunks", "document": None, "chunks": ["first part", "", "second part"]},
+            {"query": "empty chunks", "document": None, "chunks": ["", " "]}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "docs.parquet")
+    kept, report = load_long_docs(str(tmp_path / "docs.parquet"), tokenizer, 64, 16, max_chunks=4)
+    by_query = {r["query"]: r for r in kept}
+    assert sorted(by_query) == ["given chunks", "send a signal", "short one"]
+    assert len(by_query["send a signal"]["chunks"]) == 4 and by_query["short one"]["chunks"] == ["A short page."]
+    assert by_query["given chunks"]["chunks"] == ["first part", "second part"]
+    assert report.skipped == {"query empty": 1, "document empty": 1, "document null": 1, "chunks empty": 1}
+    assert report.truncated["documents longer than max_chunks"] == 1 and report.truncated["chunks dropped"] > 10
+    assert "truncated" in report.as_dict() and report.kept == 3
+    pq.write_table(pa.table({"query": ["q"], "text": ["t"]}), tmp_path / "wrong.parquet")
+    with pytest.raises(DataError, match="document"):
+        load_long_docs(str(tmp_path / "wrong.parquet"), tokenizer, 64, 16, 4)
+
+
+def test_document_scores_max_mean_attention():
+    s = np.array([0.2, 0.9, 0.4])
+    assert pool_scores(s, "max") == pytest.approx(0.9) and pool_scores(s, "mean") == pytest.approx(0.5)
+    att = pool_scores(s, "attention", 0.05)
+    assert 0.5 < att < 0.9 and att == pytest.approx(float((np.exp(s / 0.05) * s).sum() / np.exp(s / 0.05).sum()))
+    assert pool_scores(s, "attention", 1e-4) == pytest.approx(0.9) and pool_scores(s, "attention", 1e4) == \
+        pytest.approx(0.5, abs=1e-3)
+    ids = ["a", "b", "a", "c", "b"]
+    ranked = aggregate_doc_scores(ids, np.array([0.9, 0.8, 0.1, 0.7, 0.8]), "attention")
+    assert [d for d, _ in ranked] == ["a", "b", "c"] and ranked[1][1] == pytest.approx(0.8)
