@@ -118,3 +118,40 @@ def test_document_scores_max_mean_attention():
     ids = ["a", "b", "a", "c", "b"]
     ranked = aggregate_doc_scores(ids, np.array([0.9, 0.8, 0.1, 0.7, 0.8]), "attention")
     assert [d for d, _ in ranked] == ["a", "b", "c"] and ranked[1][1] == pytest.approx(0.8)
+
+
+def test_long_docs_train_on_ray_train_with_the_hierarchical_loss(ray_local, tmp_path):
+    """The training job on real man pages: 2 Ray Train workers (DeepSpeed ZeRO-2, chunks gathered across them), the
+    hierarchical loss's two terms logged, the evaluations per document from chunks, truncation reported."""
+    assert shutil.which("groff") and shutil.which("dpkg"), NEEDS_PAGES
+    from fastemb.data.build_manpages import build, package_pages
+    from fastemb.spec import parse_spec
+    from fastemb.train.job import run_train
+
+    pages = [p for p in package_pages() if p.parent.name == "man2" and not p.is_symlink()]
+    data = tmp_path / "pages"
+    rows = build(pages[:60], data, workers=2, limit=28)["rows"]
+    assert rows["train"] >= 12 and rows["test"] >= 4, rows
+    spec = parse_spec({"job": "train", "name": "long", "storage_path": str(tmp_path / "runs"),
+                       "model": {"max_length": 64},
+                       "data": {"format": "long_docs", "train": str(data / "train.parquet"), "eval": str(data)},
+                       "long_docs": {"max_chunks": 3, "overlap": 8, "positive": "attention", "doc_score": "max",
+                                     "late_chunking": True, "eval_max_chunks": 4},
+                       "general": None,
+                       "train": {"num_workers": 2, "micro_batch_size": 4, "max_steps": 2, "lr": 1e-4,
+                                 "checkpoint_every": 100, "log_every": 1, "eval_every": 2}})
+    report = run_train(spec)
+    assert report["pairs"]["truncated"]["documents longer than max_chunks"] >= rows["train"] // 2
+    steps = [h for h in report["history"] if "loss_chunk" in h]
+    assert len(steps) == 2 and all(h["loss_chunk"] > 0 and h["loss_doc"] > 0 for h in steps)   # both terms, each step
+    assert any("dev_ndcg@10" in h for h in report["history"])
+    for side in ("base", "tuned"):
+        m = report[side]
+        assert m["corpus"] == rows["test"] and m["chunks"] > m["corpus"] and m["documents_truncated"] > 0
+    from safetensors.torch import load_file
+
+    from fastemb.model.encoder import default_model_path
+
+    tuned = load_file(Path(report["model_dir"]) / "model.safetensors")
+    base = load_file(Path(default_model_path()) / "model.safetensors")
+    assert any(not np.allclose(tuned[k].numpy(), base[k].numpy()) for k in tuned if k in base)   # it trained

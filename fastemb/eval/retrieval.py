@@ -69,20 +69,29 @@ def evaluate_forward(encoder: Encoder, forward: Forward, data: EvalSet) -> dict[
 
 
 def evaluate_model(model: ModelSpec, data: DataSpec, split: str = "test", path: str | None = None,
-                   show_progress: bool = False) -> dict[str, float]:
+                   show_progress: bool = False, long_docs: dict | None = None) -> dict[str, float]:
     """Metrics of the model a spec's ``model`` section names (or of the folder ``path``, loaded with that section's
     settings) on ``split`` of ``data.eval`` (at most ``data.test_queries`` queries). A static folder (``fastemb
-    static``) runs as a ``StaticEncoder`` (its own pooling and normalisation; ``max_length`` applies)."""
+    static``) runs as a ``StaticEncoder`` (its own pooling and normalisation; ``max_length`` applies).
+    ``long_docs``: the corpus is long documents, scored per document from their chunks (the options of
+    ``fastemb.eval.long_docs.evaluate_long_docs``: ``LongDocsSpec.eval_options``)."""
     folder = resolve_model_path(path or model.base)
     files = [eval_dir_path(data.eval) / f"{split}_{kind}.parquet" for kind in ("corpus", "queries")]
     settings = model.model_dump(mode="json", exclude={"base"})
     key = {"weights": weights_fingerprint(folder), "settings": settings, "split": split,
            "max_queries": data.test_queries, "eval": files_fingerprint([f for f in files if f.exists()]),
            "synonyms": files_fingerprint([model.synonyms]) if model.synonyms else None}
+    if long_docs:
+        key["long_docs"] = long_docs
 
     def measure() -> dict[str, float]:
         encoder = (StaticEncoder.load(folder, model.max_length) if is_static(folder)
                    else Encoder.from_spec(model, path))
-        return evaluate(encoder, load_eval_set(data.eval, split, data.test_queries), show_progress=show_progress)
+        eval_set = load_eval_set(data.eval, split, data.test_queries)
+        if long_docs:
+            from fastemb.eval.long_docs import evaluate_long_docs
+
+            return evaluate_long_docs(encoder, eval_set, **long_docs)
+        return evaluate(encoder, eval_set, show_progress=show_progress)
 
     return shared_metrics(key, measure)

@@ -114,6 +114,12 @@ def _read_st_layout(path: Path) -> tuple[str, Pooling, bool, int | None]:
     return transformer_dir, pooling, normalize, max_len
 
 
+def load_tokenizer(name_or_path: str):
+    """The tokenizer of a model folder or alias (no weights loaded)."""
+    path = Path(resolve_model_path(name_or_path))
+    return AutoTokenizer.from_pretrained(path / _read_st_layout(path)[0], local_files_only=True)
+
+
 def inference_length(name_or_path: str) -> int:
     """The tokens per text a model folder (or alias) runs with: its ``sentence_bert_config.json`` max_seq_length,
     else ``DEFAULT_MAX_LENGTH`` (what :meth:`Encoder.load` uses when no length is given)."""

@@ -21,15 +21,15 @@ from fastemb.spec.serve import (ABSpec, ArmSpec, AutoscalingSpec, BatchingSpec, 
                                 ServeJob)
 from fastemb.spec.static import StaticJob
 from fastemb.spec.train import (AttentionTerm, ContinualSpec, DistillSpec, EmbeddingMSETerm, ExportSpec, HiddenStateTerm,
-                                KLTerm, MarginMSETerm, NegativePoolSpec, TaskSpec, TrainJob, TrainSpec)
+                                KLTerm, LongDocsSpec, MarginMSETerm, NegativePoolSpec, TaskSpec, TrainJob, TrainSpec)
 from fastemb.spec.tune import SearchSpace, TuneJob, TuneSpec
 
 __all__ = [
     "ABSpec", "AdapterSpec", "ArmSpec", "AttentionTerm", "AutoscalingSpec", "BatchingSpec", "ChunkingSpec",
     "CompressSpec", "ContinualSpec", "CorpusSpec", "DataSpec", "DemoJob", "DistillSpec", "EmbedSpec",
     "EmbeddingMSETerm", "EvalJob", "EvalSetSpec", "ExportSpec", "FeedbackJob", "GeneralEvalSpec", "HiddenStateTerm",
-    "IndexEvalSpec",
-    "IndexJob", "IndexSpec", "IngressSpec", "JOB_TYPES", "KLTerm", "LimitsSpec", "LossSpec", "MarginMSETerm",
+    "IndexEvalSpec", "IndexJob", "IndexSpec", "IngressSpec", "JOB_TYPES", "KLTerm", "LimitsSpec", "LongDocsSpec",
+    "LossSpec", "MarginMSETerm",
     "MergeInput", "MergeJob", "MergeSpec", "MineJob", "MinePairsSpec", "MiningSpec",
     "ModelSpec", "NegativePoolSpec", "NegativeRulesSpec", "RayRunSpec", "ReplicaSpec", "RunJob", "SearchJob",
     "SPEC_FILE", "SearchSpace", "Section", "ServeJob", "SpecError", "StaticJob", "StudentModelSpec", "TaskSpec",

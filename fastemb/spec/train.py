@@ -108,6 +108,37 @@ class DistillSpec(Section):
         return self.hidden_state is not None or self.attention is not None
 
 
+class LongDocsSpec(Section):
+    """Long documents (``data.format: long_docs``): each document cut into chunks of ``model.max_length`` tokens,
+    trained with the hierarchical InfoNCE loss (fastemb/losses/hierarchical.py: a chunk-level and a document-level
+    term, weighted), and scored per document in the job's evaluations (fastemb/eval/long_docs.py)."""
+    overlap: int = Field(16, ge=0, description="tokens shared by consecutive chunks (less than model.max_length - 2)")
+    max_chunks: int = Field(8, gt=0, le=512, description="training: the first this many chunks of a document (the "
+                            "rest are dropped and counted in the report's pairs.truncated)")
+    chunk_weight: float = Field(1.0, ge=0, description="weight of the chunk-level term (0: document level only)")
+    doc_weight: float = Field(1.0, ge=0, description="weight of the document-level term (0: chunk level only)")
+    positive: Literal["max", "attention"] = Field("max", description="chunk-level positive: the document's best "
+                                                  "chunk, or its chunks pooled by the query's attention")
+    doc_score: Literal["max", "mean", "attention"] = Field("max", description="evaluations: a document's score "
+                                                           "from its chunks' scores (fastemb/data/chunking.py)")
+    late_chunking: bool = Field(False, description="evaluations: embed each window of up to the model's position "
+                                "limit once and mean-pool each chunk's tokens (Günther et al. 2024), instead of "
+                                "embedding every chunk on its own")
+    eval_max_chunks: int | None = Field(None, gt=0, description="evaluations: at most this many chunks per document "
+                                        "(default: all of it)")
+
+    @model_validator(mode="after")
+    def _some_term(self) -> "LongDocsSpec":
+        if self.chunk_weight == 0 and self.doc_weight == 0:
+            raise ValueError("long_docs: chunk_weight and doc_weight are both 0; give one of them a weight")
+        return self
+
+    def eval_options(self, chunk_length: int, temperature: float) -> dict:
+        """What fastemb.eval.long_docs.evaluate_long_docs takes: chunking, document score, late chunking."""
+        return {"chunk_length": chunk_length, "overlap": self.overlap, "max_chunks": self.eval_max_chunks,
+                "doc_score": self.doc_score, "late_chunking": self.late_chunking, "temperature": temperature}
+
+
 class TrainSpec(Section):
     """Optimisation and distribution (Ray Train workers driving DeepSpeed)."""
     num_workers: int = Field(2, ge=1, le=4096)
@@ -210,6 +241,8 @@ class TrainJob(RunJob):
                                          "comes from one task, drawn by weight (fastemb/train/tasks.py)")
     negatives_pool: NegativePoolSpec | None = Field(None, description="refresh the hard negatives with the current "
                                                     "model during training (fastemb/train/negative_pool.py)")
+    long_docs: LongDocsSpec | None = Field(None, description="long documents: chunking, the hierarchical loss's "
+                                           "weights and document scoring (needs data.format: long_docs)")
     export: ExportSpec = ExportSpec()
     general: GeneralEvalSpec | None = Field(GeneralEvalSpec(), description="a general-domain set scored for the "
                                             "base and the tuned model in the report; null: none")
@@ -238,6 +271,27 @@ class TrainJob(RunJob):
             if given:
                 raise ValueError(f"{field}: not with data.format: raw (each text is its own positive; "
                                  "for a raw-text task in a multi-task run use tasks.N.kind: simcse)")
+        return self
+
+    @model_validator(mode="after")
+    def _long_docs(self) -> TrainJob:
+        given = self.data.format == "long_docs"
+        if given != (self.long_docs is not None):
+            raise ValueError("long_docs: data.format: long_docs and the long_docs section go together; "
+                             + ("add a long_docs section (defaults: long_docs: {})" if given else
+                                "set data.format: long_docs"))
+        if not given:
+            return self
+        for field, value in (("tasks", self.tasks), ("distill", self.distill), ("negatives_pool", self.negatives_pool),
+                             ("loss.hard_negatives", self.loss.hard_negatives),
+                             ("loss.matryoshka_dims", self.loss.matryoshka_dims),
+                             ("train.cache_mini_batch", self.train.cache_mini_batch)):
+            if value:
+                raise ValueError(f"{field}: not with data.format: long_docs (the hierarchical loss takes each "
+                                 "document's chunks, the other documents' chunks are its negatives)")
+        if self.long_docs.overlap >= self.model.max_length - 2:
+            raise ValueError(f"long_docs.overlap: {self.long_docs.overlap} tokens must be less than a chunk's "
+                             f"{self.model.max_length - 2} (model.max_length minus the special tokens)")
         return self
 
     @model_validator(mode="after")

@@ -26,7 +26,7 @@ def iter_micro_batches(shard, batch_size: int, window: int, rng: random.Random, 
                        ) -> Iterator[list[dict]]:
     """Stream micro-batches (lists of row dicts) from a Ray Data shard."""
     for block in shard.iter_batches(batch_size=batch_size * window, batch_format="pandas", drop_last=False):
-        rows = block.to_dict("records")
+        rows = block.to_dict("records")  # a list column (long documents' chunks) comes as a numpy array
         yield from length_grouped(rows, batch_size, rng, group_by_length)
 
 

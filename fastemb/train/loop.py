@@ -92,8 +92,14 @@ def _dev_eval(engine, spec, compression: dict | None) -> dict:
     from fastemb.eval.compressed import compressed_retrieval
     from fastemb.eval.retrieval import exact_search, metrics_of_hits
 
+    from fastemb.train.tasks import long_docs_eval
+
     dev = load_eval_set(spec.data.eval, "dev", spec.data.dev_queries, spec.data.dev_corpus)
     student = _student(engine)
+    if spec.long_docs:  # documents scored from their chunks (fastemb/eval/long_docs.py)
+        from fastemb.eval.long_docs import evaluate_long_docs
+
+        return {"dev_ndcg@10": evaluate_long_docs(student, dev, **long_docs_eval(spec))["ndcg@10"]}
     corpus, queries = student.encode(dev.corpus), student.encode(dev.queries)
     _, idx = exact_search(queries, corpus, 100, normalized=student.normalize)
     out = {"dev_ndcg@10": metrics_of_hits(idx, dev)["ndcg@10"]}

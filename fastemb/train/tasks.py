@@ -8,8 +8,10 @@ streams its own Ray Data shard; a task whose shard runs out starts its next epoc
 An epoch of a multi-task run is as many micro-steps as all tasks' pairs fill.
 
 Kinds: ``pairs`` (query, positive[, negatives]; InfoNCE with the task's loss, and the job's distill terms when the
-task has ``distill: true``) and ``simcse`` (raw text, ``fastemb.data.raw_text``: each text is its own positive, the
-two views differ by dropout; in-batch negatives). A single-task job with ``data.format: raw`` is a simcse task.
+task has ``distill: true``), ``simcse`` (raw text, ``fastemb.data.raw_text``: each text is its own positive, the
+two views differ by dropout; in-batch negatives) and ``long_docs`` (a query and its document's chunks,
+``fastemb.data.long_docs``; the hierarchical loss, ``LongDocObjective``). A single-task job with ``data.format: raw``
+is a simcse task, with ``data.format: long_docs`` a long_docs task.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ class Task:
 def job_tasks(spec: TrainJob) -> list[Task]:
     """The job's tasks; a job without ``tasks`` is the single task ``train``."""
     if not spec.tasks:
-        kind = "simcse" if spec.data.format == "raw" else "pairs"  # data.format raw: one simcse task
+        kind = {"raw": "simcse", "long_docs": "long_docs"}.get(spec.data.format, "pairs")
         return [Task("train", "train", kind, spec.data.train, spec.data.max_pairs, 1.0, spec.loss,
                      spec.distill is not None)]
     return [Task(t.name, f"train_{t.name}", t.kind, t.data, t.max_pairs, t.weight, t.effective_loss(spec.loss),
@@ -81,11 +83,23 @@ def load_task_pairs(spec: TrainJob, task: Task) -> tuple[list[dict], RowReport]:
         from fastemb.data.raw_text import load_raw_texts
 
         return load_raw_texts(task.data, spec.data.text_column, task.max_pairs, seed)
+    if task.kind == "long_docs":
+        from fastemb.data.long_docs import load_long_docs
+        from fastemb.model.encoder import load_tokenizer
+
+        return load_long_docs(task.data, load_tokenizer(spec.model.base), spec.model.max_length, spec.long_docs.overlap,
+                              spec.long_docs.max_chunks, task.max_pairs, seed)
     pool = uses_pool(spec, task)
     pairs, report = load_pairs(task.data, task.max_pairs, task.loss.hard_negatives, seed, require_negatives=not pool)
     if pool:
         pairs = [{**p, "negatives": p.get("negatives", [])} for p in pairs]
     return pairs, report
+
+
+def long_docs_eval(spec: TrainJob) -> dict | None:
+    """How the job's evaluations score long documents (``fastemb.eval.long_docs``): chunks of the training length,
+    the ``long_docs`` section's document score and late chunking; None for a job without long documents."""
+    return spec.long_docs.eval_options(spec.model.max_length, spec.loss.temperature) if spec.long_docs else None
 
 
 def task_schedule(weights: list[float], n_micro: int, seed: int) -> np.ndarray:
@@ -161,10 +175,40 @@ def contrastive_loss(lo: LossSpec, block_rows: int | None = None):
     return MatryoshkaLoss(infonce, lo.matryoshka_dims, lo.matryoshka_weights) if lo.matryoshka_dims else infonce
 
 
+class LongDocObjective:
+    """The hierarchical InfoNCE loss (fastemb/losses/hierarchical.py) over a micro-batch of (query, document chunks)
+    rows: queries and every chunk embedded, the chunks padded to ``long_docs.max_chunks`` per document (the same
+    shape on every worker, for the all-gather). Returns ``(loss, {"chunk": ..., "doc": ...})``."""
+
+    def __init__(self, student, loss: LossSpec, long_docs):
+        from fastemb.losses import HierarchicalInfoNCELoss
+
+        self.student, self.max_chunks = student, long_docs.max_chunks
+        self.loss = HierarchicalInfoNCELoss(loss.temperature, long_docs.chunk_weight, long_docs.doc_weight,
+                                            long_docs.positive, loss.similarity, loss.gather_across_workers,
+                                            loss.mask_false_negatives)
+
+    def __call__(self, batch: list[dict], ids: dict):
+        import torch
+
+        chunks = [list(r["chunks"])[:self.max_chunks] for r in batch]
+        query = self.student.embed([r["query"] for r in batch])
+        flat = self.student.embed([c for doc in chunks for c in doc])
+        slots = torch.tensor([i * self.max_chunks + c for i, doc in enumerate(chunks) for c in range(len(doc))],
+                             device=flat.device)
+        padded = flat.new_zeros(len(batch) * self.max_chunks, flat.shape[1]).index_copy(0, slots, flat)
+        mask = torch.zeros(len(batch) * self.max_chunks, dtype=torch.bool, device=flat.device)
+        mask[slots] = True
+        return self.loss(query, padded.view(len(batch), self.max_chunks, -1), mask.view(len(batch), -1),
+                         ids.get("query_ids"), ids.get("doc_ids"))
+
+
 def task_objective(spec: TrainJob, task: Task, module, teacher) -> Objective:
     """``(batch, text-hash ids) → (loss, unweighted terms)`` for one task: InfoNCE with the task's loss (a
     ``Contrastive``), or the distillation objective (``fastemb.train.distill``) for a task with ``distill: true``."""
     lo = task.loss
+    if task.kind == "long_docs":
+        return LongDocObjective(getattr(module, "student", module), lo, spec.long_docs)
     if task.distill:
         from fastemb.train.distill import DistillObjective
 
