@@ -155,3 +155,25 @@ def test_long_docs_train_on_ray_train_with_the_hierarchical_loss(ray_local, tmp_
     tuned = load_file(Path(report["model_dir"]) / "model.safetensors")
     base = load_file(Path(default_model_path()) / "model.safetensors")
     assert any(not np.allclose(tuned[k].numpy(), base[k].numpy()) for k in tuned if k in base)   # it trained
+
+
+def test_index_entries_per_document_are_the_mean_of_their_chunks(minilm_path):
+    """The index's embedding actor (called in-process, no Ray) with chunking.entries document: one entry per page,
+    the normalised mean of its chunk vectors; a bad row keeps its place with its reason."""
+    import pyarrow as pa
+
+    from fastemb.index.embed import EmbedActor
+
+    long_text = " ".join(f"The call number {i} returns an error code." for i in range(60))
+    batch = pa.table({"id": ["a", "b", "c"], "text": [long_text, "A short page.", ""]})
+    model = {"base": minilm_path, "max_length": 32}
+    chunked = EmbedActor(model, "id", "text", chunking={"overlap": 4, "max_chunks": 5})(batch)
+    per_doc = EmbedActor(model, "id", "text", chunking={"overlap": 4, "max_chunks": 5, "entries": "document"})(batch)
+    assert chunked["id"].to_pylist().count("a") == 5 and per_doc["id"].to_pylist() == ["c", "a", "b"]
+    assert per_doc["skip"].to_pylist()[0] is not None
+    vec = {i: np.asarray(v) for i, v in zip(chunked["id"].to_pylist(), chunked["vector"].to_pylist()) if v}
+    chunks_a = np.stack([np.asarray(v) for i, v in zip(chunked["id"].to_pylist(), chunked["vector"].to_pylist())
+                         if i == "a"])
+    mean = chunks_a.mean(0) / np.linalg.norm(chunks_a.mean(0))
+    got = {i: np.asarray(v) for i, v in zip(per_doc["id"].to_pylist(), per_doc["vector"].to_pylist()) if v}
+    assert np.allclose(got["a"], mean, atol=1e-5) and np.allclose(got["b"], vec["b"], atol=1e-5)

@@ -71,6 +71,22 @@ def chunk_texts(tokenizer, texts: list[str], max_length: int, overlap: int, max_
     return chunks, windows_of
 
 
+def pool_documents(seqs: list[tuple[int, int, list[int]]], vectors: np.ndarray, normalize: bool = True
+                   ) -> tuple[list[tuple[int, int, list[int]]], np.ndarray]:
+    """One entry per document from its chunks' entries (``chunk_token_ids`` order): the mean of its chunk vectors
+    (re-normalised with ``normalize``), keeping its first chunk's (text index, 0, ids)."""
+    firsts: dict[int, int] = {}
+    for n, (i, _, _) in enumerate(seqs):
+        firsts.setdefault(i, n)
+    doc_of = np.searchsorted(np.asarray(list(firsts)), [i for i, _, _ in seqs])  # text indices increase
+    pooled = np.zeros((len(firsts), vectors.shape[1]), dtype=np.float32)
+    np.add.at(pooled, doc_of, vectors)
+    pooled /= np.bincount(doc_of, minlength=len(firsts))[:, None]
+    if normalize:
+        pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+    return [(i, 0, seqs[n][2]) for i, n in firsts.items()], pooled
+
+
 def attention_pool(scores: np.ndarray, temperature: float = ATTENTION_TEMPERATURE) -> float:
     """``Σ_j softmax(scores / t)_j · scores_j`` (see the module docstring)."""
     s = np.asarray(scores, dtype=np.float64)

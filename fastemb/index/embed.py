@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fastemb.data.text import text_hashes
-from fastemb.data.chunking import chunk_token_ids
+from fastemb.data.chunking import chunk_token_ids, pool_documents
 from fastemb.index.corpus import CorpusScan, clean_texts, plan_units
 from fastemb.model.batching import embed_sequences
 
@@ -114,6 +114,8 @@ class EmbedActor:
         good = [i for i, r in enumerate(reasons) if r is None]
         seqs = self._sequences([texts[i] for i in good])
         vectors = self.embed_token_ids([s for _, _, s in seqs])
+        if seqs and self.chunking and self.chunking.get("entries") == "document":  # one entry per document
+            seqs, vectors = pool_documents(seqs, vectors, self.encoder.normalize)
         rows_id, rows_chunk, rows_text, rows_skip, vec_rows = [], [], [], [], []
         for i, r in enumerate(reasons):  # skipped rows keep their place, with a reason and no vector
             if r is not None:

@@ -44,6 +44,8 @@ def embed_stage(spec: IndexJob, scan: CorpusScan, emb_dir: Path, on_unit=None) -
     """Run (or reuse) the Ray Data embedding of a scanned corpus."""
     e, c = spec.embed, spec.chunking
     chunking = {"overlap": c.overlap, "max_chunks": c.max_chunks} if c.enabled else None
+    if chunking and c.entries == "document":  # (only then: the embeddings of chunk indexes built before stay reusable)
+        chunking["entries"] = "document"
     return embed_corpus(scan, emb_dir, model_dict(spec), id_column=spec.corpus.id_column,
                         text_column=spec.corpus.text_column, rows_per_unit=e.rows_per_unit, chunking=chunking,
                         on_this_node=staged(spec), on_unit=on_unit, **e.pool_options())

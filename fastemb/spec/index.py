@@ -23,6 +23,9 @@ class ChunkingSpec(Section):
     enabled: bool = False
     overlap: int = Field(32, ge=0, description="tokens shared by consecutive chunks")
     max_chunks: int | None = Field(None, gt=0, description="at most this many chunks per document")
+    entries: Literal["chunk", "document"] = Field("chunk", description="index entries: one per chunk (search "
+                                                  "groups them by document), or one per document (the mean of its "
+                                                  "chunk vectors)")
     aggregate: Literal["max", "mean", "attention"] = Field("max", description="a document's score from its retrieved "
                                                            "chunks' scores (fastemb/data/chunking.py)")
 
