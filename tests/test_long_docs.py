@@ -177,3 +177,44 @@ def test_index_entries_per_document_are_the_mean_of_their_chunks(minilm_path):
     mean = chunks_a.mean(0) / np.linalg.norm(chunks_a.mean(0))
     got = {i: np.asarray(v) for i, v in zip(per_doc["id"].to_pylist(), per_doc["vector"].to_pylist()) if v}
     assert np.allclose(got["a"], mean, atol=1e-5) and np.allclose(got["b"], vec["b"], atol=1e-5)
+
+
+def test_late_windows_pack_chunks_without_straddling():
+    from fastemb.eval.long_docs import late_windows
+
+    spans = [(0, 100), (84, 184), (168, 268), (252, 352), (336, 400)]
+    packed = late_windows(spans, 300)
+    assert [(s, e) for s, e, _ in packed] == [(0, 268), (252, 400)]
+    assert [c for _, _, cs in packed for c in cs] == spans and all(e - s <= 300 for s, e, _ in packed)
+    assert late_windows([(0, 500)], 300) == [(0, 500, [(0, 500)])]       # a chunk longer than the limit: alone
+
+
+def test_document_scores_match_per_document_pooling():
+    from fastemb.eval.long_docs import document_scores
+
+    rng = np.random.default_rng(0)
+    scores, doc_of = rng.normal(size=(3, 7)), np.array([0, 0, 0, 2, 2, 3, 3])   # document 1 has no chunk
+    for how in ("max", "mean", "attention"):
+        got = document_scores(scores, doc_of, 4, how, 0.1)
+        for q in range(3):
+            assert got[q, 1] == -np.inf
+            for d in (0, 2, 3):
+                assert got[q, d] == pytest.approx(pool_scores(scores[q, doc_of == d], how, 0.1))
+
+
+def test_long_document_evaluation_counts_cut_and_empty_documents(minilm_path):
+    from fastemb.data.eval_sets import EvalSet
+    from fastemb.eval.long_docs import evaluate_long_docs
+    from fastemb.model.encoder import Encoder
+
+    encoder = Encoder.load(minilm_path, max_length=64)
+    pages = {"kill.2": "kill - send signal to a process. " + "The kill() system call can be used to send any signal "
+             "to any process group or process. " * 30,
+             "open.2": "The open() system call opens the file specified by pathname and returns a file descriptor.",
+             "blank": "\u200b\u200b"}   # a text with no token at all
+    data = EvalSet(["q1", "q2"], ["send a signal to a process", "open and possibly create a file"],
+                   [{"kill.2"}, {"open.2"}], list(pages), list(pages.values()), {})
+    for late in (False, True):
+        m = evaluate_long_docs(encoder, data, chunk_length=32, overlap=4, max_chunks=6, late_chunking=late)
+        assert m["documents_empty"] == 1 and m["documents_truncated"] == 1 and m["chunks"] == 6 + 1
+        assert m["ndcg@10"] == 1.0 and set(m) >= {"ndcg@10_max", "ndcg@10_mean", "ndcg@10_attention"}
