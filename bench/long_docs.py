@@ -48,6 +48,8 @@ def main() -> int:
     ap.add_argument("--eval-max-chunks", type=int, default=4, help="evaluation: chunks per page (0: all)")
     ap.add_argument("--positive", default="max", choices=["max", "attention"])
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--test-pages", type=int, default=120, help="a seeded sample of the test split's pages, each "
+                    "page's query against the sampled pages (0: the whole split)")
     args = ap.parse_args()
     configure_logging()
     data = Path(args.data)
@@ -58,7 +60,8 @@ def main() -> int:
     from fastemb.ray_env import init_ray
     from fastemb.train.job import run_train
 
-    test = load_eval_set(str(data), "test")
+    eval_dir = _test_sample(data, args.test_pages, args.seed)
+    test = load_eval_set(str(eval_dir), "test")
     opts = {"chunk_length": args.chunk, "overlap": 16, "max_chunks": args.eval_max_chunks or None, "doc_score": "max"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,7 +70,7 @@ def main() -> int:
     rows, reports = {}, {}
     for name, (wc, wd) in LOSSES.items():
         spec = load_spec(ROOT / "jobs" / "long_docs.yaml", [
-            f"name={name}", f"storage_path={out}", f"data.train={data / 'train.parquet'}", f"data.eval={data}",
+            f"name={name}", f"storage_path={out}", f"data.train={data / 'train.parquet'}", f"data.eval={eval_dir}",
             f"model.max_length={args.chunk}", f"long_docs.max_chunks={args.max_chunks}",
             f"long_docs.eval_max_chunks={args.eval_max_chunks or 'null'}", f"long_docs.chunk_weight={wc}",
             f"long_docs.doc_weight={wd}", f"long_docs.positive={args.positive}", f"train.max_steps={args.steps}",
@@ -108,6 +111,25 @@ def _cached(path: Path, key: dict, measure) -> dict:
     metrics = {**measure(), "seconds": time.time() - t}
     path.write_text(json.dumps({"key": key, "metrics": metrics}, indent=1))
     return metrics
+
+
+def _test_sample(data: Path, pages: int, seed: int) -> Path:
+    """The set's folder, or (``pages`` > 0) a folder with its dev split and a seeded sample of its test pages."""
+    if not pages:
+        return data
+    import random
+
+    import pyarrow.parquet as pq
+
+    out = data.parent / f"{data.name}_test{pages}_seed{seed}"
+    out.mkdir(exist_ok=True)
+    queries, corpus = pq.read_table(data / "test_queries.parquet"), pq.read_table(data / "test_corpus.parquet")
+    keep = sorted(random.Random(seed).sample(range(queries.num_rows), min(pages, queries.num_rows)))
+    pq.write_table(queries.take(keep), out / "test_queries.parquet")
+    pq.write_table(corpus.take(keep), out / "test_corpus.parquet")  # the builder writes both in the same order
+    for kind in ("queries", "corpus"):
+        shutil.copyfile(data / f"dev_{kind}.parquet", out / f"dev_{kind}.parquet")
+    return out
 
 
 def _build_set(data: Path) -> dict:
@@ -165,7 +187,8 @@ def report_md(args, build: dict, rows: dict, reports: dict, total_s: float) -> s
         f"test {build['rows']['test']} pages. Length in all-MiniLM-L6-v2 tokens (no special tokens):",
         "", _lengths_md(build), "",
         f"Chunks: {args.chunk} tokens with the special tokens, 16 shared; evaluation on the test split "
-        f"({rows['base, max over chunks']['queries']} summaries against {rows['base, max over chunks']['corpus']} "
+        f"({'all of it' if not args.test_pages else f'a seeded sample (seed {args.seed}) of its pages'}: "
+        f"{rows['base, max over chunks']['queries']} summaries against {rows['base, max over chunks']['corpus']} "
         f"pages), each page's first {args.eval_max_chunks or 'all'} chunks "
         f"({rows['base, max over chunks']['documents_truncated']} pages are longer and are cut there). "
         f"Training: `fastemb train jobs/long_docs.yaml` (Ray Train, 2 workers, DeepSpeed ZeRO-2, fp32 on CPU), "
