@@ -173,7 +173,8 @@ def _schema() -> pa.Schema:
 
 def length_stats(tokenizer, texts: list[str]) -> dict:
     """Token counts (without special tokens) of ``texts``: percentiles, mean, and how many exceed 128/256/512."""
-    n = np.asarray([len(ids) for ids in tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]])
+    n = np.asarray([len(ids) for ids in tokenizer(texts, add_special_tokens=False, truncation=False,
+                                                  verbose=False)["input_ids"]])
     pct = {f"p{p}": int(np.percentile(n, p)) for p in (10, 25, 50, 75, 90, 99)}
     return {"count": len(n), "min": int(n.min()), **pct, "max": int(n.max()), "mean": round(float(n.mean()), 1),
             **{f"over_{m}": int((n > m).sum()) for m in LENGTH_MARKS}}

@@ -62,7 +62,7 @@ def chunk_texts(tokenizer, texts: list[str], max_length: int, overlap: int, max_
     ``max_chunks`` cut (more than ``len(chunks)``: the document was longer than the limit)."""
     start, end = special_tokens(tokenizer)
     body = max_length - len(start) - len(end)
-    enc = tokenizer(texts, add_special_tokens=False, truncation=False, return_offsets_mapping=True)
+    enc = tokenizer(texts, add_special_tokens=False, truncation=False, return_offsets_mapping=True, verbose=False)
     chunks, windows_of = [], []
     for text, offsets in zip(texts, enc["offset_mapping"]):
         windows = token_windows(len(offsets), body, overlap) if offsets else []
