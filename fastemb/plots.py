@@ -85,3 +85,31 @@ def tune_trials(rows: list[dict], metric: str, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def language_bars(rows: list[dict], path: str | Path, title: str = "translation retrieval") -> Path:
+    """Per language: base and distilled xx→en accuracy@1 (bars) and the tokenizer's unknown-token share (dots)."""
+    import numpy as np
+
+    rows = [r for r in rows if "base xx→en accuracy@1" in r]
+    langs = [r["language"] for r in rows]
+    x = np.arange(len(langs))
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(langs) + 2), 4))
+    tuned = any("tuned xx→en accuracy@1" in r for r in rows)
+    width = 0.4 if tuned else 0.6
+    ax.bar(x - (width / 2 if tuned else 0), [r["base xx→en accuracy@1"] for r in rows], width, label="base",
+           color="tab:grey")
+    if tuned:
+        ax.bar(x + width / 2, [r.get("tuned xx→en accuracy@1", 0) for r in rows], width, label="distilled",
+               color="tab:blue")
+    ax.plot(x, [r.get("unk_share") or 0 for r in rows], "o", color="tab:red", label="[UNK] share of tokens")
+    ax.set_xticks(x, langs)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("xx→en accuracy@1")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
