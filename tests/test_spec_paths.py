@@ -17,11 +17,14 @@ from fastemb.spec.paths import (LIST_ITEM, absolute_inputs, get_dotted, path_fie
 from fastemb.submit import build_submission
 
 # What an optional section needs besides the field under test to be valid (a list section gets one item).
-SECTION_NEEDS = {"distill": {"kl": {}}, "tasks.*": {"name": "t"}}
+SECTION_NEEDS = {"distill": {"kl": {}}, "tasks.*": {"name": "t"}, "multilingual": {"languages": ["de"]}}
+# What an optional section needs beside it (keys of the section's parent).
+SIBLING_NEEDS = {"multilingual": {"distill": {"embedding_mse": {"target": "positive"}}}}
 JOB_NEEDS = {"search": {"queries": ["q"], "index_dir": "an-index"},  # required fields
              "merge": {"models": [{"path": "tuned"}, {"path": "base"}]}, "feedback": {"corpus": "wordnet:test"}}
 # Sections a job type refuses whatever they hold (their fields can never reach a job of that type).
-REFUSED_SECTIONS = {"tune": ("distill.", "tasks."), "demo": ("tune.distill.", "tune.tasks.")}
+REFUSED_SECTIONS = {"tune": ("distill.", "tasks.", "multilingual."),
+                    "demo": ("tune.distill.", "tune.tasks.", "tune.multilingual.")}
 # The fields issue 14 found unhandled by `fastemb submit`: they must stay declared (a floor, not the list used).
 MUST_BE_HANDLED = {"train": {"distill.teacher", "tasks.0.data", "continual.registry", "model.new_tokens",
                              "general.eval"},
@@ -45,6 +48,9 @@ def _raw_setting(job: str, field: str, value: str) -> dict:
             if prefix == section or prefix.endswith("." + section):
                 for key, v in needs.items():
                     raw = set_dotted(raw, f"{concrete}.{key}", v)
+                parent = concrete.rsplit(".", 1)[0] + "." if "." in concrete else ""
+                for key, v in SIBLING_NEEDS.get(section, {}).items():
+                    raw = set_dotted(raw, f"{parent}{key}", v)
     return set_dotted(raw, field.replace(LIST_ITEM, "0"), value)
 
 

@@ -50,11 +50,16 @@ class RowReport:
     skipped: Counter = field(default_factory=Counter)
     negatives_removed: int = 0
     truncated: Counter = field(default_factory=Counter)  # kept rows cut to a limit (long documents), by what
+    by_language: dict = field(default_factory=dict)  # parallel text: per language, what was drawn (data/parallel.py)
 
     def as_dict(self) -> dict:
         out = {"read": self.read, "kept": self.kept, "skipped": dict(self.skipped),
                "negatives_removed": self.negatives_removed}
-        return {**out, "truncated": dict(self.truncated)} if self.truncated else out
+        if self.truncated:
+            out["truncated"] = dict(self.truncated)
+        if self.by_language:
+            out["by_language"] = self.by_language
+        return out
 
     def summary(self) -> str:
         skipped = sum(self.skipped.values())

@@ -127,8 +127,9 @@ def language_table(base: dict[str, dict], tuned: dict[str, dict] | None, tokens:
     """One row per language: pairs, tokenizer statistics, base (and tuned) xx→en / en→xx accuracy@1 and nDCG@10."""
     rows = []
     for lang in sorted(base):
-        row = {"language": lang, "pairs": base[lang].get("pairs", 0), **{k: tokens.get(lang, {}).get(k) for k in
-                                                                         ("tokens_per_char", "unk_share")}}
+        stats = tokens.get(lang, {})
+        row = {"language": lang, "pairs": base[lang].get("pairs", 0),
+               **{k: stats.get(k) for k in ("tokens_per_char", "unk_share")}}
         for who, res in (("base", base), ("tuned", tuned or {})):
             r = res.get(lang, {})
             if "skipped" in r:

@@ -67,6 +67,39 @@ class EmbeddingMSETerm(Section):
     """MSE of (projected) student embeddings of queries and positives onto the teacher's."""
     weight: float = Field(1.0, gt=0)
     project: bool | None = Field(None, description="learned projection; default: when dimensions differ")
+    target: Literal["own", "positive"] = Field(
+        "own", description="own: each text onto the teacher's embedding of the same text; positive: the query and "
+        "the positive both onto the teacher's embedding of the positive (multilingual distillation: the positive is "
+        "the English text, the query its translation; the teacher embeds only the positives)")
+
+
+class MultilingualSpec(Section):
+    """Multilingual knowledge distillation (Reimers & Gurevych 2020) on parallel text (fastemb/data/parallel.py):
+    ``data.train`` is a parallel parquet file (english, translation, language; fastemb/data/build_parallel.py), each
+    row trains the student to map both the English text and its translation onto the teacher's vector of the English
+    text (``distill.embedding_mse`` with ``target: positive``)."""
+    languages: list[str] = Field(..., min_length=1, description="locale names of the languages to train on "
+                                 "(the language column of the parallel text: de, fr, pt_BR, ...)")
+    temperature: float = Field(1.0, ge=1.0, le=100, description="language sampling: language l gets a share ∝ "
+                               "weight_l · n_l^(1/temperature) of the data.max_pairs budget (1: as in the data; "
+                               "larger: small languages upsampled, so they are not drowned)")
+    weights: dict[str, float] = Field(default_factory=dict, description="per-language sampling multipliers "
+                                      "(default 1)")
+    test: str | None = input_path(None, description="held-out parallel parquet file (other string families): "
+                                  "translation retrieval per language, base and distilled, in the report")
+    test_pairs: int = Field(1000, gt=0, description="test pairs per language at most (seeded sample)")
+    min_test_pairs: int = Field(10, gt=0, description="a language with fewer test pairs is reported, not scored")
+    unk_warn: float = Field(0.5, gt=0, le=1, description="warn when more than this share of a language's tokens "
+                            "are unknown to the student's tokenizer")
+
+    @model_validator(mode="after")
+    def _weights_known(self) -> "MultilingualSpec":
+        unknown = sorted(set(self.weights) - set(self.languages))
+        if unknown:
+            raise ValueError(f"weights: {unknown} not in languages {self.languages}")
+        if any(w <= 0 for w in self.weights.values()):
+            raise ValueError("weights: must be > 0")
+        return self
 
 
 class HiddenStateTerm(Section):
@@ -243,6 +276,8 @@ class TrainJob(RunJob):
                                                     "model during training (fastemb/train/negative_pool.py)")
     long_docs: LongDocsSpec | None = Field(None, description="long documents: chunking, the hierarchical loss's "
                                            "weights and document scoring (needs data.format: long_docs)")
+    multilingual: MultilingualSpec | None = Field(None, description="multilingual distillation on parallel text "
+                                                  "(data.train: english, translation, language)")
     export: ExportSpec = ExportSpec()
     general: GeneralEvalSpec | None = Field(GeneralEvalSpec(), description="a general-domain set scored for the "
                                             "base and the tuned model in the report; null: none")
@@ -292,6 +327,24 @@ class TrainJob(RunJob):
         if self.long_docs.overlap >= self.model.max_length - 2:
             raise ValueError(f"long_docs.overlap: {self.long_docs.overlap} tokens must be less than a chunk's "
                              f"{self.model.max_length - 2} (model.max_length minus the special tokens)")
+        return self
+
+    @model_validator(mode="after")
+    def _multilingual(self) -> TrainJob:
+        if self.multilingual is None:
+            return self
+        d = self.distill
+        if d is None or d.embedding_mse is None or d.embedding_mse.target != "positive":
+            raise ValueError("multilingual: needs distill.embedding_mse with target: positive (the student maps the "
+                             "English text and its translation onto the teacher's vector of the English text)")
+        for field, given in (("tasks", self.tasks), ("negatives_pool", self.negatives_pool),
+                             ("loss.hard_negatives", self.loss.hard_negatives), ("distill.kl", d.kl),
+                             ("distill.margin_mse", d.margin_mse), ("continual", self.continual)):
+            if given:
+                raise ValueError(f"{field}: not with multilingual (parallel pairs have no negatives or teacher "
+                                 "scores)")
+        if self.data.format != "pairs":
+            raise ValueError("multilingual: data.format must be pairs (data.train is the parallel file)")
         return self
 
     @model_validator(mode="after")

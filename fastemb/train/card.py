@@ -130,9 +130,9 @@ def train_card(spec: TrainJob, report: dict, model_dir: str | Path) -> CardUpdat
         evaluations.append(EvalSet("general", general.get("dataset", "general"), general.get("split", "test"),
                                    general["tuned"], general.get("base"), general.get("max_seq_length", length)))
     trained_on = {dataset_id(task.data) for task in job_tasks(spec)}
-    languages = (["en"] if trained_on == {SHIPPED} else []) + \
+    languages = (["en"] if trained_on == {SHIPPED} or spec.multilingual else []) + \
         ([base.data.language] if base and isinstance(base.data.language, str) else list(base.data.language or [])
-         if base else [])
+         if base else []) + (list(spec.multilingual.languages) if spec.multilingual else [])
     tags = [f"loss:{name}" for name in losses(spec)] + (["distillation"] if spec.distill else []) + \
         (["multi-task"] if spec.tasks else []) + (["adapters"] if spec.model.adapters else []) + \
         ([f"dataset_size:{pairs_used(report)}"] if pairs_used(report) else [])
@@ -150,7 +150,9 @@ def train_card(spec: TrainJob, report: dict, model_dir: str | Path) -> CardUpdat
     limitations = [
         (f"Trained with texts cut to {spec.model.max_length} tokens and evaluated at {length}; longer inputs are "
          f"truncated to the folder's max_seq_length ({folder['max_seq_length']})."),
-        ("Languages: English (WordNet definitions)." if trained_on == {SHIPPED} else
+        (f"Languages: English and, distilled from parallel text, {', '.join(spec.multilingual.languages)}."
+         if spec.multilingual else
+         "Languages: English (WordNet definitions)." if trained_on == {SHIPPED} else
          "Languages: those of the training data; the evaluation covers only the sets in the table above."),
         (f"The in-domain figures are measured on {dataset_id(spec.data.eval)}; quality elsewhere may differ from the "
          "base model's (the general-domain row, when present, measures that)."),

@@ -37,6 +37,7 @@ from fastemb.spec import DistillSpec, SpecError, TrainJob
 
 TEACHER_SCORES = "teacher_scores"
 TEACHER_EMBEDDINGS = ("teacher_query", "teacher_positive")
+TEACHER_POSITIVE = TEACHER_EMBEDDINGS[1]
 
 
 @dataclass
@@ -151,14 +152,21 @@ class MarginMSEDistillTerm(DistillTerm):
 
 
 class EmbeddingMSEDistillTerm(DistillTerm):
-    """MSE of the student's query and positive embeddings (projected when the widths differ) onto the teacher's."""
-    stored = TEACHER_EMBEDDINGS
+    """MSE of the student's query and positive embeddings (projected when the widths differ) onto the teacher's:
+    each onto the teacher's embedding of the same text (``target: own``), or both onto the teacher's embedding of the
+    positive (``target: positive``: multilingual distillation, the query being the positive's translation)."""
+
+    @property
+    def stored_columns(self) -> tuple[str, ...]:
+        return (TEACHER_POSITIVE,) if self.section.target == "positive" else TEACHER_EMBEDDINGS
 
     def make_head(self, student: Encoder, teacher_config) -> nn.Module:
         return EmbeddingMSELoss(student.dim, int(teacher_config.hidden_size), self.section.project)
 
     def value(self, batch: DistillBatch, head: nn.Module | None) -> torch.Tensor:
-        teacher = torch.cat([batch.teacher[c] for c in TEACHER_EMBEDDINGS])
+        t = batch.teacher
+        teacher = torch.cat([t[TEACHER_POSITIVE]] * 2 if self.section.target == "positive" else
+                            [t[c] for c in TEACHER_EMBEDDINGS])
         return head(torch.cat([batch.q, batch.p]), teacher)
 
 

@@ -145,6 +145,11 @@ def _train(spec: TrainJob, tracker: Tracker, t0: float) -> dict:
         pairs[task.key], data_reports[task.name] = load_task_pairs(spec, task)
         of = "" if not spec.tasks else f" (task {task.name}, weight {task.weight:g})"
         logger.info(f"pairs{of}: {data_reports[task.name].summary()}")
+    tokens = None
+    if spec.multilingual:  # before any work: a language the student's tokenizer mostly cannot read is warned about
+        from fastemb.train.multilingual import student_tokenizer_stats
+
+        tokens = student_tokenizer_stats(spec, pairs["train"])
     plan = plan_steps(spec, {key: len(rows) for key, rows in pairs.items()})
     check_matryoshka_width(spec)
     if spec.distill:
@@ -171,6 +176,10 @@ def _train(spec: TrainJob, tracker: Tracker, t0: float) -> dict:
         model_dir, history = fit_and_export(trainer, spec)
     train_s = time.time() - t_train
     scores = _evaluate_export(spec, model, model_dir, base, general_base)
+    if spec.multilingual:
+        from fastemb.train.multilingual import multilingual_report
+
+        scores["multilingual"] = multilingual_report(spec, model, model_dir, tokens)
     report = {
         "name": spec.name, "model_dir": str(model_dir), "output": spec.output_location, "base_model": spec.model.base,
         **scores, "eval_max_seq_length": model.max_length,
@@ -228,6 +237,10 @@ def cli_summary(report: dict) -> dict:
         out["general_ndcg@10"] = {k: report["general"][k]["ndcg@10"] for k in ("base", "tuned")}
     if report.get("merge"):
         out["merge_weight"] = report["merge"]["weight"]
+    ml = report.get("multilingual") or {}
+    if ml.get("tuned"):
+        out["xx→en accuracy@1"] = {lang: {who: ml[who][lang]["xx→en"]["accuracy@1"] for who in ("base", "tuned")}
+                                   for lang in ml["tuned"] if "xx→en" in ml["tuned"][lang]}
     if "continual" in report:
         out["continual"] = {k: report["continual"][k] for k in ("candidate", "outcome", "production_after")}
     return out

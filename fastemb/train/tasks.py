@@ -89,6 +89,11 @@ def load_task_pairs(spec: TrainJob, task: Task) -> tuple[list[dict], RowReport]:
 
         return load_long_docs(task.data, load_tokenizer(spec.model.base), spec.model.max_length, spec.long_docs.overlap,
                               spec.long_docs.max_chunks, task.max_pairs, seed)
+    if spec.multilingual is not None:  # parallel text: (translation, english) pairs sampled per language
+        from fastemb.data.parallel import load_parallel_pairs
+
+        m = spec.multilingual
+        return load_parallel_pairs(task.data, m.languages, task.max_pairs, m.temperature, m.weights, seed)
     pool = uses_pool(spec, task)
     pairs, report = load_pairs(task.data, task.max_pairs, task.loss.hard_negatives, seed, require_negatives=not pool)
     if pool:

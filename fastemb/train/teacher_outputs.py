@@ -10,7 +10,11 @@ teacher on a pool of the index stage's encoder actors (``fastemb.index.embed.emb
   that it reads them (``fastemb/train/distill_terms.py``: embedding MSE; in-batch KL candidates, whose teacher scores
   are ``t_q · t_p'``),
 
-and ``<run>/teacher/manifest.json`` with the key (teacher, pooling, length, synonyms, a fingerprint of the pairs,
+When the configured terms read nothing but ``teacher_positive`` (``distill.embedding_mse.target: positive``,
+multilingual distillation), only the positives (the English texts) are embedded and no scores are stored: the
+translations never go through the teacher.
+
+The stage also writes ``<run>/teacher/manifest.json`` with the key (teacher, pooling, length, synonyms, a fingerprint of the pairs,
 the columns) and timings. A rerun (a resumed job, a second job pointing at the same run folder) whose key matches
 reads the file instead of embedding again. Per-token terms (hidden states, attention) cannot be stored this way;
 they run the teacher online in the training loop (``fastemb/train/distill.py``).
@@ -28,7 +32,7 @@ import pyarrow.parquet as pq
 from fastemb.data.pairs import pairs_fingerprint
 from fastemb.errors import FastembError
 from fastemb.spec import TrainJob
-from fastemb.train.distill_terms import TEACHER_EMBEDDINGS, TEACHER_SCORES, stored_teacher_columns
+from fastemb.train.distill_terms import TEACHER_EMBEDDINGS, TEACHER_POSITIVE, TEACHER_SCORES, stored_teacher_columns
 
 TEACHER_DIR = "teacher"
 logger = logging.getLogger(__name__)
@@ -50,11 +54,18 @@ def needs_teacher_embeddings(spec: TrainJob) -> bool:
     return any(c in TEACHER_EMBEDDINGS for c in stored_teacher_columns(spec))
 
 
+def positives_only(spec: TrainJob) -> bool:
+    """Whether the configured terms read only the teacher's embeddings of the positives (no scores, no queries)."""
+    return stored_teacher_columns(spec) == [TEACHER_POSITIVE]
+
+
 def _cache_key(spec: TrainJob, pairs: list[dict]) -> dict:
     from fastemb.accelerator import pool_precision
 
     key = {"teacher": teacher_model(spec), "pairs": pairs_fingerprint(pairs), "n_pairs": len(pairs),
            "embeddings": needs_teacher_embeddings(spec)}
+    if positives_only(spec):
+        key["sides"] = "positive"
     e = spec.distill.embed
     if pool_precision(e.precision, e.num_gpus) != "fp32":  # GPU actors' half-precision vectors: stored apart
         key["precision"] = pool_precision(e.precision, e.num_gpus)
@@ -81,6 +92,14 @@ def score_pairs(pairs: list[dict], vectors: np.ndarray, row: dict[str, int], wit
     return pa.table(cols)
 
 
+def positive_vectors(pairs: list[dict], vectors: np.ndarray, row: dict[str, int]) -> pa.Table:
+    """The pairs with the teacher's embedding of each positive (``teacher_positive``) only."""
+    mat = vectors[[row[p["positive"]] for p in pairs]].astype(np.float32)
+    return pa.table({"query": pa.array([p["query"] for p in pairs], pa.string()),
+                     "positive": pa.array([p["positive"] for p in pairs], pa.string()),
+                     TEACHER_POSITIVE: pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1)), mat.shape[1])})
+
+
 def compute_teacher_outputs(spec: TrainJob, pairs: list[dict], subdir: str = TEACHER_DIR) -> tuple[list[dict], dict]:
     """Pairs with teacher columns, from ``<run>/<subdir>/`` (``teacher/``; one folder per task of a multi-task job)
     when stored for the same key, else embedded with Ray Data (Ray must be initialised) and stored. Returns (rows,
@@ -95,7 +114,9 @@ def compute_teacher_outputs(spec: TrainJob, pairs: list[dict], subdir: str = TEA
         if stored.get("key") == key:
             logger.info(f"teacher outputs reused from {path}")
             return pq.read_table(path).to_pylist(), {**stored["info"], "path": str(path), "reused": True}
-    texts = list(dict.fromkeys([t for p in pairs for t in (p["query"], p["positive"], *p.get("negatives", []))]))
+    only_positives = positives_only(spec)
+    texts = list(dict.fromkeys([p["positive"] for p in pairs] if only_positives else
+                               [t for p in pairs for t in (p["query"], p["positive"], *p.get("negatives", []))]))
     d = spec.distill
     logger.info(f"embedding {len(texts)} distinct texts with the teacher {d.teacher} (Ray Data, "
                 f"{d.embed.num_actors} actors)")
@@ -105,7 +126,9 @@ def compute_teacher_outputs(spec: TrainJob, pairs: list[dict], subdir: str = TEA
         raise TeacherOutputError(f"the teacher skipped {sum(skipped.values())} training texts "
                                  f"({dict(skipped)}); clean the pairs or drop those rows")
     embed_s = time.time() - t0
-    table = score_pairs(pairs, vectors, {t: i for i, t in enumerate(texts)}, key["embeddings"])
+    row = {t: i for i, t in enumerate(texts)}
+    table = positive_vectors(pairs, vectors, row) if only_positives else \
+        score_pairs(pairs, vectors, row, key["embeddings"])
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp)
