@@ -162,6 +162,19 @@ def read_card(model_dir: str | Path) -> ModelCard | None:
     return ModelCard.load(path) if path.is_file() else None
 
 
+def model_languages(model_dir: str | Path) -> list[str] | None:
+    """The languages a model folder's card names (its ``language`` metadata: the languages it was trained for), or
+    None when it has no card or the card names none; a card whose metadata does not parse names none."""
+    path = Path(model_dir) / CARD_FILE
+    if not path.is_file():
+        return None
+    try:
+        language = ModelCard(path.read_text(encoding="utf-8"), ignore_metadata_errors=True).data.language
+    except Exception:  # noqa: BLE001 — a broken card must not break serving
+        return None
+    return ([language] if isinstance(language, str) else list(language)) if language else None
+
+
 def has_fastemb_card(model_dir: str | Path) -> bool:
     """Whether a folder's card holds a part fastemb wrote."""
     path = Path(model_dir) / CARD_FILE

@@ -366,6 +366,7 @@ class Ingress:
                 i = infos[arm]
                 data.append({"id": served, "object": "model", "created": created, "owned_by": "fastemb",
                              "arm": arm, "version": i["version"], "path": i["path"], "dimensions": i["dim"],
+                             "languages": i.get("languages"),
                              "max_input_tokens": i["max_length"], "registry": i["registry"],
                              "follows_production": i["follows_production"]})
             return "-", {"object": "list", "data": data}, None

@@ -288,8 +288,13 @@ class Embedder:
         return hits, Embedded(None, sum(len(x) for x in ids), over, model.version, model.dim, model.normalize)
 
     def info(self) -> dict:
+        from fastemb.model.card import model_languages
+
         m = self.model
+        if getattr(self, "_languages_of", None) != m.path:  # read once per model version
+            self._languages_of, self._languages = m.path, model_languages(m.path)
         return {"arm": self.arm_name, "version": m.version, "path": m.path, "dim": m.dim,
+                "languages": self._languages,
                 "max_length": m.max_length, "normalize": m.normalize,
                 "index_size": getattr(m.backend, "size", None), "device": m.device,
                 "inference_backend": m.forward.name, "precision": getattr(m.forward, "precision", "fp32"),
