@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -32,6 +34,15 @@ def split_uri(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a URI, with the URI's query parameters applied."""
     fs, path = pafs.FileSystem.from_uri(uri)
     return fs, path.rstrip("/")
+
+
+def write_json(path: str | Path, value: Any) -> Path:
+    """Write ``value`` as indented JSON to a local ``path`` (a job's ``report``/``output`` file), creating its
+    folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2))
+    return path
 
 
 def staging_root() -> Path:

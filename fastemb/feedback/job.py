@@ -3,7 +3,6 @@
 ``data.train`` reads (query, positive, negatives, plus ``weight``: InfoNCE weighs each pair's term by it)."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from fastemb.data.text import bad_text_reason
 from fastemb.feedback.clicks import ClickCounts, click_pairs, read_event_lines
 from fastemb.index.corpus import resolve_corpus
 from fastemb.spec import FeedbackJob
+from fastemb.storage import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,7 @@ def run_feedback(spec: FeedbackJob) -> dict:
     logger.info(f"{counts.summary()}; written to {out}")
     result = {"output": str(out), **counts.as_dict()}
     if spec.report:
-        Path(spec.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(spec.report).write_text(json.dumps(result, indent=2))
+        write_json(spec.report, result)
     return result
 
 

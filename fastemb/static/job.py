@@ -3,7 +3,6 @@
 (``fastemb eval``'s figures and cache): nDCG@10 kept, encode speed ratio, bytes per vector and on disk."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from fastemb.model.encoder import model_width
 from fastemb.model.static import StaticEncoder, distil_static
 from fastemb.spec import StaticJob
 from fastemb.spec.sections import ModelSpec
+from fastemb.storage import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,7 @@ def run_static(spec: StaticJob) -> dict:
         logger.info(f"static nDCG@10 {static['ndcg@10']:.4f} vs {source['ndcg@10']:.4f} "
                     f"({result['ndcg_kept']:.0%} kept), encode {result['encode_speedup']:.0f}x the source's speed")
     if spec.report:
-        Path(spec.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(spec.report).write_text(json.dumps(result, indent=2))
+        write_json(spec.report, result)
     return result
 
 
