@@ -11,6 +11,7 @@ from fastemb import logs
 from fastemb.accelerator import ENV as ACCELERATOR_ENV
 
 LOOPBACK = "127.0.0.1"
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # read by Ray Train's controller
 _VENV_EXT_DIR = Path(os.environ.get("VIRTUAL_ENV", Path(__file__).resolve().parents[1] / ".venv")) / "torch_extensions"
 
 
@@ -49,6 +50,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, threads_pe
         # CPUs of every trial stopped early. Pinning the dashboard port lets the workers name their own cluster.
         port = free_port()
         runtime_env["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        # Ray Train's PreemptionWatcher polls for draining nodes: one machine has none to drain. Off, each worker
+        # group starts one actor process fewer and its controller logs no "PreemptionWatcher ... constructor
+        # arguments" error line.
+        runtime_env["env_vars"][PREEMPTION_WATCHER_ENV] = "0"
         with _loopback_node():
             ray.init(num_cpus=num_cpus, _node_ip_address=LOOPBACK, include_dashboard=True, dashboard_host=LOOPBACK,
                      dashboard_port=port, runtime_env=runtime_env, log_to_driver=True)
