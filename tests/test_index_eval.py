@@ -56,3 +56,21 @@ def test_compressed_configs_report_the_tradeoff(manifest):
     for r in manifest["evaluation"]["results"]:
         assert r["p99_ms"] >= r["p50_ms"] > 0 and r["build_s"] > 0 and r["file_bytes"] >= r["code_bytes"]
     assert Path(manifest["evaluation"]["plot"]).stat().st_size > 10_000
+
+
+def test_the_evaluation_reuses_the_jobs_embeddings_for_the_splits_own_corpus_only(tiny_eval):
+    """The job's corpus is the evaluated split's corpus file (the shipped set's ``wordnet:<split>``, or the folder's
+    ``<split>_corpus.parquet`` itself): its embedding units are the split's, so the evaluation embeds nothing again."""
+    from fastemb.index.evaluate import indexes_the_split
+
+    def spec(corpus: str, eval_set: str = tiny_eval, split: str = "test", **corpus_fields):
+        return parse_spec({"job": "index", "corpus": {"path": corpus, **corpus_fields},
+                           "evaluate": {"enabled": True, "eval": eval_set, "split": split}})
+
+    assert indexes_the_split(spec(f"{tiny_eval}/test_corpus.parquet"))
+    assert indexes_the_split(spec(f"{tiny_eval}/../{Path(tiny_eval).name}/test_corpus.parquet"))
+    assert indexes_the_split(spec("wordnet:dev", "wordnet", "dev"))
+    assert not indexes_the_split(spec(f"{tiny_eval}/test_corpus.parquet", split="dev"))
+    assert not indexes_the_split(spec(tiny_eval))  # the whole folder: its query files too
+    assert not indexes_the_split(spec(f"{tiny_eval}/test_corpus.parquet", text_column="id"))
+    assert not indexes_the_split(spec("wordnet:test", "wordnet", "dev"))

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 
 import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fastemb.data.eval_sets import load_eval_set
+from fastemb.data.eval_sets import SHIPPED, eval_dir_path, load_eval_set
 from fastemb.eval.metrics import ranking_metrics
 from fastemb.index.corpus import scan_corpus
 from fastemb.index.searcher import Searcher
@@ -44,6 +45,19 @@ def latency_ms(searcher: Searcher, q: np.ndarray, k: int = 10) -> tuple[float, f
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
+def indexes_the_split(spec: IndexJob) -> bool:
+    """Whether the job's corpus is the evaluated split's own corpus file (``wordnet:<split>`` for the shipped set, or
+    ``<eval folder>/<split>_corpus.parquet`` itself), read whole with the eval format's columns: then the job's
+    embeddings are those of the split."""
+    ev, c = spec.evaluate, spec.corpus
+    if c.id_column != "id" or c.text_column != "text" or spec.chunking.enabled or "://" in c.path:
+        return False
+    if ev.eval in SHIPPED:
+        return ev.eval == "wordnet" and c.path == f"wordnet:{ev.split}"
+    own = eval_dir_path(ev.eval) / f"{ev.split}_corpus.parquet"
+    return Path(c.path).expanduser().resolve() == own.resolve()
+
+
 def evaluate_job(spec: IndexJob) -> dict:
     """Evaluate the job's own configuration, its sweep, and exact search; writes ``eval/`` and a PNG."""
     from fastemb.plots import compression_tradeoff
@@ -52,8 +66,7 @@ def evaluate_job(spec: IndexJob) -> dict:
     data = load_eval_set(ev.eval, ev.split, ev.max_queries)
     out = spec.run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    if ev.eval == "wordnet" and spec.corpus.path == f"wordnet:{ev.split}" and not spec.chunking.enabled:
-        # the job indexed this very split: reuse its embedding shards instead of embedding it again
+    if indexes_the_split(spec):  # reuse the job's embedding shards instead of embedding the split again
         c = spec.corpus
         scan = scan_corpus(c.path, c.id_column, c.text_column, c.on_bad_file)
         emb_dir = embeddings_dir(spec)
