@@ -3,7 +3,6 @@ positive, fastemb/train/multilingual.py): the spec's rules, temperature sampling
 DeepSpeed on real iso-codes translations, the teacher embedding only the English side."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +63,9 @@ def test_temperature_sampling_upsamples_small_languages(tmp_path):
     assert all(p["query"][0] in "dn" and p["positive"][0] == "e" for p in pairs)  # query: translation
     with pytest.raises(DataError, match=r"no usable pairs for language\(s\) \['it'\]"):
         load_parallel_pairs(str(path), ["de", "it"])
+    pq.write_table(pa.table({"english": ["x"], "text": ["y"]}), tmp_path / "wrong.parquet")
+    with pytest.raises(DataError, match=r"wrong\.parquet: missing column\(s\) \['translation', 'language'\]"):
+        load_parallel_pairs(str(tmp_path / "wrong.parquet"), ["de"])
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +96,7 @@ def trained(ray_local, tmp_path_factory, tiny_eval, iso_parallel, minilm_path) -
                          "test_pairs": 40},
         "distill": {"teacher": minilm_path, "infonce_weight": 0, "embedding_mse": {"target": "positive"},
                     "embed": {"num_actors": 1, "batch_rows": 256}},
-        "train": {"num_workers": 2, "micro_batch_size": 16, "epochs": 2, "lr": 1e-4, "warmup_ratio": 0.0,
+        "train": {"num_workers": 2, "micro_batch_size": 16, "epochs": 1, "lr": 2e-4, "warmup_ratio": 0.0,
                   "schedule": "constant", "log_every": 1, "eval_every": 1000, "checkpoint_every": 1000},
     })
     return run_train(spec)
@@ -107,7 +109,7 @@ def test_distillation_maps_translations_onto_the_teacher(trained, iso_parallel):
 
     report, run = trained, Path(trained["model_dir"]).parent
     mse = [h["loss_embedding_mse"] for h in report["history"] if "loss_embedding_mse" in h]
-    assert len(mse) == report["plan"]["total_steps"] >= 24 and np.mean(mse[-8:]) < 0.85 * np.mean(mse[:8]), mse
+    assert len(mse) == report["plan"]["total_steps"] >= 16 and np.mean(mse[-6:]) < 0.85 * np.mean(mse[:6]), mse
     stored = pq.read_table(run / "teacher" / "pairs.parquet")
     assert stored.column_names == ["query", "positive", "teacher_positive"]
     assert report["teacher_outputs"]["texts"] == len(set(stored.column("positive").to_pylist()))  # English only

@@ -24,8 +24,14 @@ with their first ``max_chunks`` chunks and counted in the report's ``truncated``
 from __future__ import annotations
 
 from fastemb.data.chunking import chunk_texts
-from fastemb.data.pairs import DataError, RowReport, _files, _read_rows, resolve_pairs_path, sample_kept
+from fastemb.data.pairs import RowReport, read_rows, resolve_pairs_path, sample_kept
 from fastemb.data.text import bad_text_reason
+
+
+def _long_doc_columns(row: dict) -> str | None:
+    if "query" in row and {"document", "chunks"} & set(row):
+        return None
+    return f"long documents need columns query and document (or chunks); found {sorted(row)}"
 
 
 def load_long_docs(train: str, tokenizer, max_length: int, overlap: int, max_chunks: int,
@@ -36,36 +42,27 @@ def load_long_docs(train: str, tokenizer, max_length: int, overlap: int, max_chu
     report = RowReport()
     pending: list[dict] = []  # rows with a document to chunk
     kept: list[dict] = []
-    for file in _files(path):
-        rows = _read_rows(file)
-        if rows and "__bad__" not in rows[0] and ("query" not in rows[0] or not {"document", "chunks"} & set(rows[0])):
-            raise DataError(f"{file}: long documents need columns query and document (or chunks); found "
-                            f"{sorted(rows[0])}")
-        for row in rows:
-            report.read += 1
-            if "__bad__" in row:
-                report.skipped[row["__bad__"].split(": ", 1)[-1]] += 1
+    for row in read_rows(path, report, _long_doc_columns):
+        reason = bad_text_reason(row.get("query"))
+        if reason:
+            report.skipped[f"query {reason}"] += 1
+            continue
+        chunks = row.get("chunks")
+        if chunks is not None:
+            good = [c for c in chunks if bad_text_reason(c) is None]
+            if not good:
+                report.skipped["chunks empty"] += 1
                 continue
-            reason = bad_text_reason(row.get("query"))
-            if reason:
-                report.skipped[f"query {reason}"] += 1
-                continue
-            chunks = row.get("chunks")
-            if chunks is not None:
-                good = [c for c in chunks if bad_text_reason(c) is None]
-                if not good:
-                    report.skipped["chunks empty"] += 1
-                    continue
-                if len(good) > max_chunks:
-                    report.truncated["documents longer than max_chunks"] += 1
-                    report.truncated["chunks dropped"] += len(good) - max_chunks
-                kept.append({"query": row["query"], "positive": "\n".join(good), "chunks": good[:max_chunks]})
-                continue
-            reason = bad_text_reason(row.get("document"))
-            if reason:
-                report.skipped[f"document {reason}"] += 1
-                continue
-            pending.append(row)
+            if len(good) > max_chunks:
+                report.truncated["documents longer than max_chunks"] += 1
+                report.truncated["chunks dropped"] += len(good) - max_chunks
+            kept.append({"query": row["query"], "positive": "\n".join(good), "chunks": good[:max_chunks]})
+            continue
+        reason = bad_text_reason(row.get("document"))
+        if reason:
+            report.skipped[f"document {reason}"] += 1
+            continue
+        pending.append(row)
     texts = [r["document"] for r in pending]
     chunked, windows = chunk_texts(tokenizer, texts, max_length, overlap, max_chunks) if texts else ([], [])
     for row, chunks, n in zip(pending, chunked, windows):

@@ -24,6 +24,7 @@ import json
 import math
 import random
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +100,29 @@ def _read_rows(file: Path) -> list[dict]:
     return rows
 
 
+def read_rows(path: Path, report: RowReport, check_columns: Callable[[dict], str | None]) -> Iterator[dict]:
+    """The rows of every file under ``path``, each counted in ``report.read``; rows that could not be read (a line
+    of invalid JSON, ...) are counted in ``report.skipped`` by reason instead of yielded. ``check_columns`` gets each
+    file's first row and returns what is wrong with the file's columns (raised as a DataError naming the file) or
+    None."""
+    for file in _files(path):
+        rows = _read_rows(file)
+        if rows and "__bad__" not in rows[0] and (problem := check_columns(rows[0])):
+            raise DataError(f"{file}: {problem}")
+        for row in rows:
+            report.read += 1
+            if "__bad__" in row:
+                report.skipped[row["__bad__"].split(": ", 1)[-1]] += 1
+                continue
+            yield row
+
+
+def _pairs_columns(row: dict) -> str | None:
+    missing = [c for c in REQUIRED if c not in row]
+    return (f"missing column(s) {missing}; pairs need columns query, positive (optional negatives); found "
+            f"{sorted(row)}") if missing else None
+
+
 def resolve_pairs_path(train: str) -> Path:
     """'wordnet' → the shipped WordNet train pairs; anything else is a path."""
     return WORDNET_DIR / "train.parquet" if train == "wordnet" else Path(train).expanduser()
@@ -114,37 +138,26 @@ def load_pairs(train: str, max_pairs: int | None = None, hard_negatives: int = 0
     path = resolve_pairs_path(train)
     report = RowReport()
     kept: list[dict] = []
-    for file in _files(path):
-        rows = _read_rows(file)
-        if rows and "__bad__" not in rows[0]:
-            missing = [c for c in REQUIRED if c not in rows[0]]
-            if missing:
-                raise DataError(f"{file}: missing column(s) {missing}; pairs need columns query, positive "
-                                f"(optional negatives); found {sorted(rows[0])}")
-        for row in rows:
-            report.read += 1
-            if "__bad__" in row:
-                report.skipped[row["__bad__"].split(": ", 1)[-1]] += 1
+    for row in read_rows(path, report, _pairs_columns):
+        reason = next((f"{c} {r}" for c in REQUIRED if (r := bad_text_reason(row.get(c)))), None)
+        if reason:
+            report.skipped[reason] += 1
+            continue
+        out = {"query": row["query"], "positive": row["positive"]}
+        if "weight" in row:
+            if not _positive_number(row["weight"]):
+                report.skipped["weight not a positive number"] += 1
                 continue
-            reason = next((f"{c} {r}" for c in REQUIRED if (r := bad_text_reason(row.get(c)))), None)
-            if reason:
-                report.skipped[reason] += 1
+            out["weight"] = float(row["weight"])
+        if hard_negatives:
+            negs = row.get("negatives") or []
+            good = [n for n in negs if bad_text_reason(n) is None]
+            report.negatives_removed += len(negs) - len(good)
+            if len(good) < hard_negatives and require_negatives:
+                report.skipped[f"fewer than {hard_negatives} negatives"] += 1
                 continue
-            out = {"query": row["query"], "positive": row["positive"]}
-            if "weight" in row:
-                if not _positive_number(row["weight"]):
-                    report.skipped["weight not a positive number"] += 1
-                    continue
-                out["weight"] = float(row["weight"])
-            if hard_negatives:
-                negs = row.get("negatives") or []
-                good = [n for n in negs if bad_text_reason(n) is None]
-                report.negatives_removed += len(negs) - len(good)
-                if len(good) < hard_negatives and require_negatives:
-                    report.skipped[f"fewer than {hard_negatives} negatives"] += 1
-                    continue
-                out["negatives"] = good[:hard_negatives]
-            kept.append(out)
+            out["negatives"] = good[:hard_negatives]
+        kept.append(out)
     if any("weight" in r for r in kept):  # one schema for the Ray Dataset: unweighted rows weigh 1
         for r in kept:
             r.setdefault("weight", 1.0)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from fastemb.data.pairs import DataError, RowReport, _files, _read_rows, resolve_pairs_path
+from fastemb.data.pairs import DataError, RowReport, read_rows, resolve_pairs_path
 from fastemb.data.text import bad_text_reason
 
 COLUMNS = ("english", "translation", "language")
@@ -31,6 +31,12 @@ def language_shares(counts: dict[str, int], temperature: float, weights: dict[st
     return {lang: v / total for lang, v in raw.items()}
 
 
+def _parallel_columns(row: dict) -> str | None:
+    missing = [c for c in COLUMNS if c not in row]
+    return (f"missing column(s) {missing}; parallel text needs columns {list(COLUMNS)} "
+            f"(fastemb/data/build_parallel.py writes them); found {sorted(row)}") if missing else None
+
+
 def load_parallel_pairs(train: str, languages: list[str], max_pairs: int | None = None, temperature: float = 1.0,
                         weights: dict[str, float] | None = None, seed: int = 42) -> tuple[list[dict], RowReport]:
     """Pairs ``{query: translation, positive: english, language}`` sampled per language (module docstring); the row
@@ -39,28 +45,17 @@ def load_parallel_pairs(train: str, languages: list[str], max_pairs: int | None 
     report = RowReport()
     wanted = set(languages)
     by_lang: dict[str, list[dict]] = defaultdict(list)
-    for file in _files(path):
-        rows = _read_rows(file)
-        if rows and "__bad__" not in rows[0]:
-            missing = [c for c in COLUMNS if c not in rows[0]]
-            if missing:
-                raise DataError(f"{file}: missing column(s) {missing}; parallel text needs columns {list(COLUMNS)} "
-                                f"(fastemb/data/build_parallel.py writes them); found {sorted(rows[0])}")
-        for row in rows:
-            report.read += 1
-            if "__bad__" in row:
-                report.skipped[row["__bad__"].split(": ", 1)[-1]] += 1
-                continue
-            if row.get("language") not in wanted:
-                report.skipped["language not in multilingual.languages"] += 1
-                continue
-            reason = next((f"{c} {r}" for c in ("english", "translation") if (r := bad_text_reason(row.get(c)))),
-                          None)
-            if reason:
-                report.skipped[reason] += 1
-                continue
-            by_lang[row["language"]].append({"query": row["translation"], "positive": row["english"],
-                                             "language": row["language"]})
+    for row in read_rows(path, report, _parallel_columns):
+        if row.get("language") not in wanted:
+            report.skipped["language not in multilingual.languages"] += 1
+            continue
+        reason = next((f"{c} {r}" for c in ("english", "translation") if (r := bad_text_reason(row.get(c)))),
+                      None)
+        if reason:
+            report.skipped[reason] += 1
+            continue
+        by_lang[row["language"]].append({"query": row["translation"], "positive": row["english"],
+                                         "language": row["language"]})
     empty = [lang for lang in languages if not by_lang.get(lang)]
     if empty:
         raise DataError(f"{path}: no usable pairs for language(s) {empty} (multilingual.languages); "
