@@ -78,3 +78,14 @@ def live_actors(dashboard: str, token: str) -> list[dict]:
     """The cluster's live actors (class_name, pid, node_id, ...)."""
     return state_api(dashboard, "/api/v0/actors?limit=1000&filter_keys=state&filter_predicates=%3D"
                                 "&filter_values=ALIVE&detail=false", token)
+
+
+def job_status(dashboard: str, submission_id: str, token: str) -> str:
+    """A submitted job's status (PENDING, RUNNING, ...) from the Jobs REST API, without starting a process: a wait
+    loop that ran `fastemb jobs status` every two seconds spent a Python start and a Ray import on each poll."""
+    sys.path.insert(0, str(ROOT / "cluster"))
+    from local_cluster import api_get
+
+    status, body = api_get(dashboard, f"/api/jobs/{submission_id}", token, timeout=30)
+    assert status == 200, body[:500]
+    return json.loads(body)["status"]

@@ -20,10 +20,10 @@ def test_demo_runs_every_stage_and_serves_the_production_model(ray_local, tmp_pa
     small_train = {"max_length": 32}
     spec = load_spec(ROOT / "jobs" / "demo.yaml", [
         f"storage_path={tmp_path}", "ray.num_cpus=2",
-        f"train.model.max_length={small_train['max_length']}", "train.data.max_pairs=128",
+        f"train.model.max_length={small_train['max_length']}", "train.data.max_pairs=64",
         f"train.data.eval={tiny_eval}", "train.train.micro_batch_size=16", f"train.general.eval={tiny_general}",
         "train.export.merge.weight=0.5",  # a given weight: the dev-set choice of a weight is test_train's
-        f"tune.model.max_length={small_train['max_length']}", "tune.data.max_pairs=64",
+        f"tune.model.max_length={small_train['max_length']}", "tune.data.max_pairs=32",
         f"tune.data.eval={tiny_eval}", "tune.train.micro_batch_size=16", "tune.space.micro_batch_size=[16]",
         "tune.train.eval_every=2", "tune.tune.num_samples=1",  # the search itself: test_tune.py
         f"index.corpus.path={tiny_eval}/test_corpus.parquet", f"index.evaluate.eval={tiny_eval}",

@@ -191,7 +191,7 @@ def test_adapter_run_trains_adapters_and_new_rows_only(ray_local, tmp_path, tiny
     pairs, _ = load_pairs("wordnet", 256, 0, 42)                          # the sample the job trains on
     terms = _frequent_split_words(pairs, base.tokenizer, 3)
     spec = parse_spec({"name": "adapters", "storage_path": str(tmp_path),
-                       "model": {"max_length": 64, "new_tokens": terms,
+                       "model": {"max_length": 32, "new_tokens": terms,
                                  "adapters": {"size": 16, "layers": [3, 4, 5]}},
                        "data": {"max_pairs": 256, "eval": tiny_eval},   # one epoch: 8 steps, every pair seen
                        "general": None,
@@ -234,7 +234,7 @@ def test_simcse_raw_text_run_lowers_the_loss_and_exports(ray_local, tmp_path, ti
                        "data": {"format": "raw", "train": "wordnet", "max_pairs": 1024, "eval": tiny_eval},
                        "general": None,
                        "loss": {"temperature": 0.2},
-                       "train": {"micro_batch_size": 32, "num_workers": 2, "max_steps": 16, "lr": 1e-4,
+                       "train": {"micro_batch_size": 16, "num_workers": 2, "max_steps": 16, "lr": 1e-4,
                                  "warmup_ratio": 0.0, "log_every": 1, "eval_every": 1000, "checkpoint_every": 100}})
     report = run_train(spec)
     assert report["pairs"]["kept"] == 1024 and report["pairs"]["skipped"]["duplicate"] > 0

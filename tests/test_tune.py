@@ -152,7 +152,7 @@ def _finished_trials(exp: Path) -> dict[str, int]:
 def _tune_cmd(storage: Path, tiny_eval: str) -> list[str]:
     # no scheduler: every trial runs to its end, so "finished" is the only right outcome for each of them
     return [sys.executable, "-m", "fastemb.cli", "tune", str(ROOT / "jobs" / "tune.yaml"), "name=t",
-            f"storage_path={storage}", "data.max_pairs=96", f"data.eval={tiny_eval}", "tune.num_samples=2",
+            f"storage_path={storage}", "data.max_pairs=64", f"data.eval={tiny_eval}", "tune.num_samples=2",
             "tune.scheduler=none", "tune.max_concurrent_trials=1", "train.num_workers=1", "train.cpus_per_worker=1",
             "train.eval_every=2", f"tune.registry={storage / 'registry'}",
             "space.micro_batch_size=[16]", "train.micro_batch_size=16", "ray.num_cpus=2"]
