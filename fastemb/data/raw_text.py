@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastemb.data.pairs import WORDNET_DIR, DataError, RowReport, _files, _read_rows, sample_kept
+from fastemb.data.pairs import WORDNET_DIR, RowReport, read_rows, sample_kept
 from fastemb.data.text import bad_text_reason
 
 
@@ -32,22 +32,18 @@ def load_raw_texts(train: str, text_column: str = "text", max_texts: int | None 
     report = RowReport()
     seen: set[str] = set()
     kept: list[dict] = []
-    for file in _files(path):
-        rows = _read_rows(file)
-        if rows and "__bad__" not in rows[0] and text_column not in rows[0]:
-            raise DataError(f"{file}: no column {text_column!r} (data.text_column); found {sorted(rows[0])}")
-        for row in rows:
-            report.read += 1
-            if "__bad__" in row:
-                report.skipped[row["__bad__"].split(": ", 1)[-1]] += 1
-                continue
-            text = row.get(text_column)
-            reason = bad_text_reason(text)
-            if reason is None and text in seen:
-                reason = "duplicate"
-            if reason:
-                report.skipped[f"{text_column} {reason}" if reason != "duplicate" else reason] += 1
-                continue
-            seen.add(text)
-            kept.append({"query": text, "positive": text})
+
+    def check_columns(row: dict) -> str | None:
+        return None if text_column in row else f"no column {text_column!r} (data.text_column); found {sorted(row)}"
+
+    for row in read_rows(path, report, check_columns):
+        text = row.get(text_column)
+        reason = bad_text_reason(text)
+        if reason is None and text in seen:
+            reason = "duplicate"
+        if reason:
+            report.skipped[f"{text_column} {reason}" if reason != "duplicate" else reason] += 1
+            continue
+        seen.add(text)
+        kept.append({"query": text, "positive": text})
     return sample_kept(kept, report, max_texts, seed, f"{path}: no usable texts in column {text_column!r}")
