@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
 from fastemb.data.pairs import RowReport, load_pairs
 from fastemb.spec import LossSpec, TrainJob, TrainSpec
+
+if TYPE_CHECKING:
+    import torch
 
 Objective = Callable[[list[dict], dict], tuple["torch.Tensor", dict[str, float]]]
 
