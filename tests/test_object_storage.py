@@ -52,8 +52,8 @@ def test_training_writes_checkpoints_model_and_report_to_the_bucket(s3, tiny_eva
     from fastemb.train.job import run_train
 
     spec = parse_spec({"name": "s3run", "storage_path": s3["uri"], "model": {"max_length": 32},
-                       "data": {"max_pairs": 192, "eval": tiny_eval}, "general": None,
-                       "train": {"micro_batch_size": 16, "num_workers": 2, "checkpoint_every": 3, "eval_every": 1000}})
+                       "data": {"max_pairs": 96, "eval": tiny_eval}, "general": None,
+                       "train": {"micro_batch_size": 16, "num_workers": 2, "checkpoint_every": 1000, "eval_every": 1000}})
     report = run_train(spec)
     assert report["output"] == f"s3://{BUCKET}/runs/s3run"
     fs = s3["fs"]
