@@ -16,6 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "cluster" / "local_cluster.py"
 
 
+def api_get(dashboard: str, path: str, token: str | None, timeout: float = 5.0) -> tuple[int, str]:
+    """cluster/local_cluster.py's authenticated GET (imported from the script's folder once)."""
+    if str(SCRIPT.parent) not in sys.path:
+        sys.path.insert(0, str(SCRIPT.parent))
+    from local_cluster import api_get as get
+
+    return get(dashboard, path, token, timeout)
+
+
 def run_script(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
@@ -66,9 +75,6 @@ def group_alive(pgid: int) -> bool:
 
 def state_api(dashboard: str, path: str, token: str):
     """GET a Ray state API path (``/api/v0/...``) of a token-auth cluster; returns the result rows."""
-    sys.path.insert(0, str(ROOT / "cluster"))
-    from local_cluster import api_get
-
     status, body = api_get(dashboard, path, token)
     assert status == 200, body[:500]
     return json.loads(body)["data"]["result"]["result"]
@@ -83,9 +89,6 @@ def live_actors(dashboard: str, token: str) -> list[dict]:
 def job_status(dashboard: str, submission_id: str, token: str) -> str:
     """A submitted job's status (PENDING, RUNNING, ...) from the Jobs REST API, without starting a process: a wait
     loop that ran `fastemb jobs status` every two seconds spent a Python start and a Ray import on each poll."""
-    sys.path.insert(0, str(ROOT / "cluster"))
-    from local_cluster import api_get
-
     status, body = api_get(dashboard, f"/api/jobs/{submission_id}", token, timeout=30)
     assert status == 200, body[:500]
     return json.loads(body)["status"]
