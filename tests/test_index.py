@@ -50,7 +50,7 @@ def corpus(tmp_path_factory) -> dict:
 def _spec(corpus_path: str, out: Path, **over) -> object:
     raw = {"job": "index", "name": "t", "storage_path": str(out), "corpus": {"path": corpus_path},
            "model": {"max_length": 64}, "ray": {"num_cpus": 2},
-           "embed": {"num_actors": 2, "batch_rows": 64, "rows_per_unit": 100},
+           "embed": {"num_actors": 1, "batch_rows": 64, "rows_per_unit": 100},  # 2 units: 2 actor starts
            "index": {"type": "ivf_flat", "nlist": 4, "nprobe": 4, "add_tasks": 2}}
     for k, v in over.items():
         raw[k] = {**raw.get(k, {}), **v} if isinstance(v, dict) else v
