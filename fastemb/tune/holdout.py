@@ -50,11 +50,14 @@ def winner_vs_default(spec: TuneJob, winner: dict, default: dict | None) -> dict
 
     test = load_eval_set(spec.data.eval, "test", spec.data.test_queries)
     setting = trial_compression(spec, winner)
-    won = compressed_retrieval(*_test_vectors(spec, winner["model_dir"], test), test, **setting)
+    winner_vectors = _test_vectors(spec, winner["model_dir"], test)
+    won = compressed_retrieval(*winner_vectors, test, **setting)
     settings = {"winner's setting": setting}
     if "method" in setting:  # the default untruncated, in at most as many bytes
         settings["full width"] = {"pq_bytes": int(won["bytes_per_vector"]), "opq": setting["opq"]}
-    default_vectors = _test_vectors(spec, _default_model(spec, default), test)
+    default_dir = _default_model(spec, default)
+    # the default's trial won: its test split is not encoded a second time
+    default_vectors = winner_vectors if default_dir == winner["model_dir"] else _test_vectors(spec, default_dir, test)
     scored = {name: compressed_retrieval(*default_vectors, test, **s) for name, s in settings.items()}
     best = max(scored, key=lambda name: scored[name]["ndcg@10"])
     fields = ("ndcg@10", "mrr@10", "recall@10", "bytes_per_vector", "compression_x")
