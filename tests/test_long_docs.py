@@ -121,8 +121,8 @@ def test_document_scores_max_mean_attention():
 
 
 def test_long_docs_train_on_ray_train_with_the_hierarchical_loss(ray_local, tmp_path):
-    """The training job on real man pages: 2 Ray Train workers (DeepSpeed ZeRO-2, chunks gathered across them), the
-    hierarchical loss's two terms logged, the evaluations per document from chunks, truncation reported."""
+    """The training job on real man pages: one Ray Train worker (DeepSpeed ZeRO-2; the loss with chunks gathered
+    across two processes is tests/test_losses.py's), the hierarchical loss's two terms logged, the evaluations per document from chunks, truncation reported."""
     assert shutil.which("groff") and shutil.which("dpkg"), NEEDS_PAGES
     from fastemb.data.build_manpages import build, package_pages
     from fastemb.spec import parse_spec
@@ -138,7 +138,7 @@ def test_long_docs_train_on_ray_train_with_the_hierarchical_loss(ray_local, tmp_
                        "long_docs": {"max_chunks": 3, "overlap": 8, "positive": "attention", "doc_score": "max",
                                      "late_chunking": True, "eval_max_chunks": 4},
                        "general": None,
-                       "train": {"num_workers": 2, "micro_batch_size": 4, "max_steps": 2, "lr": 1e-4,
+                       "train": {"num_workers": 1, "micro_batch_size": 8, "max_steps": 2, "lr": 1e-4,
                                  "checkpoint_every": 100, "log_every": 1, "eval_every": 2}})
     report = run_train(spec)
     assert report["pairs"]["truncated"]["documents longer than max_chunks"] >= rows["train"] // 2

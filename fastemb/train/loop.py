@@ -178,9 +178,9 @@ def _start(spec, config: dict, rank: int, world: int, checkpoint, accelerator) -
     """Build the engine, each task's objective and stream and the negative pools; resume from ``checkpoint``."""
     import ray.train
 
-    from fastemb.train.negative_pool import load_pools
     from fastemb.train.progress import ProgressLine
-    from fastemb.train.tasks import job_tasks, micro_batches_done, task_objective, task_schedule, task_stream
+    from fastemb.train.tasks import (job_tasks, micro_batches_done, task_objective, task_schedule, task_stream,
+                                     uses_pool)
 
     t, total_steps = spec.train, config["total_steps"]
     device_index = None
@@ -198,7 +198,11 @@ def _start(spec, config: dict, rank: int, world: int, checkpoint, accelerator) -
     objectives = [task_objective(spec, task, engine.module, teacher) for task in tasks]
     schedule = task_schedule([task.weight for task in tasks], total_steps * t.grad_accum, t.seed)
     state = _resume(engine, checkpoint, rank) if checkpoint else _fresh_state(engine, rank, accelerator)
-    pools = load_pools(spec, tasks, state.negative_pools)
+    pools = {}
+    if any(uses_pool(spec, task) for task in tasks):  # the pool's module imports faiss: only a job that mines does
+        from fastemb.train.negative_pool import load_pools
+
+        pools = load_pools(spec, tasks, state.negative_pools)
     _refresh_pools(engine, pools, [key for key, pool in pools.items() if pool.needs_mining], state, rank)
     done = micro_batches_done(schedule, state.micro, len(tasks))
     streams = [task_stream(ray.train.get_dataset_shard(task.key), t, config["micro_steps_per_task_epoch"][task.key],
@@ -253,9 +257,9 @@ def _engine_precision(engine) -> str:
 
 def _refresh_pools(engine, pools: dict, keys: list[str], state: TrainState, rank: int) -> None:
     """Mine the negatives of the pools ``keys`` again with the current model; the state keeps every pool's table."""
-    from fastemb.train.negative_pool import describe_refresh
-
     for key in keys:
+        from fastemb.train.negative_pool import describe_refresh  # a job without pools never imports faiss here
+
         stats = pools[key].refresh(_student(engine), state.step)
         if rank == 0:
             state.history.append({**stats, "time": time.time()})
