@@ -17,7 +17,7 @@ def continual_spec(tmp_path, tiny_eval, registry, name, lr, train="wordnet", **c
     return parse_spec({
         "name": name, "storage_path": str(tmp_path), "model": {"max_length": 32},
         "data": {"train": train, "max_pairs": 64, "eval": tiny_eval}, "general": None,
-        "train": {"num_workers": 1, "cpus_per_worker": 2, "micro_batch_size": 16, "lr": lr, "max_grad_norm": 0,
+        "train": {"num_workers": 1, "cpus_per_worker": 1, "micro_batch_size": 16, "lr": lr, "max_grad_norm": 0,
                   "warmup_ratio": 0, "checkpoint_every": 1000, "eval_every": 1000, "max_failures": 0},
         "continual": {"registry": str(registry), **continual}})
 
