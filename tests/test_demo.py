@@ -21,10 +21,12 @@ def test_demo_runs_every_stage_and_serves_the_production_model(ray_local, tmp_pa
     spec = load_spec(ROOT / "jobs" / "demo.yaml", [
         f"storage_path={tmp_path}", "ray.num_cpus=2",
         f"train.model.max_length={small_train['max_length']}", "train.data.max_pairs=64",
-        f"train.data.eval={tiny_eval}", "train.train.micro_batch_size=16", f"train.general.eval={tiny_general}",
+        f"train.data.eval={tiny_eval}", f"train.general.eval={tiny_general}",
+        "train.train.micro_batch_size=32", "train.train.num_workers=1",  # the 2-worker runs: test_train.py, ...
         "train.export.merge.weight=0.5",  # a given weight: the dev-set choice of a weight is test_train's
         f"tune.model.max_length={small_train['max_length']}", "tune.data.max_pairs=32",
         f"tune.data.eval={tiny_eval}", "tune.train.micro_batch_size=16", "tune.space.micro_batch_size=[16]",
+        "tune.train.cpus_per_worker=1",  # one torch thread: the two test processes share the two cores
         "tune.train.eval_every=2", "tune.tune.num_samples=1",  # the search itself: test_tune.py
         f"index.corpus.path={tiny_eval}/test_corpus.parquet", f"index.evaluate.eval={tiny_eval}",
         "index.index.type=flat", "index.index.refine=none", "index.evaluate.sweep=[]", "index.embed.num_actors=1",
@@ -75,7 +77,7 @@ def _check_tracking(run_dir, summary) -> None:
     assert all("dev_ndcg_at_10_compressed" in t.data.metrics and t.data.tags["fastemb.trial_status"] == "FINISHED"
                for t in trials)
     assert by_name["train"].data.metrics["test_ndcg_at_10"] == summary["train"]["tuned"]["ndcg@10"]
-    assert "loss" in by_name["train"].data.metrics and by_name["train"].data.params["train.num_workers"] == "2"
+    assert "loss" in by_name["train"].data.metrics and by_name["train"].data.params["train.num_workers"] == "1"
     exact = summary["index"]["evaluation"]["results"][0]
     assert by_name["index"].data.metrics[metric_key(f"{exact['name']}/recall@10")] == exact["recall@10"]
     assert by_name["demo"].data.metrics["tuned_test_ndcg_at_10"] == summary["train"]["tuned"]["ndcg@10"]

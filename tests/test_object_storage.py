@@ -110,7 +110,7 @@ def test_index_job_publishes_to_the_bucket_reuses_its_shards_and_is_searchable_b
     pq.write_table(defs, tmp_path / "corpus.parquet")
     spec = parse_spec({"job": "index", "name": "s3index", "storage_path": s3["uri"],
                        "corpus": {"path": str(tmp_path / "corpus.parquet")}, "model": {"max_length": 32},
-                       "ray": {"num_cpus": 2}, "embed": {"num_actors": 2, "batch_rows": 64},
+                       "ray": {"num_cpus": 2}, "embed": {"num_actors": 1, "batch_rows": 64},
                        "index": {"type": "ivf_flat", "nlist": 4, "nprobe": 4, "add_tasks": 2}})
     manifest = run_index(spec)
     fs, root = s3["fs"], f"{BUCKET}/runs/s3index"
