@@ -22,7 +22,8 @@ def test_demo_runs_every_stage_and_serves_the_production_model(ray_local, tmp_pa
         f"storage_path={tmp_path}", "ray.num_cpus=2",
         f"train.model.max_length={small_train['max_length']}", "train.data.max_pairs=64",
         f"train.data.eval={tiny_eval}", f"train.general.eval={tiny_general}",
-        "train.train.micro_batch_size=32", "train.train.num_workers=1",  # the 2-worker runs: test_train.py, ...
+        # one worker (32 pairs a step); the 2-worker runs are test_train.py's and test_cached_train.py's
+        "train.train.micro_batch_size=32", "train.train.num_workers=1",
         "train.export.merge.weight=0.5",  # a given weight: the dev-set choice of a weight is test_train's
         f"tune.model.max_length={small_train['max_length']}", "tune.data.max_pairs=32",
         f"tune.data.eval={tiny_eval}", "tune.train.micro_batch_size=16", "tune.space.micro_batch_size=[16]",

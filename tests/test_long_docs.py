@@ -122,7 +122,8 @@ def test_document_scores_max_mean_attention():
 
 def test_long_docs_train_on_ray_train_with_the_hierarchical_loss(ray_local, tmp_path):
     """The training job on real man pages: one Ray Train worker (DeepSpeed ZeRO-2; the loss with chunks gathered
-    across two processes is tests/test_losses.py's), the hierarchical loss's two terms logged, the evaluations per document from chunks, truncation reported."""
+    across two processes is tests/test_losses.py's), the hierarchical loss's two terms logged, the evaluations per
+    document from chunks, truncation reported."""
     assert shutil.which("groff") and shutil.which("dpkg"), NEEDS_PAGES
     from fastemb.data.build_manpages import build, package_pages
     from fastemb.spec import parse_spec
