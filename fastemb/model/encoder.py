@@ -180,8 +180,7 @@ class Encoder(nn.Module):
         ``max_seq_length``: the tokens per text the saved model runs with (``sentence_bert_config.json``; default:
         this encoder's ``max_length``). ``weights``: the transformer's state dict to write instead of its own
         parameters (a ZeRO-3 run's, gathered from every rank: its parameters here are partitions)."""
-        import sentence_transformers
-        import transformers
+        from importlib.metadata import version
 
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
@@ -202,8 +201,10 @@ class Encoder(nn.Module):
                     "pooling_mode_mean_tokens": self.pooling == "mean", "pooling_mode_max_tokens": False,
                     "pooling_mode_mean_sqrt_len_tokens": False}
         (out / "1_Pooling" / "config.json").write_text(json.dumps(pool_cfg, indent=2))
-        versions = {"sentence_transformers": sentence_transformers.__version__,
-                    "transformers": transformers.__version__, "pytorch": torch.__version__}
+        # the installed versions, from package metadata: importing sentence-transformers for its version cost a
+        # training run's rank-0 worker 0.7-5 CPU-s (scikit-learn, scipy) at its final export
+        versions = {"sentence_transformers": version("sentence-transformers"), "transformers": version("transformers"),
+                    "pytorch": torch.__version__}
         (out / "config_sentence_transformers.json").write_text(json.dumps(
             {"__version__": versions, "prompts": {}, "default_prompt_name": None,
              "similarity_fn_name": "cosine" if self.normalize else "dot"}, indent=2))
