@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping
 
@@ -180,8 +181,6 @@ class Encoder(nn.Module):
         ``max_seq_length``: the tokens per text the saved model runs with (``sentence_bert_config.json``; default:
         this encoder's ``max_length``). ``weights``: the transformer's state dict to write instead of its own
         parameters (a ZeRO-3 run's, gathered from every rank: its parameters here are partitions)."""
-        from importlib.metadata import version
-
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         self.transformer.save_pretrained(out, safe_serialization=True, state_dict=None if weights is None else
