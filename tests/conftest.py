@@ -204,10 +204,12 @@ def ray_local(_ray_session, request):
     module); started again if a test shut it down, and restarted if a test left CPUs held.
 
     In a pytest-xdist test process (dev.sh runs two) each module gets a Ray of its own, shut down after it: there the
-    files a process runs follow each other in another order than in one process, and in one of two measured runs
+    files a process runs follow each other in another order than in one process, and in the first of three measured runs
     that kept a process's Ray across files, the Ray Data job of tests/test_chunking.py, started on the Ray that
     tests/test_domain.py's training runs had used, made no progress for 30 minutes (Ray Data's ExecutionTimeoutError:
-    ``MapBatches(EmbedActor): 0 active task(s)``). The other run passed, no faster than with a Ray per module."""
+    ``MapBatches(EmbedActor): 0 active task(s)``). The second passed, no faster than with a Ray per module. The third
+    (at c7a72b3) ran behind a run with a Ray per module throughout, then hung in the session's last ``ray.shutdown()``
+    (joining Ray's log-printing thread) for over 4 minutes, until it was killed."""
     import ray
 
     from fastemb.ray_env import init_ray
