@@ -4,9 +4,10 @@ side on each engine it offers on CPU, so that the serving stack and the inferenc
 All servers serve the same model (all-MiniLM-L6-v2) on CPU with the same thread count and are driven by the same
 closed-loop load generator (N concurrent clients, each sending its next request as soon as the previous one returns)
 at several concurrency levels, with short texts (WordNet definitions) and long texts (~200 tokens). Every server runs
-in its own process tree, all started up front; each (texts, concurrency) cell is measured in ``--rounds`` slices that
-alternate between the servers (order rotated every round), so load from other users of a shared machine hits every
-server alike; each ratio is computed per round, and its spread over the rounds is printed next to it.
+in its own process tree, all started up front, one at a time; each (texts, concurrency) cell is measured in
+``--rounds`` slices that alternate between the servers (order rotated every round), so load from other users of a
+shared machine hits every server alike; each ratio is computed per round, and its spread over the rounds is printed
+next to it.
 
 Servers (``--servers``, default all):
 
@@ -181,6 +182,16 @@ def check_vectors(url: str, model: str, texts: list[str], reference: np.ndarray)
     return float(np.abs(got - reference).max())
 
 
+def check_engine(engine: str, diff: float) -> None:
+    """Refuse a server whose vectors do not fit the engine it is said to run: an int8 engine differs from
+    sentence-transformers' fp32 vectors by more than 1e-3, an fp32 one by at most 1e-4 (measured in one run: a server
+    named int8 answered with fp32 vectors, 1.8e-07 off, from another server's replica)."""
+    if "int8" in engine and diff <= 1e-3:
+        raise RuntimeError(f"its vectors are {diff:.1e} from fp32: not those of {engine}")
+    if "fp32" in engine and diff > 1e-4:
+        raise RuntimeError(f"its vectors are {diff:.1e} from fp32: not those of {engine}")
+
+
 def wait_http(url: str, timeout_s: float = 300, proc: subprocess.Popen | None = None) -> None:
     import httpx
 
@@ -241,6 +252,19 @@ FASTEMB_ENGINES = {"onnx": "ONNX Runtime fp32 (fastemb's export; backend auto)",
                    "cuda": "torch fp16 on the GPU (backend auto, replica.num_gpus 1)"}
 
 
+_SERVES = iter(range(100))
+
+
+def _ingress_ports() -> dict[str, str]:
+    """Ports of its own for the replicas' direct-ingress servers of each fastemb server this run starts (each runs its
+    own Ray): with Ray's default range shared, a third HAProxy-mode server answered with another server's vectors."""
+    low = next(_SERVES) * 50
+    return {"RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(31000 + low),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(31000 + low + 49),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(41000 + low),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(41000 + low + 49)}
+
+
 def fastemb_process(name: str, model_path: str, threads: int, batch: int, extra_env: dict,
                     proxy: str = "ray", backend: str = "onnx", device: str = "cpu") -> ProcessServer:
     """fastemb's server on ``backend``, or on the GPU with ``device`` cuda (where ``backend: auto`` picks torch)."""
@@ -249,7 +273,7 @@ def fastemb_process(name: str, model_path: str, threads: int, batch: int, extra_
     cmd = [sys.executable, __file__, "--fastemb-server", "--port", str(port), "--model", model_path,
            "--threads", str(threads), "--batch-size", str(batch), "--proxy", proxy, "--backend", backend,
            "--device", device]
-    env = {**_env(threads), "RAY_USAGE_STATS_ENABLED": "0", **extra_env}
+    env = {**_env(threads), "RAY_USAGE_STATS_ENABLED": "0", **_ingress_ports(), **extra_env}
     stack = "Ray Serve, " + ("HAProxy ingress" if proxy == "haproxy" else "Serve's Python proxy")
     return ProcessServer(name, cmd, port, f"http://127.0.0.1:{port}/healthz",
                          f"http://127.0.0.1:{port}/v1/embeddings", "fastemb", env, stack=stack,
@@ -442,12 +466,13 @@ def main() -> int:
     diffs: dict[str, float] = {}
     live = []
     try:
-        for srv in servers:
-            srv.start()
+        # one at a time: ten servers (six of them a Ray each) starting at once on two cores starve Serve's proxies of
+        # their readiness checks, and Serve kills them (measured: five of six fastemb servers exited at start)
         for srv in servers:
             try:
-                srv.wait_ready()
+                srv.start().wait_ready()
                 diffs[srv.name] = check_vectors(srv.url, srv.model, probe, reference)
+                check_engine(srv.engine, diffs[srv.name])
                 live.append(srv)
             except Exception as err:  # noqa: BLE001 - report a peer that could not run, keep the others
                 skipped.append(f"{srv.name}: {type(err).__name__}: {err}")
