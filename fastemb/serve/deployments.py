@@ -44,9 +44,10 @@ def proxy_env(spec: ServeJob) -> dict[str, str]:
 def haproxy_env(spec: ServeJob) -> dict[str, str]:
     """Cluster-level settings of Serve's HAProxy ingress (``ingress.proxy: haproxy``), read by the Serve controller
     when it starts: HAProxy replaces the Python proxy actor and forwards to each replica's own HTTP server. Its stats
-    and Prometheus ports get free ports here (Ray's defaults 8404/9101 collide between two services on one host),
-    and HAProxy runs closed down (fastemb/serve/haproxy.py: private files, owner-only admin socket, loopback stats
-    and exporter, JSON error pages)."""
+    and Prometheus ports, and the ports of Serve's fallback proxy behind it, get free ports here (Ray's defaults
+    8404/9101 and 8500/9500 collide between two services on one host), and HAProxy runs closed down
+    (fastemb/serve/haproxy.py: private files, owner-only admin socket, loopback stats and exporter, JSON error
+    pages)."""
     from fastemb.errors import FastembError
     from fastemb.ray_env import free_port
     from fastemb.serve.haproxy import hardened_env
@@ -61,6 +62,8 @@ def haproxy_env(spec: ServeJob) -> dict[str, str]:
                                "RAY_SERVE_HAPROXY_BINARY_PATH pointing at an haproxy binary") from err
     env = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_NBTHREAD": str(spec.ingress.haproxy_threads),
            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+           "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+           "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
            # a replica that refuses a connection (it died) is marked down at once and the retry goes to another
            # server (or Serve's fallback proxy): Ray's defaults (3 errors, 3 retries a second apart) made the first
            # request after a kill wait about 3 s before it even reached the fallback
