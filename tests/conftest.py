@@ -1,5 +1,6 @@
 """Shared fixtures and the test tiers: one local Ray per test session, small real data made from the shipped
-WordNet and Debian-descriptions sets."""
+WordNet and Debian-descriptions sets, and a one-layer cut of the shipped MiniLM for the end-to-end tests of a
+mechanism (``tiny_model``)."""
 from __future__ import annotations
 
 import os
@@ -245,3 +246,20 @@ def minilm_path() -> str:
     from fastemb.model.encoder import default_model_path
 
     return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, minilm_path) -> str:
+    """The base of the end-to-end tests that check a mechanism (faults and resumption, export, tuning, serving,
+    index builds) rather than a quality figure: all-MiniLM-L6-v2 cut to its last layer, as ``model.num_layers: 1``
+    cuts it (fastemb/model/layers.py). A real model with the base's tokenizer, pooling and 256-token length, it
+    trains and evaluates at about half the cost of the six layers (a small training run, measured: 49 s against
+    86 s). Tests of a quality figure keep the full model."""
+    from fastemb.model.encoder import Encoder
+    from fastemb.model.layers import evenly_spaced_layers, keep_layers, num_layers
+
+    out = tmp_path_factory.mktemp("tiny_model") / "minilm-1-layer"
+    encoder = Encoder.load(minilm_path)
+    keep_layers(encoder.transformer, evenly_spaced_layers(num_layers(encoder.transformer), 1))
+    encoder.save(out)
+    return str(out)

@@ -28,9 +28,9 @@ def _pairs_with_negatives(path, n: int) -> str:
     return str(path)
 
 
-def test_cached_matryoshka_run_on_two_workers(ray_local, tmp_path, tiny_eval):
+def test_cached_matryoshka_run_on_two_workers(ray_local, tmp_path, tiny_eval, tiny_model):
     pairs = _pairs_with_negatives(tmp_path / "pairs.parquet", 256)
-    spec = parse_spec({"name": "cached", "storage_path": str(tmp_path), "model": {"max_length": 24},
+    spec = parse_spec({"name": "cached", "storage_path": str(tmp_path), "model": {"base": tiny_model, "max_length": 24},
                        "data": {"train": pairs, "eval": tiny_eval}, "general": None,
                        "loss": {"hard_negatives": 1, "matryoshka_dims": [32, 128, 384]},
                        "train": {"num_workers": 2, "zero_stage": 1, "micro_batch_size": 32, "cache_mini_batch": 12,
@@ -50,5 +50,5 @@ def test_cached_matryoshka_run_on_two_workers(ray_local, tmp_path, tiny_eval):
     assert json.loads((tmp_path / "cached" / "report.json").read_text())["peak_rss_mib"] == peaks
     texts = ["a member of the genus Canis", "relating to the stars"]
     tuned = Encoder.load(report["model_dir"]).encode(texts)
-    base = Encoder.load("all-MiniLM-L6-v2").encode(texts)
+    base = Encoder.load(tiny_model).encode(texts)
     assert np.abs(tuned - base).max() > 1e-4, "the exported model is the untrained base"

@@ -125,7 +125,7 @@ def test_fastemb_jobs_cli_needs_the_token(cluster, tmp_path):
 
 # ------------------------------------------------------------- an index build losing an encoder actor
 @pytest.mark.faults
-def test_submitted_index_build_survives_a_killed_encoder_actor(cluster, shared, tmp_path):
+def test_submitted_index_build_survives_a_killed_encoder_actor(cluster, shared, tmp_path, tiny_model):
     c = cluster
     corpus = write_fault_corpus(tmp_path)
     storage = tmp_path / "shared"
@@ -138,7 +138,8 @@ def test_submitted_index_build_survives_a_killed_encoder_actor(cluster, shared, 
     killer.start()
     job = subprocess.run(
         [sys.executable, "-m", "fastemb.cli", "submit", "jobs/index.yaml", "name=ixf", f"storage_path={storage}",
-         f"corpus.path={corpus['path']}", "embed.num_actors=2", "embed.batch_rows=32", "embed.rows_per_unit=1000000",
+         f"corpus.path={corpus['path']}", f"model.base={tiny_model}", "embed.num_actors=2", "embed.batch_rows=32",
+         "embed.rows_per_unit=1000000",
          "index.type=ivf_flat", "index.nlist=8", "index.refine=none", "index.add_tasks=2",
          "evaluate.enabled=false", "--shared", shared, "--env", f"{HOLD_ENV}={killer.hold_file}", "--follow"],
         env=c["env"], cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -176,7 +177,7 @@ def _checkpoints(run) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def faulted_job(cluster, shared, tmp_path_factory, tiny_eval):
+def faulted_job(cluster, shared, tmp_path_factory, tiny_eval, tiny_model):
     """One training job through two faults, each recovered from its last checkpoint:
 
     1. submitted, then stopped (`fastemb jobs stop`) after its first committed checkpoint;
@@ -188,7 +189,7 @@ def faulted_job(cluster, shared, tmp_path_factory, tiny_eval):
     storage = tmp_path_factory.mktemp("shared")
     run = storage / "rs"
     spec = ["jobs/contrastive.yaml", "name=rs", f"storage_path={storage}", "data.max_pairs=512",
-            f"data.eval={tiny_eval}", "general=null",
+            f"data.eval={tiny_eval}", "general=null", f"model.base={tiny_model}",
             "train.micro_batch_size=16", "train.checkpoint_every=2", "train.num_workers=2",
             "train.max_failures=2", "--shared", shared]
     env = cluster["env"]

@@ -22,10 +22,10 @@ def continual_spec(tmp_path, tiny_eval, registry, name, lr, train="wordnet", **c
         "continual": {"registry": str(registry), **continual}})
 
 
-def test_continual_training_promotes_or_keeps_production(ray_local, tmp_path, tiny_eval, minilm_path):
+def test_continual_training_promotes_or_keeps_production(ray_local, tmp_path, tiny_eval, tiny_model):
     registry = Registry(str(tmp_path / "registry"))
     seed_spec = continual_spec(tmp_path, tiny_eval, tmp_path / "registry", "seed", 1e-4)
-    registry.register(minilm_path, evaluate_model(seed_spec.model, seed_spec.data, path=minilm_path), {"seed": True})
+    registry.register(tiny_model, evaluate_model(seed_spec.model, seed_spec.data, path=tiny_model), {"seed": True})
     registry.promote("v0001")
 
     # 1) a normal update, started from production; min_gain -1 makes the gate pass whatever the score. Its pairs

@@ -14,12 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TRACKING = os.environ.get("FASTEMB_TEST_DEMO_TRACKING") == "1"
 
 
-def test_demo_runs_every_stage_and_serves_the_production_model(ray_local, tmp_path, tiny_eval, tiny_general):
+def test_demo_runs_every_stage_and_serves_the_production_model(ray_local, tmp_path, tiny_eval, tiny_general,
+                                                               tiny_model):
     from fastemb.demo.job import run_demo
 
     small_train = {"max_length": 32}
     spec = load_spec(ROOT / "jobs" / "demo.yaml", [
         f"storage_path={tmp_path}", "ray.num_cpus=2",
+        f"train.model.base={tiny_model}", f"tune.model.base={tiny_model}",
         f"train.model.max_length={small_train['max_length']}", "train.data.max_pairs=64",
         f"train.data.eval={tiny_eval}", f"train.general.eval={tiny_general}",
         # one worker (32 pairs a step); the 2-worker runs are test_train.py's and test_cached_train.py's

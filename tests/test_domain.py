@@ -224,13 +224,13 @@ def test_adapter_run_trains_adapters_and_new_rows_only(ray_local, tmp_path, tiny
     assert np.abs(trained.encode(TEXTS) - base.encode(TEXTS)).max() > 1e-4
 
 
-def test_simcse_raw_text_run_lowers_the_loss_and_exports(ray_local, tmp_path, tiny_eval):
+def test_simcse_raw_text_run_lowers_the_loss_and_exports(ray_local, tmp_path, tiny_eval, tiny_model):
     """Unsupervised domain pre-training on the shipped WordNet definitions (each text its own positive, dropout
     noise) through the normal Ray Train loop (one worker: the 2-worker paths are the adapter run's)."""
     from fastemb.train.job import run_train
 
     spec = parse_spec({"name": "simcse", "storage_path": str(tmp_path),
-                       "model": {"max_length": 32},
+                       "model": {"base": tiny_model, "max_length": 32},
                        "data": {"format": "raw", "train": "wordnet", "max_pairs": 1024, "eval": tiny_eval},
                        "general": None,
                        "loss": {"temperature": 0.2},

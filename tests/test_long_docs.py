@@ -120,7 +120,7 @@ def test_document_scores_max_mean_attention():
     assert [d for d, _ in ranked] == ["a", "b", "c"] and ranked[1][1] == pytest.approx(0.8)
 
 
-def test_long_docs_train_on_ray_train_with_the_hierarchical_loss(ray_local, tmp_path):
+def test_long_docs_train_on_ray_train_with_the_hierarchical_loss(ray_local, tmp_path, tiny_model):
     """The training job on real man pages: one Ray Train worker (DeepSpeed ZeRO-2; the loss with chunks gathered
     across two processes is tests/test_losses.py's), the hierarchical loss's two terms logged, the evaluations per
     document from chunks, truncation reported."""
@@ -134,7 +134,7 @@ def test_long_docs_train_on_ray_train_with_the_hierarchical_loss(ray_local, tmp_
     rows = build(pages[:60], data, workers=2, limit=28)["rows"]
     assert rows["train"] >= 12 and rows["test"] >= 4, rows
     spec = parse_spec({"job": "train", "name": "long", "storage_path": str(tmp_path / "runs"),
-                       "model": {"max_length": 64},
+                       "model": {"base": tiny_model, "max_length": 64},
                        "data": {"format": "long_docs", "train": str(data / "train.parquet"), "eval": str(data)},
                        "long_docs": {"max_chunks": 3, "overlap": 8, "positive": "attention", "doc_score": "max",
                                      "late_chunking": True, "eval_max_chunks": 4},
@@ -151,10 +151,8 @@ def test_long_docs_train_on_ray_train_with_the_hierarchical_loss(ray_local, tmp_
         assert m["corpus"] == rows["test"] and m["chunks"] > m["corpus"] and m["documents_truncated"] > 0
     from safetensors.torch import load_file
 
-    from fastemb.model.encoder import default_model_path
-
     tuned = load_file(Path(report["model_dir"]) / "model.safetensors")
-    base = load_file(Path(default_model_path()) / "model.safetensors")
+    base = load_file(Path(tiny_model) / "model.safetensors")
     assert any(not np.allclose(tuned[k].numpy(), base[k].numpy()) for k in tuned if k in base)   # it trained
 
 

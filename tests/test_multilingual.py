@@ -82,20 +82,20 @@ def iso_parallel(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(ray_local, tmp_path_factory, tiny_eval, iso_parallel, minilm_path) -> dict:
+def trained(ray_local, tmp_path_factory, tiny_eval, iso_parallel, tiny_model) -> dict:
     """A few MSE steps (one worker, ZeRO-2: the loss has no in-batch term, so a second worker would add a process and
     an all-reduce per step, not a check) of multilingual distillation on the country names; the report."""
     from fastemb.train.job import run_train
 
     spec = parse_spec({
         "name": "ml", "storage_path": str(tmp_path_factory.mktemp("runs")),
-        "model": {"base": minilm_path, "max_length": 24},
+        "model": {"base": tiny_model, "max_length": 24},
         "data": {"train": str(iso_parallel / "train.parquet"), "eval": tiny_eval,
                  "test_queries": 20},
         "general": None,
         "multilingual": {"languages": ["de", "fr"], "temperature": 2.0, "test": str(iso_parallel / "test.parquet"),
                          "test_pairs": 40},
-        "distill": {"teacher": minilm_path, "infonce_weight": 0, "embedding_mse": {"target": "positive"},
+        "distill": {"teacher": tiny_model, "infonce_weight": 0, "embedding_mse": {"target": "positive"},
                     "embed": {"num_actors": 1, "batch_rows": 256}},
         "train": {"num_workers": 1, "micro_batch_size": 32, "epochs": 1, "lr": 2e-4, "warmup_ratio": 0.0,
                   "schedule": "constant", "log_every": 1, "eval_every": 1000, "checkpoint_every": 1000},

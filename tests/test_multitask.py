@@ -107,14 +107,14 @@ def test_each_rank_streams_single_task_batches_in_step(ray_local):
 
 
 def test_three_task_run_with_a_refreshed_negative_pool_and_a_distillation_task(ray_local, tmp_path, tiny_eval,
-                                                                              minilm_path):
+                                                                              minilm_path, tiny_model):
     """2 Ray Train workers, ZeRO-2: WordNet pairs without negatives (the pool mines them before step 1 and again
     every 4 steps), a SimCSE task on WordNet definitions and a distillation task (KL from a teacher, whose outputs
     are computed once for that task's pairs only)."""
     from fastemb.train.job import run_train
 
     spec = parse_spec({
-        "name": "multi", "storage_path": str(tmp_path), "model": {"max_length": 32},
+        "name": "multi", "storage_path": str(tmp_path), "model": {"base": tiny_model, "max_length": 32},
         "data": {"eval": tiny_eval}, "general": None,
         "tasks": [{"name": "pairs", "data": "wordnet", "max_pairs": 256, "weight": 2, "loss": {"hard_negatives": 1}},
                   {"name": "defs", "kind": "simcse", "data": "wordnet", "max_pairs": 128, "weight": 1,

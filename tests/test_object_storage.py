@@ -43,7 +43,7 @@ def s3(ray_local, tmp_path_factory):
         os.environ["FASTEMB_STAGING"] = staging
 
 
-def test_training_writes_checkpoints_model_and_report_to_the_bucket(s3, tiny_eval, tmp_path):
+def test_training_writes_checkpoints_model_and_report_to_the_bucket(s3, tiny_eval, tmp_path, tiny_model):
     import shutil
 
     from sentence_transformers import SentenceTransformer
@@ -51,7 +51,7 @@ def test_training_writes_checkpoints_model_and_report_to_the_bucket(s3, tiny_eva
     from fastemb.storage import pull
     from fastemb.train.job import run_train
 
-    spec = parse_spec({"name": "s3run", "storage_path": s3["uri"], "model": {"max_length": 32},
+    spec = parse_spec({"name": "s3run", "storage_path": s3["uri"], "model": {"base": tiny_model, "max_length": 32},
                        "data": {"max_pairs": 96, "eval": tiny_eval}, "general": None,
                        "train": {"micro_batch_size": 16, "num_workers": 2, "checkpoint_every": 1000, "eval_every": 1000}})
     report = run_train(spec)
@@ -101,7 +101,7 @@ def test_folders_are_published_whole_or_not_at_all(s3, tmp_path):
     assert not (tmp_path / "got" / "unit-1").exists()
 
 
-def test_index_job_publishes_to_the_bucket_reuses_its_shards_and_is_searchable_by_uri(s3, tmp_path):
+def test_index_job_publishes_to_the_bucket_reuses_its_shards_and_is_searchable_by_uri(s3, tmp_path, tiny_model):
     from fastemb.index.job import run_index
     from fastemb.index.searcher import INDEX_FILES, Searcher, search
     from fastemb.storage import local_copy, run_uri
@@ -109,7 +109,8 @@ def test_index_job_publishes_to_the_bucket_reuses_its_shards_and_is_searchable_b
     defs = pq.read_table(WORDNET / "all_definitions.parquet").slice(0, 300)
     pq.write_table(defs, tmp_path / "corpus.parquet")
     spec = parse_spec({"job": "index", "name": "s3index", "storage_path": s3["uri"],
-                       "corpus": {"path": str(tmp_path / "corpus.parquet")}, "model": {"max_length": 32},
+                       "corpus": {"path": str(tmp_path / "corpus.parquet")},
+                       "model": {"base": tiny_model, "max_length": 32},
                        "ray": {"num_cpus": 2}, "embed": {"num_actors": 1, "batch_rows": 64},
                        "index": {"type": "ivf_flat", "nlist": 4, "nprobe": 4, "add_tasks": 2}})
     manifest = run_index(spec)

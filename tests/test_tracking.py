@@ -198,13 +198,13 @@ def _wait_until_up(server: dict, timeout_s: float = 120) -> None:
 
 
 @pytest.fixture(scope="module")
-def tracked_run(mlflow_server, ray_local, tmp_path_factory, tiny_eval, tiny_general):
+def tracked_run(mlflow_server, ray_local, tmp_path_factory, tiny_eval, tiny_general, tiny_model):
     """One tiny training job (1 worker, 2 steps, a dev evaluation at the end) tracked by the server (the metrics are
     rank 0's: a second worker would add a process start, not a check)."""
     from fastemb.train.job import run_train
 
     spec = parse_spec({"name": "tracked", "storage_path": str(tmp_path_factory.mktemp("tracked")),
-                       "model": {"max_length": 32}, "data": {"max_pairs": 64, "eval": tiny_eval},
+                       "model": {"base": tiny_model, "max_length": 32}, "data": {"max_pairs": 64, "eval": tiny_eval},
                        "general": {"eval": tiny_general},  # the card's general figures, on a small real set
                        "train": {"num_workers": 1, "micro_batch_size": 32, "log_every": 1, "eval_every": 2,
                                  "checkpoint_every": 1000},
@@ -251,7 +251,7 @@ def test_the_exported_model_has_a_card_that_matches_the_report(tracked_run):
     model_dir = Path(report["model_dir"])
     card = ModelCard.load(model_dir / "README.md")
     assert card.data.library_name == "sentence-transformers" and card.data.pipeline_tag == "sentence-similarity"
-    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert card.data.base_model == Path(spec.model.base).name  # a local folder without a card of its own: its name
     assert {"fastemb", "loss:InfoNCE", "dataset_size:64"} <= set(card.data.tags)
     assert card.data.data_fingerprint == report["record"]["data_fingerprint"]
     length = report["lengths"]["export"]  # every test figure is measured at the exported model's length

@@ -31,12 +31,14 @@ from fastemb.train.job import run_train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def small_spec(tmp_path, tiny_eval, name, general: str | None = None, export: dict | None = None, **train):
+def small_spec(tmp_path, tiny_eval, base, name, general: str | None = None, export: dict | None = None, **train):
+    """24 steps of 2 workers x 16 pairs: with the one-layer base a step takes about a second, and the driver-side
+    kill must land on a checkpoint before the last one (with 12 steps the run had finished by then)."""
     cfg = {"micro_batch_size": 16, "num_workers": 2, "zero_stage": 2, "checkpoint_every": 2, "log_every": 1,
            "eval_every": 1000, "lr": 5e-5, **train}
     return parse_spec({"name": name, "storage_path": str(tmp_path),
-                       "model": {"max_length": 32},
-                       "data": {"max_pairs": 384, "eval": tiny_eval},
+                       "model": {"base": base, "max_length": 32},
+                       "data": {"max_pairs": 768, "eval": tiny_eval},
                        "general": {"eval": general} if general else None, "export": export or {},
                        "train": cfg})
 
@@ -61,7 +63,7 @@ def _wait_for(pred, what: str, thread: threading.Thread, timeout_s: float = 600)
 
 
 @pytest.fixture(scope="module")
-def faulted_run(ray_local, tmp_path_factory, tiny_eval, tiny_general):
+def faulted_run(ray_local, tmp_path_factory, tiny_eval, tiny_general, tiny_model):
     """The run through both faults (trained at 32 tokens per text, exported merged with the base, scored on a general
     set too); returns what each test checks. The driver side dies as a crashed driver node would: its Train
     controller and workers are SIGKILLed and its (local) Ray goes down with them."""
@@ -70,8 +72,8 @@ def faulted_run(ray_local, tmp_path_factory, tiny_eval, tiny_general):
     from fastemb.ray_env import init_ray
 
     tmp_path = tmp_path_factory.mktemp("faults")
-    spec = small_spec(tmp_path, tiny_eval, "faults", general=tiny_general, export={"merge": {"grid": [0.5, 1.0]}},
-                      max_failures=2)
+    spec = small_spec(tmp_path, tiny_eval, tiny_model, "faults", general=tiny_general,
+                      export={"merge": {"grid": [0.5, 1.0]}}, max_failures=2)
     run_dir = tmp_path / "faults"
     checkpoints = lambda: {p.name for p in run_dir.glob("checkpoint_*") if p.is_dir()}  # noqa: E731
     workers_before, controllers_before = _live_actors("RayTrainWorker"), _live_actors("TrainController")
@@ -106,7 +108,7 @@ def faulted_run(ray_local, tmp_path_factory, tiny_eval, tiny_general):
     rerun = run_train(spec)
     again = run_train(spec)  # the finished job once more
     return {"first": outcome, "killed_worker": workers[-1], "rerun": rerun, "again": again, "run_dir": run_dir,
-            "spec": spec}
+            "spec": spec, "base": tiny_model}
 
 
 @pytest.mark.faults
@@ -116,14 +118,14 @@ def test_sigkilled_worker_resumes_from_checkpoint_and_exports(faulted_run):
     report = faulted_run["rerun"]
     resumed_at = [h["step"] for h in report["history"] if h.get("event") == "resumed"]
     assert resumed_at and min(resumed_at) >= 2, "the worker group restarted from scratch instead of a checkpoint"
-    assert report["plan"]["total_steps"] == 12
-    assert max(h["step"] for h in report["history"] if "loss" in h) == 12
+    assert report["plan"]["total_steps"] == 24
+    assert max(h["step"] for h in report["history"] if "loss" in h) == 24
     model_dir = Path(report["model_dir"])
     texts = ["a member of the genus Canis", "dog, domestic dog", "relating to the stars"]
     ours = Encoder.load(str(model_dir)).encode(texts)
     st = SentenceTransformer(str(model_dir), device="cpu").encode(texts)
     assert np.abs(ours - st).max() <= 1e-5
-    base = Encoder.load("all-MiniLM-L6-v2").encode(texts)
+    base = Encoder.load(faulted_run["base"]).encode(texts)
     assert np.abs(ours - base).max() > 1e-4, "the exported model is the untrained base"
     saved = json.loads((faulted_run["run_dir"] / "report.json").read_text())
     assert {"base", "tuned", "delta"} <= set(saved) and (faulted_run["run_dir"] / "training_curve.png").stat().st_size > 0
@@ -144,8 +146,7 @@ def test_rerunning_a_job_with_the_same_name_resumes_it(faulted_run):
     assert abs(again["tuned"]["ndcg@10"] - report["tuned"]["ndcg@10"]) < 1e-9
 
 
-def test_the_export_runs_at_the_bases_length_and_the_report_measures_it_there(faulted_run, tiny_eval, tiny_general,
-                                                                             minilm_path):
+def test_the_export_runs_at_the_bases_length_and_the_report_measures_it_there(faulted_run, tiny_eval, tiny_general):
     """Trained at 32 tokens per text, the exported model (merged or not) runs at the base's 256; the report's base,
     tuned and general test metrics are those of the models as they run, and how the model was merged is recorded."""
     import torch
@@ -159,7 +160,7 @@ def test_the_export_runs_at_the_bases_length_and_the_report_measures_it_there(fa
     assert report["lengths"]["train"] == 32 and report["lengths"]["export"] == report["lengths"]["base"] == 256
     for folder in ("model", "model_unmerged"):
         assert SentenceTransformer(str(run_dir / folder), device="cpu").max_seq_length == 256
-    exported, base = Encoder.load(str(run_dir / "model")), Encoder.load(minilm_path)
+    exported, base = Encoder.load(str(run_dir / "model")), Encoder.load(faulted_run["base"])
     assert exported.max_length == base.max_length == 256
     for name, eval_dir, section in (("in-domain", tiny_eval, report), ("general", tiny_general, report["general"])):
         test = load_eval_set(eval_dir, "test")

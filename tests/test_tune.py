@@ -149,10 +149,11 @@ def _finished_trials(exp: Path) -> dict[str, int]:
     return out
 
 
-def _tune_cmd(storage: Path, tiny_eval: str) -> list[str]:
+def _tune_cmd(storage: Path, tiny_eval: str, base: str) -> list[str]:
     # no scheduler: every trial runs to its end, so "finished" is the only right outcome for each of them
     return [sys.executable, "-m", "fastemb.cli", "tune", str(ROOT / "jobs" / "tune.yaml"), "name=t",
-            f"storage_path={storage}", "data.max_pairs=64", f"data.eval={tiny_eval}", "tune.num_samples=2",
+            f"storage_path={storage}", f"model.base={base}", "data.max_pairs=64", f"data.eval={tiny_eval}",
+            "tune.num_samples=2",
             "tune.scheduler=none", "tune.max_concurrent_trials=1", "train.num_workers=1", "train.cpus_per_worker=1",
             "train.eval_every=2", f"tune.registry={storage / 'registry'}",
             "space.micro_batch_size=[16]", "train.micro_batch_size=16", "ray.num_cpus=2"]
@@ -163,12 +164,12 @@ def _trial_dirs(exp: Path) -> set[str]:
 
 
 @pytest.mark.faults
-def test_killed_tune_driver_resumes_without_rerunning_finished_trials(own_ray, tmp_path, tiny_eval):
+def test_killed_tune_driver_resumes_without_rerunning_finished_trials(own_ray, tmp_path, tiny_eval, tiny_model):
     storage = tmp_path / "runs"
     exp = storage / "t"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(_tune_cmd(storage, tiny_eval), stdout=log, stderr=subprocess.STDOUT, env=env,
+    proc = subprocess.Popen(_tune_cmd(storage, tiny_eval, tiny_model), stdout=log, stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
     deadline = time.time() + 600
     while not _finished_trials(exp) and time.time() < deadline and proc.poll() is None:
@@ -181,7 +182,8 @@ def test_killed_tune_driver_resumes_without_rerunning_finished_trials(own_ray, t
     unfinished = _trial_dirs(exp) - set(before)
     assert len(before) < 2, "the driver was killed after every trial had finished: nothing left to resume"
 
-    second = subprocess.run(_tune_cmd(storage, tiny_eval), capture_output=True, text=True, env=env, timeout=900)
+    second = subprocess.run(_tune_cmd(storage, tiny_eval, tiny_model), capture_output=True, text=True, env=env,
+                            timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "[fastemb tune] resuming the search in" in second.stderr  # a log line: stderr
     ended = [line for line in second.stderr.splitlines() if line.startswith("[fastemb tune] trial ")]
