@@ -94,3 +94,17 @@ def test_registry_versions_carry_a_card_and_show_prints_its_summary(tmp_path, ca
     assert shown["version"] == v2 and shown["card"]["results"]["wordnet/test cosine_ndcg@10"] == 0.51
     with pytest.raises(Exception, match="no version"):
         reg.card("v0009")
+
+
+def test_a_base_is_named_as_the_hub_names_it(tmp_path):
+    """An alias gives its Hub id, a folder with a card the card's base_model (its lineage), any other folder its name
+    (the training tests run on a local one-layer folder, so they see only the last case)."""
+    from fastemb.model.card import hub_id
+
+    assert hub_id("all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert hub_id("all-mpnet-base-v2") == "sentence-transformers/all-mpnet-base-v2"
+    (tmp_path / "tuned").mkdir()
+    write_card(tmp_path / "tuned", _update())
+    assert hub_id(str(tmp_path / "tuned")) == "sentence-transformers/all-MiniLM-L6-v2"
+    (tmp_path / "plain").mkdir()
+    assert hub_id(str(tmp_path / "plain")) == "plain"
