@@ -59,6 +59,10 @@ QUIET_MESSAGES = [
     ("root", "Please consider to run pre-processing before quantization",
      "onnxruntime's quantize_dynamic, advice logged at each int8 quantization (model/quantize.py), which quantizes "
      "the MatMul weights of the exported graph as it is (ONNX Runtime optimises the graph when it loads it)"),
+    ("ray.serve", "`max_batch_size` (",
+     "Ray Serve's check, at each replica start and batching change, that max_ongoing_requests can fill a batch: it "
+     "counts a batch in items, where the replica's @serve.batch counts padded tokens (its batch_size_fn, "
+     "serve/embedder.py), so it fires for every token budget above max_ongoing_requests"),
 ]
 
 

@@ -108,6 +108,29 @@ def test_the_quieted_ray_train_logger_is_the_one_ray_uses():
     assert "logging.getLogger(__file__)" in source and "Reporting training result" in source
 
 
+def test_serves_item_count_warning_is_dropped_and_its_other_warnings_kept(monkeypatch, caplog):
+    """Ray Serve's own check, with its own wording, on a replica whose token budget (the embedder's @serve.batch
+    max_batch_size) exceeds max_ongoing_requests: hidden after configure(); another ray.serve warning still shows."""
+    from types import SimpleNamespace
+
+    from ray import serve
+    from ray.serve.batching import _BatchQueue
+
+    monkeypatch.setattr(serve, "get_replica_context", lambda: SimpleNamespace(
+        _deployment_config=SimpleNamespace(max_ongoing_requests=64)))
+    queue = SimpleNamespace(max_batch_size=8192, max_concurrent_batches=1)
+    serve_logger = logging.getLogger("ray.serve")
+    monkeypatch.setattr(serve_logger, "filters", [])
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        _BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests(queue)
+        assert "`max_batch_size` (8192)" in caplog.text  # Ray's message, before fastemb's filter
+        caplog.clear()
+        logs.configure()
+        _BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests(queue)
+        serve_logger.warning("a replica is unhealthy")
+    assert [r.getMessage() for r in caplog.records] == ["a replica is unhealthy"]
+
+
 def test_hidden_prints(fresh_level, capsys):
     with logs.hidden_prints():
         print("DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully")
