@@ -5,8 +5,9 @@ Each seed trains all-MiniLM-L6-v2, or its cut to ``--layers`` evenly spaced laye
 run keeps one, the cut of tests/conftest.py's ``tiny_model``), on WordNet train pairs with the training job's trainer
 (2 Ray Train workers, so InfoNCE gathers its negatives across workers; DeepSpeed ZeRO-2 fp32), exports it, and scores
 the starting model (the same cut, untrained) and the exported model on the full WordNet dev split (500 queries x 5,000
-definitions) at the exported model's length (``sentence_bert_config.json``). Writes each seed's gain, their mean ± std, the smallest gain and the test's margin
-to bench/RESULTS.md. ``TEST_RUN`` is the run tests/test_train_quality.py makes, and ``MARGIN`` what it must gain.
+definitions) at the exported model's length (``sentence_bert_config.json``). Writes each seed's gain, their mean ± std,
+the smallest gain and the test's margin to bench/RESULTS.md. ``TEST_RUN`` is the run tests/test_train_quality.py
+makes, and ``MARGIN`` what it must gain.
 
 Earlier, with tests/conftest.py's ``tiny_eval`` (40 dev queries x 300 definitions), max length 16, 2 x 32 pairs, 20
 steps, lr 1e-4: gains -0.0192 (seed 0) and +0.0225 (seed 1), so that dev set is too small (one query moving a rank
@@ -39,7 +40,8 @@ def quality_spec(storage: str, seed: int, batch: int, steps: int, lr: float, max
                  eval_dir: str = "wordnet") -> dict:
     """The job spec of one seeded run: ``steps`` optimizer steps of 2 workers x ``batch`` WordNet pairs, on the base
     cut to ``layers`` layers (None: all)."""
-    return {"name": f"quality-{seed}", "storage_path": storage, "model": {"max_length": max_length, "num_layers": layers},
+    return {"name": f"quality-{seed}", "storage_path": storage,
+            "model": {"max_length": max_length, "num_layers": layers},
             "data": {"max_pairs": 2 * batch * steps, "eval": eval_dir},
             "train": {"num_workers": 2, "micro_batch_size": batch, "max_steps": steps, "lr": lr, "seed": seed,
                       "warmup_ratio": 0.1, "eval_every": 10**6, "checkpoint_every": 10**6, "log_every": 10**6}}
@@ -103,10 +105,10 @@ def main() -> int:
     holds = min(gains) > MARGIN > 0
     cut = "all-MiniLM-L6-v2" if args.layers is None else f"all-MiniLM-L6-v2 cut to {args.layers} layer(s)"
     body = "\n".join([
-        f"{cut}: {args.steps} optimizer steps of 2 Ray Train workers x {args.batch} WordNet train pairs (InfoNCE, negatives "
-        f"gathered across workers, DeepSpeed ZeRO-2 fp32), lr {args.lr:g}, 10 % warm-up, training length "
-        f"{args.max_length} tokens; the starting model (the same cut, untrained) and the exported model scored on the full WordNet dev split (500 queries x 5,000 "
-        "definitions) at the exported model's length.", "",
+        f"{cut}: {args.steps} optimizer steps of 2 Ray Train workers x {args.batch} WordNet train pairs (InfoNCE, "
+        f"negatives gathered across workers, DeepSpeed ZeRO-2 fp32), lr {args.lr:g}, 10 % warm-up, training length "
+        f"{args.max_length} tokens; the starting model (the same cut, untrained) and the exported model scored on the "
+        "full WordNet dev split (500 queries x 5,000 definitions) at the exported model's length.", "",
         "| seed | starting dev nDCG@10 | exported dev nDCG@10 | gain |", "|---|---|---|---|", *rows, "",
         f"Gain: {spread(gains)}; smallest {min(gains):+.4f}.",
         (f"This is tests/test_train_quality.py's run; its margin, a gain of at least {MARGIN:g}, "
