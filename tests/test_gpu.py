@@ -160,7 +160,7 @@ def test_faiss_gpu_search_and_ivf_training():
     import faiss
 
     from fastemb.index.faiss_gpu import gpu_clustering
-    from fastemb.mine.search import chunked_topk, exact_index, normalize_rows
+    from fastemb.mine.topk import chunked_topk, exact_index, normalize_rows
 
     rng = np.random.default_rng(0)
     corpus, queries = normalize_rows(rng.normal(size=(5000, 64))), normalize_rows(rng.normal(size=(200, 64)))

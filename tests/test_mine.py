@@ -11,7 +11,7 @@ import pytest
 
 from fastemb.data.pairs import load_pairs
 from fastemb.mine.job import mine, model_dicts, write_pairs
-from fastemb.mine.search import chunked_topk, exact_index, normalize_rows
+from fastemb.mine.topk import chunked_topk, exact_index, normalize_rows
 from fastemb.mine.select import NegativeRules, select_negatives
 from fastemb.spec import SpecError, parse_spec
 

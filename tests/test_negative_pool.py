@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fastemb.data.pairs import DataError, load_pairs
-from fastemb.mine.search import normalize_rows
+from fastemb.mine.topk import normalize_rows
 from fastemb.model.encoder import Encoder
 from fastemb.spec import NegativePoolSpec
 from fastemb.train.negative_pool import NegativePool, describe_refresh

@@ -5,7 +5,7 @@
 2. Embed the distinct query texts, positive texts and corpus texts with Ray Data: a pool of the index
    stage's encoder actors (``fastemb.index.embed.EmbedActor``: length bucketing, bad texts skipped with a reason).
 3. Search each query's top-K in an exact inner-product faiss index over the L2-normalised corpus, one chunk of
-   queries at a time (``fastemb.mine.search``).
+   queries at a time (``fastemb.mine.topk``).
 4. Optionally (``mining.rescore_with``) rescore with a teacher: the mining model only retrieves. A first chunked
    pass marks the corpus rows that are in some query's top-K; the teacher embeds (same Ray Data path) the queries,
    the positives and only those distinct candidate texts; the second chunked pass re-ranks each query's candidates
@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from fastemb.data.pairs import WORDNET_DIR, DataError, load_pairs
 from fastemb.data.text import text_hash, text_hashes
-from fastemb.mine.search import candidate_mask, exact_index, normalize_rows
+from fastemb.mine.topk import candidate_mask, exact_index, normalize_rows
 from fastemb.mine.select import NegativeRules, Rescore, select_for_queries
 from fastemb.record import keep_spec, reproducible_record
 from fastemb.tracking.run import Tracker, track_job

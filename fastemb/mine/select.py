@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Literal
 import faiss
 import numpy as np
 
-from fastemb.mine.search import chunked_topk
+from fastemb.mine.topk import chunked_topk
 
 if TYPE_CHECKING:
     from fastemb.spec.sections import NegativeRulesSpec

@@ -31,7 +31,7 @@ import torch.distributed as dist
 from fastemb.data.pairs import DataError
 from fastemb.data.text import text_hash, text_hashes
 from fastemb.losses.gather import rank_and_world
-from fastemb.mine.search import exact_index, normalize_rows
+from fastemb.mine.topk import exact_index, normalize_rows
 from fastemb.mine.select import NegativeRules, select_for_queries
 from fastemb.spec import NegativePoolSpec
 
