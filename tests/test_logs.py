@@ -121,6 +121,9 @@ def test_serves_item_count_warning_is_dropped_and_its_other_warnings_kept(monkey
     queue = SimpleNamespace(max_batch_size=8192, max_concurrent_batches=1)
     serve_logger = logging.getLogger("ray.serve")
     monkeypatch.setattr(serve_logger, "filters", [])
+    for key in {**logs.quiet_env(terminal=False), **logs.quiet_env(terminal=True)}:  # configure() sets them
+        monkeypatch.setenv(key, "")  # recorded as they were, restored after the test (later tests' Rays inherit them)
+        monkeypatch.delenv(key)
     with caplog.at_level(logging.WARNING, logger="ray.serve"):
         _BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests(queue)
         assert "`max_batch_size` (8192)" in caplog.text  # Ray's message, before fastemb's filter
