@@ -9,6 +9,7 @@ import concurrent.futures as cf
 import json
 import os
 import threading
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -202,6 +203,21 @@ def test_models_and_health(service):
     by_id = {d["id"]: d for d in m["data"]}
     assert by_id["fastemb-production"]["version"] == "all-MiniLM-L6-v2"  # a plain folder: its name is the version
     assert by_id["fastemb"]["versions"] == {"production": "all-MiniLM-L6-v2", "candidate": "all-MiniLM-L6-v2"}
+
+
+def test_replica_logs_hold_no_item_count_batch_warning(service):
+    """The real replicas' Serve logs (Ray's session folder, logs/serve/replica_*.log): the embedder's token budget
+    (@serve.batch max_batch_size 8192) above max_ongoing_requests (64) made Ray Serve warn in every replica at its
+    first batch until fastemb.logs dropped it; the replicas' other records are still there."""
+    import ray
+
+    _, url = service
+    for model in ("fastemb-production", "fastemb-candidate"):  # each arm's batch queue starts with its first input
+        assert _post(url, "/v1/embeddings", {"input": ["a first batch"], "model": model}).status_code == 200
+    session = ray._private.worker._global_node.get_session_dir_path()
+    logs = {p.name: p.read_text(errors="replace") for p in (Path(session) / "logs" / "serve").glob("replica_*.log")}
+    assert any("fastemb" in name for name in logs) and any(text.strip() for text in logs.values()), sorted(logs)
+    assert not [name for name, text in logs.items() if "`max_batch_size` (" in text]
 
 
 @pytest.mark.parametrize("case", ["no_key", "wrong_key", "basic_scheme"])
