@@ -66,14 +66,12 @@ def dev_scores(model_dir: Path, layers: int | None, base: str = "all-MiniLM-L6-v
     from fastemb.data.eval_sets import load_eval_set
     from fastemb.eval.retrieval import evaluate
     from fastemb.model.encoder import Encoder
-    from fastemb.model.layers import keep_layers, student_layers
+    from fastemb.model.layers import cut_to_student
 
     length = json.loads((model_dir / "sentence_bert_config.json").read_text())["max_seq_length"]
     dev = load_eval_set(eval_dir, "dev")
     start = Encoder.load(base, max_length=length)
-    kept = student_layers(start.transformer, None, layers)
-    if kept is not None:
-        keep_layers(start.transformer, kept)
+    cut_to_student(start.transformer, None, layers)
     return evaluate(start, dev)["ndcg@10"], evaluate(Encoder.load(str(model_dir)), dev)["ndcg@10"]
 
 

@@ -256,10 +256,10 @@ def tiny_model(tmp_path_factory, minilm_path) -> str:
     trains and evaluates at about half the cost of the six layers (a small training run, measured: 49 s against
     86 s). Tests of a quality figure keep the full model."""
     from fastemb.model.encoder import Encoder
-    from fastemb.model.layers import evenly_spaced_layers, keep_layers, num_layers
+    from fastemb.model.layers import cut_to_student
 
     out = tmp_path_factory.mktemp("tiny_model") / "minilm-1-layer"
     encoder = Encoder.load(minilm_path)
-    keep_layers(encoder.transformer, evenly_spaced_layers(num_layers(encoder.transformer), 1))
+    cut_to_student(encoder.transformer, None, 1)  # model.num_layers: 1
     encoder.save(out)
     return str(out)

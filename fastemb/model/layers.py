@@ -64,3 +64,12 @@ def student_layers(transformer: nn.Module, keep: list[int] | None, count: int | 
     if count is not None:
         return evenly_spaced_layers(num_layers(transformer), count)
     return None
+
+
+def cut_to_student(transformer: nn.Module, keep: list[int] | None, count: int | None) -> list[int] | None:
+    """Cut ``transformer`` (in place) to the layers a spec keeps (:func:`student_layers`), as the training job cuts its
+    student; returns them (None: all kept, nothing cut)."""
+    layers = student_layers(transformer, keep, count)
+    if layers is not None:
+        keep_layers(transformer, layers)
+    return layers

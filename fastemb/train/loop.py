@@ -45,16 +45,14 @@ def _build_engine(spec, total_steps: int, accelerator=None, device_index: int | 
 
     from fastemb.logs import hidden_prints
     from fastemb.model.encoder import Encoder
-    from fastemb.model.layers import keep_layers, student_layers
+    from fastemb.model.layers import cut_to_student
     from fastemb.train.deepspeed_config import deepspeed_config, preload_cpu_comm_op
     from fastemb.train.param_groups import param_groups
     from fastemb.train.schedule import warmup_decay
 
     m = spec.model
     encoder = Encoder.from_spec(m)
-    layers = student_layers(encoder.transformer, m.keep_layers, m.num_layers)
-    if layers is not None:
-        keep_layers(encoder.transformer, layers)
+    cut_to_student(encoder.transformer, m.keep_layers, m.num_layers)
     if m.new_tokens or m.adapters:  # domain tokens, adapters with the base frozen (fastemb/model/domain.py)
         from fastemb.model.domain import adapt_encoder
 
