@@ -68,11 +68,11 @@ def haproxy_env(spec: ServeJob) -> dict[str, str]:
            # server (or Serve's fallback proxy): Ray's defaults (3 errors, 3 retries a second apart) made the first
            # request after a kill wait about 3 s before it even reached the fallback
            "RAY_SERVE_HAPROXY_OBSERVE_ERROR_LIMIT": "1", "RAY_SERVE_HAPROXY_RETRIES": "2",
-           # a request whose replica closed the connection without an answer is retried elsewhere too (Ray's default
-           # retries connection failures only). It does not save the requests in flight at a kill: they still lose
-           # their connection (bench/serve_faults.py, open in issue 16). fastemb's routes are safe to send twice:
-           # embeddings and search only read, and the A/B report counts a feedback event once per request id and
-           # clicked id (fastemb/serve/ab.py)
+           # a request whose replica closed the connection without an answer (it died mid-request) is retried
+           # elsewhere too (Ray's default retries connection failures only); with fastemb/serve/haproxy.py's
+           # server-close this saves the requests in flight at a kill (bench/serve_faults.py). fastemb's routes are
+           # safe to send twice: embeddings and search only read, and the A/B report counts a feedback event once
+           # per request id and clicked id (fastemb/serve/ab.py)
            "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
     return {**{k: os.environ.get(k, v) for k, v in env.items()}, **hardened_env()}
 

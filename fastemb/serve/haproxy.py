@@ -1,10 +1,16 @@
 """HAProxy as Ray Serve runs it (``ingress.proxy: haproxy``), closed down: its files in a folder only this user can
-enter, its admin socket owner-only, its stats page and Prometheus exporter on loopback, and its error pages
-fastemb's JSON body.
+enter, its admin socket owner-only, its stats page and Prometheus exporter on loopback, its error pages fastemb's
+JSON body, and no request sent to a replica over a reused connection.
 
 Ray Serve 2.60 writes HAProxy's configuration from a fixed template: the admin socket ``mode 666 level admin`` (any
 local user could drive the load balancer), ``bind :PORT`` / ``bind *:PORT`` for the exporter and the stats page (all
-interfaces, no auth), and plain-text "500 Internal Server Error" pages for 502/503/504. None of it is a setting. What
+interfaces, no auth), plain-text "500 Internal Server Error" pages for 502/503/504, and ``http-reuse always`` in the
+backends. That last one cut clients off without an answer when a replica died (issue 16): a request sent over a
+reused server connection that fails is answered by closing the client's connection silently ("the client is required
+to retry", HAProxy's ``abort_keep_alive``; until a fix of June 2026, also after HAProxy's own retries failed), which an HTTP
+client reports as "server disconnected without sending a response" and never retries for a POST. With
+``option http-server-close`` each request gets a fresh server connection (on loopback, a small cost), so a replica
+that dies mid-request gets the request retried elsewhere or fastemb's JSON 503. None of it is a setting. What
 is: the paths of HAProxy's files and the binary Serve runs (``RAY_SERVE_HAPROXY_BINARY_PATH``). So fastemb points
 the paths into a private folder (mode 0700) and the binary at a small wrapper (``write_wrapper``) that, each time
 Serve starts or reloads HAProxy, rewrites the configuration file in place (``harden_config``; under Serve's own lock
@@ -32,6 +38,8 @@ _BIND = re.compile(r"^(\s*bind\s+)(?:\*|0\.0\.0\.0|\[::\]|::)?:(\d+)(.*)$")
 _ADMIN_SOCKET = re.compile(r"^(\s*stats socket\s+\S+.*\bmode\s+)[0-7]{3,4}\b")
 _ERRORFILE = re.compile(r"^(\s*errorfile\s+(?:502|503|504)\s+)\S+\s*$")
 _PLAIN_404 = re.compile(r"^(\s*http-request return status 404 )content-type text/plain .*$")
+_REUSE = re.compile(r"^(\s*)http-reuse\s+\S+\s*$")
+SERVER_CLOSE = "option http-server-close"
 
 
 def error_page() -> bytes:
@@ -53,8 +61,9 @@ def _json_404() -> str:
 
 def harden_config(text: str, error_file: str) -> str:
     """``text`` of Serve's HAProxy configuration with the admin socket at mode 600, the stats and exporter binds on
-    127.0.0.1, the 502/503/504 pages pointing at ``error_file`` and the unknown-route 404 as JSON. The service's own
-    frontend is left alone (it binds where the spec's ``host`` says)."""
+    127.0.0.1, the 502/503/504 pages pointing at ``error_file``, the unknown-route 404 as JSON, and the backends'
+    ``http-reuse`` replaced by ``option http-server-close`` (no request on a reused server connection). The service's
+    own frontend is left alone (it binds where the spec's ``host`` says)."""
     out, section = [], ""
     for line in text.splitlines():
         if line and not line[0].isspace():
@@ -67,6 +76,8 @@ def harden_config(text: str, error_file: str) -> str:
             line = _BIND.sub(r"\g<1>127.0.0.1:\2\3", line)
         elif section == "backend default_backend":
             line = _PLAIN_404.sub(lambda m: m.group(1) + _json_404(), line)
+        elif section.startswith("backend "):
+            line = _REUSE.sub(lambda m: m.group(1) + SERVER_CLOSE, line)
         out.append(line)
     return "\n".join(out) + ("\n" if text.endswith("\n") else "")
 
