@@ -14,6 +14,8 @@ Servers (``--servers``, default all):
 - ``fastemb``, ``fastemb-haproxy``: fastemb's service as shipped (``backend: auto`` = ONNX Runtime fp32 on CPU), behind
   Serve's Python proxy or the HAProxy ingress; ``fastemb-torch``, ``fastemb-haproxy-torch``: the same with
   ``backend: torch``; ``fastemb-int8``, ``fastemb-haproxy-int8``: with ``backend: onnx-int8`` (fastemb/model/quantize.py);
+  ``fastemb-haproxy-reuse-int8``: HAProxy with Serve's ``http-reuse always`` kept (``ingress.haproxy_server_close:
+  false``), to measure what a fresh replica connection per request costs (not in the default set);
 - ``infinity-int8``: Infinity's optimum engine (ONNX Runtime) on an int8 dynamically quantised export, which its CPU
   path prefers (its fastest CPU engine here); ``infinity-onnx``: the same engine on an fp32 export, graph-optimised
   (optimum -O2); ``infinity-torch``: Infinity's torch engine (sentence-transformers);
@@ -99,7 +101,8 @@ def fastemb_server(model_path: str, port: int, threads: int, batch: int, proxy: 
                    device: str = "cpu") -> None:
     """fastemb's service as shipped (jobs/serve.yaml defaults), one replica of ``threads`` CPUs (and the GPU with
     ``device`` cuda: ``replica.num_gpus: 1``, fp16), until killed; ``proxy`` is its ``ingress.proxy`` (Serve's Python
-    proxy or the HAProxy ingress), ``backend`` its engine."""
+    proxy or the HAProxy ingress; ``haproxy-reuse``: HAProxy with ``haproxy_server_close: false``), ``backend`` its
+    engine."""
     from fastemb.serve.job import start
     from fastemb.spec import parse_spec
 
@@ -108,7 +111,9 @@ def fastemb_server(model_path: str, port: int, threads: int, batch: int, proxy: 
                        "batching": {"max_batch_size": batch},
                        "autoscaling": {"min_replicas": 1, "max_replicas": 1},
                        "replica": {"num_cpus": threads, "num_gpus": 1 if device != "cpu" else 0},
-                       "limits": {"max_inflight_requests": 4096}, "ingress": {"proxy": proxy},
+                       "limits": {"max_inflight_requests": 4096},
+                       "ingress": {"proxy": "haproxy" if proxy.startswith("haproxy") else proxy,
+                                   "haproxy_server_close": proxy != "haproxy-reuse"},
                        "feedback_dir": tempfile.mkdtemp(prefix="fastemb-bench-ab-")})
     start(spec)
     try:
@@ -277,7 +282,8 @@ def fastemb_process(name: str, model_path: str, threads: int, batch: int, extra_
            "--threads", str(threads), "--batch-size", str(batch), "--proxy", proxy, "--backend", backend,
            "--device", device]
     env = {**_env(threads), "RAY_USAGE_STATS_ENABLED": "0", **_ingress_ports(), **extra_env}
-    stack = "Ray Serve, " + ("HAProxy ingress" if proxy == "haproxy" else "Serve's Python proxy")
+    stack = "Ray Serve, " + {"haproxy": "HAProxy ingress", "haproxy-reuse": "HAProxy ingress, http-reuse always"}.get(
+        proxy, "Serve's Python proxy")
     return ProcessServer(name, cmd, port, f"http://127.0.0.1:{port}/healthz",
                          f"http://127.0.0.1:{port}/v1/embeddings", "fastemb", env, stack=stack,
                          engine=FASTEMB_ENGINES["cuda" if device == "cuda" else backend],
@@ -381,10 +387,12 @@ def build_servers(args, model_path: str, skipped: list[str]) -> list[ProcessServ
     servers = []
     for key, proxy, backend in (("fastemb", "ray", "onnx"), ("fastemb-haproxy", "haproxy", "onnx"),
                                 ("fastemb-torch", "ray", "torch"), ("fastemb-haproxy-torch", "haproxy", "torch"),
-                                ("fastemb-int8", "ray", "onnx-int8"), ("fastemb-haproxy-int8", "haproxy", "onnx-int8")):
+                                ("fastemb-int8", "ray", "onnx-int8"), ("fastemb-haproxy-int8", "haproxy", "onnx-int8"),
+                                ("fastemb-haproxy-reuse-int8", "haproxy-reuse", "onnx-int8")):
         if key in wanted:
             engine = "GPU" if args.device == "cuda" else {"onnx": "ONNX", "onnx-int8": "int8"}.get(backend, backend)
-            name = f"fastemb ({'HAProxy' if proxy == 'haproxy' else 'Serve'}, {engine})"
+            ingress = {"haproxy": "HAProxy", "haproxy-reuse": "HAProxy reuse"}.get(proxy, "Serve")
+            name = f"fastemb ({ingress}, {engine})"
             servers.append(fastemb_process(name, model_path, args.threads, args.batch_size, {}, proxy, backend,
                                            args.device))
     for v in args.variant:

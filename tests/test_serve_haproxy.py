@@ -124,6 +124,8 @@ def test_hardened_config_is_valid_haproxy(tmp_path):
     assert {"bind 127.0.0.1:18404", "bind 127.0.0.1:19101", "bind *:8123"} <= lines
     assert f"errorfile 503 {page}" in lines and "mode 666" not in hardened and "bind :19101" not in lines
     assert "option http-server-close" in lines and "http-reuse always" not in lines
+    kept = harden_config(original, str(page), server_close=False)  # ingress.haproxy_server_close: false
+    assert "http-reuse always" in kept and "option http-server-close" not in kept
     assert harden_config(hardened, str(page)) == hardened
     (tmp_path / "hardened.cfg").write_text(hardened)
     check = subprocess.run([real_binary(), "-c", "-f", str(tmp_path / "hardened.cfg")], capture_output=True,

