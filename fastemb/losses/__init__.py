@@ -6,7 +6,8 @@ from fastemb.losses.hidden_state import HiddenStateDistillLoss
 from fastemb.losses.hierarchical import HierarchicalInfoNCELoss
 from fastemb.losses.infonce import InfoNCELoss
 from fastemb.losses.margin_mse import MarginMSELoss
+from fastemb.losses.multi_view import MultiViewInfoNCELoss
 from fastemb.losses.matryoshka import MatryoshkaLoss
 
 __all__ = ["AttentionDistillLoss", "DistillKLLoss", "EmbeddingMSELoss", "HiddenStateDistillLoss",
-           "HierarchicalInfoNCELoss", "InfoNCELoss", "MarginMSELoss", "MatryoshkaLoss"]
+           "HierarchicalInfoNCELoss", "InfoNCELoss", "MarginMSELoss", "MatryoshkaLoss", "MultiViewInfoNCELoss"]
