@@ -46,7 +46,7 @@ Output (a folder):
 - ``train.parquet``: the multi-view training format (fastemb/data/multi_view.py): ``id``, ``query``, ``views``
   (a struct of the four views, null where empty), ``package``, ``source``, ``version``, ``section``;
 - ``train_concat.parquet``: the same items as one concatenated text field, pairs format (``query``, ``positive``):
-  the single-field baseline of bench/multi_view.py;
+  the single-field baseline of bench/multi_view.py (the same text as the loader's ``positive``);
 - ``{dev,test}_queries.parquet`` (``id``, ``text``, ``relevant_ids``, ``package``) and ``{dev,test}_corpus.parquet``
   (``id``, ``text``: the views concatenated, one column per view, ``package``, ``source``, ``version``, ``section``):
   an evaluation set (fastemb/data/eval_sets.py) whose corpus also has the views (fastemb/eval/multi_view.py);
@@ -75,6 +75,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fastemb.data.build_debian import DEFAULT_OUT as GENERAL_SET, read_index, split_description, stanzas
+from fastemb.data.multi_view import item_text
 from fastemb.data.pairs import WORDNET_DIR
 
 VIEWS = ("attributes", "title", "description", "tags")
@@ -104,7 +105,7 @@ class Item:
 def tags_text(value: str) -> str:
     """Debtags ``a::b, a::c, d::e`` as ``a: b, c; d: e`` (``::TODO`` tags and ``{...}`` groups expanded)."""
     facets: dict[str, list[str]] = {}
-    for tag in re.split(r",\s*", value.replace("\n", " ")):
+    for tag in re.findall(r"[^,{]+(?:\{[^}]*\})?", value.replace("\n", " ")):
         tag = tag.strip()
         m = re.fullmatch(r"([\w+-]+)::\{([^}]*)\}", tag)
         parts = [(m.group(1), v) for v in m.group(2).split(",")] if m else [tuple(tag.split("::", 1))]
@@ -244,8 +245,8 @@ def keyword_query(synopsis: str, package: str, synonyms: dict[str, str], rng: ra
 
 
 def concat_text(views: dict[str, str | None]) -> str:
-    """The single-field form of an item: its views, each on a line, title first."""
-    return "\n".join(views[v] for v in ("title", "attributes", "tags", "description") if views.get(v))
+    """The single-field form of an item: its present views, each on a line (fastemb.data.multi_view.item_text)."""
+    return item_text({k: v for k, v in views.items() if v})
 
 
 def split_items(items: list[Item], n_test: int, n_dev: int, max_train: int | None, seed: int

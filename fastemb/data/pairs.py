@@ -52,6 +52,7 @@ class RowReport:
     negatives_removed: int = 0
     truncated: Counter = field(default_factory=Counter)  # kept rows cut to a limit (long documents), by what
     by_language: dict = field(default_factory=dict)  # parallel text: per language, what was drawn (data/parallel.py)
+    views: Counter = field(default_factory=Counter)  # multi-view items kept with a flaw, by what (data/multi_view.py)
 
     def as_dict(self) -> dict:
         out = {"read": self.read, "kept": self.kept, "skipped": dict(self.skipped),
@@ -60,14 +61,17 @@ class RowReport:
             out["truncated"] = dict(self.truncated)
         if self.by_language:
             out["by_language"] = self.by_language
+        if self.views:
+            out["views"] = dict(self.views)
         return out
 
     def summary(self) -> str:
         skipped = sum(self.skipped.values())
         detail = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
         cut = ", ".join(f"{k}: {v}" for k, v in sorted(self.truncated.items()))
+        views = ", ".join(f"{k}: {v}" for k, v in sorted(self.views.items()))
         return (f"{self.read} rows read, {self.kept} kept, {skipped} skipped" + (f" ({detail})" if detail else "")
-                + (f"; truncated: {cut}" if cut else ""))
+                + (f"; truncated: {cut}" if cut else "") + (f"; views: {views}" if views else ""))
 
 
 def _files(path: Path) -> list[Path]:

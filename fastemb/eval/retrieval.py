@@ -69,12 +69,15 @@ def evaluate_forward(encoder: Encoder, forward: Forward, data: EvalSet) -> dict[
 
 
 def evaluate_model(model: ModelSpec, data: DataSpec, split: str = "test", path: str | None = None,
-                   show_progress: bool = False, long_docs: dict | None = None) -> dict[str, float]:
+                   show_progress: bool = False, long_docs: dict | None = None, multi_view: dict | None = None
+                   ) -> dict[str, float]:
     """Metrics of the model a spec's ``model`` section names (or of the folder ``path``, loaded with that section's
     settings) on ``split`` of ``data.eval`` (at most ``data.test_queries`` queries). A static folder (``fastemb
     static``) runs as a ``StaticEncoder`` (its own pooling and normalisation; ``max_length`` applies).
     ``long_docs``: the corpus is long documents, scored per document from their chunks (the options of
-    ``fastemb.eval.long_docs.evaluate_long_docs``: ``LongDocsSpec.eval_options``)."""
+    ``fastemb.eval.long_docs.evaluate_long_docs``: ``LongDocsSpec.eval_options``). ``multi_view``: the corpus is
+    multi-view items, scored from their views (the options of ``fastemb.eval.multi_view.evaluate_multi_view``:
+    ``MultiViewSpec.eval_options``)."""
     folder = resolve_model_path(path or model.base)
     files = [eval_dir_path(data.eval) / f"{split}_{kind}.parquet" for kind in ("corpus", "queries")]
     settings = model.model_dump(mode="json", exclude={"base"})
@@ -83,6 +86,8 @@ def evaluate_model(model: ModelSpec, data: DataSpec, split: str = "test", path: 
            "synonyms": files_fingerprint([model.synonyms]) if model.synonyms else None}
     if long_docs:
         key["long_docs"] = long_docs
+    if multi_view:
+        key["multi_view"] = multi_view
 
     def measure() -> dict[str, float]:
         encoder = (StaticEncoder.load(folder, model.max_length) if is_static(folder)
@@ -92,6 +97,10 @@ def evaluate_model(model: ModelSpec, data: DataSpec, split: str = "test", path: 
             from fastemb.eval.long_docs import evaluate_long_docs
 
             return evaluate_long_docs(encoder, eval_set, **long_docs)
+        if multi_view:
+            from fastemb.eval.multi_view import evaluate_multi_view
+
+            return evaluate_multi_view(encoder, eval_set, split=split, **multi_view)
         return evaluate(encoder, eval_set, show_progress=show_progress)
 
     return shared_metrics(key, measure)

@@ -21,8 +21,8 @@ from fastemb.spec.serve import (ABSpec, ArmSpec, AutoscalingSpec, BatchingSpec, 
                                 ServeJob)
 from fastemb.spec.static import StaticJob
 from fastemb.spec.train import (AttentionTerm, ContinualSpec, DistillSpec, EmbeddingMSETerm, ExportSpec, HiddenStateTerm,
-                                KLTerm, LongDocsSpec, MarginMSETerm, MultilingualSpec, NegativePoolSpec, TaskSpec,
-                                TrainJob, TrainSpec)
+                                KLTerm, LongDocsSpec, MarginMSETerm, MultilingualSpec, MultiViewSpec, NegativePoolSpec,
+                                TaskSpec, TrainJob, TrainSpec)
 from fastemb.spec.tune import SearchSpace, TuneJob, TuneSpec
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
     "IndexEvalSpec", "IndexJob", "IndexSpec", "IngressSpec", "JOB_TYPES", "KLTerm", "LimitsSpec", "LongDocsSpec",
     "LossSpec", "MarginMSETerm",
     "MergeInput", "MergeJob", "MergeSpec", "MineJob", "MinePairsSpec", "MiningSpec",
-    "ModelSpec", "MultilingualSpec", "NegativePoolSpec", "NegativeRulesSpec", "RayRunSpec", "ReplicaSpec", "RunJob", "SearchJob",
+    "ModelSpec", "MultilingualSpec", "MultiViewSpec", "NegativePoolSpec", "NegativeRulesSpec", "RayRunSpec", "ReplicaSpec", "RunJob", "SearchJob",
     "SPEC_FILE", "SearchSpace", "Section", "ServeJob", "SpecError", "StaticJob", "StudentModelSpec", "TaskSpec",
     "TrackingSpec", "TrainJob", "TrainSpec", "TuneJob", "TuneSpec", "URI_STORAGE_JOBS", "VERBS", "apply_overrides",
     "command_words", "input_path", "load_spec", "not_path", "output_path", "parse_spec",

@@ -172,6 +172,60 @@ class LongDocsSpec(Section):
                 "doc_score": self.doc_score, "late_chunking": self.late_chunking, "temperature": temperature}
 
 
+class MultiViewSpec(Section):
+    """Multi-view items (``data.format: multi_view``): each item given by several views (fastemb/data/multi_view.py),
+    trained with the multi-view InfoNCE loss (fastemb/losses/multi_view.py: query ↔ each view and view ↔ view of the
+    same item, per-view weights), and scored per item from its views in the job's evaluations
+    (fastemb/eval/multi_view.py)."""
+    views: list[str] = Field(["attributes", "title", "description", "tags"], min_length=1,
+                             description="the view names trained and scored (the keys of the data's views column "
+                             "and the view columns of the evaluation corpus); other names in the data are ignored "
+                             "and counted")
+    weights: dict[str, float] = Field(default_factory=dict, description="per-view weights (default 1 each): in both "
+                                      "loss terms, and in the fused item vector with fuse: weights")
+    query_weight: float = Field(1.0, ge=0, description="weight of the query ↔ view term")
+    view_weight: float = Field(1.0, ge=0, description="weight of the view ↔ view term (0: query ↔ view only)")
+    item_score: Literal["fused", "max"] = Field("fused", description="evaluations: an item's score is the query "
+                                                "against its fused vector, or the max over its views' vectors")
+    fuse: Literal["mean", "weights"] = Field("mean", description="the fused vector: the mean of the item's present "
+                                             "view vectors, or their mean weighted by weights")
+
+    @field_validator("views")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        bad = [x for x in v if not x or not x.replace("_", "").replace("-", "").isalnum()]
+        if bad:
+            raise ValueError(f"views: {bad[0]!r} is not a view name (letters, digits, _ and -)")
+        if len(set(v)) != len(v):
+            raise ValueError(f"views: {sorted(x for x in set(v) if v.count(x) > 1)} given twice; name each once")
+        return v
+
+    @model_validator(mode="after")
+    def _known_weights(self) -> "MultiViewSpec":
+        unknown = sorted(set(self.weights) - set(self.views))
+        if unknown:
+            raise ValueError(f"multi_view.weights: unknown view name(s) {unknown}; the views are {self.views} "
+                             "(add them to multi_view.views or remove the weights)")
+        bad = sorted(k for k, w in self.weights.items() if not w >= 0)
+        if bad:
+            raise ValueError(f"multi_view.weights: {bad[0]} must be >= 0 (got {self.weights[bad[0]]})")
+        if sum(self.view_weights) == 0:
+            raise ValueError("multi_view.weights: every view weighs 0; give one of them a weight")
+        if self.query_weight == 0 and self.view_weight == 0:
+            raise ValueError("multi_view: query_weight and view_weight are both 0; give one of them a weight")
+        return self
+
+    @property
+    def view_weights(self) -> list[float]:
+        """One weight per view, in ``views`` order."""
+        return [float(self.weights.get(v, 1.0)) for v in self.views]
+
+    def eval_options(self, eval_dir: str) -> dict:
+        """What fastemb.eval.multi_view.evaluate_multi_view takes (besides the encoder, the set and the split)."""
+        return {"eval_dir": eval_dir, "views": list(self.views), "weights": self.view_weights,
+                "item_score": self.item_score, "fuse": self.fuse}
+
+
 class TrainSpec(Section):
     """Optimisation and distribution (Ray Train workers driving DeepSpeed)."""
     num_workers: int = Field(2, ge=1, le=4096)
@@ -276,6 +330,8 @@ class TrainJob(RunJob):
                                                     "model during training (fastemb/train/negative_pool.py)")
     long_docs: LongDocsSpec | None = Field(None, description="long documents: chunking, the hierarchical loss's "
                                            "weights and document scoring (needs data.format: long_docs)")
+    multi_view: MultiViewSpec | None = Field(None, description="multi-view items: the views, the multi-view loss's "
+                                             "weights and item scoring (needs data.format: multi_view)")
     multilingual: MultilingualSpec | None = Field(None, description="multilingual distillation on parallel text "
                                                   "(data.train: english, translation, language)")
     export: ExportSpec = ExportSpec()
@@ -327,6 +383,25 @@ class TrainJob(RunJob):
         if self.long_docs.overlap >= self.model.max_length - 2:
             raise ValueError(f"long_docs.overlap: {self.long_docs.overlap} tokens must be less than a chunk's "
                              f"{self.model.max_length - 2} (model.max_length minus the special tokens)")
+        return self
+
+    @model_validator(mode="after")
+    def _multi_view(self) -> TrainJob:
+        given = self.data.format == "multi_view"
+        if given != (self.multi_view is not None):
+            raise ValueError("multi_view: data.format: multi_view and the multi_view section go together; "
+                             + ("add a multi_view section (defaults: multi_view: {})" if given else
+                                "set data.format: multi_view"))
+        if not given:
+            return self
+        for field, value in (("tasks", self.tasks), ("distill", self.distill), ("negatives_pool", self.negatives_pool),
+                             ("loss.hard_negatives", self.loss.hard_negatives),
+                             ("loss.matryoshka_dims", self.loss.matryoshka_dims),
+                             ("train.cache_mini_batch", self.train.cache_mini_batch),
+                             ("multilingual", self.multilingual), ("long_docs", self.long_docs)):
+            if value:
+                raise ValueError(f"{field}: not with data.format: multi_view (the multi-view loss takes each item's "
+                                 "views, the other items' views are its negatives)")
         return self
 
     @model_validator(mode="after")

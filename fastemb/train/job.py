@@ -31,7 +31,8 @@ from fastemb.storage import is_uri, pull, push
 from fastemb.tracking.run import Tracker, track_job
 from fastemb.train.card import train_card
 from fastemb.train.export import at_export_length, int8_export, merge_export
-from fastemb.train.tasks import check_matryoshka_width, job_tasks, load_task_pairs, long_docs_eval
+from fastemb.train.tasks import (check_matryoshka_width, job_tasks, load_task_pairs, long_docs_eval,
+                                 multi_view_eval)
 from fastemb.train.trainer import export_checkpoint, finished_checkpoint, fit_and_export, make_trainer, plan_steps
 
 logger = logging.getLogger(__name__)
@@ -47,17 +48,19 @@ def _check_eval_sets(spec: TrainJob) -> None:
 
 
 def _base_metrics(spec: TrainJob, model: StudentModelSpec, data: EvalSetSpec, cache_name: str,
-                  long_docs: dict | None = None) -> dict:
-    """Base-model test metrics on ``data`` (with ``model``'s settings; ``long_docs``: per document, from chunks),
-    cached in the run folder so a resumed run does not redo them."""
+                  long_docs: dict | None = None, multi_view: dict | None = None) -> dict:
+    """Base-model test metrics on ``data`` (with ``model``'s settings; ``long_docs``: per document, from chunks;
+    ``multi_view``: per item, from its views), cached in the run folder so a resumed run does not redo them."""
     def measure() -> dict:
         logger.info(f"evaluating the base model {model.base} on the test split of {data.eval} "
                     f"({model.max_length} tokens per text)")
-        return evaluate_model(model, data, long_docs=long_docs)
+        return evaluate_model(model, data, long_docs=long_docs, multi_view=multi_view)
 
     key = {"model": model.model_dump(), "eval": data.eval, "test_queries": data.test_queries}
     if long_docs:
         key["long_docs"] = long_docs
+    if multi_view:
+        key["multi_view"] = multi_view
     return cached_metrics(spec.run_dir / cache_name, key, measure)
 
 
@@ -65,7 +68,7 @@ def _evaluate_base(spec: TrainJob) -> tuple[StudentModelSpec, dict, dict | None]
     """The model section at the export length, and the base's in-domain and general test metrics with it."""
     _check_eval_sets(spec)
     model = at_export_length(spec)  # how every consumer runs the exported model: its test metrics use it too
-    base = _base_metrics(spec, model, spec.data, "base_metrics.json", long_docs_eval(spec))
+    base = _base_metrics(spec, model, spec.data, "base_metrics.json", long_docs_eval(spec), multi_view_eval(spec))
     general = _base_metrics(spec, model, spec.general, "base_general_metrics.json") if spec.general else None
     logger.info(f"base test nDCG@10 {base['ndcg@10']:.4f}" + (f"; general {general['ndcg@10']:.4f}" if general else ""))
     return model, base, general
@@ -80,7 +83,8 @@ def _evaluate_export(spec: TrainJob, model: StudentModelSpec, model_dir, base: d
     int8 = int8_export(spec, model_dir) if spec.export.int8 else None
     logger.info(f"exported {model_dir}; evaluating it on the test split")
     # evaluate_model's metrics cache (fastemb/eval/cache.py): a finished run exported again is not measured again
-    tuned = evaluate_model(model, spec.data, path=str(model_dir), long_docs=long_docs_eval(spec))
+    tuned = evaluate_model(model, spec.data, path=str(model_dir), long_docs=long_docs_eval(spec),
+                           multi_view=multi_view_eval(spec))
     general = None
     if spec.general:
         general = general_section(spec.general.eval, general_base,
@@ -197,7 +201,7 @@ def _train(spec: TrainJob, tracker: Tracker, t0: float) -> dict:
         from fastemb.train.continual import register_and_gate
 
         report["continual"] = register_and_gate(spec, start, scores, lambda m: evaluate_model(
-            model, spec.data, path=m, long_docs=long_docs_eval(spec)))
+            model, spec.data, path=m, long_docs=long_docs_eval(spec), multi_view=multi_view_eval(spec)))
     run_dir = spec.run_dir
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     training_curve(history, run_dir / "training_curve.png", f"fastemb train: {spec.name}")

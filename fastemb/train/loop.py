@@ -90,7 +90,7 @@ def _dev_eval(engine, spec, compression: dict | None) -> dict:
     from fastemb.eval.compressed import compressed_retrieval
     from fastemb.eval.retrieval import exact_search, metrics_of_hits
 
-    from fastemb.train.tasks import long_docs_eval
+    from fastemb.train.tasks import long_docs_eval, multi_view_eval
 
     dev = load_eval_set(spec.data.eval, "dev", spec.data.dev_queries, spec.data.dev_corpus)
     student = _student(engine)
@@ -98,6 +98,11 @@ def _dev_eval(engine, spec, compression: dict | None) -> dict:
         from fastemb.eval.long_docs import evaluate_long_docs
 
         return {"dev_ndcg@10": evaluate_long_docs(student, dev, **long_docs_eval(spec))["ndcg@10"]}
+    if spec.multi_view:  # items scored from their views (fastemb/eval/multi_view.py)
+        from fastemb.eval.multi_view import evaluate_multi_view
+
+        m = evaluate_multi_view(student, dev, split="dev", **multi_view_eval(spec))
+        return {"dev_ndcg@10": m["ndcg@10"], "dev_ndcg@10_fused": m["ndcg@10_fused"], "dev_ndcg@10_max": m["ndcg@10_max"]}
     corpus, queries = student.encode(dev.corpus), student.encode(dev.queries)
     _, idx = exact_search(queries, corpus, 100, normalized=student.normalize)
     out = {"dev_ndcg@10": metrics_of_hits(idx, dev)["ndcg@10"]}

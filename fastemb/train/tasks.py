@@ -10,8 +10,10 @@ An epoch of a multi-task run is as many micro-steps as all tasks' pairs fill.
 Kinds: ``pairs`` (query, positive[, negatives]; InfoNCE with the task's loss, and the job's distill terms when the
 task has ``distill: true``), ``simcse`` (raw text, ``fastemb.data.raw_text``: each text is its own positive, the
 two views differ by dropout; in-batch negatives) and ``long_docs`` (a query and its document's chunks,
-``fastemb.data.long_docs``; the hierarchical loss, ``LongDocObjective``). A single-task job with ``data.format: raw``
-is a simcse task, with ``data.format: long_docs`` a long_docs task.
+``fastemb.data.long_docs``; the hierarchical loss, ``LongDocObjective``) and ``multi_view`` (a query and its item's
+views, ``fastemb.data.multi_view``; the multi-view loss, ``MultiViewObjective``). A single-task job with
+``data.format: raw`` is a simcse task, with ``data.format: long_docs`` a long_docs task, with ``data.format:
+multi_view`` a multi_view task.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ class Task:
 def job_tasks(spec: TrainJob) -> list[Task]:
     """The job's tasks; a job without ``tasks`` is the single task ``train``."""
     if not spec.tasks:
-        kind = {"raw": "simcse", "long_docs": "long_docs"}.get(spec.data.format, "pairs")
+        kind = {"raw": "simcse", "long_docs": "long_docs", "multi_view": "multi_view"}.get(spec.data.format, "pairs")
         return [Task("train", "train", kind, spec.data.train, spec.data.max_pairs, 1.0, spec.loss,
                      spec.distill is not None)]
     return [Task(t.name, f"train_{t.name}", t.kind, t.data, t.max_pairs, t.weight, t.effective_loss(spec.loss),
@@ -92,6 +94,10 @@ def load_task_pairs(spec: TrainJob, task: Task) -> tuple[list[dict], RowReport]:
 
         return load_long_docs(task.data, load_tokenizer(spec.model.base), spec.model.max_length, spec.long_docs.overlap,
                               spec.long_docs.max_chunks, task.max_pairs, seed)
+    if task.kind == "multi_view":
+        from fastemb.data.multi_view import load_multi_view
+
+        return load_multi_view(task.data, spec.multi_view.views, task.max_pairs, seed)
     if spec.multilingual is not None:  # parallel text: (translation, english) pairs sampled per language
         from fastemb.data.parallel import load_parallel_pairs
 
@@ -108,6 +114,12 @@ def long_docs_eval(spec: TrainJob) -> dict | None:
     """How the job's evaluations score long documents (``fastemb.eval.long_docs``): chunks of the training length,
     the ``long_docs`` section's document score and late chunking; None for a job without long documents."""
     return spec.long_docs.eval_options(spec.model.max_length, spec.loss.temperature) if spec.long_docs else None
+
+
+def multi_view_eval(spec: TrainJob) -> dict | None:
+    """How the job's evaluations score multi-view items (``fastemb.eval.multi_view``): the views, their weights, the
+    item score and the fusion; None for a job without multi-view items."""
+    return spec.multi_view.eval_options(spec.data.eval) if spec.multi_view else None
 
 
 def task_schedule(weights: list[float], n_micro: int, seed: int) -> np.ndarray:
@@ -211,12 +223,45 @@ class LongDocObjective:
                          ids.get("query_ids"), ids.get("doc_ids"))
 
 
+class MultiViewObjective:
+    """The multi-view InfoNCE loss (fastemb/losses/multi_view.py) over a micro-batch of (query, item views) rows: the
+    queries and every present view embedded, the views placed in a (batch, views, d) tensor with zeros where missing
+    (the same shape on every worker, for the all-gather). Returns ``(loss, {"query": ..., "view": ...,
+    "query_<view name>": ...})``: the per-view query ↔ view terms are the report's per-view figures."""
+
+    def __init__(self, student, loss: LossSpec, multi_view):
+        from fastemb.losses import MultiViewInfoNCELoss
+
+        self.student, self.views = student, list(multi_view.views)
+        self.loss = MultiViewInfoNCELoss(multi_view.view_weights, loss.temperature, multi_view.query_weight,
+                                         multi_view.view_weight, loss.similarity, loss.gather_across_workers,
+                                         loss.mask_false_negatives)
+
+    def __call__(self, batch: list[dict], ids: dict):
+        import torch
+
+        n_views = len(self.views)
+        cells = [(i, a, text) for i, r in enumerate(batch) for a, text in enumerate(list(r["views"])[:n_views])
+                 if text]
+        query = self.student.embed([r["query"] for r in batch])
+        flat = self.student.embed([text for _, _, text in cells])
+        slots = torch.tensor([i * n_views + a for i, a, _ in cells], device=flat.device)
+        views = flat.new_zeros(len(batch) * n_views, flat.shape[1]).index_copy(0, slots, flat)
+        mask = torch.zeros(len(batch) * n_views, dtype=torch.bool, device=flat.device)
+        mask[slots] = True
+        loss, terms = self.loss(query, views.view(len(batch), n_views, -1), mask.view(len(batch), -1),
+                                ids.get("query_ids"), ids.get("doc_ids"))
+        return loss, {(f"query_{self.views[int(k[6:])]}" if k[6:].isdigit() else k): v for k, v in terms.items()}
+
+
 def task_objective(spec: TrainJob, task: Task, module, teacher) -> Objective:
     """``(batch, text-hash ids) → (loss, unweighted terms)`` for one task: InfoNCE with the task's loss (a
     ``Contrastive``), or the distillation objective (``fastemb.train.distill``) for a task with ``distill: true``."""
     lo = task.loss
     if task.kind == "long_docs":
         return LongDocObjective(getattr(module, "student", module), lo, spec.long_docs)
+    if task.kind == "multi_view":
+        return MultiViewObjective(getattr(module, "student", module), lo, spec.multi_view)
     if task.distill:
         from fastemb.train.distill import DistillObjective
 
