@@ -99,3 +99,47 @@ def test_bad_settings_are_refused():
                                                              "view_weight": 0}):
         with pytest.raises(ValueError):
             MultiViewInfoNCELoss(**kwargs)
+
+
+def _mv_worker(rank, world, port, q, v, mask, iid, out):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    b = q.shape[0] // world
+    sl = slice(rank * b, (rank + 1) * b)
+    lq, lv = q[sl].clone().requires_grad_(True), v[sl].clone().requires_grad_(True)
+    loss, _ = MultiViewInfoNCELoss([1.0, 0.5, 2.0], 0.05, 1.0, 0.5)(lq, lv, mask[sl], item_ids=iid[sl])
+    loss.backward()
+    out[rank] = (loss.detach(), lq.grad, lv.grad)
+    dist.destroy_process_group()
+
+
+def test_gathered_on_two_processes_equals_single_process():
+    """Each rank's queries against every rank's items (views gathered with their gradient). Each rank averages over
+    its own present views, so the ranks here hold the same view weights in total (one missing third view each): then
+    the mean over ranks is the single-process loss, and the averaged gradients its gradients."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    q, v = _leaves(6, 6, seed=30).detach(), _leaves(6, 3, 6, seed=31).detach()
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 1, 1]], dtype=torch.bool)
+    v = v * mask.unsqueeze(-1)
+    iid = torch.tensor([1, 2, 3, 1, 5, 6])  # rows 0 and 3: the same item on two ranks
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_mv_worker, args=(2, port, q, v, mask, iid, out), nprocs=2, join=True)
+        results = [out[0], out[1]]
+    sq, sv = q.clone().requires_grad_(True), v.clone().requires_grad_(True)
+    single, _ = MultiViewInfoNCELoss([1.0, 0.5, 2.0], 0.05, 1.0, 0.5, gather_across_workers=False)(
+        sq, sv, mask, item_ids=iid)
+    single.backward()
+    assert torch.allclose((results[0][0] + results[1][0]) / 2, single, atol=1e-10)
+    for k, full in ((1, sq.grad), (2, sv.grad)):
+        assert torch.allclose(torch.cat([results[0][k], results[1][k]]) / 2, full, atol=1e-10)
