@@ -153,6 +153,10 @@ def test_spec_rules_name_the_field():
             parse_spec({**base, **extra})
     with pytest.raises(SpecError, match="set data.format: multi_view"):
         parse_spec({"job": "train", "multi_view": {}})
+    from fastemb.spec import load_spec
+
+    job = load_spec(Path(__file__).resolve().parents[1] / "jobs" / "multi_view.yaml", [], "train")  # the recipe
+    assert job.data.format == "multi_view" and job.multi_view.view_weights == [0.5, 1.0, 1.0, 0.5]
 
 
 def test_multi_view_trains_on_ray_train(ray_local, tmp_path, tiny_model, catalog):
