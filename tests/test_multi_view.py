@@ -51,7 +51,8 @@ def test_builder_splits_by_source_excludes_the_general_set_and_counts_drops(cata
         assert all(c["title"] and c["attributes"].startswith(f"package: {c['package']};") for c in corpus)
         assert all(c["title"] in c["text"] and (not c["description"] or c["description"] in c["text"]) for c in corpus)
         sources[split] = {c["source"] for c in corpus}
-    assert not (sources["train"] & sources["dev"] or sources["train"] & sources["test"] or sources["dev"] & sources["test"])
+    for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
+        assert not sources[a] & sources[b], (a, b)
     assert not set().union(*sources.values()) & general_sources()          # the leak: none of the general set's
     assert {"leaky", "oneword", "dup-a", "dup-b"}.isdisjoint(r["id"] for r in train)
     assert all(r["query"].lower() != r["views"]["title"].lower() for r in train[:40] if len(r["views"]["title"]) > 30)

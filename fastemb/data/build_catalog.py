@@ -347,7 +347,8 @@ def main() -> None:
     else:
         origin, items = f"the installed packages of {a.status}", read_status(a.status, counts)
     report = build(items, a.out, origin, a.test, a.dev, a.max_train, a.seed, counts)
-    print(json.dumps({k: report[k] for k in ("items", "dropped", "queries_equal_title", "queries_without_synonym")}, indent=1))
+    shown = ("items", "dropped", "queries_equal_title", "queries_without_synonym")
+    print(json.dumps({k: report[k] for k in shown}, indent=1))
 
 
 if __name__ == "__main__":

@@ -57,7 +57,8 @@ class MultiViewInfoNCELoss(nn.Module):
             raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
         self.register_buffer("view_weights", torch.tensor(list(view_weights), dtype=torch.float64), persistent=False)
         self.temperature, self.query_weight, self.view_weight = temperature, query_weight, view_weight
-        self.similarity, self.gather, self.mask_false_negatives = similarity, gather_across_workers, mask_false_negatives
+        self.similarity, self.gather = similarity, gather_across_workers
+        self.mask_false_negatives = mask_false_negatives
 
     def forward(self, query: torch.Tensor, views: torch.Tensor, view_mask: torch.Tensor,
                 query_ids: torch.Tensor | None = None, item_ids: torch.Tensor | None = None

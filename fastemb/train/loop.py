@@ -102,7 +102,8 @@ def _dev_eval(engine, spec, compression: dict | None) -> dict:
         from fastemb.eval.multi_view import evaluate_multi_view
 
         m = evaluate_multi_view(student, dev, split="dev", **multi_view_eval(spec))
-        return {"dev_ndcg@10": m["ndcg@10"], "dev_ndcg@10_fused": m["ndcg@10_fused"], "dev_ndcg@10_max": m["ndcg@10_max"]}
+        return {"dev_ndcg@10": m["ndcg@10"], "dev_ndcg@10_fused": m["ndcg@10_fused"],
+                "dev_ndcg@10_max": m["ndcg@10_max"]}
     corpus, queries = student.encode(dev.corpus), student.encode(dev.queries)
     _, idx = exact_search(queries, corpus, 100, normalized=student.normalize)
     out = {"dev_ndcg@10": metrics_of_hits(idx, dev)["ndcg@10"]}
