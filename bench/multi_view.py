@@ -70,7 +70,6 @@ def main() -> int:
     build = _build_set(data, args)
     from fastemb.data.eval_sets import load_eval_set
     from fastemb.eval.multi_view import evaluate_multi_view
-    from fastemb.eval.retrieval import evaluate
     from fastemb.model.encoder import Encoder
     from fastemb.ray_env import init_ray
     from fastemb.train.job import run_train
@@ -105,14 +104,11 @@ def main() -> int:
                 options = load_spec(ROOT / "jobs" / "multi_view.yaml", [], "train").multi_view.eval_options(
                     str(eval_dir))
                 report["tuned_views"] = _cached(spec.run_dir / "views_metrics.json", {"code": code}, lambda: (
-                    evaluate_multi_view(Encoder.load(report["model_dir"], max_length=args.max_length), test,
-                                        split="test", **options)))
+                    evaluate_multi_view(Encoder.load(report["model_dir"]), test, split="test", **options)))
             runs[name].append(report)
     steps = {name: {r["plan"]["total_steps"] for r in rs} for name, rs in runs.items()}
     assert len(set().union(*steps.values())) == 1, f"the runs differ in steps: {steps}"
-    base_concat = _cached(out / "base_concat.json", {"code": code, "model": args.model, "data": build,
-                                                      "eval": str(eval_dir), "len": args.max_length},
-                          lambda: evaluate(Encoder.load(args.model, max_length=args.max_length), test))
+    base_concat = runs["single field"][0]["base"]  # the base on the concatenated texts, at the export length
     body = report_md(args, build, runs, base_concat, time.time() - t0)
     print(body)
     if not args.no_write:
@@ -176,8 +172,8 @@ def report_md(args, build: dict, runs: dict, base_concat: dict, total_s: float) 
             ("single field trained, max over views", [r["tuned_views"]["ndcg@10_max"] for r in sf], None, sf),
             ("multi-view trained, fused views (mean)", [r["tuned"]["ndcg@10_fused"] for r in mv], mv[0]["tuned"], mv),
             ("multi-view trained, max over views", [r["tuned"]["ndcg@10_max"] for r in mv], None, mv)]
-    per_view = " ".join(f"{v} {mv[0]['tuned'].get(f'ndcg@10_view_{v}', float('nan')):.4f}"
-                        for v in ("attributes", "title", "description", "tags"))
+    per_view = ", ".join(f"{v} {mv[0]['tuned'][f'ndcg@10_view_{v}']:.4f}" if f"ndcg@10_view_{v}" in mv[0]["tuned"]
+                         else f"{v}: no item has it" for v in ("attributes", "title", "description", "tags"))
     lines = [
         f"Data: `python -m fastemb.data.build_catalog` ({build['origin']}; {build['packages_read']} binary packages "
         f"read): items {json.dumps(build['items'])}, dropped by reason {json.dumps(build['dropped'])}; views present "
@@ -191,7 +187,8 @@ def report_md(args, build: dict, runs: dict, base_concat: dict, total_s: float) 
         f"Evaluation: the test split ({'all of it' if not args.test_items else 'a seeded sample of its items'}: "
         f"{base_concat['queries']} queries against {base_concat['corpus']} items), nDCG@10. Training: `fastemb train "
         f"jobs/multi_view.yaml` ({args.model}, Ray Train, {args.workers} worker(s), DeepSpeed ZeRO-2, fp32 on CPU), "
-        f"{args.steps} steps of {args.batch} items per worker, {args.max_length} tokens per text, lr {args.lr}, "
+        f"{args.steps} steps of {args.batch} items per worker, {args.max_length} tokens per text in training (every "
+        f"evaluation at the exported model's length, the base's own: 256 tokens for all-MiniLM-L6-v2), lr {args.lr}, "
         f"seeds {args.seeds}; the two runs of a seed differ only in the data format and loss (views + the multi-view "
         f"loss, or the concatenated text + InfoNCE). Multi-view pairs report: {json.dumps(mv[0]['pairs'])}.",
         "",

@@ -137,6 +137,7 @@ def test_multi_view_evaluation_counts_missing_views(tmp_path, minilm_path):
     assert m["views_missing_in_corpus"] == 1 and m["items_without_view"] == 1
     assert m["views_present_title"] == 2 and m["views_present_description"] == 1 and m["views_present_tags"] == 0
     assert m["ndcg@10"] == m["ndcg@10_max"] == 1.0 and {"ndcg@10_fused", "ndcg@10_view_description"} <= set(m)
+    assert "ndcg@10_view_tags" not in m
 
 
 def test_spec_rules_name_the_field():
@@ -182,5 +183,7 @@ def test_multi_view_trains_on_ray_train(ray_local, tmp_path, tiny_model, catalog
     assert report["pairs"]["kept"] == 16 and "views" in report["pairs"]
     for side in ("base", "tuned"):
         m = report[side]
-        assert m["corpus"] == 24 and all(f"ndcg@10_view_{v}" in m for v in VIEWS) and m["ndcg@10"] == m["ndcg@10_fused"]
+        assert m["corpus"] == 24 and m["ndcg@10"] == m["ndcg@10_fused"]
+        for v in VIEWS:    # a figure per view that some item has (installed packages have no debtags)
+            assert (f"ndcg@10_view_{v}" in m) == (m[f"views_present_{v}"] > 0)
     assert any("dev_ndcg@10_max" in h for h in report["history"])

@@ -8,7 +8,7 @@ The evaluation corpus (``{split}_corpus.parquet``, fastemb/data/build_catalog.py
   ``fuse: weights`` their mean weighted by the views' weights, normalised again: one vector per item in the index;
 - **max**: the best of the query's scores against the item's present views: one vector per view in the index;
 - **per view** (``ndcg@10_view_<name>``): the query against that view alone, items without it last: how much each
-  view carries.
+  view carries (no figure for a view that no item has).
 
 Bad input is counted, never a crash: a view the job names that the corpus has no column for
 (``views_missing_in_corpus``, every item's such view empty), empty views (``views_present_<name>`` counts those
@@ -87,6 +87,8 @@ def evaluate_multi_view(encoder, data: EvalSet, eval_dir: str, split: str, views
               "max": _metrics(item_scores(queries, vectors, present, "max", weights), data)}
     per_view = {}
     for a, v in enumerate(views):
+        if not present[:, a].any():  # no item has it: no figure (views_present_<name> says 0)
+            continue
         only = np.zeros(len(views), dtype=bool)
         only[a] = True
         scores = item_scores(queries, vectors, present & only, "max")
