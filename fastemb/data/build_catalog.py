@@ -143,12 +143,8 @@ def read_lists(lists_dir: Path, suite: str, counts: Counter) -> list[Item]:
         if "Package" not in f:
             counts["stanza without a Package field"] += 1
             continue
-        value = long.get((f["Package"], f.get("Description-md5")))
-        if value is None:
-            value = f.get("Description", "")
-            if value and "\n" not in value:
-                counts["packages without a long description (kept: empty view)"] += 1
-        out.append(_item(f, value))
+        value = long.get((f["Package"], f.get("Description-md5")))  # none: the synopsis only, an empty view
+        out.append(_item(f, f.get("Description", "") if value is None else value))
     return out
 
 
