@@ -131,13 +131,14 @@ def _build_set(data: Path, args) -> dict:
         from collections import Counter
 
         from fastemb.data.build_catalog import build, read_lists, read_status
+        from fastemb.data.build_debian import lists_origin
 
         counts: Counter = Counter()
         if args.status:
             origin, items = f"the installed packages of {args.status}", read_status(Path(args.status), counts)
         else:
-            origin, items = "Debian bookworm main (Packages and Translation-en)", read_lists(Path(args.lists),
-                                                                                             "bookworm", counts)
+            origin, items = lists_origin(Path(args.lists), "bookworm"), read_lists(Path(args.lists), "bookworm",
+                                                                                    counts)
         build(items, data, origin, args.test, args.dev, args.max_train, counts=counts)
     return json.loads((data / "report.json").read_text())
 

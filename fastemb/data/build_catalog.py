@@ -74,7 +74,8 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fastemb.data.build_debian import DEFAULT_OUT as GENERAL_SET, read_index, split_description, stanzas
+from fastemb.data.build_debian import (DEFAULT_OUT as GENERAL_SET, lists_origin, read_index, split_description,
+                                      stanzas)
 from fastemb.data.multi_view import item_text
 from fastemb.data.pairs import WORDNET_DIR
 
@@ -339,7 +340,7 @@ def main() -> None:
     a = ap.parse_args()
     counts: Counter = Counter()
     if a.lists:
-        origin, items = f"Debian {a.suite} main (Packages and Translation-en)", read_lists(a.lists, a.suite, counts)
+        origin, items = lists_origin(a.lists, a.suite), read_lists(a.lists, a.suite, counts)
     else:
         origin, items = f"the installed packages of {a.status}", read_status(a.status, counts)
     report = build(items, a.out, origin, a.test, a.dev, a.max_train, a.seed, counts)

@@ -217,6 +217,13 @@ The descriptions are provided as is, without warranty of any kind.
 """
 
 
+def lists_origin(lists_dir: Path, suite: str) -> str:
+    """Where an apt lists folder's texts come from, with the date of its suite's InRelease when it has one."""
+    release = next(iter(sorted(lists_dir.glob(f"*_dists_{suite}_InRelease"))), None)
+    date = re.search(r"^Date: (.+)$", release.read_text("utf-8", "replace"), re.M) if release else None
+    return f"Debian {suite} main (Packages and Translation-en{f' of {date.group(1)}' if date else ''})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = ap.add_mutually_exclusive_group(required=True)
@@ -227,10 +234,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=15)
     a = ap.parse_args()
     if a.lists:
-        release = next(iter(sorted(a.lists.glob(f"*_dists_{a.suite}_InRelease"))), None)
-        date = re.search(r"^Date: (.+)$", release.read_text("utf-8", "replace"), re.M) if release else None
-        origin = f"Debian {a.suite} main (Packages and Translation-en{f' of {date.group(1)}' if date else ''})"
-        chosen = select(read_lists(a.lists, a.suite))
+        origin, chosen = lists_origin(a.lists, a.suite), select(read_lists(a.lists, a.suite))
     else:
         origin, chosen = f"the installed packages of {a.status}", select(read_status(a.status))
     write_set(split_sets(chosen, seed=a.seed), a.out, origin)
