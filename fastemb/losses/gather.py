@@ -48,3 +48,17 @@ def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
 def rank_and_world() -> tuple[int, int]:
     """(rank, world size); (0, 1) outside a process group."""
     return (dist.get_rank(), dist.get_world_size()) if _is_distributed() else (0, 1)
+
+
+def same_text_mask(target: torch.Tensor, n_candidates: int, item_ids: torch.Tensor | None,
+                   query_ids: torch.Tensor | None, gather_ids) -> torch.Tensor:
+    """(B, N) true where candidate item ``j`` of the gathered batch is a false negative for query ``i``: its item text
+    (``item_ids``) or its query's text (``query_ids``) equals row ``i``'s, other than ``i``'s own item
+    (``target[i]``); all false without ``item_ids``. ``gather_ids`` concatenates ids over the ranks (or not)."""
+    mask = torch.zeros(len(target), n_candidates, dtype=torch.bool, device=target.device)
+    if item_ids is not None:
+        mask |= gather_ids(item_ids).unsqueeze(0) == item_ids.unsqueeze(1)
+        if query_ids is not None:
+            mask |= gather_ids(query_ids).unsqueeze(0) == query_ids.unsqueeze(1)
+    mask[torch.arange(len(target)), target] = False
+    return mask

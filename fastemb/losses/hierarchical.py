@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastemb.losses.gather import all_gather_no_grad, all_gather_with_grad, rank_and_world
+from fastemb.losses.gather import all_gather_no_grad, all_gather_with_grad, rank_and_world, same_text_mask
 
 Positive = Literal["max", "attention"]
 
@@ -77,14 +77,10 @@ class HierarchicalInfoNCELoss(nn.Module):
         all_chunks = gather(chunks.reshape(batch * n_chunks, dim)).view(-1, n_chunks, dim)   # (N, C, d)
         all_mask = gather_ids(chunk_mask.to(torch.int64)).bool()                             # (N, C)
         target = torch.arange(batch, device=query.device) + rank * batch
-        false_neg = torch.zeros(batch, all_chunks.shape[0], dtype=torch.bool, device=query.device)   # (B, N)
-        if self.mask_false_negatives and doc_ids is not None:
-            false_neg |= gather_ids(doc_ids).unsqueeze(0) == doc_ids.unsqueeze(1)
-            if query_ids is not None:
-                false_neg |= gather_ids(query_ids).unsqueeze(0) == query_ids.unsqueeze(1)
+        false_neg = same_text_mask(target, all_chunks.shape[0], doc_ids if self.mask_false_negatives else None,
+                                   query_ids, gather_ids)                                     # (B, N)
         own = torch.zeros_like(false_neg)
         own[torch.arange(batch), target] = True
-        false_neg &= ~own
         terms, loss = {}, query.new_zeros(())
         if self.chunk_weight > 0:
             term = self._chunk_term(query, all_chunks, all_mask, target, own, false_neg)

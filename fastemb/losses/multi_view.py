@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastemb.losses.gather import all_gather_no_grad, all_gather_with_grad, rank_and_world
+from fastemb.losses.gather import all_gather_no_grad, all_gather_with_grad, rank_and_world, same_text_mask
 
 
 class MultiViewInfoNCELoss(nn.Module):
@@ -79,12 +79,8 @@ class MultiViewInfoNCELoss(nn.Module):
         all_views = gather(views.reshape(batch, n_views * dim)).view(-1, n_views, dim)       # (N, V, d)
         all_mask = gather_ids(view_mask.to(torch.int64)).bool()                              # (N, V)
         target = torch.arange(batch, device=query.device) + rank * batch
-        false_neg = torch.zeros(batch, all_views.shape[0], dtype=torch.bool, device=query.device)  # (B, N)
-        if self.mask_false_negatives and item_ids is not None:
-            false_neg |= gather_ids(item_ids).unsqueeze(0) == item_ids.unsqueeze(1)
-            if query_ids is not None:
-                false_neg |= gather_ids(query_ids).unsqueeze(0) == query_ids.unsqueeze(1)
-        false_neg[torch.arange(batch), target] = False
+        false_neg = same_text_mask(target, all_views.shape[0], item_ids if self.mask_false_negatives else None,
+                                   query_ids, gather_ids)                                     # (B, N)
         w = self.view_weights.to(device=query.device, dtype=query.dtype)
         mask = view_mask.to(query.dtype)                                                     # (B, V)
         terms, loss = {}, query.new_zeros(())
