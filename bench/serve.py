@@ -356,6 +356,7 @@ def plain_process(model_path: str, threads: int, device: str = "cpu") -> Process
 SERVERS = ("fastemb,fastemb-haproxy,fastemb-torch,fastemb-haproxy-torch,fastemb-int8,fastemb-haproxy-int8,infinity-int8,"
            "infinity-onnx,infinity-torch,plain")
 GPU_SERVERS = "fastemb,fastemb-haproxy,infinity-torch,plain"  # --device cuda: torch fp16 everywhere
+EXTRA_SERVERS = "fastemb-haproxy-reuse-int8"  # named only: not in the default set
 # engine families: servers whose family matches run the same computation, so their ratio is the stack's alone
 FAMILY = {"ONNX Runtime fp32": "ONNX Runtime fp32", "ONNX Runtime int8": "ONNX Runtime int8",
           "torch fp32": "torch fp32", "torch fp16": "torch fp16"}
@@ -447,9 +448,10 @@ def main() -> int:
     args = ap.parse_args()
     offered = GPU_SERVERS if args.device == "cuda" else SERVERS
     args.servers = args.servers or offered
-    unknown = sorted(set(args.servers.split(",")) - set(offered.split(",")))
+    known = offered if args.device == "cuda" else f"{offered},{EXTRA_SERVERS}"
+    unknown = sorted(set(args.servers.split(",")) - set(known.split(",")))
     if unknown:
-        ap.error(f"--servers: {', '.join(unknown)} not among {offered} (on --device {args.device})")
+        ap.error(f"--servers: {', '.join(unknown)} not among {known} (on --device {args.device})")
     if args.quick:
         args.seconds, args.rounds, args.levels, args.long_levels = 4.0, 2, "1,8", ""
 
