@@ -5,7 +5,9 @@ A listener bound to loopback is out of reach. One bound to another address (or t
 machine through its non-loopback address, as another host would: with plain HTTP requests (``GET /``, ``/metrics``,
 ``/stats``, ``/docs``, no Authorization header: any status below 400 is an answer), and, when it does not speak
 HTTP/1, with empty gRPC calls to a few methods of Ray's services (an OK status is an answer; Ray's token auth answers
-UNAUTHENTICATED).
+UNAUTHENTICATED). gRPC's standard health check (``grpc.health.v1.Health/Check``) is not probed: Ray's servers answer
+it without a token, with a bare SERVING status and no details, which the exposure rule allows (a liveness check may
+stay open if it carries nothing).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import psutil
 HTTP_PATHS = ("/", "/metrics", "/stats", "/docs")
 GRPC_METHODS = ("/ray.rpc.NodeInfoGcsService/CheckAlive", "/ray.rpc.NodeInfoGcsService/GetAllNodeInfo",
                 "/ray.rpc.NodeManagerService/GetSystemConfig", "/ray.rpc.CoreWorkerService/NumPendingTasks",
-                "/ray.rpc.ReporterService/GetProfilingStats", "/grpc.health.v1.Health/Check")
+                "/ray.rpc.ReporterService/GetProfilingStats")
 
 
 def process_tree(root: int | None = None) -> list[psutil.Process]:

@@ -2,7 +2,8 @@
 started once for the module:
 
 - the cluster itself: the Jobs API and the GCS refuse requests without the right token, the dashboard listens on
-  loopback only, and stop ends every process it started;
+  loopback only, no listener answers another host without the token except the metrics exporters that
+  cluster/README.md documents (with their firewall rules), and stop ends every process it started;
 - an index build submitted with `fastemb submit` survives an encoder actor SIGKILLed while its unit is unfinished
   (held by embed.py's test hook): Ray restarts the actor, and the index loses and duplicates nothing;
 - last (it takes a node away), one submitted training job through two faults: stopped (`fastemb jobs stop`) after
@@ -14,6 +15,7 @@ started once for the module:
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -25,8 +27,9 @@ import faiss
 import pyarrow.parquet as pq
 import pytest
 
-from cluster_helpers import ROOT, group_alive, job_status, live_actors, local_cluster, run_script, state_api
+from cluster_helpers import ROOT, api_get, group_alive, job_status, live_actors, local_cluster, run_script, state_api
 from index_helpers import HOLD_ENV, N_ROWS, HeldActorKiller, write_fault_corpus
+from listeners import listening, machine_address, open_without_auth, process_groups
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("own_ray")]
 WORKERS = 3  # one more than a 2-worker training job needs, so it can lose a node
@@ -109,6 +112,41 @@ def test_gcs_refuses_a_client_with_a_wrong_token(cluster):
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
     assert p.returncode != 0 and "CONNECTED" not in p.stdout
     assert "InvalidAuthToken" in p.stderr or "Authentication" in p.stderr, p.stderr[-2000:]
+
+
+PROMETHEUS_SAMPLE = re.compile(r'^[A-Za-z_:][A-Za-z0-9_:]*(\{.*\})? \S+( \d+)?$')  # name{labels} value [time]
+
+
+def _metrics_export_ports(cluster) -> set[int]:
+    """Each node's Prometheus exporter port (its metrics agent's ``--metrics-export-port``), from the dashboard."""
+    status, body = api_get(cluster["state"]["dashboard"], "/nodes?view=summary", cluster["token"])
+    assert status == 200, body[:500]
+    return {int(n["raylet"]["metricsExportPort"]) for n in json.loads(body)["data"]["summary"]}
+
+
+def test_nothing_answers_other_hosts_without_the_token(cluster):
+    """Every listener of the cluster's nodes that another host reaches refuses it without the token, except the
+    nodes' Prometheus exporters: Ray 2.60 binds them to all interfaces on a node with a routable address, and
+    cluster/README.md's 'Open ports' documents them with the firewall rules. Those answer nothing but metrics."""
+    found = listening(process_groups({n["pgid"] for n in cluster["state"]["nodes"]}))
+    dash_port = int(cluster["state"]["dashboard"].rsplit(":", 1)[1])
+    assert any(x["port"] == dash_port for x in found), found  # the listing sees the nodes' sockets
+    print("listeners:", [(x["name"], x["ip"], x["port"]) for x in found])
+    metrics = _metrics_export_ports(cluster)
+    assert len(metrics) == 1 + WORKERS, metrics
+    assert open_without_auth([x for x in found if x["port"] not in metrics]) == []
+    host = machine_address()
+    exporters = [x for x in found if x["port"] in metrics and x["ip"] in ("0.0.0.0", "::")]
+    if host is None or not exporters:  # no routable address here: Ray kept everything on loopback
+        return
+    readme = (ROOT / "cluster" / "README.md").read_text()
+    assert "--metrics-export-port" in readme and "nft add rule" in readme  # documented, with the firewall rule
+    for x in exporters:  # what answers is the documented exporter, whatever the path: Prometheus samples only
+        for path in ("/metrics", "/api/jobs/"):
+            with urllib.request.urlopen(f"http://{host}:{x['port']}{path}", timeout=10) as r:
+                body = r.read().decode()
+            lines = [line for line in body.splitlines() if line and not line.startswith("#")]
+            assert lines and all(PROMETHEUS_SAMPLE.match(line) for line in lines), (x, path, body[:500])
 
 
 def test_fastemb_jobs_cli_needs_the_token(cluster, tmp_path):
