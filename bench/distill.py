@@ -189,18 +189,31 @@ def part_b(args, out: Path, six: dict) -> dict:
     return {"small": small, "speed": speed}
 
 
+def general_ndcg(report: dict, which: str = "tuned") -> float | None:
+    """nDCG@10 of a train report's model (``which``: base or tuned) on its general-domain set, or None without one."""
+    general = report.get("general") or {}
+    return (general.get(which) or {}).get("ndcg@10")
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
 def _arm_row(label: str, arm: list[dict]) -> str:
-    """A table row of one student arm: each metric's mean ± std over the seeds."""
+    """A table row of one student arm: each metric's mean ± std over the seeds (test split, then the general set)."""
     cells = [spread([r["tuned"][k] for r in arm], 4).split(" (")[0] for k in ("ndcg@10", "mrr@10", "recall@10")]
+    general = [general_ndcg(r) for r in arm]
+    cells.append("–" if None in general else spread(general, 4).split(" (")[0])
     return f"| {label} | {' | '.join(cells)} | {statistics.fmean(r['train_seconds'] for r in arm):.0f} |"
 
 
 def report_a(args, a: dict) -> str:
     t, m, runs = a["teacher"], a["mined"], a["runs"]
     c, d = runs["contrastive"][0], runs["distilled"][0]
-    rows = [("teacher all-mpnet-base-v2, zero-shot", t["base"], None),
-            (f"teacher all-mpnet-base-v2, tuned on the {args.pairs} pairs", t["tuned"], t["train_seconds"]),
-            ("student all-MiniLM-L6-v2, zero-shot", c["base"], None)]
+    rows = [("teacher all-mpnet-base-v2, zero-shot", t["base"], general_ndcg(t, "base"), None),
+            (f"teacher all-mpnet-base-v2, tuned on the {args.pairs} pairs", t["tuned"], general_ndcg(t),
+             t["train_seconds"]),
+            ("student all-MiniLM-L6-v2, zero-shot", c["base"], general_ndcg(c, "base"), None)]
     lines = [f"Pairs: a seeded sample of {args.pairs} WordNet train pairs. Teacher: all-mpnet-base-v2 tuned on them "
              f"(InfoNCE, in-batch negatives, 1 epoch, 2 workers x 32, lr {args.teacher_lr:g}, "
              f"{t['plan']['total_steps']} steps). Mining with the tuned teacher: {m['negatives_written']} negatives "
@@ -211,11 +224,13 @@ def report_a(args, a: dict) -> str:
              f"InfoNCE over in-batch + {args.negatives} mined negatives; the distilled one adds the KL term over "
              "the teacher's scores (stored once by the Ray Data teacher stage, "
              f"{(d.get('teacher_outputs') or {}).get('embed_s', float('nan')):.0f} s). "
-             "Test split: 2,000 queries x 20,000 definitions.", "",
-             "| model | test nDCG@10 | MRR@10 | recall@10 | training wall (s) |", "|---|---|---|---|---|"]
-    for label, mt, secs in rows:
+             f"Test split: 2,000 queries x 20,000 definitions. General: nDCG@10 on the general-domain set "
+             f"({(c.get('general') or {}).get('eval', 'none')}), at the exported length.", "",
+             "| model | test nDCG@10 | MRR@10 | recall@10 | general nDCG@10 | training wall (s) |",
+             "|---|---|---|---|---|---|"]
+    for label, mt, general, secs in rows:
         lines.append(f"| {label} | {mt['ndcg@10']:.4f} | {mt['mrr@10']:.4f} | {mt['recall@10']:.4f} | "
-                     f"{'–' if secs is None else f'{secs:.0f}'} |")
+                     f"{_cell(general)} | {'–' if secs is None else f'{secs:.0f}'} |")
     lines += [_arm_row("student, contrastive (InfoNCE, in-batch + mined negatives)", runs["contrastive"]),
               _arm_row("student, distilled from the tuned teacher (KL + InfoNCE)", runs["distilled"])]
     ours, theirs = ([r["tuned"]["ndcg@10"] for r in runs[k]] for k in ("distilled", "contrastive"))
@@ -248,12 +263,16 @@ def report_b(args, six: dict, b: dict) -> str:
              f"{small_recipe(args)[1]}, {args.small_epochs:g} epoch(s), 2 workers x 32, "
              f"lr {args.small_lr:g}, {small['plan']['total_steps']} steps, {small['train_seconds']:.0f} s. "
              f"Encode speed: fastemb's encoder, {args.speed_docs} test definitions, batch 128, max length 64, "
-             f"2 threads, {args.speed_rounds} interleaved rounds each (median). {pilot_words(args)}", "",
-             "| model | test nDCG@10 | MRR@10 | recall@10 | encode docs/s (rounds) |", "|---|---|---|---|---|",
+             f"2 threads, {args.speed_rounds} interleaved rounds each (median). {pilot_words(args)} General: nDCG@10 on the "
+             f"general-domain set ({(small.get('general') or {}).get('eval', 'none')}), at the exported length.", "",
+             "| model | test nDCG@10 | MRR@10 | recall@10 | general nDCG@10 | encode docs/s (rounds) |",
+             "|---|---|---|---|---|---|",
              f"| 6 layers (tuned) | {six['tuned']['ndcg@10']:.4f} | {six['tuned']['mrr@10']:.4f} | "
-             f"{six['tuned']['recall@10']:.4f} | {speed['6 layers']['median']:.0f} ({rounds('6 layers')}) |",
+             f"{six['tuned']['recall@10']:.4f} | {_cell(general_ndcg(six))} | {speed['6 layers']['median']:.0f} "
+             f"({rounds('6 layers')}) |",
              f"| 3 layers (distilled) | {small['tuned']['ndcg@10']:.4f} | {small['tuned']['mrr@10']:.4f} | "
-             f"{small['tuned']['recall@10']:.4f} | {speed['3 layers']['median']:.0f} ({rounds('3 layers')}) |", "",
+             f"{small['tuned']['recall@10']:.4f} | {_cell(general_ndcg(small))} | "
+             f"{speed['3 layers']['median']:.0f} ({rounds('3 layers')}) |", "",
              f"**The 3-layer student keeps {share:.1%} of the 6-layer model's test nDCG@10 (target ≥ 95%) and "
              f"encodes {ratio:.2f}x faster (target ≥ 1.8x).**"]
     return "\n".join(lines)
