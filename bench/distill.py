@@ -291,7 +291,8 @@ def pilot_words(args) -> str:
     """How the recipe was chosen: on dev by the pilot (its candidates' dev scores), or not chosen (the defaults)."""
     pilot = getattr(args, "pilot_summary", None)
     if not pilot:
-        return "Recipe: the script's defaults, not chosen by a dev pilot (run bench/distill_pilot.py, pass --pilot)."
+        return ("Recipe: the script's defaults (the dev pilot's last choice), not chosen by a dev pilot in this run "
+                "(run bench/distill_pilot.py, pass --pilot).")
     scores = "; ".join(f"{c['label']}: {c['dev_ndcg@10']:.4f}" for c in pilot["candidates"])
     return (f"Recipe chosen on the dev split by bench/distill_pilot.py ({pilot['steps']} steps each; dev nDCG@10 "
             f"{scores}); test is scored once, here.")
@@ -306,12 +307,13 @@ def main() -> int:
     ap.add_argument("--teacher-lr", type=float, default=5e-5)
     ap.add_argument("--student-lr", type=float, default=1e-4)
     ap.add_argument("--small-pairs", type=int, default=92659, help="pairs for the 3-layer student (default: all)")
-    ap.add_argument("--small-lr", type=float, default=2e-4)
+    # part B's recipe defaults: the one bench/distill_pilot.py chose on dev (RESULTS.md, "distillation: 3-layer student")
+    ap.add_argument("--small-lr", type=float, default=5e-4)
     ap.add_argument("--small-epochs", type=float, default=1.0)
     ap.add_argument("--mse-weight", type=float, default=500.0)
     ap.add_argument("--hidden-weight", type=float, default=0.0, help="hidden-state term of the 3-layer student (0: off)")
-    ap.add_argument("--kl", action=argparse.BooleanOptionalAction, default=False, help="3-layer student: KL term")
-    ap.add_argument("--infonce-weight", type=float, default=0.0, help="3-layer student: InfoNCE term (0: off)")
+    ap.add_argument("--kl", action=argparse.BooleanOptionalAction, default=True, help="3-layer student: KL term")
+    ap.add_argument("--infonce-weight", type=float, default=1.0, help="3-layer student: InfoNCE term (0: off)")
     ap.add_argument("--speed-docs", type=int, default=5000)
     ap.add_argument("--speed-rounds", type=int, default=3)
     ap.add_argument("--six", help="report.json of the tuned 6-layer model for part B (default: part A's distilled "
