@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.results import code_fingerprint, record_run, reusable, spread, verdict, write_section  # noqa: E402
+from bench.results import cell, code_fingerprint, record_run, reusable, spread, verdict, write_section  # noqa: E402
 from fastemb.logs import configure as configure_logging  # noqa: E402
 from fastemb.spec import load_spec  # noqa: E402
 
@@ -195,10 +195,6 @@ def general_ndcg(report: dict, which: str = "tuned") -> float | None:
     return (general.get(which) or {}).get("ndcg@10")
 
 
-def _cell(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4f}"
-
-
 def _arm_row(label: str, arm: list[dict]) -> str:
     """A table row of one student arm: each metric's mean ± std over the seeds (test split, then the general set)."""
     cells = [spread([r["tuned"][k] for r in arm], 4).split(" (")[0] for k in ("ndcg@10", "mrr@10", "recall@10")]
@@ -230,7 +226,7 @@ def report_a(args, a: dict) -> str:
              "|---|---|---|---|---|---|"]
     for label, mt, general, secs in rows:
         lines.append(f"| {label} | {mt['ndcg@10']:.4f} | {mt['mrr@10']:.4f} | {mt['recall@10']:.4f} | "
-                     f"{_cell(general)} | {'–' if secs is None else f'{secs:.0f}'} |")
+                     f"{cell(general)} | {'–' if secs is None else f'{secs:.0f}'} |")
     lines += [_arm_row("student, contrastive (InfoNCE, in-batch + mined negatives)", runs["contrastive"]),
               _arm_row("student, distilled from the tuned teacher (KL + InfoNCE)", runs["distilled"])]
     ours, theirs = ([r["tuned"]["ndcg@10"] for r in runs[k]] for k in ("distilled", "contrastive"))
@@ -268,10 +264,10 @@ def report_b(args, six: dict, b: dict) -> str:
              "| model | test nDCG@10 | MRR@10 | recall@10 | general nDCG@10 | encode docs/s (rounds) |",
              "|---|---|---|---|---|---|",
              f"| 6 layers (tuned) | {six['tuned']['ndcg@10']:.4f} | {six['tuned']['mrr@10']:.4f} | "
-             f"{six['tuned']['recall@10']:.4f} | {_cell(general_ndcg(six))} | {speed['6 layers']['median']:.0f} "
+             f"{six['tuned']['recall@10']:.4f} | {cell(general_ndcg(six))} | {speed['6 layers']['median']:.0f} "
              f"({rounds('6 layers')}) |",
              f"| 3 layers (distilled) | {small['tuned']['ndcg@10']:.4f} | {small['tuned']['mrr@10']:.4f} | "
-             f"{small['tuned']['recall@10']:.4f} | {_cell(general_ndcg(small))} | "
+             f"{small['tuned']['recall@10']:.4f} | {cell(general_ndcg(small))} | "
              f"{speed['3 layers']['median']:.0f} ({rounds('3 layers')}) |", "",
              f"**The 3-layer student keeps {share:.1%} of the 6-layer model's test nDCG@10 (target ≥ 95%) and "
              f"encodes {ratio:.2f}x faster (target ≥ 1.8x).** {general_words(six, small)}"]

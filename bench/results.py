@@ -37,6 +37,11 @@ def write_section(name: str, body: str, command: str | None = None) -> Path:
 
 
 # ------------------------------------------------------------------------------- spread and verdicts
+def cell(value: float | None, digits: int = 4) -> str:
+    """A table cell: the figure, or "–" where nothing was measured."""
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     values = [float(v) for v in values]

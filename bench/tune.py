@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.results import write_section  # noqa: E402
+from bench.results import cell, write_section  # noqa: E402
 from fastemb.spec import load_spec  # noqa: E402
 from fastemb.tune.job import run_tune  # noqa: E402
 from fastemb.tune.tuner import METRIC  # noqa: E402
@@ -85,10 +85,6 @@ def run_both(args) -> dict[str, dict]:
     return runs
 
 
-def _fmt(v) -> str:
-    return "–" if v is None else f"{v:.4f}"
-
-
 def report(runs: dict[str, dict], args) -> str:
     """Markdown: one row per scheduler, the ratio, and both trial tables."""
     lines = ["| scheduler | wall (s) | dev evaluations | stopped early | winner (temperature, lr, batch, negatives, "
@@ -106,13 +102,13 @@ def report(runs: dict[str, dict], args) -> str:
         test = (f"{t['winner']['ndcg@10']:.4f} vs {t['default']['ndcg@10']:.4f} ({t['winner']['compression_x']:.0f}×;"
                 f" default {t['default']['setting_name']})" if t else "–")
         lines.append(f"| {name} | {s['wall_s']:.0f} | {evals} | {stopped}/{len(rows)} | {params} | "
-                     f"{_fmt(w.get(METRIC))} | {_fmt(w.get('dev_ndcg@10'))} | {_fmt(d.get(METRIC))} | "
-                     f"{_fmt(d.get('dev_ndcg@10'))} | {'–' if gain is None else f'{gain:+.4f}'} | {test} | "
+                     f"{cell(w.get(METRIC))} | {cell(w.get('dev_ndcg@10'))} | {cell(d.get(METRIC))} | "
+                     f"{cell(d.get('dev_ndcg@10'))} | {'–' if gain is None else f'{gain:+.4f}'} | {test} | "
                      f"{'–' if not t else format(t['gain_ndcg@10'], '+.4f')} |")
     asha, fifo = runs["asha"], runs["none"]
     lines += ["", f"**Wall-time ratio ASHA / run-to-completion: {asha['wall_s'] / fifo['wall_s']:.2f}×**; "
-              f"winner {METRIC}: ASHA {_fmt((asha['winner'] or {}).get(METRIC))} vs "
-              f"run-to-completion {_fmt((fifo['winner'] or {}).get(METRIC))}.", ""]
+              f"winner {METRIC}: ASHA {cell((asha['winner'] or {}).get(METRIC))} vs "
+              f"run-to-completion {cell((fifo['winner'] or {}).get(METRIC))}.", ""]
     if asha.get("test"):
         g = asha["test"]["gain_ndcg@10"]
         lines += [f"**TEST split, ASHA winner − default at {asha['test']['winner']['compression_x']:.0f}× compression: "
