@@ -53,6 +53,7 @@ class RowReport:
     truncated: Counter = field(default_factory=Counter)  # kept rows cut to a limit (long documents), by what
     by_language: dict = field(default_factory=dict)  # parallel text: per language, what was drawn (data/parallel.py)
     views: Counter = field(default_factory=Counter)  # multi-view items kept with a flaw, by what (data/multi_view.py)
+    captions_removed: int = 0  # image-text rows: bad captions removed from a kept list (data/images.py)
 
     def as_dict(self) -> dict:
         out = {"read": self.read, "kept": self.kept, "skipped": dict(self.skipped),
@@ -63,6 +64,8 @@ class RowReport:
             out["by_language"] = self.by_language
         if self.views:
             out["views"] = dict(self.views)
+        if self.captions_removed:
+            out["captions_removed"] = self.captions_removed
         return out
 
     def summary(self) -> str:
