@@ -159,8 +159,8 @@ def _captions(value, report: RowReport) -> list[str] | str:
     if not isinstance(value, (list, tuple)):
         return "caption_type"
     good = [c for c in value if bad_text_reason(c) is None]
-    report.captions_removed += len(value) - len(good)
     if good:
+        report.captions_removed += len(value) - len(good)
         return good
     return "caption_type" if value and not any(isinstance(c, str) for c in value) else "missing_caption"
 
