@@ -5,9 +5,10 @@ Sources (``--sources``, all by default):
 - ``tuxpaint``: Tux Paint's stamps (``tuxpaint-stamps-default``, /usr/share/tuxpaint/stamps: about 800 PNG and 250
   SVG clip-art images, photos and drawings). Caption: the English description, the first line of the ``.txt``
   beside the image ("A frog."); translations: its ``xx.utf8=`` lines (about 75 languages). A ``*_mirror`` image
-  without a ``.txt`` takes its original's. SVGs are rendered only where ``cairosvg`` can be imported (it is not a
-  dependency of fastemb); otherwise they are dropped as ``svg_no_renderer``. An SVG with a PNG of the same name is
-  dropped (``svg_with_png``); an image without a description is dropped (``no_description``).
+  without a ``.txt`` takes its original's. SVGs are drawn only where ``cairosvg`` can be imported (``pip install
+  cairosvg``, with Debian's ``libcairo2``; not a dependency of fastemb), in its safe mode (``svg_render_failed``
+  where it refuses); otherwise they are dropped as ``svg_no_renderer`` (165 of about 250). An SVG with a PNG of the
+  same name is dropped (``svg_with_png``); an image without a description is dropped (``no_description``).
 - ``emoji``: every emoji that Unicode CLDR names (``unicode-cldr-core``: ``annotations`` and ``annotationsDerived``,
   skin tones and sequences included), drawn with Pillow from Noto Color Emoji (``fonts-noto-color-emoji``, a bitmap
   font: size 109, ``embedded_color``, sequences shaped with libraqm). Captions: the CLDR name ("red apple"), then its
@@ -181,11 +182,21 @@ def _draw_file(path: Path, max_side: int) -> Callable[[], Image.Image]:
     def draw() -> Image.Image:
         data = path.read_bytes()
         if path.suffix == ".svg":
-            import cairosvg
-
-            data = cairosvg.svg2png(bytestring=data, output_width=max_side * 2)
+            data = render_svg(data, max_side * 2)
         return decode_image(data)
     return draw
+
+
+def render_svg(data: bytes, width: int) -> bytes:
+    """PNG bytes of an SVG drawn ``width`` pixels wide by cairosvg in its safe mode (no XML entities, no external
+    files); what it cannot draw is ``svg_render_failed``."""
+    import cairosvg
+
+    try:
+        return cairosvg.svg2png(bytestring=data, output_width=width)
+    except Exception as err:  # noqa: BLE001 - cairosvg and its XML parsers raise many kinds; each is one drop
+        logger.debug(f"SVG not drawn: {type(err).__name__}: {err}")
+        raise ImageError("svg_render_failed", type(err).__name__) from None
 
 
 def svg_renderer() -> bool:
