@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from fastemb.data.build_images import SPLITS, emoji_items, emoji_keys, SourceReport, stamp_items
+from fastemb.data.build_images import SPLITS, SourceReport, emoji_items, emoji_keys, stamp_items
 from fastemb.data.images import ImageError, check_image, decode_image, load_image_text
 from fastemb.data.pairs import DataError
 

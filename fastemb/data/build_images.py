@@ -166,7 +166,7 @@ def read_stamp_text(path: Path) -> tuple[str, dict[str, str]]:
 
 
 def stamp_stem(stem: str) -> str:
-    """A stamp's name without digits, ``_mirror`` and variant words: ``frog-1`` → ``frog``, ``6_saturn`` → ``saturn``."""
+    """A stamp's name less digits, ``_mirror`` and variant words: ``frog-1`` → ``frog``, ``6_saturn`` → ``saturn``."""
     words = [w for w in re.split(r"[\W_\d]+", stem.lower()) if w and w not in VARIANT_WORDS]
     return "_".join(words)
 

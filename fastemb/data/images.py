@@ -79,7 +79,7 @@ def _open(data: bytes, max_bytes: int, max_pixels: int, formats: Iterable[str]) 
         raise ImageError("corrupt", "not an image Pillow knows") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError("corrupt", str(err)) from None
-    if im.format not in formats:
+    if ("JPEG" if im.format == "MPO" else im.format) not in formats:  # MPO: a camera's JPEG with a second frame
         raise ImageError("unsupported_format", str(im.format))
     if im.width * im.height > max_pixels:
         raise ImageError("too_many_pixels", f"{im.width}x{im.height} > {max_pixels} pixels")
