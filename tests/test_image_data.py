@@ -162,6 +162,14 @@ def test_bad_images_and_captions_are_skipped_and_counted_by_reason(tmp_path):
     assert by_id["p1"]["concept"] == "p1" and decode_image(by_id["p1"]["image"]).getpixel((0, 0)) == (0, 200, 0)
 
 
+def test_a_built_folder_loads_without_its_stats(built):
+    rows, report = load_image_text(built)  # stats.json beside the parquet files is not data
+    stats = json.loads((built / "stats.json").read_text())
+    assert report.read == len(rows) == sum(s["images"] for s in stats["splits"].values()) and not report.skipped
+    test = {r["id"]: r for r in load_image_text(built / "test.parquet")[0]}
+    assert all(r["concept"].startswith(("tuxpaint:", "emoji:", "flag")) for r in test.values())
+
+
 def test_decode_limits_and_transparency():
     assert decode_image(_png(color=(0, 0, 0, 0))).getpixel((3, 3)) == (255, 255, 255)  # alpha on white
     assert check_image(_png((100, 100)), max_bytes=50) == "too_many_bytes"

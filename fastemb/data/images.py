@@ -187,6 +187,16 @@ def _kept_row(row: dict, data: bytes, captions: list[str]) -> dict:
             "concept": str(concept) if concept is not None and str(concept) else rid}
 
 
+def _parquet_files(path: Path) -> list[Path]:
+    """``path``, or the parquet files of a folder (a built set's ``stats.json`` beside them is not data)."""
+    if not path.is_dir():
+        return _files(path)
+    files = sorted(path.rglob("*.parquet"))
+    if not files:
+        raise DataError(f"{path}: folder holds no .parquet files")
+    return files
+
+
 def load_image_text(path: str | Path, *, max_rows: int | None = None, seed: int = 42,
                     caption_column: str = "captions", image_column: str = "image",
                     max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS,
@@ -197,7 +207,7 @@ def load_image_text(path: str | Path, *, max_rows: int | None = None, seed: int 
     report = RowReport()
     kept: list[dict] = []
     check = _image_text_columns(caption_column, image_column)
-    for file in _files(path):
+    for file in _parquet_files(path):
         for row in read_rows(file, report, check):
             captions = _captions(row.get(caption_column), report)
             data = _image_bytes(row, image_column, file.parent) if not isinstance(captions, str) else captions
