@@ -122,6 +122,7 @@ class Item:
 
 @dataclass
 class SourceReport:
+    """A source's files or names found (``candidates``) and those not kept, by reason."""
     candidates: int = 0
     dropped: Counter = field(default_factory=Counter)
 
@@ -129,7 +130,8 @@ class SourceReport:
 # ---------------------------------------------------------------------------------------------------- concepts
 
 def assign_concepts(items: list[Item], prefix: str) -> None:
-    """Union the items sharing a key; each item's concept is ``prefix`` + the first key of its group's first item."""
+    """Union the items sharing a key; each item's concept is ``prefix`` + the first key of its group's first item
+    (a ``flag:`` key without the prefix)."""
     parent: dict[str, str] = {}
 
     def root(k: str) -> str:
@@ -143,7 +145,8 @@ def assign_concepts(items: list[Item], prefix: str) -> None:
             parent[root(k)] = root(it.keys[0])
     label: dict[str, str] = {}
     for it in items:
-        it.concept = label.setdefault(root(it.keys[0]), it.keys[0] if ":" in it.keys[0] else prefix + it.keys[0])
+        first = it.keys[0]  # a flag's concept is shared by its emoji and its flag image: no source prefix
+        it.concept = label.setdefault(root(first), first if first.startswith("flag:") else prefix + first)
 
 
 def fold(text: str) -> str:
