@@ -113,3 +113,32 @@ def language_bars(rows: list[dict], path: str | Path, title: str = "translation 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def image_grid(queries: list[str], images: list[list], hits: list[list[bool]], path: str | Path,
+               title: str = "text → image: top 5") -> Path:
+    """One row per text query: the query, then its top images (PIL) left to right, relevant ones framed green and
+    others red."""
+    cols = max((len(row) for row in images), default=1)
+    fig, axes = plt.subplots(len(queries), cols + 1, figsize=(1.6 * (cols + 1) + 1.6, 1.6 * len(queries)),
+                             squeeze=False, gridspec_kw={"width_ratios": [2.2] + [1] * cols})
+    for r, (query, row, row_hits) in enumerate(zip(queries, images, hits)):
+        axes[r][0].text(0.98, 0.5, query if len(query) <= 60 else query[:57] + "...", ha="right", va="center",
+                        wrap=True, fontsize=8)
+        axes[r][0].axis("off")
+        for c in range(cols):
+            ax = axes[r][c + 1]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(row):
+                ax.axis("off")
+                continue
+            ax.imshow(row[c])
+            for side in ax.spines.values():
+                side.set_edgecolor("tab:green" if row_hits[c] else "tab:red")
+                side.set_linewidth(3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)

@@ -17,14 +17,16 @@ from fastemb.spec.paths import (LIST_ITEM, absolute_inputs, get_dotted, path_fie
 from fastemb.submit import build_submission
 
 # What an optional section needs besides the field under test to be valid (a list section gets one item).
-SECTION_NEEDS = {"distill": {"kl": {}}, "tasks.*": {"name": "t"}, "multilingual": {"languages": ["de"]}}
+SECTION_NEEDS = {"distill": {"kl": {}}, "tasks.*": {"name": "t"}, "multilingual": {"languages": ["de"]},
+                 "image_text": {}}
 # What an optional section needs beside it (keys of the section's parent).
-SIBLING_NEEDS = {"multilingual": {"distill": {"embedding_mse": {"target": "positive"}}}}
+SIBLING_NEEDS = {"multilingual": {"distill": {"embedding_mse": {"target": "positive"}}},
+                 "image_text": {"data": {"format": "image_text"}}}
 JOB_NEEDS = {"search": {"queries": ["q"], "index_dir": "an-index"},  # required fields
              "merge": {"models": [{"path": "tuned"}, {"path": "base"}]}, "feedback": {"corpus": "wordnet:test"}}
 # Sections a job type refuses whatever they hold (their fields can never reach a job of that type).
-REFUSED_SECTIONS = {"tune": ("distill.", "tasks.", "multilingual."),
-                    "demo": ("tune.distill.", "tune.tasks.", "tune.multilingual.")}
+REFUSED_SECTIONS = {"tune": ("distill.", "tasks.", "multilingual.", "image_text."),
+                    "demo": ("tune.distill.", "tune.tasks.", "tune.multilingual.", "tune.image_text.")}
 # The fields issue 14 found unhandled by `fastemb submit`: they must stay declared (a floor, not the list used).
 MUST_BE_HANDLED = {"train": {"distill.teacher", "tasks.0.data", "continual.registry", "model.new_tokens",
                              "general.eval"},

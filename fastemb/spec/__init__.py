@@ -21,8 +21,8 @@ from fastemb.spec.serve import (ABSpec, ArmSpec, AutoscalingSpec, BatchingSpec, 
                                 ServeJob)
 from fastemb.spec.static import StaticJob
 from fastemb.spec.train import (AttentionTerm, ContinualSpec, DistillSpec, EmbeddingMSETerm, ExportSpec, HiddenStateTerm,
-                                KLTerm, LongDocsSpec, MarginMSETerm, MultilingualSpec, MultiViewSpec, NegativePoolSpec,
-                                TaskSpec, TrainJob, TrainSpec)
+                                ImageTextSpec, KLTerm, LongDocsSpec, MarginMSETerm, MultilingualSpec, MultiViewSpec,
+                                NegativePoolSpec, TaskSpec, TrainJob, TrainSpec)
 from fastemb.spec.tune import SearchSpace, TuneJob, TuneSpec
 
 __all__ = [
@@ -31,8 +31,7 @@ __all__ = [
     "EmbeddingMSETerm", "EvalJob", "EvalSetSpec", "ExportSpec", "FeedbackJob", "GeneralEvalSpec", "HiddenStateTerm",
     "IndexEvalSpec", "IndexJob", "IndexSpec", "IngressSpec", "JOB_TYPES", "KLTerm", "LimitsSpec", "LongDocsSpec",
     "LossSpec", "MarginMSETerm",
-    "MergeInput", "MergeJob", "MergeSpec", "MineJob", "MinePairsSpec", "MiningSpec",
-    "ModelSpec", "MultilingualSpec", "MultiViewSpec", "NegativePoolSpec",
+    "ImageTextSpec", "MergeInput", "MergeJob", "MergeSpec", "MineJob", "MinePairsSpec", "MiningSpec", "ModelSpec", "MultilingualSpec", "MultiViewSpec", "NegativePoolSpec",
     "NegativeRulesSpec", "RayRunSpec", "ReplicaSpec", "RunJob", "SearchJob",
     "SPEC_FILE", "SearchSpace", "Section", "ServeJob", "SpecError", "StaticJob", "StudentModelSpec", "TaskSpec",
     "TrackingSpec", "TrainJob", "TrainSpec", "TuneJob", "TuneSpec", "URI_STORAGE_JOBS", "VERBS", "apply_overrides",

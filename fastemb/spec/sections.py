@@ -131,11 +131,12 @@ class DataSpec(EvalSetSpec):
     train: str = input_path("wordnet", description="'wordnet' (shipped) or a pairs file/folder (parquet or jsonl); "
                                                    "with format raw: 'wordnet' (the definitions) or a text "
                                                    "file/folder")
-    format: Literal["pairs", "raw", "long_docs", "multi_view"] = Field(
+    format: Literal["pairs", "raw", "long_docs", "multi_view", "image_text"] = Field(
         "pairs", description="raw: unlabeled text, each text its own positive (SimCSE-style domain pre-training, "
         "fastemb/data/raw_text.py); long_docs: (query, document or chunks) rows trained with the hierarchical loss "
         "(fastemb/data/long_docs.py; the job's long_docs section); multi_view: (query, views of an item) rows trained "
-        "with the multi-view loss (fastemb/data/multi_view.py; the job's multi_view section)")
+        "with the multi-view loss (fastemb/data/multi_view.py; the job's multi_view section); image_text: images with "
+        "captions (fastemb/data/images.py; the job's image_text section)")
     text_column: str = Field("text", min_length=1, description="format raw (and simcse tasks): the column "
                                                                 "holding the texts")
     max_pairs: int | None = Field(None, gt=0, description="use at most this many pairs (raw: texts; seeded sample)")

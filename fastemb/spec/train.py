@@ -226,6 +226,46 @@ class MultiViewSpec(Section):
                 "item_score": self.item_score, "fuse": self.fuse}
 
 
+class ImageTextSpec(Section):
+    """Image–text alignment (``data.format: image_text``): a two-tower model (fastemb/model/image_text.py: the text
+    encoder of ``model.base`` and an image tower, each projected into one space) trained with the symmetric
+    image–text InfoNCE loss (fastemb/losses/clip.py), images decoded and augmented on Ray Data
+    (fastemb/data/image_stream.py), evaluated text → image and image → text (fastemb/eval/image_text.py)."""
+    vision: str = input_path("builtin", description="'builtin' (a small ConvNeXt trained from scratch) or a local "
+                             "transformers vision model folder with its preprocessor_config.json (CLIP vision, ViT, "
+                             "ConvNeXt, ...)")
+    image_size: int = Field(64, ge=16, le=1024, description="builtin tower: pictures resized to this square")
+    widths: list[int] = Field([32, 64, 128, 256], min_length=1, max_length=8, description="builtin tower: channels "
+                              "of each ConvNeXt stage")
+    depths: list[int] = Field([2, 2, 2, 2], min_length=1, max_length=8, description="builtin tower: blocks per stage")
+    dim: int | None = Field(None, gt=0, le=8192, description="width of the shared space (default: the text "
+                            "encoder's; then the text projection starts as the identity)")
+    freeze: Literal["none", "text", "image"] = Field("none", description="text: the pretrained text tower locked "
+                                                     "(LiT, Zhai et al. 2022, locks the pretrained tower); image: the "
+                                                     "image tower locked (the frozen-random-tower ablation); none: "
+                                                     "both train. Projections always train")
+    text_lr_scale: float = Field(0.05, gt=0, le=1, description="the text tower's learning rate is train.lr times "
+                                 "this (it starts pretrained; the image tower and projections train at train.lr)")
+    augment: bool = Field(True, description="training images: a random crop of 70-100 % of the area (aspect kept "
+                          "within 3/4-4/3); no flips (flags and writing would read wrong)")
+    max_image_bytes: int = Field(20_000_000, gt=0, description="larger encoded images are skipped and counted")
+    max_pixels: int = Field(40_000_000, gt=0, description="images with more pixels (decompression bombs) are "
+                            "skipped and counted")
+    eval_images: int | None = Field(None, gt=0, description="evaluations: at most this many images per split")
+    decode_cpus: float = Field(0.0, ge=0, le=64, description="CPUs each Ray Data decoding task reserves; 0 (the "
+                               "default) lets them run beside training workers that hold every CPU of a small "
+                               "cluster; on a cluster with spare CPUs reserve some")
+
+    @model_validator(mode="after")
+    def _stages(self) -> "ImageTextSpec":
+        if len(self.widths) != len(self.depths):
+            raise ValueError(f"image_text.depths: {len(self.depths)} stages but image_text.widths has "
+                             f"{len(self.widths)}; give one depth per width")
+        if any(v <= 0 for v in self.widths + self.depths):
+            raise ValueError("image_text.widths/depths: every entry must be > 0")
+        return self
+
+
 class TrainSpec(Section):
     """Optimisation and distribution (Ray Train workers driving DeepSpeed)."""
     num_workers: int = Field(2, ge=1, le=4096)
@@ -334,6 +374,8 @@ class TrainJob(RunJob):
                                              "weights and item scoring (needs data.format: multi_view)")
     multilingual: MultilingualSpec | None = Field(None, description="multilingual distillation on parallel text "
                                                   "(data.train: english, translation, language)")
+    image_text: ImageTextSpec | None = Field(None, description="image–text alignment: the image tower, freezing, "
+                                             "augmentation and image limits (needs data.format: image_text)")
     export: ExportSpec = ExportSpec()
     general: GeneralEvalSpec | None = Field(GeneralEvalSpec(), description="a general-domain set scored for the "
                                             "base and the tuned model in the report; null: none")
@@ -402,6 +444,30 @@ class TrainJob(RunJob):
             if value:
                 raise ValueError(f"{field}: not with data.format: multi_view (the multi-view loss takes each item's "
                                  "views, the other items' views are its negatives)")
+        return self
+
+    @model_validator(mode="after")
+    def _image_text(self) -> TrainJob:
+        given = self.data.format == "image_text"
+        if given != (self.image_text is not None):
+            raise ValueError("image_text: data.format: image_text and the image_text section go together; "
+                             + ("add an image_text section (defaults: image_text: {})" if given else
+                                "set data.format: image_text"))
+        if not given:
+            return self
+        for field, value in (("tasks", self.tasks), ("distill", self.distill), ("negatives_pool", self.negatives_pool),
+                             ("loss.hard_negatives", self.loss.hard_negatives),
+                             ("loss.matryoshka_dims", self.loss.matryoshka_dims),
+                             ("train.cache_mini_batch", self.train.cache_mini_batch),
+                             ("multilingual", self.multilingual), ("long_docs", self.long_docs),
+                             ("multi_view", self.multi_view), ("continual", self.continual),
+                             ("export.merge", self.export.merge), ("export.int8", self.export.int8),
+                             ("model.adapters", self.model.adapters), ("model.new_tokens", self.model.new_tokens)):
+            if value:
+                raise ValueError(f"{field}: not with data.format: image_text (pairs of an image and its captions, "
+                                 "the other pairs' images and captions are the negatives)")
+        if self.train.zero_stage == 3:
+            raise ValueError("train.zero_stage: 3 is not supported with image_text; use 0, 1 or 2")
         return self
 
     @model_validator(mode="after")

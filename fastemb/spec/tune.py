@@ -81,9 +81,9 @@ class TuneJob(TrainJob):
         if self.distill is not None:
             raise ValueError("distill: not supported by fastemb tune (teacher outputs are computed by fastemb train); "
                              "tune a contrastive job, then distil from its winner")
-        for field in ("tasks", "negatives_pool"):
+        for field in ("tasks", "negatives_pool", "image_text"):
             if getattr(self, field) is not None:
-                raise ValueError(f"{field}: not supported by fastemb tune; tune a single-task job without it")
+                raise ValueError(f"{field}: not supported by fastemb tune; tune a single-task text job without it")
         return self
 
     @model_validator(mode="after")

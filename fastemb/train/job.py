@@ -137,6 +137,10 @@ def run_train(spec: TrainJob) -> dict:
 
 def _train(spec: TrainJob, tracker: Tracker, t0: float) -> dict:
     """Base evaluation, training (or the result of a run that already finished), export and evaluation; the report."""
+    if spec.image_text:  # images with captions: the two-tower model's own evaluation (fastemb/train/image_text_job.py)
+        from fastemb.train.image_text_job import train_image_text
+
+        return train_image_text(spec, tracker, t0)
     start = None
     if spec.continual:
         from fastemb.train.continual import start_from_registry
@@ -233,7 +237,11 @@ def _publish(spec: TrainJob, report: dict, tracker: Tracker) -> None:
 
 def cli_summary(report: dict) -> dict:
     """What ``fastemb train`` prints: base and tuned test nDCG@10 in-domain and general, the model folder, its
-    length (and the merge weight, the registry outcome)."""
+    length (and the merge weight, the registry outcome); an image–text run's figures per direction and split."""
+    if report.get("image_text"):
+        from fastemb.train.image_text_job import image_text_summary
+
+        return image_text_summary(report)
     out = {"base_ndcg@10": report["base"]["ndcg@10"], "tuned_ndcg@10": report["tuned"]["ndcg@10"],
            "delta": report["delta"]["ndcg@10"], "model_dir": report["model_dir"],
            "max_seq_length": report["lengths"]["export"]}

@@ -51,18 +51,24 @@ def _build_engine(spec, total_steps: int, accelerator=None, device_index: int | 
     from fastemb.train.schedule import warmup_decay
 
     m = spec.model
-    encoder = Encoder.from_spec(m)
-    cut_to_student(encoder.transformer, m.keep_layers, m.num_layers)
+    if spec.image_text:  # the two-tower model (fastemb/model/image_text.py), the same initialisation on every rank
+        from fastemb.model.image_text import ImageTextModel
+
+        model = encoder = ImageTextModel.from_spec(spec)
+    else:
+        encoder = Encoder.from_spec(m)
+        cut_to_student(encoder.transformer, m.keep_layers, m.num_layers)
+        model = encoder
     if m.new_tokens or m.adapters:  # domain tokens, adapters with the base frozen (fastemb/model/domain.py)
         from fastemb.model.domain import adapt_encoder
 
         adapt_encoder(encoder, m)
-    model = encoder
     if spec.distill:  # the student plus the distillation losses' projections: one optimizer, one checkpoint
         from fastemb.train.distill import build_distill_model
 
         model = build_distill_model(spec, encoder)
-    optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr)  # trainable parameters only
+    slower = {"text.": t.lr * spec.image_text.text_lr_scale} if spec.image_text else None
+    optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay, slower), lr=t.lr)  # trainable parameters only
     scheduler = warmup_decay(optimizer, total_steps, t.warmup_ratio, t.schedule)
     preload_cpu_comm_op()
     precision = training_precision(t.precision, accelerator.device)
@@ -92,8 +98,14 @@ def _dev_eval(engine, spec, compression: dict | None) -> dict:
 
     from fastemb.train.tasks import long_docs_eval, multi_view_eval
 
-    dev = load_eval_set(spec.data.eval, "dev", spec.data.dev_queries, spec.data.dev_corpus)
     student = _student(engine)
+    if spec.image_text:  # text → image and image → text on the dev split's unseen concepts
+        from fastemb.eval.image_text import evaluate_image_text, load_split
+
+        m = evaluate_image_text(student, load_split(spec.data.eval, "dev", spec.image_text))
+        return {"dev_ndcg@10": m["text_to_image"]["ndcg@10"], "dev_recall@10": m["text_to_image"]["recall@10"],
+                "dev_recall@10_image_to_text": m["image_to_text"]["recall@10"]}
+    dev = load_eval_set(spec.data.eval, "dev", spec.data.dev_queries, spec.data.dev_corpus)
     if spec.long_docs:  # documents scored from their chunks (fastemb/eval/long_docs.py)
         from fastemb.eval.long_docs import evaluate_long_docs
 
@@ -210,7 +222,7 @@ def _start(spec, config: dict, rank: int, world: int, checkpoint, accelerator) -
     _refresh_pools(engine, pools, [key for key, pool in pools.items() if pool.needs_mining], state, rank)
     done = micro_batches_done(schedule, state.micro, len(tasks))
     streams = [task_stream(ray.train.get_dataset_shard(task.key), t, config["micro_steps_per_task_epoch"][task.key],
-                           done[i], i) for i, task in enumerate(tasks)]
+                           done[i], i, by_length=task.kind != "image_text") for i, task in enumerate(tasks)]
     progress = ProgressLine(total_steps, t.micro_batch_size * t.grad_accum * world, t.log_every, state.step,
                             verbose=rank == 0)
     engine.train()
@@ -297,7 +309,8 @@ def _micro_step(w: Worker, state: TrainState):
     batch = next(w.streams[index])
     if task.key in w.pools:
         batch = w.pools[task.key].apply(batch)
-    ids = {name: torch.from_numpy(v) for name, v in batch_hashes(batch, task.loss.hard_negatives).items()}
+    ids = {} if task.kind == "image_text" else {  # the image–text objective hashes concepts and captions itself
+        name: torch.from_numpy(v) for name, v in batch_hashes(batch, task.loss.hard_negatives).items()}
     objective = w.objectives[index]
     if w.spec.train.cached:
         from fastemb.train.grad_cache import cached_backward

@@ -14,13 +14,16 @@ from fastemb.model.new_tokens import TRAINABLE_FROM
 NO_DECAY = ("bias", "LayerNorm")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups of ``model``'s trainable parameters (empty groups dropped)."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, lr_by_prefix: dict[str, float] | None = None) -> list[dict]:
+    """AdamW groups of ``model``'s trainable parameters (empty groups dropped). ``lr_by_prefix``: parameters whose name
+    starts with a key get that learning rate (an image–text model's pretrained text tower trains slower than its
+    image tower from scratch); the others the optimizer's."""
+    groups: dict[tuple[bool, float | None], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         skip = any(k in name for k in NO_DECAY) or hasattr(p, TRAINABLE_FROM)
-        (no_decay if skip else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+        lr = next((v for prefix, v in (lr_by_prefix or {}).items() if name.startswith(prefix)), None)
+        groups.setdefault((skip, lr), []).append(p)
+    return [{"params": params, "weight_decay": 0.0 if skip else weight_decay, **({"lr": lr} if lr is not None else {})}
+            for (skip, lr), params in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0.0))]

@@ -11,9 +11,10 @@ Kinds: ``pairs`` (query, positive[, negatives]; InfoNCE with the task's loss, an
 task has ``distill: true``), ``simcse`` (raw text, ``fastemb.data.raw_text``: each text is its own positive, the
 two views differ by dropout; in-batch negatives) and ``long_docs`` (a query and its document's chunks,
 ``fastemb.data.long_docs``; the hierarchical loss, ``LongDocObjective``) and ``multi_view`` (a query and its item's
-views, ``fastemb.data.multi_view``; the multi-view loss, ``MultiViewObjective``). A single-task job with
+views, ``fastemb.data.multi_view``; the multi-view loss, ``MultiViewObjective``) and ``image_text`` (an image and its
+captions, ``fastemb.data.images``; the symmetric image–text loss, ``ImageTextObjective``). A single-task job with
 ``data.format: raw`` is a simcse task, with ``data.format: long_docs`` a long_docs task, with ``data.format:
-multi_view`` a multi_view task.
+multi_view`` a multi_view task, with ``data.format: image_text`` an image_text task.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ class Task:
 def job_tasks(spec: TrainJob) -> list[Task]:
     """The job's tasks; a job without ``tasks`` is the single task ``train``."""
     if not spec.tasks:
-        kind = {"raw": "simcse", "long_docs": "long_docs", "multi_view": "multi_view"}.get(spec.data.format, "pairs")
+        kind = {"raw": "simcse", "long_docs": "long_docs", "multi_view": "multi_view",
+                "image_text": "image_text"}.get(spec.data.format, "pairs")
         return [Task("train", "train", kind, spec.data.train, spec.data.max_pairs, 1.0, spec.loss,
                      spec.distill is not None)]
     return [Task(t.name, f"train_{t.name}", t.kind, t.data, t.max_pairs, t.weight, t.effective_loss(spec.loss),
@@ -98,6 +100,12 @@ def load_task_pairs(spec: TrainJob, task: Task) -> tuple[list[dict], RowReport]:
         from fastemb.data.multi_view import load_multi_view
 
         return load_multi_view(task.data, spec.multi_view.views, task.max_pairs, seed)
+    if task.kind == "image_text":
+        from fastemb.data.images import load_image_text
+
+        it = spec.image_text
+        return load_image_text(task.data, max_rows=task.max_pairs, seed=seed, max_bytes=it.max_image_bytes,
+                               max_pixels=it.max_pixels)
     if spec.multilingual is not None:  # parallel text: (translation, english) pairs sampled per language
         from fastemb.data.parallel import load_parallel_pairs
 
@@ -130,17 +138,19 @@ def task_schedule(weights: list[float], n_micro: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, 7177]).choice(len(w), size=n_micro, p=w / w.sum())
 
 
-def task_stream(shard, t: TrainSpec, per_epoch: int, done: int, task_index: int) -> Iterator[list[dict]]:
+def task_stream(shard, t: TrainSpec, per_epoch: int, done: int, task_index: int, by_length: bool = True
+                ) -> Iterator[list[dict]]:
     """Endless micro-batches of one task's shard, skipping the ``done`` already trained on (resumption).
 
-    Epoch e of task i is shuffled by ``Random(seed·1000 + e + 100003·i)`` (the single-task order is unchanged)."""
+    Epoch e of task i is shuffled by ``Random(seed·1000 + e + 100003·i)`` (the single-task order is unchanged).
+    ``by_length``: False for rows without texts to group by length (images)."""
     from fastemb.train.batching import iter_micro_batches
 
     epoch, skip = divmod(done, per_epoch)
     while True:
         rng = random.Random(t.seed * 1000 + epoch + 100_003 * task_index)
         for i, batch in enumerate(iter_micro_batches(shard, t.micro_batch_size, t.length_window, rng,
-                                                     t.group_by_length)):
+                                                     t.group_by_length and by_length)):
             if i >= per_epoch:
                 break
             if i >= skip:
@@ -254,6 +264,31 @@ class MultiViewObjective:
         return loss, {(f"query_{self.views[int(k[6:])]}" if k[6:].isdigit() else k): v for k, v in terms.items()}
 
 
+class ImageTextObjective:
+    """The symmetric image–text InfoNCE loss (fastemb/losses/clip.py) over a micro-batch of (pixels, sampled caption,
+    concept) rows (fastemb/data/image_stream.py): images of one concept are not each other's captions' negatives,
+    nor are equal captions. Returns ``(loss, {"text_to_image": ..., "image_to_text": ...})``."""
+
+    def __init__(self, model, loss: LossSpec):
+        from fastemb.losses import SymmetricInfoNCELoss
+
+        self.model = model
+        self.loss = SymmetricInfoNCELoss(loss.temperature, loss.similarity, loss.gather_across_workers,
+                                         loss.mask_false_negatives)
+
+    def __call__(self, batch: list[dict], ids: dict):
+        import torch
+
+        from fastemb.data.text import text_hashes
+
+        captions = [r["caption"] for r in batch]
+        pixels = torch.from_numpy(np.stack([np.asarray(r["pixels"], dtype=np.float32) for r in batch]))
+        image_ids = torch.from_numpy(text_hashes([r["concept"] for r in batch]))
+        loss, terms = self.loss(self.model.embed_pixels(pixels), self.model.embed(captions), image_ids,
+                                torch.from_numpy(text_hashes(captions)))
+        return loss, {name: float(value) for name, value in terms.items()}
+
+
 def task_objective(spec: TrainJob, task: Task, module, teacher) -> Objective:
     """``(batch, text-hash ids) → (loss, unweighted terms)`` for one task: InfoNCE with the task's loss (a
     ``Contrastive``), or the distillation objective (``fastemb.train.distill``) for a task with ``distill: true``."""
@@ -262,6 +297,8 @@ def task_objective(spec: TrainJob, task: Task, module, teacher) -> Objective:
         return LongDocObjective(getattr(module, "student", module), lo, spec.long_docs)
     if task.kind == "multi_view":
         return MultiViewObjective(getattr(module, "student", module), lo, spec.multi_view)
+    if task.kind == "image_text":
+        return ImageTextObjective(module, lo)
     if task.distill:
         from fastemb.train.distill import DistillObjective
 

@@ -85,10 +85,16 @@ def make_trainer(spec: TrainJob, pairs: list[dict] | dict[str, list[dict]], plan
     t = spec.train
     by_task = pairs if isinstance(pairs, dict) else {"train": pairs}
     datasets = {}
+    kinds = {task.key: task.kind for task in job_tasks(spec)}
     for key, task_rows in by_task.items():
         rows = list(task_rows)
         random.Random(t.seed).shuffle(rows)
-        datasets[key] = ray.data.from_arrow(pa.Table.from_pylist(rows))
+        if kinds.get(key) == "image_text":  # decoded and augmented as it streams (fastemb/data/image_stream.py)
+            from fastemb.data.image_stream import image_dataset
+
+            datasets[key] = image_dataset(rows, spec)
+        else:
+            datasets[key] = ray.data.from_arrow(pa.Table.from_pylist(rows))
     split = list(datasets)
     for task in job_tasks(spec):
         if uses_pool(spec, task):
