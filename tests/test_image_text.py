@@ -168,9 +168,13 @@ def test_freezing_and_the_text_towers_learning_rate(two_tower):
 def test_spec_rules_name_the_field():
     base = {"job": "train", "data": {"format": "image_text"}, "image_text": {}}
     cases = [({"loss": {"hard_negatives": 2}}, "loss.hard_negatives"),
+             ({"tasks": [{"name": "w", "data": "wordnet"}]}, "tasks: with data.format: image_text"),
+             ({"data": {}, "tasks": [{"name": "i", "kind": "image_text", "data": "x", "loss": {"hard_negatives": 1}}]},
+              "tasks.0.loss.hard_negatives"),
              ({"image_text": {"widths": [8, 16], "depths": [1]}}, "image_text.depths"),
              ({"train": {"zero_stage": 3}}, "train.zero_stage"),
-             ({"image_text": None}, "image_text: data.format: image_text and the image_text section go together"),
+             ({"image_text": None}, "image_text: data.format: image_text \\(or a task of kind image_text\\) and the "
+                                    "image_text section go together"),
              ({"image_text": {"freeze": "both"}}, "image_text.freeze")]
     for extra, field in cases:
         with pytest.raises(SpecError, match=field.replace(".", r"\.")):
@@ -194,24 +198,35 @@ def images(tmp_path_factory) -> Path:
     return out
 
 
-def test_image_text_trains_on_ray_train_and_exports(ray_local, tmp_path, tiny_model, images):
-    """2 Ray Train workers (DeepSpeed ZeRO-2, the loss gathered across them), images decoded on Ray Data: the loss
-    falls, the exported model is scored as sentence-transformers would load it, base first, both directions, and the
-    report, the curve and the top-5 grid are written."""
+def test_single_image_task_resolution():
+    from fastemb.train.tasks import job_tasks
+
+    spec = parse_spec({"job": "train", "data": {"format": "image_text", "train": "x.parquet"}, "image_text": {}})
+    assert [(t.key, t.kind, t.data) for t in job_tasks(spec)] == [("train", "image_text", "x.parquet")]
+
+
+def test_image_text_trains_on_ray_train_beside_text_pairs_and_exports(ray_local, tmp_path, tiny_model, images):
+    """2 Ray Train workers (DeepSpeed ZeRO-2, the loss gathered across them), images decoded on Ray Data, an image task
+    beside a WordNet text-pairs task (tasks: each micro-batch from one): the image loss falls, the exported model is
+    scored as sentence-transformers would load it, base first, both directions, and the report, the curve and the
+    top-5 grid are written."""
     from sentence_transformers import SentenceTransformer
 
     from fastemb.train.job import cli_summary, run_train
 
     spec = parse_spec({"job": "train", "name": "it", "storage_path": str(tmp_path / "runs"),
-                       "model": {"base": tiny_model, "max_length": 16},
-                       "data": {"format": "image_text", "train": str(images / "train.parquet"), "eval": str(images)},
+                       "model": {"base": tiny_model, "max_length": 16}, "data": {"eval": str(images)},
+                       "tasks": [{"name": "images", "kind": "image_text", "data": str(images / "train.parquet")},
+                                 {"name": "words", "data": "wordnet", "max_pairs": 48, "weight": 0.3}],
                        "image_text": BUILTIN, "general": None,
-                       "train": {"num_workers": 2, "micro_batch_size": 8, "max_steps": 8, "epochs": 10, "lr": 2e-3,
-                                 "warmup_ratio": 0, "checkpoint_every": 100, "log_every": 1, "eval_every": 8}})
+                       "train": {"num_workers": 2, "micro_batch_size": 8, "max_steps": 10, "epochs": 10, "lr": 2e-3,
+                                 "warmup_ratio": 0, "checkpoint_every": 100, "log_every": 1, "eval_every": 10}})
     report = run_train(spec)
-    steps = [h for h in report["history"] if "loss_text_to_image" in h]
-    assert len(steps) == 8 and all(h["loss_image_to_text"] > 0 for h in steps)
-    assert np.mean([h["loss"] for h in steps[-3:]]) < np.mean([h["loss"] for h in steps[:3]])
+    steps = [h for h in report["history"] if "loss_task_images" in h]
+    assert len(steps) >= 5 and all(h["loss_image_to_text"] > 0 for h in steps)
+    assert any("loss_task_words" in h for h in report["history"])
+    assert np.mean([h["loss_task_images"] for h in steps[-3:]]) < np.mean([h["loss_task_images"] for h in steps[:3]])
+    assert set(report["pairs"]) == {"images", "words"} and report["pairs"]["words"]["kept"] == 48
     scores = report["image_text"]
     assert set(scores["tuned"]) == {"unseen", "seen"}
     for who in ("base", "tuned"):
@@ -221,7 +236,7 @@ def test_image_text_trains_on_ray_train_and_exports(ray_local, tmp_path, tiny_mo
                 assert set(m) >= {"recall@1", "recall@5", "recall@10", "ndcg@10", "random_recall@10"}
                 assert 0 <= m["recall@1"] <= m["recall@5"] <= m["recall@10"] <= 1
     assert report["tuned"] != report["base"] and report["lengths"]["export"] == 256
-    assert report["pairs"]["kept"] == report["pairs"]["read"] > 0 and scores["splits"]["unseen"]["images"] > 0
+    assert report["pairs"]["images"]["kept"] == report["pairs"]["images"]["read"] > 0
     run = tmp_path / "runs" / "it"
     for png in ("training_curve.png", "top5_grid.png"):
         assert (run / png).stat().st_size > 5_000

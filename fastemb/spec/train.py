@@ -25,10 +25,13 @@ class NegativePoolSpec(NegativeRulesSpec):
 class TaskSpec(Section):
     """One task of a multi-task run: its data, its sampling weight and its loss overrides."""
     name: str = Field(..., pattern=r"^[A-Za-z0-9_-]+$")
-    kind: Literal["pairs", "simcse"] = Field("pairs", description="pairs: (query, positive[, negatives]) rows; "
-                                             "simcse: unsupervised, each text is its own positive (dropout noise)")
+    kind: Literal["pairs", "simcse", "image_text"] = Field(
+        "pairs", description="pairs: (query, positive[, negatives]) rows; simcse: unsupervised, each text is its own "
+        "positive (dropout noise); image_text: images with captions (the job's image_text section; the other tasks' "
+        "texts then go through the two-tower model's text side)")
     data: str = input_path(..., description="pairs: 'wordnet' or a pairs file/folder; simcse: 'wordnet' "
-                                            "(definitions) or a parquet file with a text column")
+                                            "(definitions) or a parquet file with a text column; image_text: an "
+                                            "image–caption parquet file or folder")
     max_pairs: int | None = Field(None, gt=0, description="use at most this many rows (seeded sample)")
     weight: float = Field(1.0, gt=0, description="the task is drawn for a micro-batch with probability ∝ weight")
     loss: dict[str, Any] = Field(default_factory=dict, description="overrides of the job's loss section")
@@ -448,14 +451,21 @@ class TrainJob(RunJob):
 
     @model_validator(mode="after")
     def _image_text(self) -> TrainJob:
-        given = self.data.format == "image_text"
+        image_tasks = [i for i, t in enumerate(self.tasks or []) if t.kind == "image_text"]
+        given = self.data.format == "image_text" or bool(image_tasks)
         if given != (self.image_text is not None):
-            raise ValueError("image_text: data.format: image_text and the image_text section go together; "
-                             + ("add an image_text section (defaults: image_text: {})" if given else
-                                "set data.format: image_text"))
+            raise ValueError("image_text: data.format: image_text (or a task of kind image_text) and the image_text "
+                             "section go together; " + ("add an image_text section (defaults: image_text: {})" if given
+                                                        else "set data.format: image_text"))
         if not given:
             return self
-        for field, value in (("tasks", self.tasks), ("distill", self.distill), ("negatives_pool", self.negatives_pool),
+        if self.tasks and not image_tasks:
+            raise ValueError("tasks: with data.format: image_text, name the image task among the tasks "
+                             "(tasks.N.kind: image_text, tasks.N.data: the image–caption file)")
+        for i in image_tasks:
+            if self.tasks[i].effective_loss(self.loss).hard_negatives:
+                raise ValueError(f"tasks.{i}.loss.hard_negatives: an image_text task has no hard negatives")
+        for field, value in (("distill", self.distill), ("negatives_pool", self.negatives_pool),
                              ("loss.hard_negatives", self.loss.hard_negatives),
                              ("loss.matryoshka_dims", self.loss.matryoshka_dims),
                              ("train.cache_mini_batch", self.train.cache_mini_batch),

@@ -6,7 +6,9 @@ The report's ``base``, ``tuned`` and ``delta`` are text → image and image → 
 concepts no training image shows (``unseen``), flattened as ``t2i_recall@10``, ``i2t_ndcg@10``, ...; ``seen`` holds
 the same on ``test_seen`` (held-out images of concepts seen in training) where the set has one; ``general``: the text
 tower on the general-domain text set (what training costs the text side). Beside it: ``training_curve.png`` and
-``top5_grid.png`` (the tuned model's top 5 images for a few test captions).
+``top5_grid.png`` (the tuned model's top 5 images for a few test captions). With ``tasks``, the image task trains
+beside text-pair tasks (each micro-batch from one task, fastemb/train/tasks.py), their texts through the text tower
+and its projection.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import logging
 import time
 from pathlib import Path
 
-from fastemb.data.images import load_image_text
+from fastemb.data.pairs import pairs_fingerprint
 from fastemb.eval.cache import cached_metrics
 from fastemb.eval.image_text import ImageTextSplit, evaluate_image_text, load_split
 from fastemb.model.image_text import ImageTextModel
@@ -26,6 +28,7 @@ from fastemb.record import hardware, reproducible_record
 from fastemb.spec import TrainJob
 from fastemb.tracking.run import Tracker
 from fastemb.train.export import export_length
+from fastemb.train.tasks import job_tasks, load_task_pairs
 from fastemb.train.trainer import export_checkpoint, finished_checkpoint, fit_and_export, make_trainer, plan_steps
 
 logger = logging.getLogger(__name__)
@@ -49,18 +52,18 @@ def rows_fingerprint(rows: list[dict]) -> str:
     return h.hexdigest()[:16]
 
 
-def _splits(spec: TrainJob) -> dict[str, ImageTextSplit]:
+def test_splits(spec: TrainJob) -> dict[str, ImageTextSplit]:
     """The test splits the set has: ``unseen`` (test) always, ``seen`` (test_seen) when present."""
     folder = Path(spec.data.eval).expanduser()
     return {name: load_split(spec.data.eval, split, spec.image_text) for name, split in SPLITS.items()
             if name == "unseen" or (folder / f"{split}.parquet").exists()}
 
 
-def _scores(model, splits: dict[str, ImageTextSplit]) -> dict[str, dict]:
+def split_scores(model, splits: dict[str, ImageTextSplit]) -> dict[str, dict]:
     return {name: evaluate_image_text(model, split) for name, split in splits.items()}
 
 
-def _general(spec: TrainJob, model) -> dict | None:
+def general_metrics(spec: TrainJob, model) -> dict | None:
     """The text tower's nDCG@10 (and the rest) on the general-domain text set's test split."""
     if not spec.general:
         return None
@@ -78,7 +81,7 @@ def _base(spec: TrainJob, splits: dict[str, ImageTextSplit]) -> dict:
     def measure() -> dict:
         model = ImageTextModel.from_spec(spec)
         model.text.max_length = export_length(spec)
-        return {"scores": _scores(model, splits), "general": _general(spec, model)}
+        return {"scores": split_scores(model, splits), "general": general_metrics(spec, model)}
 
     key = {"model": spec.model.model_dump(), "image_text": spec.image_text.model_dump(), "eval": spec.data.eval,
            "seed": spec.train.seed, "general": spec.general.model_dump() if spec.general else None}
@@ -100,13 +103,19 @@ def train_image_text(spec: TrainJob, tracker: Tracker, t0: float) -> dict:
     """Base evaluation, training (or the result of a run that already finished), export and evaluation; the
     report (also ``report.json``)."""
     it, t = spec.image_text, spec.train
-    rows, data_report = load_image_text(spec.data.train, max_rows=spec.data.max_pairs, seed=t.seed,
-                                        max_bytes=it.max_image_bytes, max_pixels=it.max_pixels)
-    logger.info(f"images: {data_report.summary()}")
-    plan = plan_steps(spec, len(rows))
-    record = reproducible_record(spec, rows_fingerprint(rows))
+    tasks = job_tasks(spec)  # one image task, or (with tasks) the image task and text tasks beside it
+    rows, data_reports = {}, {}
+    for task in tasks:
+        rows[task.key], data_reports[task.name] = load_task_pairs(spec, task)
+        logger.info(f"{'images' if task.kind == 'image_text' else 'pairs'}"
+                    f"{'' if not spec.tasks else f' (task {task.name}, weight {task.weight:g})'}: "
+                    f"{data_reports[task.name].summary()}")
+    plan = plan_steps(spec, {key: len(task_rows) for key, task_rows in rows.items()})
+    prints = {task.name: (rows_fingerprint if task.kind == "image_text" else pairs_fingerprint)(rows[task.key])
+              for task in tasks}
+    record = reproducible_record(spec, prints["train"] if list(prints) == ["train"] else prints)
     tracker.log_record(record)
-    splits = _splits(spec)
+    splits = test_splits(spec)
     base = _base(spec, splits)
     logger.info("base (untrained image tower): " + _describe(base["scores"]))
     finished = finished_checkpoint(spec)
@@ -116,15 +125,17 @@ def train_image_text(spec: TrainJob, tracker: Tracker, t0: float) -> dict:
         model_dir, history = export_checkpoint(*finished, spec)
     else:
         init_ray(spec.ray.address, spec.ray.num_cpus, t.cpus_per_worker)
-        trainer = make_trainer(spec, {"train": rows}, plan, tracking=tracker.worker_config())
-        logger.info(f"{len(rows)} images, {t.num_workers} workers × {t.micro_batch_size}, ZeRO-{t.zero_stage}, "
+        trainer = make_trainer(spec, rows, plan, tracking=tracker.worker_config())
+        logger.info(f"{sum(map(len, rows.values()))} rows, {t.num_workers} workers × {t.micro_batch_size}, "
+                    f"ZeRO-{t.zero_stage}, "
                     f"{t.precision}, freeze {it.freeze}, {plan['total_steps']} steps")
         model_dir, history = fit_and_export(trainer, spec)
     train_s = time.time() - t_train
     model = ImageTextModel.load(model_dir)  # exactly as a consumer loads it (its files, its length)
-    tuned = {"scores": _scores(model, splits), "general": _general(spec, model)}
+    tuned = {"scores": split_scores(model, splits), "general": general_metrics(spec, model)}
     logger.info("tuned: " + _describe(tuned["scores"]))
-    report = _report(spec, base, tuned, model_dir, history, data_report, plan, record)
+    data = data_reports["train"].as_dict() if not spec.tasks else {k: r.as_dict() for k, r in data_reports.items()}
+    report = _report(spec, base, tuned, model_dir, history, data, plan, record)
     report.update(train_seconds=train_s, total_seconds=time.time() - t0)
     run_dir = spec.run_dir
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
@@ -139,7 +150,7 @@ def _describe(scores: dict) -> str:
                      f"{s['image_to_text']['recall@10']:.3f}" for name, s in scores.items())
 
 
-def _report(spec: TrainJob, base: dict, tuned: dict, model_dir: Path, history: list[dict], data_report, plan: dict,
+def _report(spec: TrainJob, base: dict, tuned: dict, model_dir: Path, history: list[dict], data: dict, plan: dict,
             record: dict) -> dict:
     """The report: unseen-concept test metrics flattened as ``base``/``tuned``/``delta``, the full per-split scores,
     the general-domain text figures, data, plan, history and record."""
@@ -156,7 +167,7 @@ def _report(spec: TrainJob, base: dict, tuned: dict, model_dir: Path, history: l
                        "base": base["scores"], "tuned": tuned["scores"]},
         "base": flat_base, "tuned": flat_tuned, "delta": {k: flat_tuned[k] - flat_base[k] for k in flat_base},
         "general": general, "lengths": {"train": spec.model.max_length, "export": export_length(spec)},
-        "plan": plan, "pairs": data_report.as_dict(), "history": history, "spec": spec.model_dump(mode="json"),
+        "plan": plan, "pairs": data, "history": history, "spec": spec.model_dump(mode="json"),
         "record": record, "hardware": hardware(), "resumes": sum(1 for h in history if h.get("event") == "resumed"),
         "peak_rss_mib": next((h["peak_rss_mib"] for h in history if h.get("event") == "memory"), None),
         "card": str(model_dir / "README.md"),

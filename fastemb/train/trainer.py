@@ -13,6 +13,7 @@ import pyarrow.fs as pafs
 
 from fastemb.errors import FastembError
 from fastemb.spec import SpecError, TrainJob
+from fastemb.spec.paths import absolute_inputs
 from fastemb.storage import is_uri, ray_storage, remote_run_dir
 from fastemb.train.checkpointing import HISTORY_FILE
 from fastemb.train.tasks import job_tasks, uses_pool
@@ -107,7 +108,8 @@ def make_trainer(spec: TrainJob, pairs: list[dict] | dict[str, list[dict]], plan
     scaling, backend = scaling_and_backend(spec)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec.model_dump(), **plan, "tracking": tracking},
+        # the workers run in Ray Train's own working directory: relative inputs (an evaluation folder) made absolute
+        train_loop_config={"spec": absolute_inputs(spec).model_dump(), **plan, "tracking": tracking},
         scaling_config=scaling, torch_config=backend,
         run_config=RunConfig(name=spec.name, storage_path=storage_path, storage_filesystem=storage_fs,
                              failure_config=FailureConfig(max_failures=t.max_failures),
