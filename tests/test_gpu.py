@@ -10,6 +10,8 @@ CPU-only machines; ``bench/gpu.sh`` runs this tier on a GPU machine).
 - faiss-gpu, if installed: exact search equals the CPU index's, an IVF index trained on the GPU is an ordinary CPU
   index.
 - A Serve replica with ``replica.num_gpus``: torch on the GPU in fp16, answering /v1/embeddings.
+- ``run_train`` of an image–text job (data.format: image_text) with 2 workers on the GPU(s) in bf16: the two-tower
+  model trains and its export loads.
 
 The encoder is a small randomly initialised BERT made from a config, so no weights have to travel to the GPU machine.
 """
@@ -198,3 +200,43 @@ def test_serve_replica_on_a_gpu(ray_local, tmp_path, tiny_encoder):
         stop_service()
     want = Encoder.load(tiny_encoder, max_length=32).encode(TEXTS[:8])
     assert np.abs(got - want).max() < 2e-2
+
+
+def test_image_text_trains_on_gpus(ray_local, tmp_path, tiny_encoder):
+    """The two-tower model on the GPU path: images (drawn here: coloured shapes, their colour and shape words as
+    captions) decoded on Ray Data, 2 Ray Train workers on the GPU(s), DeepSpeed in bf16 where supported."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from fastemb.model.image_text import ImageTextModel
+    from fastemb.spec import parse_spec
+    from fastemb.train.job import run_train
+
+    rows = []
+    for i in range(48):
+        image = Image.new("RGB", (40, 40), "white")
+        colour = ("red", "green", "blue", "black")[i % 4]
+        (ImageDraw.Draw(image).ellipse if i % 3 else ImageDraw.Draw(image).rectangle)((8, 8, 32, 32), fill=colour)
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        rows.append({"image": buf.getvalue(), "captions": [f"{WORDS[i % 4]} {WORDS[4 + i % 3]}"],
+                     "concept": f"{i % 4}-{i % 3}"})
+    for split, part in (("train", rows[:32]), ("dev", rows[32:40]), ("test", rows[40:])):
+        pq.write_table(pa.Table.from_pylist(part), tmp_path / f"{split}.parquet")
+    two = torch.cuda.device_count() >= 2
+    spec = parse_spec({"name": "gpu-image-text", "storage_path": str(tmp_path / "runs"),
+                       "model": {"base": tiny_encoder, "max_length": 16},
+                       "data": {"format": "image_text", "train": str(tmp_path / "train.parquet"),
+                                "eval": str(tmp_path)},
+                       "image_text": {"image_size": 32, "widths": [16, 32], "depths": [1, 1]}, "general": None,
+                       "train": {"num_workers": 2, "use_gpu": True, "gpus_per_worker": 1 if two else 0.5,
+                                 "micro_batch_size": 8, "max_steps": 4, "eval_every": 4, "log_every": 1,
+                                 "lr": 1e-3, "warmup_ratio": 0.0}})
+    report = run_train(spec)
+    engine = next(h for h in report["history"] if h.get("event") == "engine")
+    assert engine["accelerator"] == "cuda" and engine["device"].startswith("cuda")
+    losses = [h["loss"] for h in report["history"] if "loss" in h]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    model = ImageTextModel.load(report["model_dir"])
+    assert model.encode([TEXTS[0]]).shape == (1, model.dim)

@@ -138,8 +138,8 @@ class ImageTextModel(nn.Module):
 
     def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Processed images (B, 3, H, W) → unit vectors in the shared space (keeps the graph)."""
-        device = self.image_proj.weight.device
-        return F.normalize(self.image_proj(self.image(pixels.to(device))), dim=-1)
+        weight = self.image_proj.weight  # the engine's device and precision (bf16 / fp16 on a GPU)
+        return F.normalize(self.image_proj(self.image(pixels.to(weight.device, weight.dtype))), dim=-1)
 
     def pixels(self, images: list) -> torch.Tensor:
         """PIL images → the image tower's input, as the exported model's processor makes it."""
