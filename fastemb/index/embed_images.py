@@ -28,7 +28,7 @@ UNREADABLE_PATH = "unreadable_path"
 def read_image_value(value, source: str, root: Path | None) -> bytes | str:
     """A row's image bytes, or why there are none (``missing_image`` / ``unreadable_path``)."""
     if source == "bytes":
-        return bytes(value) if isinstance(value, (bytes, bytearray)) and value else MISSING_IMAGE
+        return bytes(value) if isinstance(value, (bytes, bytearray)) else MISSING_IMAGE  # b"": decoded as empty
     if not isinstance(value, str) or not value.strip():
         return MISSING_IMAGE
     path = Path(value).expanduser()

@@ -340,7 +340,8 @@ class Ingress:
                         for i, v in enumerate(vecs)]
             else:
                 data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vecs.tolist())]
-            self.m_input_tokens.inc(res.n_tokens, tags={"arm": arm})
+            if res.n_tokens:  # none for images
+                self.m_input_tokens.inc(res.n_tokens, tags={"arm": arm})
             if res.truncated:
                 self.m_truncated.inc(len(res.truncated), tags={"arm": arm})
             request_id = uuid.uuid4().hex
