@@ -21,6 +21,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from fastemb.data.images import decode_image
+from fastemb.data.pairs import DataError
 from fastemb.index.embed_images import MISSING_IMAGE, UNREADABLE_PATH, decode_row
 from serve_helpers import free_port, start_service, stop_service
 
@@ -158,6 +159,10 @@ def test_fastemb_search_text_and_image_queries(index, corpus, tmp_path):
     assert results[0]["query"] == "a red circle" and results[1]["query_image"] == str(query)
     assert all(len(r["hits"]) == 3 and {h["id"] for h in r["hits"]} <= set(corpus["good"]) for r in results)
     assert results[1]["hits"][0]["id"] == "img-4" and results[1]["hits"][0]["score"] == pytest.approx(1, abs=1e-4)
+    (tmp_path / "drawing.svg").write_bytes(SVG)
+    with pytest.raises(DataError, match="drawing.svg: unsupported_format"):
+        run_search(parse_spec({"job": "search", "index_dir": str(index["dir"]),
+                               "query_images": str(tmp_path / "drawing.svg")}))
 
 
 def test_image_and_text_embeddings_equal_the_model(service, image_model, corpus):
@@ -211,7 +216,10 @@ def test_search_over_the_image_index_with_text_and_image_queries(service, corpus
         assert len(row["hits"]) == 4 and {h["id"] for h in row["hits"]} <= set(corpus["good"])
     r = _post(service, "/v1/search", {"query": data_url(corpus["good"]["img-7"]), "modality": "image", "k": 2})
     assert r.status_code == 200, r.text
-    assert r.json()["data"][0]["hits"][0]["id"] == "img-7"
+    row = r.json()["data"][0]
+    assert row["hits"][0]["id"] == "img-7" and row["query"] is None
+    r = _post(service, "/v1/search", {"query": data_url(SVG, "image/svg+xml"), "modality": "image"})
+    assert r.status_code == 415 and r.json()["error"]["param"] == "query", r.text
 
 
 def test_a_replica_under_concurrent_image_load_answers_every_request(service, image_model):

@@ -366,7 +366,7 @@ class Ingress:
                 raise ApiError(422, "k_too_large", f"k={req.k} is over the limit {self.spec.limits.max_k}", "k")
             if req.modality == "image":
                 images = await asyncio.to_thread(parse_images, req.query, "query", lim.max_queries, lim)
-                queries = [f"<image {i}>" for i in range(len(images))]  # what the results and the log show
+                queries = [None] * len(images)  # no query text: the results say `query: null`, the log keeps none
             else:
                 queries, _ = parse_inputs(req.query, "query", lim.max_queries, lim.max_input_chars, token_ids=False)
             user = req.user or request.headers.get("x-user-id")
@@ -381,7 +381,7 @@ class Ingress:
             request_id = uuid.uuid4().hex
             self.events.write({"type": "search", "request_id": request_id, "arm": arm, "user": user,
                                "model_version": res.version, "ids": [[h["id"] for h in row] for row in hits],
-                               **({"queries": queries} if self.spec.log_queries else {}),
+                               **({"queries": queries} if self.spec.log_queries and req.modality == "text" else {}),
                                "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
             data = [{"object": "search_result", "index": i, "query": q,
                      "hits": [{"rank": r + 1, **h} for r, h in enumerate(row)]}
