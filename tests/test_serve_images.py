@@ -140,6 +140,30 @@ def test_decode_row_reads_paths_and_names_what_is_missing(tmp_path):
     assert decode_row(None, encoded(picture(1)), "bytes", None, {}) == "null id"
 
 
+def test_image_corpus_settings_and_spec_rules(image_model, tiny_model, tmp_path):
+    from fastemb.index.stages import image_options
+    from fastemb.spec import SpecError, parse_spec
+
+    def index_spec(base: str, **corpus) -> object:
+        return parse_spec({"job": "index", "model": {"base": base}, "corpus": corpus})
+
+    corpus_file = tmp_path / "corpus.parquet"
+    assert image_options(index_spec(image_model[0], path=str(corpus_file), path_column="file")) == {
+        "source": "path", "root": str(tmp_path.resolve())}  # relative image paths: from the corpus file's folder
+    assert image_options(index_spec(image_model[0], path=str(corpus_file), image_column="png")) == {
+        "source": "bytes", "root": None}
+    assert image_options(index_spec(tiny_model, path=str(corpus_file))) is None
+    with pytest.raises(DataError, match="not an image–text model folder"):
+        image_options(index_spec(tiny_model, path=str(corpus_file), image_column="png"))
+    for extra, match in (({"corpus": {"image_column": "a", "path_column": "b"}}, "not both"),
+                         ({"corpus": {"image_column": "a"}, "chunking": {"enabled": True}}, "no tokens to chunk"),
+                         ({"corpus": {"path_column": "b"}, "evaluate": {"enabled": True}}, "text sets")):
+        with pytest.raises(SpecError, match=match):
+            parse_spec({"job": "index", **extra})
+    with pytest.raises(SpecError, match="at least one query"):
+        parse_spec({"job": "search", "index_dir": str(tmp_path)})
+
+
 @pytest.mark.faults
 def test_index_counts_bad_images_by_reason_and_keeps_the_good_ones(index, corpus):
     m = index["manifest"]
