@@ -124,19 +124,10 @@ class EmbedActor:
         for n, (j, c, s) in enumerate(seqs):
             rows_id.append(ids[good[j]]); rows_chunk.append(c); rows_skip.append(None); vec_rows.append(n)
             rows_text.append(self.tok.decode(s, skip_special_tokens=True) if self.chunking else texts[good[j]])
-        dim = self.encoder.dim
-        flat = np.zeros((len(vec_rows), dim), dtype=np.float32)
-        has = np.array([v >= 0 for v in vec_rows], dtype=bool)
-        if has.any():
-            flat[has] = vectors[np.array([v for v in vec_rows if v >= 0])]
-        vec = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim, mask=pa.array(~has))
-        self._report_rss()
+        report_rss(self.rss_dir)
         if self.hold_file is not None:
             self._hold()
-        return pa.table({"id": pa.array(rows_id, pa.string()), "chunk": pa.array(rows_chunk, pa.int32()),
-                         "text": pa.array(rows_text, pa.string()),
-                         "thash": pa.array(text_hashes([t or "" for t in rows_text]), pa.int64()),
-                         "skip": pa.array(rows_skip, pa.string()), "vector": vec})
+        return shard_table(rows_id, rows_chunk, rows_text, rows_skip, vec_rows, vectors, self.encoder.dim)
 
     def _hold(self) -> None:
         """The test hook (module docstring): wait, the batch unreturned, while the hold file exists."""
@@ -147,9 +138,27 @@ class EmbedActor:
         while os.path.exists(self.hold_file):
             time.sleep(0.05)
 
-    def _report_rss(self) -> None:
-        if self.rss_dir and os.path.isdir(self.rss_dir):  # absent on another node than the driver's
-            Path(self.rss_dir, f"{os.getpid()}.rss").write_text(f"{peak_rss_mb():.1f}")
+
+
+def report_rss(rss_dir: str | None) -> None:
+    """Write this actor's peak memory into the unit's ``_rss`` folder (absent on another node than the driver's)."""
+    if rss_dir and os.path.isdir(rss_dir):
+        Path(rss_dir, f"{os.getpid()}.rss").write_text(f"{peak_rss_mb():.1f}")
+
+
+def shard_table(ids: list, chunks: list[int], texts: list, skips: list, vec_rows: list[int], vectors: np.ndarray,
+                dim: int, hash_keys: list[str] | None = None) -> pa.Table:
+    """Embedding-shard rows: ``vec_rows[i]`` is row i's row of ``vectors`` (-1: skipped, no vector); ``thash`` hashes
+    ``hash_keys`` (default: the texts), which decides among duplicate ids (fastemb/index/shards.py)."""
+    flat = np.zeros((len(vec_rows), dim), dtype=np.float32)
+    has = np.array([v >= 0 for v in vec_rows], dtype=bool)
+    if has.any():
+        flat[has] = vectors[np.array([v for v in vec_rows if v >= 0])]
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim, mask=pa.array(~has))
+    keys = hash_keys if hash_keys is not None else [t or "" for t in texts]
+    return pa.table({"id": pa.array(ids, pa.string()), "chunk": pa.array(chunks, pa.int32()),
+                     "text": pa.array(texts, pa.string()), "thash": pa.array(text_hashes(keys), pa.int64()),
+                     "skip": pa.array(skips, pa.string()), "vector": vec})
 
 
 def unit_dir(emb_dir: Path, unit: dict) -> Path:
@@ -167,9 +176,9 @@ def _unit_stats(path: Path) -> dict:
 
 
 def encoder_pool(ds, actor_kwargs: dict, *, num_actors: int, threads_per_actor: int, batch_rows: int,
-                 num_gpus: float = 0.0):
-    """``ds`` mapped by a pool of ``num_actors`` :class:`EmbedActor` (``threads_per_actor`` CPUs each, and
-    ``num_gpus`` GPUs each when > 0: the pool then waits for GPU nodes, and the actors run torch on them)."""
+                 num_gpus: float = 0.0, actor: type | None = None):
+    """``ds`` mapped by a pool of ``num_actors`` ``actor`` (default :class:`EmbedActor`; ``threads_per_actor`` CPUs
+    each, and ``num_gpus`` GPUs each when > 0: the pool then waits for GPU nodes, and the actors run torch on them)."""
     import ray
 
     resources = {"num_cpus": threads_per_actor}
@@ -179,7 +188,7 @@ def encoder_pool(ds, actor_kwargs: dict, *, num_actors: int, threads_per_actor: 
             logger.warning(f"embed.num_gpus: {num_gpus:g} per actor, but the cluster has "
                            f"{ray.cluster_resources().get('GPU', 0):g} GPUs now: the encoder actors wait for a GPU "
                            "node (an autoscaling cluster adds one)")
-    return ds.map_batches(EmbedActor, batch_size=batch_rows, batch_format="pyarrow",
+    return ds.map_batches(actor or EmbedActor, batch_size=batch_rows, batch_format="pyarrow",
                           compute=ray.data.ActorPoolStrategy(size=num_actors), **resources,
                           fn_constructor_kwargs={**actor_kwargs, "threads": threads_per_actor, "num_gpus": num_gpus})
 
@@ -197,12 +206,13 @@ def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_colum
                  batch_rows: int = 1024, max_batch_tokens: int | None = None, rows_per_unit: int = 200_000,
                  chunking: dict | None = None, on_this_node: bool = False,
                  on_unit: Callable[[Path], None] | None = None, backend: str = "auto", num_gpus: float = 0.0,
-                 precision: str = "auto") -> dict:
+                 precision: str = "auto", images: dict | None = None) -> dict:
     """Embed every unit not already on disk; returns per-unit stats, reuse counts and worker peak memory.
 
     ``on_unit`` is called with each finished unit folder, reused ones included (e.g. to upload it); ``backend``:
     the actors' forward-pass engine (``embed.backend``); ``num_gpus``, ``precision``: GPUs per actor and the dtype
-    of their forward pass (``embed.num_gpus``, ``embed.precision``)."""
+    of their forward pass (``embed.num_gpus``, ``embed.precision``). ``images``: ``text_column`` holds images, embedded
+    by :class:`fastemb.index.embed_images.ImageEmbedActor` (``{"source": "bytes" | "path", "root": ...}``)."""
     import ray
 
     from fastemb.accelerator import pool_precision
@@ -210,6 +220,8 @@ def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_colum
     emb_dir = Path(emb_dir)
     emb_dir.mkdir(parents=True, exist_ok=True)
     key = {"model": model, "chunking": chunking, "columns": [id_column, text_column]}
+    if images:  # only then: the text units built before stay reusable
+        key["images"] = images
     if pool_precision(precision, num_gpus) != "fp32":  # half-precision vectors differ by ~1e-3: units of their own
         key["precision"] = pool_precision(precision, num_gpus)
     if backend == "onnx-int8":  # int8 vectors differ from fp32's by ~1e-2: units of their own
@@ -236,12 +248,18 @@ def embed_corpus(scan: CorpusScan, emb_dir: str | Path, model: dict, *, id_colum
         ds = ray.data.read_parquet(unit["files"], filesystem=scan.fs, num_cpus=0).select_columns(
             [id_column, text_column])
         ds = ds.repartition(max(num_actors, -(-unit["rows"] // batch_rows))).materialize()
-        ds = encoder_pool(ds, {"model": model, "id_column": id_column, "text_column": text_column,
-                               "max_batch_tokens": max_batch_tokens, "chunking": chunking, "rss_dir": str(rss_dir),
-                               "backend": backend, "precision": precision,
-                               "hold_file": os.environ.get(HOLD_ENV)},
-                          num_actors=num_actors, threads_per_actor=threads_per_actor, batch_rows=batch_rows,
-                          num_gpus=num_gpus)
+        if images:
+            from fastemb.index.embed_images import ImageEmbedActor
+
+            actor, kwargs = ImageEmbedActor, {"model": model, "id_column": id_column, "image_column": text_column,
+                                              "rss_dir": str(rss_dir), **images}
+        else:
+            actor, kwargs = EmbedActor, {"model": model, "id_column": id_column, "text_column": text_column,
+                                         "max_batch_tokens": max_batch_tokens, "chunking": chunking,
+                                         "rss_dir": str(rss_dir), "backend": backend, "precision": precision,
+                                         "hold_file": os.environ.get(HOLD_ENV)}
+        ds = encoder_pool(ds, kwargs, num_actors=num_actors, threads_per_actor=threads_per_actor,
+                          batch_rows=batch_rows, num_gpus=num_gpus, actor=actor)
         ds.write_parquet(str(tmp), ray_remote_args={"num_cpus": 0, **(this_node() if on_this_node else {})})
         rss = [float(p.read_text()) for p in rss_dir.glob("*.rss")]
         shutil.rmtree(rss_dir)

@@ -63,7 +63,7 @@ def _build(spec: IndexJob, t0: float, tracker: Tracker) -> dict:
     emb_dir = embeddings_dir(spec)
     on_unit = _stage_in(spec, emb_dir) if staged(spec) else None
     c = spec.corpus
-    scan = scan_corpus(c.path, c.id_column, c.text_column, c.on_bad_file)
+    scan = scan_corpus(c.path, c.id_column, c.content_column, c.on_bad_file)
     logger.info(f"corpus: {len(scan.files)} file(s), {scan.total_rows} rows, {len(scan.unreadable)} unreadable, "
                 f"{len(scan.duplicate_ids)} duplicated id(s)")
     local = all(Path(f).is_file() for f in scan.files)
@@ -78,6 +78,7 @@ def _build(spec: IndexJob, t0: float, tracker: Tracker) -> dict:
         skipped[SKIP_UNREADABLE] += len(scan.unreadable)  # whole files: their row count is unknown
     manifest = {
         "job": "index", "config": spec.model_dump(mode="json"), "dims": {"model": None, "index": info["dim"]},
+        "modality": "image" if c.images else "text",
         "location": run_uri(spec.storage_path, spec.name) if staged(spec) else str(run_dir),  # search/serve read it
         "counts": {"files": len(scan.files) + len(scan.unreadable), "rows_read": scan.total_rows,
                    "documents_indexed": info["documents"], "index_entries": info["entries"],

@@ -59,10 +59,17 @@ class Searcher:
 
     @property
     def encoder(self):
+        """The indexed model: a text ``Encoder``, or an ``ImageTextModel`` (its text tower embeds text queries, its
+        image tower image queries)."""
         if self._encoder is None:
-            from fastemb.model.encoder import Encoder
+            from fastemb.model.encoder import Encoder, resolve_model_path
+            from fastemb.model.image_text import ImageTextModel, is_image_text_folder
 
-            self._encoder = Encoder.from_spec(self.manifest["config"]["model"])
+            model = self.manifest["config"]["model"]
+            if is_image_text_folder(resolve_model_path(model["base"])):
+                self._encoder = ImageTextModel.load(resolve_model_path(model["base"]), max_length=model["max_length"])
+            else:
+                self._encoder = Encoder.from_spec(model)
         return self._encoder
 
     def embed_queries(self, queries: list[str]) -> np.ndarray:
@@ -97,8 +104,22 @@ class Searcher:
 
     def search(self, queries: list[str], k: int = 10) -> list[list[dict]]:
         """Top-k hits per query: ``{"id", "score", "text"}`` (for chunked indexes, text = the best chunk)."""
-        hits = self.search_vectors(self.embed_queries(list(queries)), k)
-        return [[{"id": d, "score": s, "text": self.texts[r].as_py()} for d, s, r in row] for row in hits]
+        return self.search_embedded(self.encoder.encode(list(queries), batch_size=128), k)
+
+    def search_images(self, images: list, k: int = 10) -> list[list[dict]]:
+        """Top-k hits per query image (PIL images; image → image or image → text with an image–text model)."""
+        if not hasattr(self.encoder, "encode_images"):
+            from fastemb.data.pairs import DataError
+
+            raise DataError(f"{self.dir}: indexed with a text-only model ({self.manifest['config']['model']['base']}),"
+                             " which cannot embed image queries")
+        return self.search_embedded(self.encoder.encode_images(images), k)
+
+    def search_embedded(self, vectors: np.ndarray, k: int) -> list[list[dict]]:
+        """Top-k hits per query vector as the model outputs it (compressed here like the documents)."""
+        q = self.compressor.transform(vectors) if self.compressor else vectors
+        return [[{"id": d, "score": s, "text": self.texts[r].as_py()} for d, s, r in row]
+                for row in self.search_vectors(q, k)]
 
 
 def search(index_dir: str | Path, queries: list[str], k: int = 10, **kwargs) -> list[list[dict]]:

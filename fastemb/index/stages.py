@@ -47,8 +47,29 @@ def embed_stage(spec: IndexJob, scan: CorpusScan, emb_dir: Path, on_unit=None) -
     if chunking and c.entries == "document":  # (only then: the embeddings of chunk indexes built before stay reusable)
         chunking["entries"] = "document"
     return embed_corpus(scan, emb_dir, model_dict(spec), id_column=spec.corpus.id_column,
-                        text_column=spec.corpus.text_column, rows_per_unit=e.rows_per_unit, chunking=chunking,
-                        on_this_node=staged(spec), on_unit=on_unit, **e.pool_options())
+                        text_column=spec.corpus.content_column, rows_per_unit=e.rows_per_unit, chunking=chunking,
+                        on_this_node=staged(spec), on_unit=on_unit, images=image_options(spec), **e.pool_options())
+
+
+def image_options(spec: IndexJob) -> dict | None:
+    """For an image corpus, the image encoder actors' settings (where the images are, relative paths' root); None
+    for a text corpus. The model must be an image–text folder (its image tower embeds the images)."""
+    c = spec.corpus
+    if not c.images:
+        return None
+    from fastemb.data.pairs import DataError
+    from fastemb.model.encoder import resolve_model_path
+    from fastemb.model.image_text import is_image_text_folder
+
+    if not is_image_text_folder(resolve_model_path(spec.model.base)):
+        raise DataError(f"model.base {spec.model.base}: not an image–text model folder, so it cannot embed the images "
+                        f"of corpus.{'image_column' if c.image_column else 'path_column'}; give a folder written by an "
+                        "image_text training job (fastemb/model/image_text.py)")
+    root = None
+    if c.path_column and not is_uri(c.path):
+        path = Path(c.path).expanduser().resolve()
+        root = str(path if path.is_dir() else path.parent)
+    return {"source": "bytes" if c.image_column else "path", "root": root}
 
 
 def index_shards(shard_dirs: list[str], duplicate_ids: set[str], out_dir: Path, index: IndexSpec,

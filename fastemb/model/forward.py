@@ -30,3 +30,16 @@ def load_forward(encoder: "Encoder", model_dir: str | Path, backend: str = "auto
     except Exception as err:  # noqa: BLE001 - e.g. a cached file left unreadable
         raise OnnxExportError(f"model {model_dir}: ONNX Runtime could not load {path} ({err}); "
                               f"use {field}: torch for this model") from err
+
+
+class ImageTextForward:
+    """The text side of an image–text model (fastemb/model/image_text.py) behind the same call: the text encoder's
+    torch forward pass (in ``precision``), then the text projection into the shared space (fp32), unit vectors."""
+    name = "torch"
+
+    def __init__(self, model, precision: str = "fp32"):
+        self.model, self.precision = model, precision
+        self.text = TorchForward(model.text, precision)
+
+    def __call__(self, input_ids, attention_mask):
+        return self.model.project_text(self.text(input_ids, attention_mask))

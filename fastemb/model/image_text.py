@@ -150,10 +150,16 @@ class ImageTextModel(nn.Module):
         """Texts → float32 (n, dim)."""
         was_training = self.training
         self.eval()
-        pooled = torch.from_numpy(self.text.encode(list(texts), batch_size=batch_size, **kwargs))
-        out = F.normalize(self.text_proj(pooled.to(self.text_proj.weight.device)), dim=-1).float().cpu().numpy()
+        out = self.project_text(self.text.encode(list(texts), batch_size=batch_size, **kwargs))
         self.train(was_training)
         return out
+
+    @torch.inference_mode()
+    def project_text(self, pooled: np.ndarray) -> np.ndarray:
+        """The text encoder's pooled vectors (n, text dim) → unit vectors in the shared space, float32 (n, dim)."""
+        device = self.text_proj.weight.device
+        x = torch.as_tensor(pooled, dtype=self.text_proj.weight.dtype, device=device)
+        return F.normalize(self.text_proj(x), dim=-1).float().cpu().numpy()
 
     @torch.inference_mode()
     def encode_images(self, images: Iterable, batch_size: int = 64) -> np.ndarray:

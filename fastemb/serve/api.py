@@ -30,6 +30,8 @@ class EmbeddingsRequest(_Body):
     dimensions: StrictInt | None = Field(None, ge=1, description="keep the first N dimensions (re-normalised)")
     user: StrictStr | None = Field(None, max_length=256)
     truncate: StrictBool | None = Field(None, description="override the server's truncation default")
+    modality: Literal["text", "image"] = Field("text", description="image: each input is a base64 data URL of an "
+                                               "image (Infinity's convention, fastemb/serve/images.py)")
 
 
 class SearchRequest(_Body):
@@ -37,6 +39,8 @@ class SearchRequest(_Body):
     k: StrictInt = Field(10, ge=1)
     model: StrictStr | None = None
     user: StrictStr | None = Field(None, max_length=256)
+    modality: Literal["text", "image"] = Field("text", description="image: each query is a base64 data URL of an "
+                                               "image (image → image or image → text search)")
 
 
 class FeedbackRequest(_Body):

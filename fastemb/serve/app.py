@@ -30,6 +30,7 @@ from fastemb.logs import configure as configure_logging
 from fastemb.serve.api import (ApiError, EmbeddingsRequest, FeedbackRequest, SearchRequest, error_response,
                                parse_inputs, read_body)
 from fastemb.serve.embedder import LATENCY_MS_BOUNDS, Embedded, Embedder
+from fastemb.serve.images import parse_images
 from fastemb.spec import ServeJob
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,12 @@ class ArmModel:
 
     async def search_texts(self, texts: list[str], k: int):
         return await self.core.search_texts(texts, k)
+
+    async def embed_images(self, images: list) -> Embedded:
+        return await self.core.embed_images(images)
+
+    async def search_images(self, images: list, k: int):
+        return await self.core.search_images(images, k)
 
     def info(self) -> dict:
         return self.core.info()
@@ -102,6 +109,12 @@ class _LocalArm:
     async def search_texts(self, texts: list[str], k: int):
         return await self.core.search_texts(texts, k)
 
+    async def embed_images(self, images: list) -> Embedded:
+        return await self.core.embed_images(images)
+
+    async def search_images(self, images: list, k: int):
+        return await self.core.search_images(images, k)
+
     async def info(self) -> dict:
         return self.core.info()
 
@@ -121,8 +134,39 @@ class _RemoteArm:
     async def search_texts(self, texts: list[str], k: int):
         return await self.handle.search_texts.remote(texts, k)
 
+    async def embed_images(self, images: list) -> Embedded:
+        return await self.handle.embed_images.remote(images)
+
+    async def search_images(self, images: list, k: int):
+        return await self.handle.search_images.remote(images, k)
+
     async def info(self) -> dict:
         return await self.handle.info.remote()
+
+
+async def _embedding_inputs(req: EmbeddingsRequest, lim) -> tuple[list, str]:
+    """The inputs of an embeddings request and their kind: ``image`` (pictures, decoded off the event loop), ``ids``
+    (token-id lists) or ``text``."""
+    if req.modality == "image":
+        return await asyncio.to_thread(parse_images, req.input, "input", lim.max_inputs, lim), "image"
+    items, token_ids = parse_inputs(req.input, "input", lim.max_inputs, lim.max_input_chars, token_ids=True)
+    return items, "ids" if token_ids else "text"
+
+
+async def _embed(backend, items: list, kind: str, truncate: bool) -> Embedded:
+    """The arm's vectors of inputs of ``kind`` (see ``_embedding_inputs``)."""
+    if kind == "image":
+        return await backend.embed_images(items)
+    embed = backend.embed_token_ids if kind == "ids" else backend.embed_texts
+    return await embed(items, truncate)
+
+
+def _refuse_text_only(res: Embedded, model: str | None, arm: str) -> None:
+    """A clear 400 when images were asked of a text-only model."""
+    if res.text_only:
+        raise ApiError(400, "text_only_model", f"model {model or arm!r} (arm {arm}) is text-only: it has no image "
+                       "tower, so it cannot embed images; send text (modality: text) or ask a model whose "
+                       "/v1/models entry lists the image modality", "modality")
 
 
 @serve.ingress(app)
@@ -267,13 +311,12 @@ class Ingress:
             started = time.perf_counter()
             req = await read_body(request, EmbeddingsRequest, self.spec.limits.max_body_bytes)
             lim = self.spec.limits
-            texts, token_ids = parse_inputs(req.input, "input", lim.max_inputs, lim.max_input_chars, token_ids=True)
+            texts, kind = await _embedding_inputs(req, lim)
             user = req.user or request.headers.get("x-user-id")
             arm = self._pick_arm(req.model, user)
             truncate = lim.truncate if req.truncate is None else req.truncate
-            backend = self.backends[arm]
-            embed = backend.embed_token_ids if token_ids else backend.embed_texts
-            res: Embedded = await embed(texts, truncate)
+            res = await _embed(self.backends[arm], texts, kind, truncate)
+            _refuse_text_only(res, req.model, arm)
             if res.bad_token is not None:
                 i, j, value = res.bad_token
                 shown = str(value) if abs(value) < 10**12 else f"{str(value)[:12]}..."
@@ -297,7 +340,8 @@ class Ingress:
                         for i, v in enumerate(vecs)]
             else:
                 data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vecs.tolist())]
-            self.m_input_tokens.inc(res.n_tokens, tags={"arm": arm})
+            if res.n_tokens:  # none for images
+                self.m_input_tokens.inc(res.n_tokens, tags={"arm": arm})
             if res.truncated:
                 self.m_truncated.inc(len(res.truncated), tags={"arm": arm})
             request_id = uuid.uuid4().hex
@@ -318,18 +362,26 @@ class Ingress:
             started = time.perf_counter()
             req = await read_body(request, SearchRequest, self.spec.limits.max_body_bytes)
             lim = self.spec.limits
-            queries, _ = parse_inputs(req.query, "query", lim.max_queries, lim.max_input_chars, token_ids=False)
             if req.k > self.spec.limits.max_k:
                 raise ApiError(422, "k_too_large", f"k={req.k} is over the limit {self.spec.limits.max_k}", "k")
+            if req.modality == "image":
+                images = await asyncio.to_thread(parse_images, req.query, "query", lim.max_queries, lim)
+                queries = [None] * len(images)  # no query text: the results say `query: null`, the log keeps none
+            else:
+                queries, _ = parse_inputs(req.query, "query", lim.max_queries, lim.max_input_chars, token_ids=False)
             user = req.user or request.headers.get("x-user-id")
             arm = self._pick_arm(req.model, user)
-            hits, res = await self.backends[arm].search_texts(queries, req.k)
+            if req.modality == "image":
+                hits, res = await self.backends[arm].search_images(images, req.k)
+            else:
+                hits, res = await self.backends[arm].search_texts(queries, req.k)
+            _refuse_text_only(res, req.model, arm)
             if hits is None:
                 raise ApiError(404, "no_index", f"arm {arm!r} has no index (give index_dir or corpus)")
             request_id = uuid.uuid4().hex
             self.events.write({"type": "search", "request_id": request_id, "arm": arm, "user": user,
                                "model_version": res.version, "ids": [[h["id"] for h in row] for row in hits],
-                               **({"queries": queries} if self.spec.log_queries else {}),
+                               **({"queries": queries} if self.spec.log_queries and req.modality == "text" else {}),
                                "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
             data = [{"object": "search_result", "index": i, "query": q,
                      "hits": [{"rank": r + 1, **h} for r, h in enumerate(row)]}
@@ -366,6 +418,7 @@ class Ingress:
                 i = infos[arm]
                 data.append({"id": served, "object": "model", "created": created, "owned_by": "fastemb",
                              "arm": arm, "version": i["version"], "path": i["path"], "dimensions": i["dim"],
+                             "modalities": i["modalities"],
                              "languages": i.get("languages"),
                              "max_input_tokens": i["max_length"], "registry": i["registry"],
                              "follows_production": i["follows_production"]})

@@ -28,10 +28,7 @@ class IndexDirBackend:
         self.size = int(self.searcher.index.ntotal)
 
     def search(self, vectors: np.ndarray, k: int) -> list[list[dict]]:
-        s = self.searcher
-        q = s.compressor.transform(vectors) if s.compressor else vectors
-        return [[{"id": d, "score": sc, "text": s.texts[r].as_py()} for d, sc, r in row]
-                for row in s.search_vectors(q, k)]
+        return self.searcher.search_embedded(vectors, k)
 
 
 class CorpusBackend:

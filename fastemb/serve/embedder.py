@@ -35,6 +35,11 @@ def _batch_cost(items: list) -> int:
     return max(len(x) for it in items for x in it[0]) * n
 
 
+def _image_count(items: list) -> int:
+    """Pictures in a batch of image pieces ``(pictures, model)``."""
+    return sum(len(it[0]) for it in items)
+
+
 def pieces(lengths: list[int], max_items: int, budget: int) -> list[list[int]]:
     """Consecutive index ranges of one request, each within ``max_items`` inputs and ``budget`` padded tokens."""
     out, cur, longest = [], [], 0
@@ -76,6 +81,7 @@ class Embedded:
     max_length: int = 0
     bad_token: tuple[int, int, int] | None = None  # (input, position, value) of a token id outside the vocabulary
     vocab_size: int = 0
+    text_only: bool = False  # images were asked of a model without an image tower
 
 
 def _threads() -> int:
@@ -153,6 +159,8 @@ class Embedder:
         self._budget = budget
         self._embed_piece.set_max_batch_size(budget)
         self._embed_piece.set_batch_wait_timeout_s(float(cfg["batch_wait_timeout_s"]))
+        self._embed_image_piece.set_max_batch_size(self._max_items)
+        self._embed_image_piece.set_batch_wait_timeout_s(float(cfg["batch_wait_timeout_s"]))
 
     # ------------------------------------------------------------------ tokenise
     @staticmethod
@@ -212,15 +220,21 @@ class Embedder:
             out[chunk] = model.forward(*pad_batch([ids_list[i] for i in chunk], pad_id))
         return out
 
-    def _forward_groups(self, items: list) -> list[np.ndarray]:
-        """Forward a batch; items tokenised for different model versions (around a swap) go to their own model."""
+    def _encode_images(self, model: LoadedModel, images: list) -> np.ndarray:
+        """Vectors of pictures through the model's image tower."""
+        return model.images.encode_images(images, batch_size=self._max_items)
+
+    def _forward_groups(self, items: list, run=None) -> list[np.ndarray]:
+        """Forward a batch (``run(model, inputs)``: default the text forward pass); items prepared for different
+        model versions (around a swap) go to their own model, the last element of each item."""
+        run = run or self._forward
         groups: dict[int, tuple[LoadedModel, list[int]]] = {}
         for pos, it in enumerate(items):
-            groups.setdefault(id(it[2]), (it[2], []))[1].append(pos)
+            groups.setdefault(id(it[-1]), (it[-1], []))[1].append(pos)
         out: list = [None] * len(items)
         for model, positions in groups.values():
             flat = [ids for p in positions for ids in items[p][0]]
-            vecs = self._forward(model, flat)
+            vecs = run(model, flat)
             start = 0
             for p in positions:
                 n = len(items[p][0])
@@ -236,6 +250,17 @@ class Embedder:
         n = sum(len(it[0]) for it in items)
         self.m_batch.observe(n)
         self.m_tokens.observe(max(len(x) for it in items for x in it[0]) * n)
+        self.m_items.inc(n)
+        return vecs
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, batch_size_fn=_image_count)
+    async def _embed_image_piece(self, items: list[tuple[list, LoadedModel]]) -> list[np.ndarray]:
+        """Pictures of several requests through the image tower in one pass (at most ``max_batch_size`` images)."""
+        started = time.perf_counter()
+        vecs = await asyncio.to_thread(self._forward_groups, items, self._encode_images)
+        self.m_forward.observe((time.perf_counter() - started) * 1000)
+        n = sum(len(it[0]) for it in items)
+        self.m_batch.observe(n)
         self.m_items.inc(n)
         return vecs
 
@@ -287,6 +312,32 @@ class Embedder:
         hits = await asyncio.to_thread(model.backend.search, vecs, k)
         return hits, Embedded(None, sum(len(x) for x in ids), over, model.version, model.dim, model.normalize)
 
+    async def embed_images(self, images: list) -> Embedded:
+        """Vectors of pictures (RGB) with the image tower of the model serving now, batched with other requests';
+        ``text_only`` when that model has none."""
+        model = self.model
+        if model.images is None:
+            return Embedded(None, 0, [], model.version, model.dim, model.normalize, text_only=True)
+        return Embedded(await self._embed_pictures(model, images), 0, [], model.version, model.dim, model.normalize)
+
+    async def _embed_pictures(self, model: LoadedModel, images: list) -> np.ndarray:
+        """One batch item per ``max_batch_size`` pictures of the request."""
+        step = self._max_items
+        vecs = await asyncio.gather(*[self._embed_image_piece((images[i:i + step], model))
+                                      for i in range(0, len(images), step)])
+        return vecs[0] if len(vecs) == 1 else np.concatenate(vecs)
+
+    async def search_images(self, images: list, k: int) -> tuple[list[list[dict]] | None, Embedded]:
+        """Top-k hits per query picture (image → image over an image index, image → text over a text one)."""
+        model = self.model
+        if model.images is None:
+            return None, Embedded(None, 0, [], model.version, model.dim, model.normalize, text_only=True)
+        if model.backend is None:
+            return None, Embedded(None, 0, [], model.version, model.dim, model.normalize)
+        vecs = await self._embed_pictures(model, images)
+        hits = await asyncio.to_thread(model.backend.search, vecs, k)
+        return hits, Embedded(None, 0, [], model.version, model.dim, model.normalize)
+
     def info(self) -> dict:
         from fastemb.model.card import model_languages
 
@@ -295,7 +346,7 @@ class Embedder:
             self._languages_of, self._languages = m.path, model_languages(m.path)
         return {"arm": self.arm_name, "version": m.version, "path": m.path, "dim": m.dim,
                 "languages": self._languages,
-                "max_length": m.max_length, "normalize": m.normalize,
+                "max_length": m.max_length, "normalize": m.normalize, "modalities": m.modalities,
                 "index_size": getattr(m.backend, "size", None), "device": m.device,
                 "inference_backend": m.forward.name, "precision": getattr(m.forward, "precision", "fp32"),
                 "swaps": self.swaps,

@@ -22,13 +22,14 @@ class LoadedModel:
     path: str
     encoder: object  # fastemb.model.encoder.Encoder (tokenizer, settings; the torch model) or a StaticEncoder
     backend: object | None  # fastemb.serve.backends.SearchBackend
-    forward: object  # OnnxEncoder | TorchForward | StaticEncoder: (ids, mask) -> float32 vectors
+    forward: object  # OnnxEncoder | TorchForward | ImageTextForward | StaticEncoder: (ids, mask) -> float32 vectors
     device: str = "cpu"
     loaded_at: float = field(default_factory=time.time)
+    images: object | None = None  # an image–text model (fastemb/model/image_text.py): its image tower embeds images
 
     @property
     def dim(self) -> int:
-        return self.encoder.dim
+        return self.images.dim if self.images is not None else self.encoder.dim
 
     @property
     def max_length(self) -> int:
@@ -36,7 +37,12 @@ class LoadedModel:
 
     @property
     def normalize(self) -> bool:
-        return bool(self.encoder.normalize)
+        return True if self.images is not None else bool(self.encoder.normalize)
+
+    @property
+    def modalities(self) -> list[str]:
+        """What the model embeds (``/v1/models``)."""
+        return ["text", "image"] if self.images is not None else ["text"]
 
 
 def _local_copy(registry, version: str) -> str:
@@ -85,9 +91,12 @@ def load(arm, version: str, path: str, device: str = "cpu", threads: int = 1, pr
     transformer, so ``backend`` must stay ``auto``."""
     from fastemb.model.encoder import Encoder
     from fastemb.model.forward import load_forward
+    from fastemb.model.image_text import is_image_text_folder
     from fastemb.model.static import StaticEncoder, StaticModelError, is_static
     from fastemb.serve.backends import make_backend
 
+    if is_image_text_folder(path):
+        return _load_image_text(arm, version, path, device, precision)
     if is_static(path):
         if arm.backend != "auto":
             raise StaticModelError(f"backend: {arm.backend} does not apply to {path}, a static model "
@@ -99,6 +108,21 @@ def load(arm, version: str, path: str, device: str = "cpu", threads: int = 1, pr
     forward = load_forward(encoder, path, arm.backend, threads, device, precision=precision)
     backend = make_backend(arm, lambda texts: encoder.encode(texts, batch_size=64))
     return LoadedModel(version, path, encoder, backend, forward, device)
+
+
+def _load_image_text(arm, version: str, path: str, device: str, precision: str) -> LoadedModel:
+    """An image–text folder: texts through its text tower and projection (torch: the ONNX export covers text
+    encoders only), images through its image tower; a corpus is embedded with the text side."""
+    from fastemb.model.forward import ImageTextForward
+    from fastemb.model.image_text import ImageTextModel
+    from fastemb.serve.backends import make_backend
+
+    if arm.backend not in ("auto", "torch"):
+        raise ValueError(f"backend: {arm.backend} does not apply to {path}, an image–text model (served with torch); "
+                         "use auto or torch")
+    model = ImageTextModel.load(path, max_length=arm.max_length).eval().to(device)
+    backend = make_backend(arm, lambda texts: model.encode(texts, batch_size=64))
+    return LoadedModel(version, path, model.text, backend, ImageTextForward(model, precision), device, images=model)
 
 
 def production_version(root: str) -> str | None:

@@ -5,17 +5,39 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from fastemb.spec.base import RunJob, Section, input_path
+from fastemb.spec.base import RunJob, Section, input_path, not_path
 from fastemb.spec.sections import EmbedSpec, ModelSpec
 
 
 class CorpusSpec(Section):
-    """The documents to index: parquet with an id and a text column."""
+    """The documents to index: parquet with an id and a text column; or, for an image–text model, an id and an image
+    column (``image_column``: encoded image bytes) or an image file column (``path_column``)."""
     path: str = input_path("wordnet", description="'wordnet' (117k definitions), 'wordnet:test' (a labeled "
                                                    "corpus), or a parquet file / folder of shards / pyarrow-fsspec URI")
     id_column: str = "id"
     text_column: str = "text"
+    image_column: str | None = Field(None, min_length=1, description="index images: the column of encoded image "
+                                     "bytes (PNG, JPEG, GIF, WEBP, BMP), embedded by an image–text model's image tower")
+    path_column: str | None = not_path(None, min_length=1, description="index images: the name of the column "
+                                       "holding image locations (relative ones: to the corpus folder, or to the "
+                                       "corpus file's folder); the column's values are read, not this name")
     on_bad_file: Literal["skip", "fail"] = Field("skip", description="an unreadable file: count it and go on, or stop")
+
+    @model_validator(mode="after")
+    def _one_image_source(self) -> CorpusSpec:
+        if self.image_column and self.path_column:
+            raise ValueError("corpus: give image_column (image bytes) or path_column (image files), not both")
+        return self
+
+    @property
+    def images(self) -> bool:
+        """The corpus holds images (embedded by the image tower), not texts."""
+        return bool(self.image_column or self.path_column)
+
+    @property
+    def content_column(self) -> str:
+        """The column the encoders read: the image bytes, the image paths, or the texts."""
+        return self.image_column or self.path_column or self.text_column
 
 
 class ChunkingSpec(Section):
@@ -125,6 +147,16 @@ class IndexJob(RunJob):
         compress = CompressSpec.model_validate({**base_compress, **entry["compress"]}) if "compress" in entry \
             else self.compress
         return index, compress
+
+    @model_validator(mode="after")
+    def _images_are_whole_entries(self) -> IndexJob:
+        if self.corpus.images and self.chunking.enabled:
+            raise ValueError("chunking.enabled: an image corpus (corpus.image_column / path_column) has no tokens to "
+                             "chunk; leave chunking off")
+        if self.corpus.images and self.evaluate.enabled:
+            raise ValueError("evaluate.enabled: the compression evaluation runs on text sets; leave it off for an "
+                             "image corpus")
+        return self
 
     @model_validator(mode="after")
     def _binary_needs_unit_vectors(self) -> IndexJob:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -118,6 +118,9 @@ class IngressSpec(Section):
         "fastemb/serve/proxy.py)")
 
 
+ImageFormat = Literal["PNG", "JPEG", "GIF", "WEBP", "BMP"]  # what fastemb/data/images.py decodes
+
+
 class LimitsSpec(Section):
     """Input limits; a violation answers 4xx with a JSON body naming the problem."""
     max_inputs: int = Field(256, ge=1, description="inputs per /v1/embeddings request")
@@ -127,6 +130,12 @@ class LimitsSpec(Section):
     max_k: int = Field(100, ge=1, description="largest k of /v1/search")
     max_queries: int = Field(64, ge=1, description="queries per /v1/search request")
     max_inflight_requests: int = Field(512, ge=1, description="in-flight requests per ingress replica (429 above)")
+    max_image_bytes: int = Field(10_000_000, ge=1, description="bytes per image input, decoded from base64 "
+                                 "(413 above; the body limit max_body_bytes applies too)")
+    max_image_pixels: int = Field(16_000_000, ge=1, description="pixels (width x height) per image input, read "
+                                  "from its header before any pixel is decoded (413 above: a decompression bomb)")
+    image_formats: list[ImageFormat] = Field(
+        list(get_args(ImageFormat)), min_length=1, description="image formats accepted (415 for another: SVG, TIFF, ...)")
 
 
 class ABSpec(Section):
