@@ -20,9 +20,7 @@ import json
 import os
 import random
 import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +32,7 @@ def train_st_image_text(rows: list[dict], base_dir: str | Path, out_dir: str | P
                         workers: int, threads: int = 1, seed: int = 42) -> dict:
     """Train the Router model in ``base_dir`` on ``rows`` (``{image: bytes, captions: [...]}``); returns
     ``{model_dir, train_s, pairs_per_s, peak_rss_mib: [per process], loss}``."""
-    from bench.st_peer import _free_port
+    from bench.st_peer import launch
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -48,14 +46,7 @@ def train_st_image_text(rows: list[dict], base_dir: str | Path, out_dir: str | P
     config = {"base_dir": str(base_dir), "batch": batch, "lr": lr, "text_lr": text_lr, "temperature": temperature,
               "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "threads": threads, "seed": seed}
     (out / "config.json").write_text(json.dumps(config))
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={workers}", "--nnodes=1",
-           f"--master_port={_free_port()}", __file__, "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
-    with open(out / "train.log", "w") as log:
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-    if rc != 0:
-        raise SystemExit(f"sentence-transformers image–text training failed (exit {rc}); see {out / 'train.log'}")
-    return json.loads((out / "result.json").read_text())
+    return launch(__file__, out, workers, threads)
 
 
 def _optimizer(model, cfg: dict):
@@ -74,8 +65,6 @@ def _optimizer(model, cfg: dict):
 
 def _worker(out: Path) -> None:
     """One training process (launched by torch.distributed.run)."""
-    import resource
-
     import torch
     import torch.distributed as dist
     import pyarrow.parquet as pq
@@ -83,6 +72,8 @@ def _worker(out: Path) -> None:
     from datasets import Image as DatasetImage
     from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
                                        SentenceTransformerTrainingArguments, losses)
+
+    from bench.st_peer import train_and_report
 
     cfg = json.loads((out / "config.json").read_text())
     torch.set_num_threads(cfg["threads"])
@@ -106,23 +97,13 @@ def _worker(out: Path) -> None:
         router_mapping={"caption": "text", "image": "image"})
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss,
                                          optimizers=(_optimizer(model, cfg), None))
-    t0 = time.time()
-    metrics = trainer.train().metrics
-    train_s = time.time() - t0
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    pairs_trained = trainer.state.global_step * cfg["batch"] * world
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    peaks = [peak]
-    if dist.is_available() and dist.is_initialized():
-        peaks = [None] * dist.get_world_size()
-        dist.all_gather_object(peaks, peak)
-    if int(os.environ.get("RANK", "0")) == 0:
-        model_dir = out / "model"
-        model.save(str(model_dir))
-        (out / "result.json").write_text(json.dumps({
-            "model_dir": str(model_dir), "train_s": train_s, "pairs_per_s": pairs_trained / train_s,
-            "pairs": pairs_trained,
-            "peak_rss_mib": peaks, "loss": metrics.get("train_loss")}))
+
+    def rate(train_s: float) -> dict:  # the pairs trained: optimizer steps × pairs per step over all processes
+        pairs = trainer.state.global_step * cfg["batch"] * world
+        return {"pairs": pairs, "pairs_per_s": pairs / train_s}
+
+    train_and_report(trainer, model, out, rate)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,8 +39,14 @@ def train_st(pairs: list[dict], out_dir: str | Path, *, batch: int, lr: float, e
     config = {"batch": batch, "lr": lr, "epochs": epochs, "temperature": temperature, "max_length": max_length,
               "threads": threads, "mini_batch": mini_batch, "matryoshka_dims": matryoshka_dims, "seed": seed}
     (out / "config.json").write_text(json.dumps(config))
+    return launch(__file__, out, workers, threads)
+
+
+def launch(script: str, out: Path, workers: int, threads: int) -> dict:
+    """Run ``script --out out`` on ``workers`` processes of ``threads`` threads (torch's launcher, one machine); its
+    rank 0 writes ``out/result.json``, returned. Output goes to ``out/train.log``."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={workers}", "--nnodes=1",
-           f"--master_port={_free_port()}", __file__, "--out", str(out)]
+           f"--master_port={_free_port()}", script, "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
     with open(out / "train.log", "w") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
@@ -50,10 +57,7 @@ def train_st(pairs: list[dict], out_dir: str | Path, *, batch: int, lr: float, e
 
 def _worker(out: Path) -> None:
     """One training process (launched by torch.distributed.run)."""
-    import resource
-
     import torch
-    import torch.distributed as dist
     from datasets import Dataset
     from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
                                        SentenceTransformerTrainingArguments, losses)
@@ -79,6 +83,16 @@ def _worker(out: Path) -> None:
         max_grad_norm=1.0, save_strategy="no", report_to="none", logging_steps=10, use_cpu=True,
         ddp_backend="gloo", seed=cfg["seed"], dataloader_drop_last=True, batch_sampler="no_duplicates")
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=loss)
+    train_and_report(trainer, model, out)
+
+
+def train_and_report(trainer, model, out: Path, extra: Callable[[float], dict] | None = None) -> None:
+    """Run ``trainer``; rank 0 saves ``model`` to ``out/model`` and writes ``out/result.json``: the training seconds,
+    every process's peak resident memory, the loss and ``extra(train seconds)``."""
+    import resource
+
+    import torch.distributed as dist
+
     t0 = time.time()
     metrics = trainer.train().metrics
     train_s = time.time() - t0
@@ -91,7 +105,8 @@ def _worker(out: Path) -> None:
         model_dir = out / "model"
         model.save(str(model_dir))
         (out / "result.json").write_text(json.dumps({"model_dir": str(model_dir), "train_s": train_s,
-                                                     "peak_rss_mib": peaks, "loss": metrics.get("train_loss")}))
+                                                     "peak_rss_mib": peaks, "loss": metrics.get("train_loss"),
+                                                     **(extra(train_s) if extra else {})}))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ import faiss
 import numpy as np
 import ray
 
-from fastemb.index.embed import peak_rss_mb, this_node
+from fastemb.index.embed import this_node
+from fastemb.index.shard_rows import peak_rss_mb
 from fastemb.index.binary import NotUnitNormError, check_unit_norm, is_binary
 from fastemb.index.factory import code_bytes, is_mergeable, make_index
 from fastemb.index.refine import SCALES_FILE, STORE_FILES, int8_scales, open_store, to_store

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import shutil
 import time
 from collections import Counter
@@ -45,18 +44,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fastemb.data.text import text_hashes
 from fastemb.data.chunking import chunk_token_ids, pool_documents
 from fastemb.index.corpus import CorpusScan, clean_texts, plan_units
+from fastemb.index.shard_rows import peak_rss_mb, report_rss, shard_table
 from fastemb.model.batching import embed_sequences
 
 logger = logging.getLogger(__name__)
 HOLD_ENV = "FASTEMB_TEST_HOLD_FILE"  # the test hook above
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (MiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def this_node() -> dict:
@@ -138,27 +132,6 @@ class EmbedActor:
         while os.path.exists(self.hold_file):
             time.sleep(0.05)
 
-
-
-def report_rss(rss_dir: str | None) -> None:
-    """Write this actor's peak memory into the unit's ``_rss`` folder (absent on another node than the driver's)."""
-    if rss_dir and os.path.isdir(rss_dir):
-        Path(rss_dir, f"{os.getpid()}.rss").write_text(f"{peak_rss_mb():.1f}")
-
-
-def shard_table(ids: list, chunks: list[int], texts: list, skips: list, vec_rows: list[int], vectors: np.ndarray,
-                dim: int, hash_keys: list[str] | None = None) -> pa.Table:
-    """Embedding-shard rows: ``vec_rows[i]`` is row i's row of ``vectors`` (-1: skipped, no vector); ``thash`` hashes
-    ``hash_keys`` (default: the texts), which decides among duplicate ids (fastemb/index/shards.py)."""
-    flat = np.zeros((len(vec_rows), dim), dtype=np.float32)
-    has = np.array([v >= 0 for v in vec_rows], dtype=bool)
-    if has.any():
-        flat[has] = vectors[np.array([v for v in vec_rows if v >= 0])]
-    vec = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim, mask=pa.array(~has))
-    keys = hash_keys if hash_keys is not None else [t or "" for t in texts]
-    return pa.table({"id": pa.array(ids, pa.string()), "chunk": pa.array(chunks, pa.int32()),
-                     "text": pa.array(texts, pa.string()), "thash": pa.array(text_hashes(keys), pa.int64()),
-                     "skip": pa.array(skips, pa.string()), "vector": vec})
 
 
 def unit_dir(emb_dir: Path, unit: dict) -> Path:

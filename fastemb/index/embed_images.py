@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from fastemb.data.images import ImageError, decode_image
 from fastemb.index.corpus import SKIP_NULL_ID
-from fastemb.index.embed import report_rss, shard_table
+from fastemb.index.shard_rows import report_rss, shard_table
 
 MISSING_IMAGE = "missing_image"
 UNREADABLE_PATH = "unreadable_path"

@@ -18,7 +18,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from fastemb.index.corpus import SKIP_DUPLICATE, SKIP_UNREADABLE, scan_corpus
-from fastemb.index.embed import peak_rss_mb, shard_files
+from fastemb.index.embed import shard_files
+from fastemb.index.shard_rows import peak_rss_mb
 from fastemb.index.refine import SCALES_FILE, STORE_FILES
 from fastemb.index.stages import EMBEDDINGS, embed_stage, embeddings_dir, index_shards, staged
 from fastemb.model.card import CardUpdate, has_fastemb_card, table, write_card

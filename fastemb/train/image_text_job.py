@@ -23,13 +23,12 @@ from fastemb.eval.cache import cached_metrics
 from fastemb.eval.image_text import ImageTextSplit, evaluate_image_text, load_split
 from fastemb.model.image_text import ImageTextModel
 from fastemb.plots import image_grid, training_curve
-from fastemb.ray_env import init_ray
 from fastemb.record import hardware, reproducible_record
 from fastemb.spec import TrainJob
 from fastemb.tracking.run import Tracker
 from fastemb.train.export import export_length
 from fastemb.train.tasks import job_tasks, load_task_pairs
-from fastemb.train.trainer import export_checkpoint, finished_checkpoint, fit_and_export, make_trainer, plan_steps
+from fastemb.train.trainer import fit_or_reuse, plan_steps
 
 logger = logging.getLogger(__name__)
 
@@ -118,19 +117,9 @@ def train_image_text(spec: TrainJob, tracker: Tracker, t0: float) -> dict:
     splits = test_splits(spec)
     base = _base(spec, splits)
     logger.info("base (untrained image tower): " + _describe(base["scores"]))
-    finished = finished_checkpoint(spec)
-    t_train = time.time()
-    if finished:
-        logger.info(f"the run already finished; its exported model is in {finished[1]}")
-        model_dir, history = export_checkpoint(*finished, spec)
-    else:
-        init_ray(spec.ray.address, spec.ray.num_cpus, t.cpus_per_worker)
-        trainer = make_trainer(spec, rows, plan, tracking=tracker.worker_config())
-        logger.info(f"{sum(map(len, rows.values()))} rows, {t.num_workers} workers × {t.micro_batch_size}, "
-                    f"ZeRO-{t.zero_stage}, "
-                    f"{t.precision}, freeze {it.freeze}, {plan['total_steps']} steps")
-        model_dir, history = fit_and_export(trainer, spec)
-    train_s = time.time() - t_train
+    model_dir, history, train_s = fit_or_reuse(
+        spec, rows, plan, tracker, f"{sum(map(len, rows.values()))} rows, {t.num_workers} workers × "
+        f"{t.micro_batch_size}, ZeRO-{t.zero_stage}, {t.precision}, freeze {it.freeze}")
     model = ImageTextModel.load(model_dir)  # exactly as a consumer loads it (its files, its length)
     tuned = {"scores": split_scores(model, splits), "general": general_metrics(spec, model)}
     logger.info("tuned: " + _describe(tuned["scores"]))

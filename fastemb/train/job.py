@@ -33,7 +33,7 @@ from fastemb.train.card import train_card
 from fastemb.train.export import at_export_length, int8_export, merge_export
 from fastemb.train.tasks import (check_matryoshka_width, job_tasks, load_task_pairs, long_docs_eval,
                                  multi_view_eval)
-from fastemb.train.trainer import export_checkpoint, finished_checkpoint, fit_and_export, make_trainer, plan_steps
+from fastemb.train.trainer import fit_or_reuse, plan_steps
 
 logger = logging.getLogger(__name__)
 
@@ -168,21 +168,9 @@ def _train(spec: TrainJob, tracker: Tracker, t0: float) -> dict:
     tracker.log_record(record)
     model, base, general_base = _evaluate_base(spec)
     teacher_info = _teacher_outputs(spec, tasks, pairs)  # stored in the run folder: reused by a rerun
-    finished = finished_checkpoint(spec)
-    t_train = time.time()
-    if finished:  # an earlier run of this job finished: its result, without starting a worker group
-        logger.info(f"the run already finished; its exported model is in {finished[1]}")
-        model_dir, history = export_checkpoint(*finished, spec)
-        if not tracker.resumed:  # tracking started after the training ran: its history, after the fact
-            tracker.log_history(history)
-    else:
-        init_ray(spec.ray.address, spec.ray.num_cpus, t.cpus_per_worker)
-        trainer = make_trainer(spec, pairs, plan, tracking=tracker.worker_config())
-        logger.info(f"{sum(map(len, pairs.values()))} pairs, {t.num_workers} workers × "
-                    f"{t.micro_batch_size} (×{t.grad_accum} accumulation), ZeRO-{t.zero_stage}, {t.precision}, "
-                    f"{plan['total_steps']} steps")
-        model_dir, history = fit_and_export(trainer, spec)
-    train_s = time.time() - t_train
+    model_dir, history, train_s = fit_or_reuse(
+        spec, pairs, plan, tracker, f"{sum(map(len, pairs.values()))} pairs, {t.num_workers} workers × "
+        f"{t.micro_batch_size} (×{t.grad_accum} accumulation), ZeRO-{t.zero_stage}, {t.precision}")
     scores = _evaluate_export(spec, model, model_dir, base, general_base)
     if spec.multilingual:
         from fastemb.train.multilingual import multilingual_report

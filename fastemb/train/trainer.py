@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,6 +19,9 @@ from fastemb.spec.paths import absolute_inputs
 from fastemb.storage import is_uri, ray_storage, remote_run_dir
 from fastemb.train.checkpointing import HISTORY_FILE
 from fastemb.train.tasks import job_tasks, uses_pool
+
+
+logger = logging.getLogger(__name__)
 
 
 class TrainError(FastembError, RuntimeError):
@@ -163,3 +168,24 @@ def export_checkpoint(fs: pafs.FileSystem, checkpoint: str, spec: TrainJob) -> t
     with fs.open_input_stream(f"{checkpoint}/{HISTORY_FILE}") as f:
         history = json.loads(f.read())
     return model_dir, history
+
+
+def fit_or_reuse(spec: TrainJob, rows: dict[str, list[dict]], plan: dict, tracker, describe: str
+                 ) -> tuple[Path, list[dict], float]:
+    """Train on ``rows`` (per task) and export, or take the result of an earlier run of this job that finished
+    (without starting a worker group); returns the exported model's folder, the history and the seconds it took.
+    ``tracker``: the job's MLflow run (fastemb/tracking/run.py); ``describe``: what the start line says of the run."""
+    from fastemb.ray_env import init_ray
+
+    finished, t0 = finished_checkpoint(spec), time.time()
+    if finished:
+        logger.info(f"the run already finished; its exported model is in {finished[1]}")
+        model_dir, history = export_checkpoint(*finished, spec)
+        if not tracker.resumed:  # tracking started after the training ran: its history, after the fact
+            tracker.log_history(history)
+    else:
+        init_ray(spec.ray.address, spec.ray.num_cpus, spec.train.cpus_per_worker)
+        trainer = make_trainer(spec, rows, plan, tracking=tracker.worker_config())
+        logger.info(f"{describe}, {plan['total_steps']} steps")
+        model_dir, history = fit_and_export(trainer, spec)
+    return model_dir, history, time.time() - t0
