@@ -88,13 +88,14 @@ def _base(spec: TrainJob, splits: dict[str, ImageTextSplit]) -> dict:
 
 
 def _grid(model, split: ImageTextSplit, path: Path) -> Path:
-    """The tuned model's top 5 images for the first ``GRID_QUERIES`` distinct captions of a split."""
+    """The tuned model's top 5 images for ``GRID_QUERIES`` distinct captions spread over a split."""
     import numpy as np
 
-    captions = split.captions[:GRID_QUERIES]
+    picked = sorted(set(np.linspace(0, len(split.captions) - 1, GRID_QUERIES).astype(int).tolist()))
+    captions = [split.captions[i] for i in picked]
     scores = model.encode(captions) @ model.encode_images(split.images).T
     top = np.argsort(-scores, axis=1)[:, :5]
-    hits = [[split.image_concepts[j] in split.caption_concepts[i] for j in row] for i, row in enumerate(top)]
+    hits = [[split.image_concepts[j] in split.caption_concepts[i] for j in row] for i, row in zip(picked, top)]
     return image_grid(captions, [[split.images[j] for j in row] for row in top], hits, path)
 
 
