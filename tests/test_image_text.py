@@ -206,10 +206,10 @@ def test_single_image_task_resolution():
 
 
 def test_image_text_trains_on_ray_train_beside_text_pairs_and_exports(ray_local, tmp_path, tiny_model, images):
-    """2 Ray Train workers (DeepSpeed ZeRO-2, the loss gathered across them), images decoded on Ray Data, an image task
-    beside a WordNet text-pairs task (tasks: each micro-batch from one): the image loss falls, the exported model is
-    scored as sentence-transformers would load it, base first, both directions, and the report, the curve and the
-    top-5 grid are written."""
+    """A Ray Train worker (DeepSpeed ZeRO-2; the loss's gathering across workers is the loss module's, tested above on
+    two processes), images decoded on Ray Data, an image task beside a WordNet text-pairs task (tasks: each
+    micro-batch from one): the image loss falls, the exported model is scored as sentence-transformers would load it,
+    base first, both directions, and the report, the curve and the top-5 grid are written."""
     from sentence_transformers import SentenceTransformer
 
     from fastemb.train.job import cli_summary, run_train
@@ -219,11 +219,11 @@ def test_image_text_trains_on_ray_train_beside_text_pairs_and_exports(ray_local,
                        "tasks": [{"name": "images", "kind": "image_text", "data": str(images / "train.parquet")},
                                  {"name": "words", "data": "wordnet", "max_pairs": 48, "weight": 0.3}],
                        "image_text": BUILTIN, "general": None,
-                       "train": {"num_workers": 2, "micro_batch_size": 8, "max_steps": 10, "epochs": 10, "lr": 2e-3,
-                                 "warmup_ratio": 0, "checkpoint_every": 100, "log_every": 1, "eval_every": 10}})
+                       "train": {"num_workers": 1, "micro_batch_size": 8, "max_steps": 8, "epochs": 10, "lr": 2e-3,
+                                 "warmup_ratio": 0, "checkpoint_every": 100, "log_every": 1, "eval_every": 8}})
     report = run_train(spec)
     steps = [h for h in report["history"] if "loss_task_images" in h]
-    assert len(steps) >= 5 and all(h["loss_image_to_text"] > 0 for h in steps)
+    assert len(steps) >= 4 and all(h["loss_image_to_text"] > 0 for h in steps)
     assert any("loss_task_words" in h for h in report["history"])
     assert np.mean([h["loss_task_images"] for h in steps[-3:]]) < np.mean([h["loss_task_images"] for h in steps[:3]])
     assert set(report["pairs"]) == {"images", "words"} and report["pairs"]["words"]["kept"] == 48
