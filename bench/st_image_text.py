@@ -15,9 +15,7 @@ pairs per second and each process's peak resident memory. Run as a script, this 
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import random
 import re
 import sys
@@ -108,7 +106,6 @@ def _worker(out: Path) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    ap = argparse.ArgumentParser(description="one sentence-transformers image–text training process")
-    ap.add_argument("--out", required=True)
-    _worker(Path(ap.parse_args().out))
+    from bench.st_peer import worker_main
+
+    worker_main("one sentence-transformers image–text training process", _worker)

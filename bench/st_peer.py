@@ -109,9 +109,14 @@ def train_and_report(trainer, model, out: Path, extra: Callable[[float], dict] |
                                                      **(extra(train_s) if extra else {})}))
 
 
-if __name__ == "__main__":
+def worker_main(description: str, worker: Callable[[Path], None]) -> None:
+    """The entry point of one launched process: ``worker(--out)``, offline."""
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    ap = argparse.ArgumentParser(description="one sentence-transformers training process (see train_st)")
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--out", required=True)
-    _worker(Path(ap.parse_args().out))
+    worker(Path(ap.parse_args().out))
+
+
+if __name__ == "__main__":
+    worker_main("one sentence-transformers training process (see train_st)", _worker)

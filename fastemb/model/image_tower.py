@@ -12,6 +12,7 @@ exported model gives the same vectors in both (fastemb/model/image_text.py).
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Sequence
 
@@ -89,8 +90,10 @@ class ImageTower(nn.Module):
         return hidden.mean(dim=1)
 
 
+@functools.lru_cache(maxsize=4)
 def image_processor(vision: str, image_size: int):
-    """The processor of ``vision`` (``builtin``: the square one at ``image_size``; a folder: its own)."""
+    """The processor of ``vision`` (``builtin``: the square one at ``image_size``; a folder: its own), made once per
+    process: every decoding batch of a Ray Data task asks for it."""
     if vision == BUILTIN:
         return square_processor(image_size)
     from transformers import AutoImageProcessor
