@@ -21,7 +21,13 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # Pin torch first: an unpinned torch would pull a multi-GB CUDA build.
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e "$ROOT[test,bench]"
+  # The rest with uv, which downloads and installs in parallel (measured here on a fresh venv: 9 s against pip's
+  # 100 s, the same versions); it keeps the torch above, which satisfies the project's pin. pip if uv fails.
+  if ! { "$VENV/bin/python" -m pip install -q uv \
+         && "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" -e "$ROOT[test,bench]"; }; then
+    echo "[dev.sh] uv could not install the project; installing with pip"
+    "$VENV/bin/python" -m pip install -q -e "$ROOT[test,bench]"
+  fi
   # DeepSpeed JIT-builds its shared-memory comm op on first use; build it once here, not in every run.
   DS_ACCELERATOR=cpu "$VENV/bin/python" -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null
   echo "$WANT" > "$STAMP"
