@@ -1,4 +1,4 @@
-"""Shared by the index fault tests: a killer of an encoder actor held mid-unit by embed.py's test hook."""
+"""The index fault test's corpus and its killer of an encoder actor held mid-unit by embed.py's test hook."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,7 @@ from fastemb.index.embed import HOLD_ENV
 
 WORDNET = Path(__file__).resolve().parents[1] / "fastemb" / "datasets" / "wordnet"
 N_ROWS = 600
-__all__ = ["HOLD_ENV", "N_ROWS", "HeldActorKiller", "actor_restarts", "write_fault_corpus"]
+__all__ = ["HOLD_ENV", "N_ROWS", "HeldActorKiller", "write_fault_corpus"]
 
 
 def write_fault_corpus(root: Path) -> dict:
@@ -27,24 +27,6 @@ def write_fault_corpus(root: Path) -> dict:
     return {"path": str(root), "ids": defs.column("id").to_pylist()}
 
 
-def _encoder_actors() -> dict[int, str]:
-    """pid → actor id of the session Ray's live Ray Data map workers (the encoder actor pool)."""
-    import ray
-    from ray.util.state import list_actors
-
-    actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")],
-                         limit=1000, raise_on_missing_output=False)
-    return {a.pid: a.actor_id for a in actors if "MapWorker" in a.class_name and a.pid}
-
-
-def actor_restarts(actor_id: str) -> int:
-    """How many times Ray restarted the session Ray's actor ``actor_id`` (its state, alive or dead)."""
-    import ray
-    from ray.util.state import get_actor
-
-    return get_actor(actor_id, address=ray.get_runtime_context().gcs_address).num_restarts
-
-
 class HeldActorKiller(threading.Thread):
     """Kills an encoder actor while its unit is provably unfinished, through embed.py's test hook.
 
@@ -54,11 +36,10 @@ class HeldActorKiller(threading.Thread):
     at that moment (no final unit folder, no ``_SUCCESS``: a held batch is one the unit still waits for), and removes
     the hold file so that the build goes on. The test then asks Ray whether that actor was restarted."""
 
-    def __init__(self, hold_file: Path, timeout_s: float = 300,
-                 live_actors: Callable[[], dict[int, str]] | None = None):
+    def __init__(self, hold_file: Path, live_actors: Callable[[], dict[int, str]], timeout_s: float = 300):
         super().__init__(daemon=True)
         self.hold_file, self.timeout_s = Path(hold_file), timeout_s
-        self.live_actors = live_actors or _encoder_actors  # pid -> actor id of the live encoder actors
+        self.live_actors = live_actors  # pid -> actor id of the live encoder actors
         self.killed_pid: int | None = None
         self.killed_actor: str | None = None
         self.unit_unfinished_at_kill = False

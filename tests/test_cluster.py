@@ -15,6 +15,7 @@ started once for the module:
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -172,7 +173,7 @@ def test_submitted_index_build_survives_a_killed_encoder_actor(cluster, shared, 
         return {a["pid"]: a["actor_id"] for a in live_actors(c["state"]["dashboard"], c["token"])
                 if "MapWorker" in (a.get("class_name") or "") and a.get("pid")}
 
-    killer = HeldActorKiller(tmp_path / "hold", timeout_s=600, live_actors=encoder_actors)
+    killer = HeldActorKiller(tmp_path / "hold", encoder_actors, timeout_s=600)
     killer.start()
     job = subprocess.run(
         [sys.executable, "-m", "fastemb.cli", "submit", "jobs/index.yaml", "name=ixf", f"storage_path={storage}",
@@ -186,6 +187,8 @@ def test_submitted_index_build_survives_a_killed_encoder_actor(cluster, shared, 
     assert "SUCCEEDED" in job.stderr
     assert killer.error is None and killer.killed_pid is not None, killer.error
     assert killer.unit_unfinished_at_kill                               # killed holding a batch of an unpublished unit
+    with pytest.raises(ProcessLookupError):
+        os.kill(killer.killed_pid, 0)                                   # the process really is gone
     actor = state_api(c["state"]["dashboard"], "/api/v0/actors?limit=10&filter_keys=actor_id&filter_predicates=%3D"
                       f"&filter_values={killer.killed_actor}&detail=true", c["token"])
     assert actor and int(actor[0]["num_restarts"]) >= 1, actor              # and Ray restarted that actor
@@ -195,6 +198,10 @@ def test_submitted_index_build_survives_a_killed_encoder_actor(cluster, shared, 
     assert faiss.read_index(str(run / "index.faiss")).ntotal == N_ROWS
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["counts"]["index_entries"] == manifest["counts"]["documents_indexed"] == N_ROWS
+    assert manifest["counts"]["skipped"] == {}
+    # every shard row was embedded exactly once, so no skipped or duplicate row hides a retry's output
+    shards = pq.read_table(run / "embeddings", columns=["id"]).column("id").to_pylist()
+    assert sorted(shards) == sorted(corpus["ids"])
 
 
 # ----------------------------------------- one training job: stopped, resubmitted, then losing a worker node

@@ -19,7 +19,7 @@ Shard rows: ``id``, ``chunk``, ``text``, ``thash`` (text hash), ``skip`` (reason
 Faults: Ray Data creates the encoder actors with ``max_restarts=-1`` and ``max_task_retries=-1`` (its default
 for actor pools), so an actor whose process dies is restarted and its unfinished batches run again; a unit is
 only published (``.tmp`` renamed) once all of its rows were written, and a crash of the whole job leaves the
-finished units for the rerun. ``tests/test_index_faults.py`` SIGKILLs an actor mid-build and checks the ids.
+finished units for the rerun. ``tests/test_cluster.py`` SIGKILLs an actor mid-build and checks the ids.
 
 Test hook (off by default): when the environment variable ``FASTEMB_TEST_HOLD_FILE`` names a file as
 ``embed_corpus`` starts, an actor that has embedded a batch holds it while that file exists, before returning it (so
